@@ -1,0 +1,48 @@
+# Set-up and everyday commands. Every target installs what it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv redis-server test run smoke demo bench probe lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test,bench,dev]'
+	@touch $(STAMP)
+
+# redis-server from Debian's packages when the machine has none.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+
+test: venv redis-server
+	$(PY) -m pytest -q
+
+run: venv redis-server
+	$(PY) -m services.launch stack
+
+smoke: venv
+	$(PY) -m tools.smoke
+
+demo: venv
+	$(PY) -m sim.twilio_call --demo $(DEMO_ARGS)
+
+bench: venv redis-server
+	$(PY) -m bench
+
+probe: venv
+	$(PY) -m tools.probe
+
+lint: venv
+	$(VENV)/bin/ruff check shared services sim tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

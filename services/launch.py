@@ -1,0 +1,163 @@
+"""Start the whole stack on one box under supervisord (``make run``), and each of its programs.
+
+``python -m services.launch stack`` checks the settings, says where to point Twilio and whether
+calls go to OpenAI or to the local emulator, and runs ``supervisord -n -c supervisord.conf``.
+
+``python -m services.launch program NAME N`` is what ``supervisord.conf`` runs for each program
+(so that plain ``supervisord -c supervisord.conf`` behaves exactly like ``make run``). It decides
+what supervisord's own configuration cannot express:
+
+* ``redis``: a local ``redis-server`` only when ``REDIS_URL`` points at this machine and nothing
+  answers there yet; otherwise it exits 0 and supervisord leaves it stopped.
+* ``emulator``: the OpenAI Realtime emulator only when ``OPENAI_API_KEY`` is unset.
+* ``transcoder N`` / ``worker N``: instance N of that stage when N is below
+  ``TRANSCODER_PROCESSES`` / ``WORKER_PROCESSES`` (default 2 each, at most 8), with a stable
+  ``CONSUMER_NAME`` (a restarted instance takes its own calls back at once) and its own
+  ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 10 * stage + N; base 9100).
+* ``edge``: the Twilio edge.
+
+This module imports no service: it only prepares the environment and ``exec``s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from shared.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_PROCESSES = 8
+DEFAULT_EMULATOR_PORT = 8765
+_LOCAL = {"127.0.0.1", "localhost", "::1"}
+_STAGES = {"transcoder": ("services.transcoder", 0), "worker": ("services.realtime_worker", 1)}
+
+
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        print(f"configuration error: {name}={raw!r} is not allowed: must be {low}..{high}", file=sys.stderr)
+        raise SystemExit(2)
+    return value
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def default_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment every program gets: the emulator's URL when there is no OpenAI key."""
+    env = dict(env)
+    if not env.get("OPENAI_API_KEY") and not env.get("REALTIME_URL"):
+        port = env.get("EMULATOR_PORT", str(DEFAULT_EMULATOR_PORT))
+        env["REALTIME_URL"] = f"ws://127.0.0.1:{port}/v1/realtime"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> None:
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+def program(name: str, number: int) -> None:
+    env = default_environment(dict(os.environ))
+    os.environ.update(env)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    python = sys.executable
+    if name == "redis":
+        url = urlsplit(settings.redis_url)
+        host, port = url.hostname or "127.0.0.1", url.port or 6379
+        if host not in _LOCAL:
+            print(f"redis: REDIS_URL is remote ({host}); not starting a local redis-server")
+            return
+        if _answers(host, port):
+            print(f"redis: a Redis already answers on {host}:{port}; using it")
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis: redis-server is not installed (make run installs it)", file=sys.stderr)
+            raise SystemExit(2)
+        data = ROOT / "run" / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        _exec(
+            [binary, "--bind", host, "--port", str(port), "--dir", str(data),
+             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+            env,
+        )
+    elif name == "emulator":
+        if os.environ.get("OPENAI_API_KEY"):
+            print("emulator: OPENAI_API_KEY is set; calls go to OpenAI, no emulator")
+            return
+        url = urlsplit(env["REALTIME_URL"])
+        if url.hostname not in _LOCAL:
+            print(f"emulator: REALTIME_URL is remote ({url.hostname}); not starting the emulator")
+            return
+        _exec([python, "-m", "sim.openai_realtime", "--host", "127.0.0.1",
+               "--port", str(url.port or DEFAULT_EMULATOR_PORT)], env)
+    elif name == "edge":
+        _exec([python, "-m", "services.twilio_edge"], env)
+    elif name in _STAGES:
+        module, stage_index = _STAGES[name]
+        count = _env_int(f"{name.upper()}_PROCESSES", 2, 0, MAX_PROCESSES)
+        if number >= count:
+            print(f"{name} {number}: not needed ({name.upper()}_PROCESSES={count})")
+            return
+        base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
+        env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-{name}-{number}")
+        env["METRICS_PORT"] = str(base + 10 * stage_index + number)
+        _exec([python, "-m", module], env)
+    else:
+        print(f"unknown program {name!r}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def stack() -> None:
+    env = default_environment(dict(os.environ))
+    os.environ.update(env)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"make run: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    (ROOT / "run").mkdir(exist_ok=True)
+    target = "OpenAI" if settings.openai_api_key else "the local OpenAI Realtime emulator"
+    print(f"voice gateway: calls go to {target} at {settings.realtime_url}")
+    print(f"voice gateway: point your Twilio number's voice webhook at {settings.public_twiml_url()}")
+    if not settings.public_url:
+        print("voice gateway: PUBLIC_URL is not set; set it to the https address Twilio reaches")
+    print(f"voice gateway: Redis at {urlsplit(settings.redis_url).hostname}; "
+          f"try a call with: make demo")
+    supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
+    _exec([supervisord, "-n", "-c", str(ROOT / "supervisord.conf")], env)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["stack"]:
+        stack()
+    elif len(argv) == 3 and argv[0] == "program" and argv[2].isdigit():
+        program(argv[1], int(argv[2]))
+    else:
+        print("usage: python -m services.launch stack | program NAME N", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

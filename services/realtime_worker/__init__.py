@@ -1,0 +1,1 @@
+"""The realtime worker stage: one OpenAI Realtime session per call."""

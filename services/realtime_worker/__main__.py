@@ -1,0 +1,3 @@
+from services.realtime_worker.service import main
+
+main()

@@ -1,0 +1,3 @@
+from services.transcoder.service import main
+
+main()

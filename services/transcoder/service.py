@@ -1,0 +1,183 @@
+"""The transcoder's asyncio shell: one task per owned call, one blocking read per batch.
+
+For each call it reads both of its input streams (``in.pcmu`` and ``out.pcm``) in one blocking
+``XREAD`` (both keys share the call's hash slot), hands the entries to the pure
+:class:`~shared.transcode.CallTranscoder`, and writes every result in one pipeline under the
+input's entry ID. Where to resume after a restart or takeover is the last ID already written,
+so no acknowledgement traffic is needed per frame and no frame is processed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import redis.asyncio as aioredis
+
+from shared.backoff import Backoff
+from shared.claims import CallClaims, Claim, OwnedCalls
+from shared.observability import (
+    ACTIVE_CALLS,
+    CALLS,
+    FRAMES,
+    call_context,
+    register_secret,
+    reject,
+    serve_metrics,
+    setup_logging,
+)
+from shared.redis_io import RETRYABLE, connect, is_duplicate_id, last_entry_id
+from shared.settings import Settings, settings_or_exit
+from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
+from shared.transcode import CallTranscoder
+
+log = logging.getLogger("gateway.transcoder")
+
+READ_COUNT = 64
+BLOCK_MS = 1000
+# A live Twilio stream sends 50 frames a second even in silence; this long without any input
+# means the edge died without ending the call.
+CALL_SILENT_LIMIT_S = 30.0
+
+
+class Transcoder:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.claims = CallClaims(
+            redis, TRANSCODER_GROUP, f"{settings.consumer_name}", settings.owner_idle_ms
+        )
+        self.owned = OwnedCalls(self.claims, self.run_call)
+
+    async def run_call(self, claim: Claim) -> None:
+        call = claim.call
+        keys = CallKeys.for_call(call.call_sid)
+        with call_context(call.call_sid, call.stream_sid):
+            if not await self.redis.exists(keys.meta):
+                log.info("call's keys are gone (expired); nothing to do")
+                return
+            ACTIVE_CALLS.inc()
+            try:
+                outcome = await self._serve(keys)
+                CALLS.labels(outcome).inc()
+            finally:
+                ACTIVE_CALLS.dec()
+
+    async def _serve(self, keys: CallKeys) -> str:
+        pump = _CallPump(self.redis, keys, self.settings)
+        await pump.resume()
+        backoff = Backoff()
+        while not pump.done:
+            try:
+                got_input = await pump.step()
+            except RETRYABLE as exc:
+                # Cursors are kept and writes are idempotent (mirrored IDs): just try again.
+                delay = backoff.next_delay()
+                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if not got_input and pump.silent_for() > CALL_SILENT_LIMIT_S:
+                log.warning("no input for %.0fs; giving the call up", CALL_SILENT_LIMIT_S)
+                return "abandoned"
+        return "completed"
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RETRYABLE:
+            return False
+
+
+class _CallPump:
+    """Moves one call's entries through its :class:`CallTranscoder`, a batch at a time."""
+
+    def __init__(self, redis: aioredis.Redis, keys: CallKeys, settings: Settings) -> None:
+        self.redis = redis
+        self.core = CallTranscoder()
+        self.targets = {keys.in_pcmu: keys.in_pcm, keys.out_pcm: keys.out_pcmu}
+        self.convert = {keys.in_pcmu: self.core.inbound, keys.out_pcm: self.core.outbound}
+        self.direction = {keys.in_pcmu: FRAMES.labels("in"), keys.out_pcm: FRAMES.labels("out")}
+        self.cursors: dict[bytes, bytes] = {}
+        self.maxlen = settings.stream_maxlen
+        self.expire_s = settings.call_max_seconds
+        self.expiry_set: set[bytes] = set()
+        self.last_input = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return self.core.ended_in and self.core.ended_out
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_input
+
+    async def resume(self) -> None:
+        """Continue after the last entry already written (by us or a dead predecessor)."""
+        for source, target in self.targets.items():
+            self.cursors[source] = await last_entry_id(self.redis, target) or b"0-0"
+
+    async def step(self) -> bool:
+        reply = await self.redis.xread(self.cursors, count=READ_COUNT, block=BLOCK_MS)
+        if not reply:
+            return False
+        self.last_input = time.monotonic()
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entries in reply:
+            target = self.targets[stream]
+            convert = self.convert[stream]
+            for entry_id, fields in entries:
+                try:
+                    out = convert(fields)
+                except StreamEntryError as exc:
+                    reject(f"transcoder_{exc.reason}")
+                    log.warning("skipping undecodable entry %r: %s", entry_id, exc)
+                    continue
+                pipe.xadd(target, out, id=entry_id, maxlen=self.maxlen, approximate=True)
+            self.direction[stream].inc(len(entries))
+            if target not in self.expiry_set:
+                self.expiry_set.add(target)
+                pipe.expire(target, self.expire_s)
+        results = await pipe.execute(raise_on_error=False)
+        # Only now move the cursors: a failed round trip re-reads the same batch.
+        for stream, entries in reply:
+            self.cursors[stream] = entries[-1][0]
+        for result in results:
+            if isinstance(result, Exception):
+                if is_duplicate_id(result):
+                    reject("transcoder_duplicate")  # written before a restart; skipped
+                else:
+                    log.error("redis refused a write: %s", result)
+        return True
+
+
+async def serve(settings: Settings) -> None:
+    redis = connect(settings)
+    transcoder = Transcoder(settings, redis)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = None
+    if settings.metrics_port:
+        metrics = await serve_metrics(settings.metrics_host, settings.metrics_port, transcoder.healthy)
+    runner = asyncio.create_task(transcoder.owned.run())
+    log.info("transcoder ready", extra={"consumer": settings.consumer_name})
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done:
+        runner.result()  # a crash of the control loop is a real bug: let supervisord restart us
+    log.info("stopping: handing calls over")
+    runner.cancel()
+    await asyncio.wait_for(transcoder.owned.stop(hand_over=True), 4.0)
+    if metrics:
+        metrics.close()
+    await redis.aclose()
+
+
+def main() -> None:
+    settings = settings_or_exit("transcoder")
+    setup_logging("transcoder", settings.log_level)
+    register_secret(settings.openai_api_key.get_secret_value() if settings.openai_api_key else None)
+    asyncio.run(serve(settings))

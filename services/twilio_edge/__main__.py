@@ -1,0 +1,3 @@
+from services.twilio_edge.service import main
+
+main()

@@ -1,0 +1,90 @@
+"""HTTP beside the WebSocket on one port: Twilio's POST webhook, health and metrics.
+
+The edge is a ``websockets`` server. Its HTTP parser reads request heads only and refuses any
+request with a body, but Twilio's voice webhook is a form POST. :class:`EdgeConnection` takes the
+body off a POST before the parser sees it (keeping it for ``/twiml``), so everything else,
+including the limits on head size, stays websockets' own.
+"""
+
+from __future__ import annotations
+
+import http
+from urllib.parse import parse_qsl
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+MAX_BODY_BYTES = 64 * 1024
+_MAX_HEAD_BYTES = 16 * 1024
+
+
+class EdgeConnection(ServerConnection):
+    """A server connection that accepts a bounded request body on POST."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._sniff: bytearray | None = bytearray()
+        self.http_body: bytes = b""
+        self.body_too_large = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._sniff is None:
+            super().data_received(data)
+            return
+        self._sniff += data
+        head_end = self._sniff.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self._sniff) > _MAX_HEAD_BYTES:
+                self._pass_through(bytes(self._sniff))
+            return
+        head = bytes(self._sniff[: head_end + 4])
+        if not head.startswith(b"POST "):
+            self._pass_through(bytes(self._sniff))
+            return
+        lines = head.split(b"\r\n")
+        length = 0
+        kept = []
+        for line in lines:
+            name, sep, value = line.partition(b":")
+            if sep and name.strip().lower() == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    length = MAX_BODY_BYTES + 1
+                continue
+            kept.append(line)
+        if length > MAX_BODY_BYTES:
+            self.body_too_large = True
+            length = 0
+        body_start = head_end + 4
+        if len(self._sniff) < body_start + length:
+            return  # wait for the rest of the body
+        self.http_body = bytes(self._sniff[body_start : body_start + length])
+        rest = bytes(self._sniff[body_start + length :])
+        self._pass_through(b"\r\n".join(kept) + rest)
+
+    def _pass_through(self, data: bytes) -> None:
+        self._sniff = None
+        super().data_received(data)
+
+    def form(self) -> dict[str, str]:
+        """The POST body as form fields (Twilio's webhook parameters)."""
+        try:
+            return dict(parse_qsl(self.http_body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return {}
+
+
+def respond(
+    status: http.HTTPStatus, body: bytes | str, content_type: str = "text/plain; charset=utf-8"
+) -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(data))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, data)

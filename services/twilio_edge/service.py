@@ -1,0 +1,371 @@
+"""The edge's asyncio shell: a websockets server for Twilio, writing to and reading from Redis.
+
+Per Media Stream (:class:`CallBridge`): Twilio's messages go through the pure
+:class:`~shared.twilio_media.TwilioMediaSession`; caller frames are queued on the shared
+:class:`~shared.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per round trip);
+a reader task per call moves the reply (``out.pcmu``) and the worker's commands (``cmd``) to
+Twilio through :class:`~shared.playback.OutboundPlayback`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import signal
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import redis.asyncio as aioredis
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services.twilio_edge.http import EdgeConnection, respond
+from shared import twilio_media as tw
+from shared.backoff import Backoff
+from shared.limits import TokenBucket
+from shared.observability import (
+    ACTIVE_CALLS,
+    CALLS,
+    FRAMES,
+    HOP_LATENCY,
+    call_context,
+    metrics_text,
+    register_secret,
+    reject,
+    setup_logging,
+)
+from shared.playback import OutboundPlayback
+from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, ensure_group, expire_all
+from shared.settings import Settings, settings_or_exit
+from shared.streams import (
+    LIFECYCLE_MAXLEN,
+    LIFECYCLE_STREAM,
+    TRANSCODER_GROUP,
+    WORKER_GROUP,
+    CallKeys,
+    CallStarted,
+    ClearPlayback,
+    DtmfPressed,
+    HangUp,
+    InboundFrame,
+    MarkPlayed,
+    OutboundChunk,
+    StreamEnd,
+    StreamEntryError,
+    decode_command,
+    decode_outbound,
+    valid_call_sid,
+)
+
+log = logging.getLogger("gateway.edge")
+
+_TWIML_TYPE = "text/xml; charset=utf-8"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CallBridge:
+    """One Twilio Media Stream, from ``connected`` to ``stop`` or a closed socket."""
+
+    def __init__(self, edge: Edge, ws: ServerConnection) -> None:
+        self.edge = edge
+        self.ws = ws
+        self.session = tw.TwilioMediaSession()
+        self.keys: CallKeys | None = None
+        self.stream_sid = ""
+        self.reader: asyncio.Task[None] | None = None
+        self.ended = False
+        self.in_frames = FRAMES.labels("edge_in")
+        self.out_frames = FRAMES.labels("edge_out")
+        self._in_expiry_set = False
+        settings = edge.settings
+        self.bucket = TokenBucket(
+            settings.max_messages_per_second, settings.max_messages_per_second * 2.0
+        )
+
+    async def run(self) -> None:
+        try:
+            async for message in self.ws:
+                if not self.bucket.allow(time.monotonic()):
+                    reject("edge_rate_limited")
+                    continue
+                try:
+                    events = self.session.receive(message)
+                except tw.TwilioProtocolError as exc:
+                    reject(f"twilio_{exc.reason}")
+                    log.warning("rejected a Twilio message: %s", exc)
+                    continue
+                for event in events:
+                    await self._on_event(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.keys is not None and not self.ended:
+                await self._end("socket_closed")
+            if self.reader:
+                self.reader.cancel()
+
+    async def _on_event(self, event: tw.Event) -> None:
+        if isinstance(event, tw.InboundMedia):
+            if self.keys is None:
+                return
+            frame = InboundFrame(event.payload, event.sequence, event.timestamp_ms, _now_us())
+            expire = None
+            if not self._in_expiry_set:
+                self._in_expiry_set = True
+                expire = self.edge.settings.call_max_seconds
+            self.edge.writer.add(self.keys.in_pcmu, frame.encode(), expire_s=expire)
+            self.in_frames.inc()
+        elif isinstance(event, tw.MarkPlayed):
+            if self.keys is not None:
+                self.edge.writer.add(self.keys.ctl, MarkPlayed(event.name).encode())
+        elif isinstance(event, tw.DtmfReceived):
+            if self.keys is not None:
+                self.edge.writer.add(self.keys.ctl, DtmfPressed(event.digit).encode())
+        elif isinstance(event, tw.StreamStarted):
+            await self._start(event)
+        elif isinstance(event, tw.StreamStopped):
+            await self._end("stop")
+
+    async def _start(self, event: tw.StreamStarted) -> None:
+        if not valid_call_sid(event.call_sid):
+            reject("twilio_bad_call_sid")
+            await self.ws.close(1008, "bad callSid")
+            return
+        self.keys = keys = CallKeys.for_call(event.call_sid)
+        self.stream_sid = event.stream_sid
+        self.call_cm = call_context(event.call_sid, event.stream_sid)
+        self.call_cm.__enter__()
+        started = CallStarted(
+            event.call_sid, event.stream_sid, event.account_sid,
+            dict(event.custom_parameters), _now_us(),
+        )
+        redis = self.edge.redis
+        pipe = redis.pipeline(transaction=False)
+        pipe.hset(keys.meta, mapping={
+            b"call_sid": event.call_sid, b"stream_sid": event.stream_sid,
+            b"started_us": started.started_us,
+        })
+        pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
+        pipe.xadd(LIFECYCLE_STREAM, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+        await pipe.execute()
+        ACTIVE_CALLS.inc()
+        log.info("call started", extra={"params": sorted(event.custom_parameters)})
+        self.playback = OutboundPlayback(event.stream_sid)
+        self.reader = asyncio.create_task(self._play_replies(keys))
+
+    async def _end(self, reason: str) -> None:
+        if self.ended or self.keys is None:
+            return
+        self.ended = True
+        keys = self.keys
+        self.edge.writer.add(keys.in_pcmu, StreamEnd(reason).encode())
+        try:
+            await self.edge.writer.flush()
+            await self.edge.redis.hset(keys.meta, b"ended", reason)
+            await expire_all(self.edge.redis, keys.all(), self.edge.settings.call_retention_seconds)
+        except RETRYABLE as exc:
+            log.warning("could not mark the call ended in redis: %s", exc)
+        ACTIVE_CALLS.dec()
+        CALLS.labels(reason).inc()
+        log.info("call ended", extra={"reason": reason})
+        self.call_cm.__exit__(None, None, None)
+
+    async def _play_replies(self, keys: CallKeys) -> None:
+        """Move reply audio and worker commands to Twilio, commands first within a batch."""
+        cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
+        redis = self.edge.redis
+        hop = HOP_LATENCY.labels("openai_to_edge")
+        backoff = Backoff()
+        while True:
+            try:
+                reply = await redis.xread(cursors, count=64, block=1000)
+            except RETRYABLE as exc:
+                log.warning("redis unavailable for replies: %s", exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            by_stream = dict(reply) if reply else {}
+            try:
+                for entry_id, fields in by_stream.get(keys.cmd, []):
+                    cursors[keys.cmd] = entry_id
+                    await self._command(fields)
+                for entry_id, fields in by_stream.get(keys.out_pcmu, []):
+                    cursors[keys.out_pcmu] = entry_id
+                    try:
+                        chunk = decode_outbound(fields)
+                    except StreamEntryError as exc:
+                        reject(f"edge_{exc.reason}")
+                        continue
+                    if isinstance(chunk, OutboundChunk):
+                        messages = self.playback.chunk(chunk)
+                        for message in messages:
+                            await self.ws.send(message)
+                        if messages:
+                            hop.observe(max(0, _now_us() - chunk.stamp_us) / 1e6)
+                            self.out_frames.inc()
+            except ConnectionClosed:
+                return
+
+    async def _command(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            command = decode_command(fields)
+        except StreamEntryError as exc:
+            reject(f"edge_{exc.reason}")
+            return
+        if isinstance(command, ClearPlayback):
+            for message in self.playback.clear(command.response_id):
+                await self.ws.send(message)
+            log.info("cleared playback (barge-in)", extra={"response_id": command.response_id})
+        elif isinstance(command, HangUp):
+            log.info("hanging up", extra={"reason": command.reason})
+            await self.ws.close(1000, command.reason[:100])
+
+
+class Edge:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
+        token = settings.twilio_auth_token
+        self.validator = RequestValidator(token.get_secret_value()) if token else None
+        self.bridges: set[CallBridge] = set()
+
+    def _public_url(self, path: str) -> str:
+        base = self.settings.public_url or f"http://{self.settings.edge_host}:{self.settings.edge_port}"
+        return base.rstrip("/") + path
+
+    def _signed(self, url: str, params: dict[str, str], request: Request) -> bool:
+        if self.validator is None:
+            return True
+        signature = request.headers.get("X-Twilio-Signature", "")
+        ok = bool(signature) and self.validator.validate(url, params, signature)
+        if not ok:
+            reject("bad_signature" if signature else "missing_signature")
+        return ok
+
+    async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/media":
+            if request.method != "GET":
+                return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "use a WebSocket GET\n")
+            if not self._signed(self.settings.public_media_url(), {}, request):
+                return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+            if len(self.bridges) >= self.settings.max_calls:
+                reject("edge_max_calls")
+                return respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many calls\n")
+            return None
+        if path == "/twiml":
+            return self._twiml(conn, request)
+        if path == "/healthz":
+            ok = await self.healthy()
+            return respond(
+                http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                "ok\n" if ok else "redis unreachable\n",
+            )
+        if path == "/metrics":
+            return respond(http.HTTPStatus.OK, metrics_text(), "text/plain; version=0.0.4")
+        return respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _twiml(self, conn: ServerConnection, request: Request) -> Response:
+        if request.method == "POST":
+            assert isinstance(conn, EdgeConnection)
+            if conn.body_too_large:
+                reject("edge_body_too_large")
+                return respond(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large\n")
+            params = conn.form()
+            signed_url = self._public_url(request.path)
+        elif request.method == "GET":
+            params = {}
+            signed_url = self._public_url(request.path)
+        else:
+            return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "GET or POST\n")
+        if not self._signed(signed_url, params, request):
+            return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+        fields = params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
+        parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
+        twiml = tw.connect_stream_twiml(self.settings.public_media_url(), parameters)
+        return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
+
+    async def handle(self, ws: ServerConnection) -> None:
+        bridge = CallBridge(self, ws)
+        self.bridges.add(bridge)
+        try:
+            await bridge.run()
+        finally:
+            self.bridges.discard(bridge)
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
+        except (*RETRYABLE, TimeoutError):
+            return False
+
+    async def prepare(self) -> None:
+        """Create both stages' groups so a call accepted before they start is not missed."""
+        backoff = Backoff(cap_s=2.0)
+        while True:
+            try:
+                for group in (TRANSCODER_GROUP, WORKER_GROUP):
+                    await ensure_group(self.redis, LIFECYCLE_STREAM, group)
+                return
+            except RETRYABLE as exc:
+                log.warning("redis unavailable at start (%s); retrying", exc)
+                await asyncio.sleep(backoff.next_delay())
+
+
+async def run_edge(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
+    redis = connect(settings)
+    edge = Edge(settings, redis)
+    if edge.validator is None:
+        log.warning("TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media")
+    await edge.prepare()
+    writer = asyncio.create_task(edge.writer.run())
+    async with serve(
+        edge.handle,
+        settings.edge_host,
+        settings.edge_port,
+        process_request=edge.process_request,
+        create_connection=EdgeConnection,
+        max_size=settings.max_message_bytes,
+        ping_interval=20,
+        ping_timeout=20,
+    ) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        log.info("edge listening", extra={"port": port, "twiml_url": settings.public_twiml_url()})
+        if on_listening:
+            on_listening(port)
+        await stop.wait()
+        log.info("stopping: closing streams")
+        server.close(close_connections=True)
+        await server.wait_closed()
+    await asyncio.wait_for(edge.writer.flush(), 3.0)
+    writer.cancel()
+    await redis.aclose()
+
+
+def main() -> None:
+    settings = settings_or_exit("twilio_edge")
+    setup_logging("twilio_edge", settings.log_level)
+    for secret in (settings.openai_api_key, settings.twilio_auth_token):
+        register_secret(secret.get_secret_value() if secret else None)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_edge(settings, stop=stop)
+
+    asyncio.run(_main())

@@ -1,0 +1,248 @@
+"""Which instance of a stage serves which call: per-call streams, calls assigned by consumer group.
+
+Why this pattern (STYLE.md "Ownership across processes", pattern 1) rather than partitioned
+streams: a call's frames must be handled in order by one transcoder and one worker, each holding
+per-call state (resampler history, the OpenAI socket). With a consumer group on the lifecycle
+stream, Redis itself hands each new call to exactly one instance; the instance owns the call while
+the lifecycle entry stays pending under its name; ownership moves by ``XAUTOCLAIM`` once the owner
+stops refreshing it, and a restarted instance with the same consumer name re-reads its own pending
+entries at once. Scaling out is starting another process: no shard map to rebalance. Per-call
+streams cost one blocking read per call per stage, which measured well within budget (see the
+README's performance section); the choice stays behind :class:`OwnedCalls`.
+
+Lease timing: an owner refreshes its claims every ``idle_ms / 4``; another instance takes a call
+over after ``idle_ms`` without a refresh. Work on a lost call stops at the next refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from shared.backoff import Backoff
+from shared.observability import RECOVERED, reject
+from shared.redis_io import RETRYABLE, ensure_group, is_nogroup
+from shared.streams import LIFECYCLE_STREAM, CallStarted, StreamEntryError, decode_lifecycle
+
+log = logging.getLogger("gateway.claims")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    entry_id: bytes
+    call: CallStarted
+    recovered: bool  # taken over from another instance, or re-read after our own restart
+
+
+RunCall = Callable[[Claim], Awaitable[None]]
+
+
+class CallClaims:
+    """The Redis side of call ownership for one stage (consumer group) and one instance."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        group: bytes,
+        consumer: str,
+        idle_ms: int,
+        stream: bytes = LIFECYCLE_STREAM,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.consumer = consumer
+        self.idle_ms = idle_ms
+        self.stream = stream
+
+    async def ensure_group(self) -> None:
+        await ensure_group(self.redis, self.stream, self.group)
+
+    def _decode(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]], recovered: bool) -> tuple[list[Claim], list[bytes]]:
+        claims: list[Claim] = []
+        junk: list[bytes] = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted or trimmed while pending
+                junk.append(entry_id)
+                continue
+            try:
+                claims.append(Claim(entry_id, decode_lifecycle(fields), recovered))
+            except StreamEntryError as exc:
+                reject(f"lifecycle_{exc.reason}")
+                log.warning("undecodable lifecycle entry %r: %s", entry_id, exc)
+                junk.append(entry_id)
+        return claims, junk
+
+    async def _read(self, start: bytes, block_ms: int | None, recovered: bool) -> list[Claim]:
+        # Always with COUNT: BLOCK without COUNT misbehaves on some servers (PROTOCOLS.md).
+        reply = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=64, block=block_ms
+        )
+        entries = reply[0][1] if reply else []
+        claims, junk = self._decode(entries, recovered)
+        if junk:
+            await self.redis.xack(self.stream, self.group, *junk)
+        return claims
+
+    async def mine(self) -> list[Claim]:
+        """Calls pending under this consumer's name: ours from before a restart."""
+        return await self._read(b"0", None, recovered=True)
+
+    async def new(self, block_ms: int) -> list[Claim]:
+        """Wait up to ``block_ms`` for calls not yet given to any instance of this stage."""
+        return await self._read(b">", block_ms, recovered=False)
+
+    async def refresh(self, entry_ids: list[bytes]) -> set[bytes]:
+        """Renew our claims; return the entries that another instance has taken from us."""
+        if not entry_ids:
+            return set()
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min="-", max="+", count=max(1000, 2 * len(entry_ids)),
+            consumername=self.consumer,
+        )
+        still_mine = {p["message_id"] for p in pending}
+        lost = {e for e in entry_ids if e not in still_mine}
+        keep = [e for e in entry_ids if e in still_mine]
+        if keep:
+            await self.redis.xclaim(
+                self.stream, self.group, self.consumer, 0, keep, justid=True
+            )
+        return lost
+
+    async def take_over(self) -> list[Claim]:
+        """Claim calls whose owner has not refreshed them for ``idle_ms``."""
+        claims: list[Claim] = []
+        start = b"0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.stream, self.group, self.consumer, self.idle_ms, start, count=64
+            )
+            start, entries = reply[0], reply[1]
+            got, junk = self._decode(entries, recovered=True)
+            claims.extend(got)
+            if junk:
+                await self.redis.xack(self.stream, self.group, *junk)
+            if start in (b"0-0", "0-0") or not entries:
+                return claims
+
+    async def release(self, entry_id: bytes) -> None:
+        """The call is over for this stage."""
+        await self.redis.xack(self.stream, self.group, entry_id)
+
+    async def hand_over(self, entry_ids: list[bytes]) -> None:
+        """Make our calls look abandoned so another instance takes them over at its next pass."""
+        if entry_ids:
+            await self.redis.xclaim(
+                self.stream, self.group, self.consumer, 0, entry_ids,
+                idle=self.idle_ms * 10, justid=True,
+            )
+
+
+class OwnedCalls:
+    """Runs one task per call this instance owns, for the lifetime of its claim.
+
+    ``run_call`` returns when the call is over for this stage (the claim is then released); it is
+    cancelled when the claim is lost or the service stops (the claim then stays pending for a
+    successor).
+    """
+
+    def __init__(self, claims: CallClaims, run_call: RunCall) -> None:
+        self.claims = claims
+        self.run_call = run_call
+        self.tasks: dict[bytes, asyncio.Task[None]] = {}
+        self.call_entries: dict[str, bytes] = {}
+        self._stopping = False
+        self.ready = asyncio.Event()
+
+    def _start(self, claim: Claim) -> None:
+        if claim.entry_id in self.tasks or claim.call.call_sid in self.call_entries:
+            return
+        if claim.recovered:
+            RECOVERED.inc()
+            log.info("took over call %s", claim.call.call_sid, extra={"call_sid": claim.call.call_sid})
+        task = asyncio.create_task(self._run(claim), name=f"call-{claim.call.call_sid}")
+        self.tasks[claim.entry_id] = task
+        self.call_entries[claim.call.call_sid] = claim.entry_id
+
+    async def _run(self, claim: Claim) -> None:
+        released = False
+        try:
+            await self.run_call(claim)
+            backoff = Backoff()
+            while not released:
+                try:
+                    await self.claims.release(claim.entry_id)
+                    released = True
+                except RETRYABLE as exc:
+                    log.warning("release failed, retrying: %s", exc)
+                    await asyncio.sleep(backoff.next_delay())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one call must not stop the others; the claim is kept
+            log.exception("call task failed", extra={"call_sid": claim.call.call_sid})
+            reject("call_task_crash")
+        finally:
+            self.tasks.pop(claim.entry_id, None)
+            self.call_entries.pop(claim.call.call_sid, None)
+
+    async def run(self) -> None:
+        """Serve calls until cancelled; survives Redis going away and coming back empty."""
+        backoff = Backoff()
+        refresh_s = self.claims.idle_ms / 4000
+        block_ms = max(100, min(1000, self.claims.idle_ms // 4))
+        next_refresh = 0.0
+        need_setup = True
+        while not self._stopping:
+            try:
+                if need_setup:
+                    await self.claims.ensure_group()
+                    for claim in await self.claims.mine():
+                        self._start(claim)
+                    need_setup = False
+                    self.ready.set()
+                t0 = time.monotonic()
+                for claim in await self.claims.new(block_ms):
+                    self._start(claim)
+                now = time.monotonic()
+                if now >= next_refresh:
+                    next_refresh = now + refresh_s
+                    lost = await self.claims.refresh(list(self.tasks))
+                    for entry_id in lost:
+                        task = self.tasks.get(entry_id)
+                        if task:
+                            log.warning("lost claim on a call; stopping its work")
+                            task.cancel()
+                    for claim in await self.claims.take_over():
+                        self._start(claim)
+                elif now - t0 < block_ms / 2000:
+                    # A server that answers a blocking read at once (fakeredis does) must not
+                    # turn this control loop into a busy loop; real Redis never gets here.
+                    await asyncio.sleep(block_ms / 1000)
+                backoff.reset()
+            except RETRYABLE as exc:
+                delay = backoff.next_delay()
+                log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                need_setup = True
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                if not is_nogroup(exc):
+                    raise
+                log.warning("consumer group missing (Redis lost its data?); recreating")
+                need_setup = True
+
+    async def stop(self, hand_over: bool = True) -> None:
+        """Stop serving: cancel call tasks and (by default) let another instance take them."""
+        self._stopping = True
+        entry_ids = list(self.tasks)
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if hand_over and entry_ids:
+            try:
+                await self.claims.hand_over(entry_ids)
+            except RETRYABLE as exc:
+                log.warning("could not hand calls over: %s", exc)

@@ -1,0 +1,255 @@
+"""The realtime worker's per-call core: one phone conversation, dialect-neutral.
+
+Pure: events in (caller frames, Twilio's marks and keys, normalised Realtime server events),
+actions out (text to send to the model, entries to write, the call to end). It decides turns when
+the server does not (``REALTIME_TURN_DETECTION=none``), speaks the greeting, turns DTMF into a
+conversation item, follows what the caller has heard (from returned marks) so that a barge-in
+truncates the reply exactly there and clears what is queued, and keeps the transcript that a new
+session gets as context after a reconnect. The dialect object builds every client event, so
+nothing here knows which dialect is in use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.playback import HeardTracker
+from shared.realtime_dialect import (
+    AudioDelta,
+    ErrorKind,
+    InputCommitted,
+    InputTranscript,
+    RealtimeDialect,
+    ResponseCreated,
+    ResponseDone,
+    ServerError,
+    ServerEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDone,
+)
+from shared.streams import (
+    CallEvent,
+    ClearPlayback,
+    Command,
+    Control,
+    DtmfPressed,
+    HangUp,
+    MarkPlayed,
+    OutboundChunk,
+)
+
+Role = Literal["user", "assistant"]
+# The live API refuses to commit less than 100 ms (input_audio_buffer_commit_empty).
+MIN_COMMIT_MS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SendToModel:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutbound:
+    chunk: OutboundChunk
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCommand:
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class WriteEvent:
+    event: CallEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """A figure for the metrics: ``name`` is ``first_reply`` (seconds)."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    reason: str
+
+
+Action = SendToModel | WriteOutbound | WriteCommand | WriteEvent | Measure | EndCall
+
+
+def _send(event: dict[str, object]) -> SendToModel:
+    return SendToModel(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+
+@dataclass
+class CallConversation:
+    """State of one call's conversation with the model, across reconnects."""
+
+    dialect: RealtimeDialect
+    turn_detection: str
+    commit_frames: int
+    greeting: str = ""
+    rate: int = 24000
+    greeted: bool = False
+    transcript: list[tuple[Role, str]] = field(default_factory=list)
+    heard: HeardTracker = field(default_factory=HeardTracker)
+    # The response being generated, and every response whose audio must no longer reach the caller.
+    active_response: str | None = None
+    cancelled: set[str] = field(default_factory=set)
+    item_response: dict[str, str] = field(default_factory=dict)
+    item_offset_us: dict[str, int] = field(default_factory=dict)
+    frames_since_commit: int = 0
+    bytes_since_commit: int = 0
+    speech_stopped_us: int | None = None
+    reply_started: set[str] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    # --- session -------------------------------------------------------------------------------
+    def session_ready(self, now_us: int) -> list[Action]:
+        """A (new) session was accepted: give it the conversation so far, or greet the caller."""
+        actions: list[Action] = []
+        self.active_response = None
+        self.frames_since_commit = self.bytes_since_commit = 0
+        if self.transcript:
+            actions.extend(_send(e) for e in self.dialect.context_items(self.transcript))
+        elif self.greeting and not self.greeted:
+            self.greeted = True
+            self.speech_stopped_us = now_us
+            actions.append(
+                _send(
+                    self.dialect.response_create(
+                        instructions=f"Greet the caller now. Say exactly: {self.greeting}"
+                    )
+                )
+            )
+        return actions
+
+    # --- caller side ----------------------------------------------------------------------------
+    def caller_audio(self, pcm: bytes) -> list[Action]:
+        """One caller frame (PCM16 at the session rate): append it; decide the turn if we must."""
+        actions: list[Action] = [SendToModel(self.dialect.append_audio(pcm))]
+        if self.turn_detection != "none":
+            return actions
+        self.frames_since_commit += 1
+        self.bytes_since_commit += len(pcm)
+        if self.frames_since_commit >= self.commit_frames:
+            if self.bytes_since_commit * 1000 >= MIN_COMMIT_MS * self.rate * 2:
+                actions.append(_send(self.dialect.commit()))
+                if self.active_response is None:
+                    actions.append(_send(self.dialect.response_create()))
+            self.frames_since_commit = self.bytes_since_commit = 0
+        return actions
+
+    def control(self, control: Control) -> list[Action]:
+        if isinstance(control, MarkPlayed):
+            self.heard.mark(control.name)
+            return []
+        if isinstance(control, DtmfPressed):
+            digit = control.digit
+            actions: list[Action] = [
+                WriteEvent(CallEvent("dtmf", {"digit": digit})),
+                _send(
+                    self.dialect.user_text_item(
+                        f"[The caller pressed the key {digit} on the phone keypad.]"
+                    )
+                ),
+            ]
+            if self.active_response is None:
+                actions.append(_send(self.dialect.response_create()))
+            return actions
+        return []
+
+    # --- model side -----------------------------------------------------------------------------
+    def server_event(self, event: ServerEvent, now_us: int) -> list[Action]:
+        if isinstance(event, AudioDelta):
+            return self._audio(event, now_us)
+        if isinstance(event, SpeechStarted):
+            return self._barge_in()
+        if isinstance(event, SpeechStopped):
+            self.speech_stopped_us = now_us
+            return []
+        if isinstance(event, ResponseCreated):
+            self.active_response = event.response_id
+            return []
+        if isinstance(event, ResponseDone):
+            if self.active_response == event.response_id:
+                self.active_response = None
+            return []
+        if isinstance(event, InputCommitted):
+            self.frames_since_commit = self.bytes_since_commit = 0
+            return []
+        if isinstance(event, TranscriptDone):
+            return self._transcript("assistant", event.transcript, event.item_id)
+        if isinstance(event, InputTranscript):
+            return self._transcript("user", event.transcript, event.item_id)
+        if isinstance(event, ServerError):
+            return self._error(event)
+        return []
+
+    def _audio(self, delta: AudioDelta, now_us: int) -> list[Action]:
+        if delta.response_id in self.cancelled or not delta.audio:
+            return []
+        actions: list[Action] = []
+        if delta.response_id not in self.reply_started:
+            self.reply_started.add(delta.response_id)
+            if self.speech_stopped_us is not None:
+                actions.append(Measure("first_reply", (now_us - self.speech_stopped_us) / 1e6))
+                self.speech_stopped_us = None
+        item = delta.item_id
+        self.item_response[item] = delta.response_id
+        offset = self.item_offset_us.get(item, 0)
+        duration_us = len(delta.audio) * 1_000_000 // (2 * self.rate)
+        self.item_offset_us[item] = offset + duration_us
+        self.heard.sent(item, (offset + duration_us) / 1000)
+        actions.append(
+            WriteOutbound(OutboundChunk(delta.audio, delta.response_id, item, offset, now_us))
+        )
+        return actions
+
+    def _barge_in(self) -> list[Action]:
+        """The caller started speaking: if a reply is still playing, stop it where they are."""
+        item = self.heard.playing()
+        if item is None:
+            return []
+        response_id = self.item_response.get(item, "")
+        self.cancelled.add(response_id)
+        heard_ms = self.heard.heard(item)
+        # Nothing more of this item will play: what was sent is now what was heard.
+        self.heard.sent_ms[item] = float(heard_ms)
+        return [
+            WriteCommand(ClearPlayback(response_id)),
+            _send(self.dialect.truncate(item, heard_ms)),
+        ]
+
+    def _transcript(self, role: Role, text: str, item_id: str) -> list[Action]:
+        text = text.strip()
+        if not text:
+            return []
+        self.transcript.append((role, text))
+        who = "caller" if role == "user" else "assistant"
+        return [WriteEvent(CallEvent("transcript", {"role": who, "text": text, "item_id": item_id}))]
+
+    def _error(self, error: ServerError) -> list[Action]:
+        code = error.code or error.type or "unknown"
+        self.errors[code] = self.errors.get(code, 0) + 1
+        actions: list[Action] = [
+            WriteEvent(CallEvent("error", {"code": code, "message": error.message[:500]}))
+        ]
+        if error.kind is ErrorKind.FATAL:
+            actions.append(EndCall(f"realtime_{code}"))
+        return actions
+
+    def restore(self, transcript: Sequence[tuple[Role, str]], greeted: bool) -> None:
+        """After a worker restart: what the previous owner had (read back from Redis)."""
+        self.transcript = list(transcript)
+        self.greeted = greeted or bool(transcript)
+
+
+def hang_up(reason: str) -> WriteCommand:
+    return WriteCommand(HangUp(reason))

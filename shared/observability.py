@@ -1,0 +1,180 @@
+"""Structured logs and Prometheus metrics, the same for every service.
+
+Logs: one JSON object a line on standard output (supervisord and container runtimes collect it
+there), with ``call_sid``/``stream_sid`` taken from context variables that each call's task sets,
+so every line about a call carries them without threading them through every call. Secrets are
+registered at start and scrubbed from every line as a last line of defence.
+
+Metrics: one registry per process; the edge serves it on its own port, the other services through
+:func:`serve_metrics` on ``METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+call_sid_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_sid", default=None)
+stream_sid_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stream_sid", default=None
+)
+_secrets: list[str] = []
+_service = "gateway"
+
+
+def register_secret(value: str | None) -> None:
+    """Never let ``value`` reach a log line (it is replaced by ``***``)."""
+    if value and len(value) >= 6 and value not in _secrets:
+        _secrets.append(value)
+
+
+def scrub(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "service": _service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        call_sid = call_sid_var.get()
+        if call_sid:
+            entry["call_sid"] = call_sid
+        stream_sid = stream_sid_var.get()
+        if stream_sid:
+            entry["stream_sid"] = stream_sid
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """JSON lines on stdout for the whole process."""
+    global _service
+    _service = service
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # websockets logs every failed handshake at INFO with a traceback; ours are counted instead.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def call_context(call_sid: str | None, stream_sid: str | None = None) -> Iterator[None]:
+    """Tag every log line inside with the call's SIDs."""
+    t1 = call_sid_var.set(call_sid)
+    t2 = stream_sid_var.set(stream_sid)
+    try:
+        yield
+    finally:
+        call_sid_var.reset(t1)
+        stream_sid_var.reset(t2)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+_MS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+ACTIVE_CALLS = Gauge("gateway_active_calls", "Calls this process is serving now")
+CALLS = Counter("gateway_calls_total", "Calls this process served, by outcome", ["outcome"])
+FRAMES = Counter(
+    "gateway_frames_total", "Audio entries handled, by direction (in: caller->model)", ["direction"]
+)
+HOP_LATENCY = Histogram(
+    "gateway_hop_latency_seconds",
+    "Pipeline delay per hop: edge_to_openai (Twilio frame in -> append sent), "
+    "openai_to_edge (delta received -> Twilio media sent)",
+    ["hop"],
+    buckets=_MS,
+)
+FIRST_REPLY = Histogram(
+    "gateway_first_reply_seconds",
+    "From the caller's end of speech (or the call's start, for a greeting) to first reply audio",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+REALTIME_ERRORS = Counter("gateway_realtime_errors_total", "OpenAI error events by code", ["code"])
+RECONNECTS = Counter("gateway_reconnects_total", "Reconnects by target", ["target"])
+RECOVERED = Counter(
+    "gateway_calls_recovered_total", "Calls taken over from a dead or restarted instance"
+)
+REJECTED = Counter("gateway_rejected_total", "Inputs rejected, by reason", ["reason"])
+
+_LABEL_RE = re.compile(r"^[a-z0-9_.]{1,48}$")
+
+
+def label(value: str) -> str:
+    """A metric label from outside data: kept only if short and plain, so no value can leak."""
+    return value if _LABEL_RE.match(value) else "other"
+
+
+def reject(reason: str) -> None:
+    REJECTED.labels(label(reason)).inc()
+
+
+def metrics_text() -> bytes:
+    return generate_latest()
+
+
+async def serve_metrics(
+    host: str, port: int, healthy: Callable[[], Awaitable[bool]]
+) -> asyncio.AbstractServer:
+    """A minimal HTTP server for ``/metrics`` and ``/healthz`` on the event loop (no thread)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            parts = head.split(b" ", 2)
+            path = parts[1].split(b"?")[0] if len(parts) > 1 else b""
+            if path == b"/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics_text()
+            elif path == b"/healthz":
+                ok = await healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ok\n" if ok else b"unhealthy\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+class Stopwatch:
+    """Monotonic milliseconds since construction (for log lines and figures)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def ms(self) -> float:
+        return (time.monotonic() - self.t0) * 1000.0

@@ -1,0 +1,408 @@
+"""The pipeline's Redis stream contract: every key, who writes it, who reads it, and its entries.
+
+One call crosses three processes that meet only here::
+
+    edge --in.pcmu--> transcoder --in.pcm--> worker --(OpenAI)--> worker --out.pcm--> transcoder
+    edge <--out.pcmu-- transcoder                                   worker --cmd--> edge
+    edge --ctl--> worker            worker --events--> (operators, transcripts)
+    edge --lifecycle (gw:calls)--> transcoder group, worker group (call assignment)
+
+* ``gw:calls`` (lifecycle): one ``CallStarted`` per call, written by the edge. Each stage reads it
+  through its own consumer group, so each call is owned by exactly one instance of each stage
+  (see :mod:`shared.claims`).
+* ``call:{CA..}:in.pcmu``: the caller's audio as Twilio sent it (raw mu-law bytes, one entry per
+  20 ms frame), then one ``end`` entry when the call stops. Edge -> transcoder.
+* ``call:{CA..}:in.pcm``: the same frames as PCM16 24 kHz, **under the same entry IDs**.
+  Transcoder -> worker. Mirroring IDs makes the transcoder's output idempotent: a frame handled
+  twice after a crash is refused by Redis (IDs must grow), so the model gets each frame once.
+* ``call:{CA..}:out.pcm``: the model's audio deltas (PCM16 24 kHz) with their response and item
+  IDs and their offset within the item. Worker -> transcoder.
+* ``call:{CA..}:out.pcmu``: the same chunks as mu-law 8 kHz, same IDs. Transcoder -> edge.
+* ``call:{CA..}:ctl``: what Twilio tells about the caller: played marks, DTMF. Edge -> worker.
+* ``call:{CA..}:cmd``: what the worker asks of the edge: clear, hang-up. Worker -> edge.
+* ``call:{CA..}:events``: transcripts, errors, session changes; kept after the call for reading back.
+* ``call:{CA..}:meta``: a hash: the call's start details and progress cursors.
+
+Every per-call key carries the CallSid as a hash tag so that a Redis Cluster keeps a call in one
+slot. Audio travels as raw bytes fields, never base64 or JSON. All decoding raises
+:class:`StreamEntryError`; a shell counts it, logs it and skips the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+LIFECYCLE_STREAM = b"gw:calls"
+TRANSCODER_GROUP = b"transcoder"
+WORKER_GROUP = b"worker"
+LIFECYCLE_MAXLEN = 100_000
+
+# Twilio's CallSids are CA + 32 hex digits; we accept any short token without hash-tag braces so
+# a malformed SID can never move a call's keys into another slot or key space.
+_CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{2,64}")
+
+Fields = Mapping[bytes, bytes]
+
+
+class StreamEntryError(ValueError):
+    """An entry that does not decode; carries a short ``reason`` for the rejection counter."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def valid_call_sid(call_sid: str) -> bool:
+    return bool(_CALL_SID_RE.fullmatch(call_sid))
+
+
+@dataclass(frozen=True, slots=True)
+class CallKeys:
+    """The Redis keys of one call; construct with :meth:`for_call`."""
+
+    call_sid: str
+    in_pcmu: bytes
+    in_pcm: bytes
+    out_pcm: bytes
+    out_pcmu: bytes
+    ctl: bytes
+    cmd: bytes
+    events: bytes
+    meta: bytes
+
+    @classmethod
+    def for_call(cls, call_sid: str) -> CallKeys:
+        if not valid_call_sid(call_sid):
+            raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
+        tag = f"call:{{{call_sid}}}:"
+
+        def key(name: str) -> bytes:
+            return (tag + name).encode()
+
+        return cls(
+            call_sid=call_sid,
+            in_pcmu=key("in.pcmu"),
+            in_pcm=key("in.pcm"),
+            out_pcm=key("out.pcm"),
+            out_pcmu=key("out.pcmu"),
+            ctl=key("ctl"),
+            cmd=key("cmd"),
+            events=key("events"),
+            meta=key("meta"),
+        )
+
+    def all(self) -> tuple[bytes, ...]:
+        return (
+            self.in_pcmu,
+            self.in_pcm,
+            self.out_pcm,
+            self.out_pcmu,
+            self.ctl,
+            self.cmd,
+            self.events,
+            self.meta,
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _int(fields: Fields, name: bytes) -> int:
+    raw = fields.get(name)
+    if raw is None:
+        raise StreamEntryError("missing_field", name.decode())
+    try:
+        return int(raw)
+    except ValueError:
+        raise StreamEntryError("bad_field", f"{name.decode()}={raw[:40]!r}") from None
+
+
+def _str(fields: Fields, name: bytes, default: str | None = None) -> str:
+    raw = fields.get(name)
+    if raw is None:
+        if default is not None:
+            return default
+        raise StreamEntryError("missing_field", name.decode())
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise StreamEntryError("bad_field", f"{name.decode()} is not UTF-8") from None
+
+
+def _kind(fields: Fields) -> bytes:
+    kind = fields.get(b"k")
+    if kind is None:
+        raise StreamEntryError("missing_field", "k")
+    return kind
+
+
+# --- audio entries -------------------------------------------------------------------------------
+
+AUDIO = b"a"
+END = b"e"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundFrame:
+    """One 20 ms frame of the caller's audio (``in.pcmu`` as mu-law, ``in.pcm`` as PCM16 24 kHz).
+
+    ``stamp_us`` is the wall-clock time the edge received it from Twilio, carried through so the
+    worker can measure the edge -> OpenAI hop per call.
+    """
+
+    audio: bytes
+    sequence: int
+    timestamp_ms: int
+    stamp_us: int
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": AUDIO,
+            b"a": self.audio,
+            b"s": self.sequence,
+            b"t": self.timestamp_ms,
+            b"u": self.stamp_us,
+        }
+
+    def with_audio(self, audio: bytes) -> dict[bytes, bytes | int]:
+        """This frame's encoding with other audio (the transcoder's output), other fields kept."""
+        return {
+            b"k": AUDIO,
+            b"a": audio,
+            b"s": self.sequence,
+            b"t": self.timestamp_ms,
+            b"u": self.stamp_us,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundChunk:
+    """One piece of the model's reply (``out.pcm`` as PCM16 24 kHz, ``out.pcmu`` as mu-law).
+
+    ``offset_us`` is where this chunk starts within the item's audio: the edge turns it into the
+    names of the marks it asks Twilio to return, which tell the worker what the caller has heard.
+    ``stamp_us`` is when the worker received the delta (for the OpenAI -> edge hop).
+    """
+
+    audio: bytes
+    response_id: str
+    item_id: str
+    offset_us: int
+    stamp_us: int
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": AUDIO,
+            b"a": self.audio,
+            b"r": self.response_id.encode(),
+            b"i": self.item_id.encode(),
+            b"o": self.offset_us,
+            b"u": self.stamp_us,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last entry of an audio stream: the call is over for the stages downstream."""
+
+    reason: str
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {b"k": END, b"r": self.reason.encode()}
+
+
+def decode_inbound(fields: Fields) -> InboundFrame | StreamEnd:
+    kind = _kind(fields)
+    if kind == END:
+        return StreamEnd(_str(fields, b"r", ""))
+    if kind != AUDIO:
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    audio = fields.get(b"a")
+    if audio is None:
+        raise StreamEntryError("missing_field", "a")
+    return InboundFrame(audio, _int(fields, b"s"), _int(fields, b"t"), _int(fields, b"u"))
+
+
+def decode_outbound(fields: Fields) -> OutboundChunk | StreamEnd:
+    kind = _kind(fields)
+    if kind == END:
+        return StreamEnd(_str(fields, b"r", ""))
+    if kind != AUDIO:
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    audio = fields.get(b"a")
+    if audio is None:
+        raise StreamEntryError("missing_field", "a")
+    return OutboundChunk(
+        audio,
+        _str(fields, b"r"),
+        _str(fields, b"i"),
+        _int(fields, b"o"),
+        _int(fields, b"u"),
+    )
+
+
+# --- control (edge -> worker) and commands (worker -> edge) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """Twilio returned a mark: the caller has heard the audio sent before it."""
+
+    name: str
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {b"k": b"mark", b"n": self.name.encode()}
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfPressed:
+    digit: str
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {b"k": b"dtmf", b"d": self.digit.encode()}
+
+
+Control = MarkPlayed | DtmfPressed
+
+
+def decode_control(fields: Fields) -> Control:
+    kind = _kind(fields)
+    if kind == b"mark":
+        return MarkPlayed(_str(fields, b"n"))
+    if kind == b"dtmf":
+        return DtmfPressed(_str(fields, b"d"))
+    raise StreamEntryError("unknown_kind", repr(kind[:20]))
+
+
+@dataclass(frozen=True, slots=True)
+class ClearPlayback:
+    """Barge-in: discard the reply audio the caller has not heard yet.
+
+    Chunks of ``response_id`` still on their way (in Redis, at the transcoder) are dropped too.
+    """
+
+    response_id: str
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {b"k": b"clear", b"r": self.response_id.encode()}
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    reason: str
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {b"k": b"hangup", b"r": self.reason.encode()}
+
+
+Command = ClearPlayback | HangUp
+
+
+def decode_command(fields: Fields) -> Command:
+    kind = _kind(fields)
+    if kind == b"clear":
+        return ClearPlayback(_str(fields, b"r", ""))
+    if kind == b"hangup":
+        return HangUp(_str(fields, b"r", ""))
+    raise StreamEntryError("unknown_kind", repr(kind[:20]))
+
+
+# --- events (transcripts, errors, session changes) ------------------------------------------
+
+EventKind = Literal["transcript", "error", "session", "ended", "dtmf"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Something worth keeping about a call, readable after it ends (``events`` stream).
+
+    ``data`` holds short text fields: for a transcript ``role`` (caller|assistant), ``text`` and
+    ``item_id``; for an error ``code`` and ``message``; for a session ``combo``.
+    """
+
+    kind: EventKind
+    data: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        out: dict[bytes, bytes | int] = {b"k": self.kind.encode()}
+        for name, value in self.data.items():
+            out[b"f:" + name.encode()] = value.encode()
+        return out
+
+
+_EVENT_KINDS = {"transcript", "error", "session", "ended", "dtmf"}
+
+
+def decode_event(fields: Fields) -> CallEvent:
+    kind = _str(fields, b"k")
+    if kind not in _EVENT_KINDS:
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    data: dict[str, str] = {}
+    for name, value in fields.items():
+        if name.startswith(b"f:"):
+            try:
+                data[name[2:].decode()] = value.decode()
+            except UnicodeDecodeError:
+                raise StreamEntryError("bad_field", "event field is not UTF-8") from None
+    return CallEvent(kind, data)  # type: ignore[arg-type]
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A call the edge accepted; every stage's consumer group hands it to one of its instances."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str
+    custom_parameters: dict[str, str]
+    started_us: int
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": b"started",
+            b"c": self.call_sid.encode(),
+            b"s": self.stream_sid.encode(),
+            b"a": self.account_sid.encode(),
+            b"p": json.dumps(self.custom_parameters, separators=(",", ":")).encode(),
+            b"u": self.started_us,
+        }
+
+
+def decode_lifecycle(fields: Fields) -> CallStarted:
+    kind = _kind(fields)
+    if kind != b"started":
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    call_sid = _str(fields, b"c")
+    if not valid_call_sid(call_sid):
+        raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
+    try:
+        params = json.loads(fields.get(b"p", b"{}"))
+    except ValueError:
+        raise StreamEntryError("bad_field", "p is not JSON") from None
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        raise StreamEntryError("bad_field", "p is not a string map")
+    return CallStarted(
+        call_sid, _str(fields, b"s", ""), _str(fields, b"a", ""), params, _int(fields, b"u")
+    )
+
+
+# --- call meta (a hash) ------------------------------------------------------------------------
+
+META_ENDED = b"ended"  # set (to the reason) by the first stage that sees the call end
+META_STARTED = b"started"
+META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
+
+
+def stream_id_after(entry_id: bytes) -> bytes:
+    """The smallest stream ID greater than ``entry_id`` (for exclusive range reads)."""
+    ms, _, seq = entry_id.partition(b"-")
+    return ms + b"-" + str(int(seq or b"0") + 1).encode()

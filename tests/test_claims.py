@@ -1,0 +1,95 @@
+"""Call ownership through the lifecycle stream's consumer groups, on fakeredis and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.claims import CallClaims, Claim, OwnedCalls
+from shared.streams import LIFECYCLE_STREAM, CallStarted
+
+
+def _started(n: int) -> dict[bytes, bytes | int]:
+    return CallStarted(f"CA{n:032d}", f"MZ{n}", "AC", {}, n).encode()
+
+
+async def test_each_call_goes_to_exactly_one_instance(any_redis) -> None:  # type: ignore[no-untyped-def]
+    a = CallClaims(any_redis, b"g", "a", idle_ms=1000)
+    b = CallClaims(any_redis, b"g", "b", idle_ms=1000)
+    await a.ensure_group()
+    await b.ensure_group()  # idempotent (BUSYGROUP)
+    for n in range(6):
+        await any_redis.xadd(LIFECYCLE_STREAM, _started(n))
+    got_a = await a.new(block_ms=100)
+    got_b = await b.new(block_ms=100)
+    sids = [c.call.call_sid for c in got_a + got_b]
+    assert sorted(sids) == [f"CA{n:032d}" for n in range(6)]
+
+
+async def test_a_restarted_instance_rereads_its_own_calls(any_redis) -> None:  # type: ignore[no-untyped-def]
+    a = CallClaims(any_redis, b"g", "a", idle_ms=1000)
+    await a.ensure_group()
+    await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    [first] = await a.new(block_ms=100)
+    again = CallClaims(any_redis, b"g", "a", idle_ms=1000)  # same consumer name after restart
+    [mine] = await again.mine()
+    assert mine.entry_id == first.entry_id and mine.recovered
+
+
+async def test_a_silent_owner_loses_its_call_to_another_instance(any_redis) -> None:  # type: ignore[no-untyped-def]
+    a = CallClaims(any_redis, b"g", "a", idle_ms=50)
+    b = CallClaims(any_redis, b"g", "b", idle_ms=50)
+    await a.ensure_group()
+    await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    [claim] = await a.new(block_ms=100)
+    # Make the claim look idle without sleeping: hand it over.
+    await a.hand_over([claim.entry_id])
+    taken = await b.take_over()
+    assert [c.entry_id for c in taken] == [claim.entry_id]
+    assert await a.refresh([claim.entry_id]) == {claim.entry_id}  # a learns it lost it
+
+
+async def test_refresh_keeps_a_live_owner(any_redis) -> None:  # type: ignore[no-untyped-def]
+    a = CallClaims(any_redis, b"g", "a", idle_ms=60_000)
+    b = CallClaims(any_redis, b"g", "b", idle_ms=60_000)
+    await a.ensure_group()
+    await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    [claim] = await a.new(block_ms=100)
+    assert await a.refresh([claim.entry_id]) == set()
+    assert await b.take_over() == []
+
+
+async def test_undecodable_lifecycle_entries_are_acknowledged_and_skipped(any_redis) -> None:  # type: ignore[no-untyped-def]
+    a = CallClaims(any_redis, b"g", "a", idle_ms=1000)
+    await a.ensure_group()
+    await any_redis.xadd(LIFECYCLE_STREAM, {b"k": b"nonsense"})
+    await any_redis.xadd(LIFECYCLE_STREAM, _started(2))
+    got = await a.new(block_ms=100)
+    assert [c.call.call_sid for c in got] == [f"CA{2:032d}"]
+    assert (await any_redis.xpending(LIFECYCLE_STREAM, b"g"))["pending"] == 1
+
+
+async def test_owned_calls_runs_releases_and_survives_a_lost_group(real_redis) -> None:  # type: ignore[no-untyped-def]
+    """On a real server: blocking reads, release on completion, NOGROUP after data loss."""
+    done: asyncio.Queue[str] = asyncio.Queue()
+
+    async def run_call(claim: Claim) -> None:
+        await done.put(claim.call.call_sid)
+
+    owned = OwnedCalls(CallClaims(real_redis, b"g", "a", idle_ms=500), run_call)
+    runner = asyncio.create_task(owned.run())
+    await asyncio.wait_for(owned.ready.wait(), 5)
+    await real_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    assert await asyncio.wait_for(done.get(), 5) == f"CA{1:032d}"
+    await asyncio.sleep(0)  # let the release run
+
+    async def released() -> bool:
+        return (await real_redis.xpending(LIFECYCLE_STREAM, b"g"))["pending"] == 0
+
+    from tests.conftest import wait_for
+
+    await wait_for(released)
+    await real_redis.flushall()  # Redis restarted empty: the group is gone
+    await real_redis.xadd(LIFECYCLE_STREAM, _started(2))
+    assert await asyncio.wait_for(done.get(), 10) == f"CA{2:032d}"
+    runner.cancel()
+    await owned.stop(hand_over=False)

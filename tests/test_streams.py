@@ -1,0 +1,114 @@
+"""The stream contract: keys, entry codecs, and the Redis behaviour the pipeline leans on."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.exceptions import ResponseError
+
+from shared import streams as s
+from shared.redis_io import BatchedStreamWriter, is_duplicate_id, last_entry_id
+
+
+def test_every_call_key_shares_the_call_sid_hash_tag() -> None:
+    keys = s.CallKeys.for_call("CA" + "0" * 32)
+    for key in keys.all():
+        assert key.startswith(b"call:{CA" + b"0" * 32 + b"}:")
+    assert len(set(keys.all())) == len(keys.all())
+
+
+@pytest.mark.parametrize("bad", ["", "C", "CA{x}", "CA x", "CA\n", "a" * 65, "CA}"])
+def test_call_sids_that_could_escape_their_slot_are_refused(bad: str) -> None:
+    with pytest.raises(s.StreamEntryError):
+        s.CallKeys.for_call(bad)
+
+
+def _bytes_fields(fields: dict[bytes, bytes | int]) -> dict[bytes, bytes]:
+    """What Redis gives back: every value as bytes."""
+    return {k: v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+
+
+def test_inbound_frame_round_trip_keeps_raw_audio() -> None:
+    frame = s.InboundFrame(bytes(range(160)), 7, 120, 1_700_000_000_000_000)
+    assert s.decode_inbound(_bytes_fields(frame.encode())) == frame
+    assert s.decode_inbound(_bytes_fields(s.StreamEnd("stop").encode())) == s.StreamEnd("stop")
+
+
+def test_outbound_chunk_round_trip() -> None:
+    chunk = s.OutboundChunk(b"\x01\x02" * 100, "resp_1", "item_9", 40_000, 123)
+    assert s.decode_outbound(_bytes_fields(chunk.encode())) == chunk
+
+
+def test_control_command_event_lifecycle_round_trips() -> None:
+    for control in (s.MarkPlayed("item_1:100"), s.DtmfPressed("7")):
+        assert s.decode_control(_bytes_fields(control.encode())) == control
+    for command in (s.ClearPlayback("resp_1"), s.HangUp("bye")):
+        assert s.decode_command(_bytes_fields(command.encode())) == command
+    event = s.CallEvent("transcript", {"role": "caller", "text": "héllo", "item_id": "i"})
+    assert s.decode_event(_bytes_fields(event.encode())) == event
+    started = s.CallStarted("CA1", "MZ1", "AC1", {"caller": "+1555"}, 99)
+    assert s.decode_lifecycle(_bytes_fields(started.encode())) == started
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {b"k": b"zz"},
+        {b"k": b"a"},
+        {b"k": b"a", b"a": b"x", b"s": b"one", b"t": b"0", b"u": b"0"},
+        {b"k": b"a", b"a": b"x", b"s": b"1", b"t": b"0"},
+    ],
+)
+def test_undecodable_inbound_entries_raise_the_contract_error(fields: dict[bytes, bytes]) -> None:
+    with pytest.raises(s.StreamEntryError):
+        s.decode_inbound(fields)
+
+
+@given(st.dictionaries(st.binary(max_size=4), st.binary(max_size=8), max_size=6))
+def test_garbage_never_raises_anything_but_the_contract_error(fields: dict[bytes, bytes]) -> None:
+    for decode in (s.decode_inbound, s.decode_outbound, s.decode_control, s.decode_command,
+                   s.decode_event, s.decode_lifecycle):
+        try:
+            decode(fields)
+        except s.StreamEntryError:
+            pass
+
+
+def test_lifecycle_with_bad_parameters_is_refused() -> None:
+    fields = {b"k": b"started", b"c": b"CA1", b"p": b"[1,2]", b"u": b"1"}
+    with pytest.raises(s.StreamEntryError):
+        s.decode_lifecycle(fields)
+    with pytest.raises(s.StreamEntryError):
+        s.decode_lifecycle({b"k": b"started", b"c": b"CA{x}", b"u": b"1"})
+
+
+def test_stream_id_after() -> None:
+    assert s.stream_id_after(b"5-9") == b"5-10"
+
+
+async def test_mirrored_ids_make_rewrites_idempotent(any_redis) -> None:  # type: ignore[no-untyped-def]
+    """The transcoder's exactly-once rests on Redis refusing an ID that is not above the last."""
+    entry_id = await any_redis.xadd(b"src", {b"k": b"a"})
+    await any_redis.xadd(b"dst", {b"k": b"a"}, id=entry_id)
+    with pytest.raises(ResponseError) as err:
+        await any_redis.xadd(b"dst", {b"k": b"a"}, id=entry_id)
+    assert is_duplicate_id(err.value)
+    assert await last_entry_id(any_redis, b"dst") == entry_id
+    assert await last_entry_id(any_redis, b"missing") is None
+
+
+async def test_batched_writer_keeps_order_and_sets_expiry(any_redis) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    writer = BatchedStreamWriter(any_redis, maxlen=1000)
+    task = asyncio.create_task(writer.run())
+    for i in range(300):
+        writer.add(b"s1" if i % 2 else b"s2", {b"n": i}, expire_s=60 if i < 2 else None)
+    await asyncio.wait_for(writer.flush(), 5)
+    task.cancel()
+    s1 = [int(f[b"n"]) for _, f in await any_redis.xrange(b"s1")]
+    assert s1 == list(range(1, 300, 2))
+    assert 0 < await any_redis.ttl(b"s1") <= 60
+    assert writer.batches < 300  # entries queued together went together
