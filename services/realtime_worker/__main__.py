@@ -1,3 +1,9 @@
-from services.realtime_worker.service import main
+"""`python -m services.realtime_worker`: settings are checked before anything heavy is imported."""
 
-main()
+from shared.settings import settings_or_exit
+
+settings = settings_or_exit("realtime_worker")
+
+from services.realtime_worker.service import main  # noqa: E402
+
+main(settings)

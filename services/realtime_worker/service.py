@@ -482,8 +482,11 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    redis = connect(settings)
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, redis: aioredis.Redis | None = None
+) -> None:
+    own_redis = redis is None
+    redis = redis or connect(settings)
     worker = RealtimeWorker(settings, redis)
     metrics = None
     if settings.metrics_port:
@@ -509,11 +512,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     stopper.cancel()
     if metrics:
         metrics.close()
-    await redis.aclose()
+    if own_redis:
+        await redis.aclose()
 
 
-def main() -> None:
-    settings = settings_or_exit("realtime_worker")
+def main(settings: Settings | None = None) -> None:
+    settings = settings or settings_or_exit("realtime_worker")
     if settings.openai_api_key is None and not settings.uses_emulator:
         print(
             "realtime_worker: configuration error: OPENAI_API_KEY is required when REALTIME_URL "

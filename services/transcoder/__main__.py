@@ -1,3 +1,9 @@
-from services.transcoder.service import main
+"""`python -m services.transcoder`: settings are checked before anything heavy is imported."""
 
-main()
+from shared.settings import settings_or_exit
+
+settings = settings_or_exit("transcoder")
+
+from services.transcoder.service import main  # noqa: E402
+
+main(settings)

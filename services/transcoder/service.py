@@ -152,13 +152,12 @@ class _CallPump:
         return True
 
 
-async def serve(settings: Settings) -> None:
-    redis = connect(settings)
+async def run_transcoder(
+    settings: Settings, stop: asyncio.Event, redis: aioredis.Redis | None = None
+) -> None:
+    own_redis = redis is None
+    redis = redis or connect(settings)
     transcoder = Transcoder(settings, redis)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     metrics = None
     if settings.metrics_port:
         metrics = await serve_metrics(settings.metrics_host, settings.metrics_port, transcoder.healthy)
@@ -171,13 +170,23 @@ async def serve(settings: Settings) -> None:
     log.info("stopping: handing calls over")
     runner.cancel()
     await asyncio.wait_for(transcoder.owned.stop(hand_over=True), 4.0)
+    stopper.cancel()
     if metrics:
         metrics.close()
-    await redis.aclose()
+    if own_redis:
+        await redis.aclose()
 
 
-def main() -> None:
-    settings = settings_or_exit("transcoder")
+def main(settings: Settings | None = None) -> None:
+    settings = settings or settings_or_exit("transcoder")
     setup_logging("transcoder", settings.log_level)
     register_secret(settings.openai_api_key.get_secret_value() if settings.openai_api_key else None)
-    asyncio.run(serve(settings))
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_transcoder(settings, stop)
+
+    asyncio.run(_main())

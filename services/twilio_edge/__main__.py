@@ -1,3 +1,9 @@
-from services.twilio_edge.service import main
+"""`python -m services.twilio_edge`: settings are checked before anything heavy is imported."""
 
-main()
+from shared.settings import settings_or_exit
+
+settings = settings_or_exit("twilio_edge")
+
+from services.twilio_edge.service import main  # noqa: E402
+
+main(settings)

@@ -324,9 +324,11 @@ async def run_edge(
     settings: Settings,
     stop: asyncio.Event,
     on_listening: Callable[[int], None] | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
-    redis = connect(settings)
+    own_redis = redis is None
+    redis = redis or connect(settings)
     edge = Edge(settings, redis)
     if edge.validator is None:
         log.warning("TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media")
@@ -352,11 +354,12 @@ async def run_edge(
         await server.wait_closed()
     await asyncio.wait_for(edge.writer.flush(), 3.0)
     writer.cancel()
-    await redis.aclose()
+    if own_redis:
+        await redis.aclose()
 
 
-def main() -> None:
-    settings = settings_or_exit("twilio_edge")
+def main(settings: Settings | None = None) -> None:
+    settings = settings or settings_or_exit("twilio_edge")
     setup_logging("twilio_edge", settings.log_level)
     for secret in (settings.openai_api_key, settings.twilio_auth_token):
         register_secret(secret.get_secret_value() if secret else None)

@@ -1,0 +1,94 @@
+"""Configuration: defaults from the dialect report, bad values stop a service with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared.settings import ConfigError, load_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("REALTIME_", "OPENAI_", "REDIS_", "EDGE_", "TWILIO_")) or name in {
+            "RUNS", "AUDIO_MS", "TIMEOUT_MS", "PUBLIC_URL", "METRICS_PORT"}:
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_the_reports() -> None:
+    s = load_settings()
+    assert s.realtime_model == "gpt-realtime"
+    assert s.realtime_url == "wss://api.openai.com/v1/realtime"
+    assert s.realtime_audio_rate == 24000
+    assert s.realtime_commit_frames == 50
+    assert (s.runs, s.audio_ms, s.timeout_ms) == (10, 600, 8000)
+    assert s.realtime_voice == "alloy"
+    assert s.realtime_turn_detection == "server_vad"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.edge_host, s.edge_port) == ("0.0.0.0", 8080)
+    assert s.openai_api_key is None
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALTIME_BETA_HEADER", "1")
+    monkeypatch.setenv("REALTIME_SCHEMA", "flat")
+    monkeypatch.setenv("REALTIME_TURN_DETECTION", "none")
+    monkeypatch.setenv("PUBLIC_URL", "https://gw.example.com/")
+    s = load_settings()
+    assert s.realtime_beta_header is True and s.realtime_schema == "flat"
+    assert s.public_media_url() == "wss://gw.example.com/media"
+    assert s.public_twiml_url() == "https://gw.example.com/twiml"
+
+
+def test_secret_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-123456")
+    s = load_settings()
+    assert "sk-canary" not in repr(s) and "sk-canary" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"REALTIME_SCHEMA": "bogus"}, "REALTIME_SCHEMA='bogus'"),
+        ({"REALTIME_COMMIT_FRAMES": "-3"}, "REALTIME_COMMIT_FRAMES='-3'"),
+        ({"REALTIME_AUDIO_RATE": "16000"}, "REALTIME_AUDIO_RATE=16000"),
+        ({"REALTIME_AUDIO_RATE": "16000", "REALTIME_SCHEMA": "auto"}, ">= 24000"),
+        ({"REDIS_URL": "http://nope"}, "REDIS_URL='http://nope'"),
+        ({"REDIS_URL": "redis://host:port/0"}, "REDIS_URL="),
+        ({"REALTIME_BETA_HEADER": "yes please"}, "REALTIME_BETA_HEADER"),
+        ({"REALTIME_URL": "https://api.openai.com"}, "REALTIME_URL"),
+        ({"EDGE_PORT": "70000"}, "EDGE_PORT"),
+        ({"REALTIME_TURN_DETECTION": "maybe"}, "REALTIME_TURN_DETECTION"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert needle in str(err.value)
+
+
+def test_flat_schema_may_use_a_lower_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALTIME_SCHEMA", "flat")
+    monkeypatch.setenv("REALTIME_AUDIO_RATE", "16000")
+    assert load_settings().realtime_audio_rate == 16000
+
+
+@pytest.mark.parametrize("module", ["services.twilio_edge", "services.transcoder", "services.realtime_worker"])
+def test_every_service_exits_2_with_one_line_and_no_traceback(module: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env["REALTIME_SCHEMA"] = "bogus"
+    proc = subprocess.run([sys.executable, "-m", module], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "REALTIME_SCHEMA='bogus'" in lines[0] and "Traceback" not in proc.stderr
+    assert "'audio', 'flat' or 'auto'" in lines[0]
