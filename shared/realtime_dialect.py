@@ -1,0 +1,516 @@
+"""The OpenAI Realtime dialects, as the dialect report verified them: pure, no sockets.
+
+Two combos reliably return audio (``../shared/seeds``, the dialect report):
+
+* **Combo A** (``REALTIME_SCHEMA=audio``, no beta header; the GA dialect): ``session.type``,
+  ``session.audio.{input,output}.format {type: audio/pcm, rate: 24000}``, voice under
+  ``session.audio.output``, ``output_modalities: ["audio"]``; turn detection lives at
+  ``session.audio.input.turn_detection`` (``session.turn_detection`` is rejected), and
+  ``response.modalities`` is rejected.
+* **Combo B** (``REALTIME_SCHEMA=flat``, ``OpenAI-Beta: realtime=v1``): flat session keys,
+  ``pcm16`` formats, ``modalities: ["audio","text"]`` (``["audio"]`` is rejected), and
+  ``session.audio`` is rejected.
+
+:class:`RealtimeDialect` builds every client event the gateway sends in the shape of one combo
+and normalises what the server sends (both event names for audio and transcripts become one
+event each; errors become typed values). :class:`DialectNegotiator` implements
+``REALTIME_SCHEMA=auto``. Nothing outside this module knows which dialect is in use.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from shared.settings import Settings
+
+TurnDetection = Literal["server_vad", "semantic_vad", "none"]
+BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
+
+
+class RealtimeProtocolError(ValueError):
+    """A server message that is not a JSON object with a ``type``."""
+
+
+class Combo(enum.Enum):
+    GA = "audio"  # combo A
+    BETA = "flat"  # combo B
+
+    @property
+    def beta_header(self) -> bool:
+        return self is Combo.BETA
+
+    def other(self) -> Combo:
+        return Combo.BETA if self is Combo.GA else Combo.GA
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+_VOICE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# Per-call overrides a Twilio <Parameter> may carry (validated; anything else is ignored).
+OVERRIDABLE = {"voice", "instructions"}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    voice: str
+    instructions: str
+    turn_detection: TurnDetection
+    rate: int = 24000
+    transcription_model: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, overrides: Mapping[str, str] | None = None
+    ) -> SessionConfig:
+        """The settings' session, with a call's validated ``voice``/``instructions`` overrides.
+
+        Raises ValueError naming the bad override (the worker then ignores all overrides).
+        """
+        voice, instructions = settings.realtime_voice, settings.realtime_instructions
+        for key, value in (overrides or {}).items():
+            if key == "voice":
+                if not _VOICE_RE.fullmatch(value):
+                    raise ValueError(f"voice={value[:40]!r} is not a voice name")
+                voice = value
+            elif key == "instructions":
+                if len(value) > 4000:
+                    raise ValueError("instructions longer than 4000 characters")
+                instructions = value
+        return cls(
+            voice=voice,
+            instructions=instructions,
+            turn_detection=settings.realtime_turn_detection,
+            rate=settings.realtime_audio_rate,
+            transcription_model=settings.realtime_transcription_model or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    url: str
+    headers: dict[str, str]
+
+    def __repr__(self) -> str:  # never show the key
+        shown = {k: ("Bearer ***" if k == "Authorization" else v) for k, v in self.headers.items()}
+        return f"ConnectRequest(url={self.url!r}, headers={shown!r})"
+
+
+# --- normalised server events ------------------------------------------------------------------
+
+
+class ErrorKind(enum.Enum):
+    BENIGN = "benign"  # e.g. a commit racing server VAD (the report saw it; audio still came)
+    DIALECT_MISMATCH = "dialect_mismatch"  # the server speaks the other dialect
+    FATAL = "fatal"  # no session can work (auth, model)
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    session: dict[str, Any]
+    dialect_seen: Literal["ga", "beta"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    session: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    output_index: int
+    content_index: int
+    audio: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    response_id: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscript:
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemAdded:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    code: str
+    message: str
+    param: str
+    event_id: str
+    type: str
+    kind: ErrorKind
+    implies: Combo | None = None  # for a dialect mismatch: the combo the server seems to want
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    type: str
+
+
+ServerEvent = (
+    SessionCreated | SessionUpdated | AudioDelta | AudioDone | TranscriptDelta | TranscriptDone
+    | InputTranscript | SpeechStarted | SpeechStopped | InputCommitted | ResponseCreated
+    | ResponseDone | OutputItemAdded | ServerError | OtherEvent
+)
+
+_BENIGN_CODES = {"input_audio_buffer_commit_empty", "response_cancel_not_active"}
+_FATAL_CODES = {"invalid_api_key", "model_not_found", "insufficient_quota", "invalid_model"}
+# Session keys that exist in only one dialect: an error naming one tells which dialect is wrong.
+_GA_ONLY = ("session.type", "session.audio", "session.output_modalities", "response.audio",
+            "response.output_modalities")
+_BETA_ONLY = ("session.modalities", "session.input_audio_format", "session.output_audio_format",
+              "session.voice", "session.turn_detection", "session.input_audio_transcription",
+              "response.modalities", "response.voice", "response.output_audio_format")
+_PARAM_RE = re.compile(r"Unknown parameter: '([^']+)'")
+
+
+def classify_error(code: str, message: str, param: str, sent_combo: Combo) -> tuple[ErrorKind, Combo | None]:
+    """What an error means for the dialect in use (and which combo it points to)."""
+    if code in _BENIGN_CODES:
+        return ErrorKind.BENIGN, None
+    if code == "beta_api_shape_disabled":
+        return ErrorKind.DIALECT_MISMATCH, Combo.GA
+    if code in _FATAL_CODES:
+        return ErrorKind.FATAL, None
+    named = param or (m.group(1) if (m := _PARAM_RE.search(message)) else "")
+    if code in ("unknown_parameter", "missing_required_parameter") or "Unknown parameter" in message:
+        if named.startswith(_GA_ONLY) and sent_combo is Combo.GA:
+            return ErrorKind.DIALECT_MISMATCH, Combo.BETA
+        if named.startswith(_BETA_ONLY) and sent_combo is Combo.BETA:
+            return ErrorKind.DIALECT_MISMATCH, Combo.GA
+        if named.startswith(("session.", "response.")):
+            return ErrorKind.DIALECT_MISMATCH, sent_combo.other()
+    return ErrorKind.OTHER, None
+
+
+# --- the dialect -------------------------------------------------------------------------------
+
+
+def _turn_detection(kind: TurnDetection) -> dict[str, Any] | None:
+    return None if kind == "none" else {"type": kind}
+
+
+class RealtimeDialect:
+    """Client events in one combo's shape, and the server's events normalised."""
+
+    def __init__(self, schema: Literal["audio", "flat"], beta_header: bool, config: SessionConfig) -> None:
+        if schema not in ("audio", "flat"):
+            raise ValueError(f"schema must be audio or flat, got {schema!r}")
+        self.schema = schema
+        self.beta_header = beta_header
+        self.config = config
+        self.combo = Combo(schema)
+
+    @classmethod
+    def for_combo(cls, combo: Combo, config: SessionConfig) -> RealtimeDialect:
+        return cls(combo.value, combo.beta_header, config)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"RealtimeDialect(schema={self.schema!r}, beta_header={self.beta_header})"
+
+    # connection
+    def connect_request(self, url: str, model: str, api_key: str) -> ConnectRequest:
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
+        query.append(("model", model))
+        full = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        headers = {"Authorization": f"Bearer {api_key}"}
+        if self.beta_header:
+            headers[BETA_HEADER[0]] = BETA_HEADER[1]
+        return ConnectRequest(full, headers)
+
+    # session
+    def session_update(self) -> dict[str, Any]:
+        c = self.config
+        if self.schema == "audio":
+            fmt = {"type": "audio/pcm", "rate": c.rate}
+            audio_in: dict[str, Any] = {"format": fmt, "turn_detection": _turn_detection(c.turn_detection)}
+            if c.transcription_model:
+                audio_in["transcription"] = {"model": c.transcription_model}
+            session: dict[str, Any] = {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": c.instructions,
+                "audio": {"input": audio_in, "output": {"format": dict(fmt), "voice": c.voice}},
+            }
+        else:
+            session = {
+                "modalities": ["audio", "text"],
+                "instructions": c.instructions,
+                "voice": c.voice,
+                "input_audio_format": "pcm16",
+                "output_audio_format": "pcm16",
+                "turn_detection": _turn_detection(c.turn_detection),
+            }
+            if c.transcription_model:
+                session["input_audio_transcription"] = {"model": c.transcription_model}
+        return {"type": "session.update", "session": session}
+
+    def response_create(self, instructions: str | None = None) -> dict[str, Any]:
+        c = self.config
+        if self.schema == "audio":
+            response: dict[str, Any] = {
+                "audio": {"output": {"format": {"type": "audio/pcm", "rate": c.rate}, "voice": c.voice}}
+            }
+        else:
+            response = {"modalities": ["audio", "text"], "output_audio_format": "pcm16", "voice": c.voice}
+        if instructions:
+            response["instructions"] = instructions
+        return {"type": "response.create", "response": response}
+
+    # audio (hot path: 50 per second per call)
+    @staticmethod
+    def append_audio(pcm16: bytes) -> str:
+        b64 = binascii.b2a_base64(pcm16, newline=False).decode("ascii")
+        return f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}'
+
+    @staticmethod
+    def commit() -> dict[str, Any]:
+        return {"type": "input_audio_buffer.commit"}
+
+    @staticmethod
+    def clear_input() -> dict[str, Any]:
+        return {"type": "input_audio_buffer.clear"}
+
+    @staticmethod
+    def cancel_response() -> dict[str, Any]:
+        return {"type": "response.cancel"}
+
+    @staticmethod
+    def truncate(item_id: str, audio_end_ms: int, content_index: int = 0) -> dict[str, Any]:
+        return {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": content_index,
+            "audio_end_ms": max(0, int(audio_end_ms)),
+        }
+
+    @staticmethod
+    def user_text_item(text: str) -> dict[str, Any]:
+        return {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        }
+
+    def context_items(self, transcript: Sequence[tuple[Literal["user", "assistant"], str]]) -> list[dict[str, Any]]:
+        """The conversation so far, for a new session after a reconnect."""
+        assistant_type = "output_text" if self.schema == "audio" else "text"
+        items = []
+        for role, text in transcript:
+            kind = "input_text" if role == "user" else assistant_type
+            items.append({
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]},
+            })
+        return items
+
+    # server events
+    def parse(self, message: str | bytes) -> ServerEvent:
+        try:
+            data = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            raise RealtimeProtocolError(f"not JSON: {str(message)[:60]!r}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise RealtimeProtocolError("not an event object with a type")
+        kind = data["type"]
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            return OtherEvent(kind)
+        try:
+            return handler(self, data)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise RealtimeProtocolError(f"malformed {kind}: {exc}") from None
+
+
+def _s(data: dict[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def _i(data: dict[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _audio_delta(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
+    delta = d["delta"]
+    if not isinstance(delta, str):
+        raise ValueError("delta is not a string")
+    return AudioDelta(_s(d, "response_id"), _s(d, "item_id"), _i(d, "output_index"),
+                      _i(d, "content_index"), binascii.a2b_base64(delta))
+
+
+def _error(dialect: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
+    err = d.get("error")
+    if not isinstance(err, dict):
+        err = {}
+    code, message, param = _s(err, "code"), _s(err, "message"), _s(err, "param")
+    kind, implies = classify_error(code, message, param, dialect.combo)
+    return ServerError(code, message, param, _s(err, "event_id"), _s(err, "type"), kind, implies)
+
+
+def _session_created(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
+    session = d.get("session")
+    if not isinstance(session, dict):
+        raise ValueError("session is not an object")
+    seen: Literal["ga", "beta"] = "ga" if "audio" in session or "output_modalities" in session else "beta"
+    return SessionCreated(session, seen)
+
+
+def _response(d: dict[str, Any]) -> dict[str, Any]:
+    response = d.get("response")
+    return response if isinstance(response, dict) else {}
+
+
+_HANDLERS: dict[str, Any] = {
+    "session.created": _session_created,
+    "session.updated": lambda _, d: SessionUpdated(d.get("session") or {}),
+    "response.output_audio.delta": _audio_delta,
+    "response.audio.delta": _audio_delta,
+    "response.output_audio.done": lambda _, d: AudioDone(_s(d, "response_id"), _s(d, "item_id")),
+    "response.audio.done": lambda _, d: AudioDone(_s(d, "response_id"), _s(d, "item_id")),
+    "response.output_audio_transcript.delta": lambda _, d: TranscriptDelta(_s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")),
+    "response.audio_transcript.delta": lambda _, d: TranscriptDelta(_s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")),
+    "response.output_audio_transcript.done": lambda _, d: TranscriptDone(_s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")),
+    "response.audio_transcript.done": lambda _, d: TranscriptDone(_s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")),
+    "conversation.item.input_audio_transcription.completed": lambda _, d: InputTranscript(_s(d, "item_id"), _s(d, "transcript")),
+    "input_audio_buffer.speech_started": lambda _, d: SpeechStarted(_i(d, "audio_start_ms"), _s(d, "item_id")),
+    "input_audio_buffer.speech_stopped": lambda _, d: SpeechStopped(_i(d, "audio_end_ms"), _s(d, "item_id")),
+    "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
+    "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
+    "response.done": lambda _, d: ResponseDone(_s(_response(d), "id"), _s(_response(d), "status")),
+    "response.output_item.added": lambda _, d: OutputItemAdded(
+        _s(d, "response_id"), _s(d.get("item") if isinstance(d.get("item"), dict) else {}, "id")),
+    "error": _error,
+}
+
+
+# --- REALTIME_SCHEMA=auto --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    combo: Combo
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    to: Combo
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+NegotiationStep = Accepted | Switch | Failed | None
+
+
+class DialectNegotiator:
+    """Try one combo; on a dialect-mismatch rejection of the session, try the other, once."""
+
+    def __init__(self, first: Combo, config: SessionConfig) -> None:
+        self.config = config
+        self.tried: list[Combo] = [first]
+        self.reasons: list[str] = []
+        self.current = RealtimeDialect.for_combo(first, config)
+        self.accepted: Combo | None = None
+
+    def _mismatch(self, reason: str) -> NegotiationStep:
+        self.reasons.append(f"{self.current.combo.name}: {reason}")
+        other = self.current.combo.other()
+        if other in self.tried:
+            return Failed("; ".join(self.reasons))
+        self.tried.append(other)
+        self.current = RealtimeDialect.for_combo(other, self.config)
+        return Switch(other, reason)
+
+    def on_event(self, event: ServerEvent) -> NegotiationStep:
+        if self.accepted is not None:
+            return None
+        if isinstance(event, SessionUpdated):
+            self.accepted = self.current.combo
+            return Accepted(self.accepted)
+        if isinstance(event, ServerError):
+            if event.kind is ErrorKind.DIALECT_MISMATCH:
+                return self._mismatch(f"{event.code}: {event.message}")
+            if event.kind is ErrorKind.FATAL:
+                return Failed(f"{event.code}: {event.message}")
+        return None
+
+    def on_close(self, code: int, reason: str) -> NegotiationStep:
+        """The server closed before accepting: 4000 is the beta shape being disabled."""
+        if self.accepted is None and code == 4000:
+            return self._mismatch(f"closed {code} {reason}".strip())
+        return None
+
+
+def dialect_from_settings(
+    settings: Settings, overrides: Mapping[str, str] | None = None
+) -> RealtimeDialect | DialectNegotiator:
+    config = SessionConfig.from_settings(settings, overrides)
+    if settings.realtime_schema == "auto":
+        return DialectNegotiator(Combo.GA, config)
+    return RealtimeDialect(settings.realtime_schema, settings.realtime_beta_header, config)
