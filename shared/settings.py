@@ -70,7 +70,7 @@ class Settings(BaseSettings):
 
     # --- Twilio edge ------------------------------------------------------------------------------
     edge_host: str = "0.0.0.0"
-    edge_port: int = Field(8080, ge=1, le=65535)
+    edge_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     public_url: str = ""
     twilio_auth_token: SecretStr | None = None
     max_calls: int = Field(200, ge=1, le=100_000)

@@ -27,8 +27,11 @@ class EdgeConnection(ServerConnection):
         self._sniff: bytearray | None = bytearray()
         self.http_body: bytes = b""
         self.body_too_large = False
+        self._discard = False
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            return  # the rest of a refused body; the connection closes after the 413
         if self._sniff is None:
             super().data_received(data)
             return
@@ -56,7 +59,9 @@ class EdgeConnection(ServerConnection):
             kept.append(line)
         if length > MAX_BODY_BYTES:
             self.body_too_large = True
-            length = 0
+            self._pass_through(b"\r\n".join(kept))
+            self._discard = True
+            return
         body_start = head_end + 4
         if len(self._sniff) < body_start + length:
             return  # wait for the rest of the body
