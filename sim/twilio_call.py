@@ -75,6 +75,7 @@ class CallResult:
     clears: list[float] = field(default_factory=list)
     reply_delay_ms: float | None = None
     played_after_clear_ms: float = 0.0
+    reply_heard_at_clear_ms: float | None = None  # reply audio the caller had heard when cleared
     barge_in_at: float | None = None
     clear_after_barge_ms: float | None = None
     violations: list[str] = field(default_factory=list)
@@ -260,6 +261,8 @@ async def place_call(
                         playback.queue.append(name)
                     else:
                         result.clears.append(now())
+                        if result.reply_heard_at_clear_ms is None:
+                            result.reply_heard_at_clear_ms = playback.reply_played / 8
                         for name in playback.clear():
                             await ws.send(msg("mark", mark={"name": name}))
                             result.marks_returned.append((name, now()))
