@@ -11,23 +11,29 @@ def pcm24_to_8k(pcm: bytes) -> np.ndarray:
     return StreamResampler(24000, 8000).process(np.frombuffer(pcm, dtype=np.int16))
 
 
-def similarity(reference: np.ndarray, received: np.ndarray, max_lag: int = 800) -> float:
-    """Peak normalised cross-correlation of ``reference`` found within ``received`` (8 kHz)."""
+def similarity(reference: np.ndarray, received: np.ndarray, max_lag: int | None = None) -> float:
+    """Peak normalised cross-correlation of ``reference`` anywhere inside ``received`` (8 kHz).
+
+    FFT-based over every offset (``max_lag`` bounds the offsets searched when given). 1.0 means
+    the reference appears unchanged, up to gain, somewhere in what was received.
+    """
     ref = reference.astype(np.float64)
     got = received.astype(np.float64)
-    n = min(ref.size, got.size)
-    if n < 400:
+    if got.size < ref.size:
+        got = np.concatenate([got, np.zeros(ref.size - got.size)])
+    if ref.size < 400 or not np.any(ref):
         return 0.0
-    best = 0.0
-    # Search the offset of the reference inside the received signal (delays of a few frames).
-    for lag in range(0, min(max_lag, max(got.size - 400, 0)) + 1, 1):
-        seg = got[lag : lag + ref.size]
-        m = min(seg.size, ref.size)
-        a, b = ref[:m], seg[:m]
-        denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
-        if denom > 0:
-            best = max(best, float(np.dot(a, b) / denom))
-    return best
+    n = got.size + ref.size - 1
+    size = 1 << (n - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)[: got.size - ref.size + 1]
+    energy = np.concatenate([[0.0], np.cumsum(got**2)])
+    window = energy[ref.size:] - energy[: got.size - ref.size + 1]
+    denom = np.sqrt(np.maximum(window, 1e-9) * np.dot(ref, ref))
+    ncc = corr / denom
+    ncc[window < 1e-6 * np.dot(ref, ref)] = 0.0  # silence is not a match
+    if max_lag is not None:
+        ncc = ncc[: max_lag + 1]
+    return float(ncc.max()) if ncc.size else 0.0
 
 
 def ulaw_to_pcm(data: bytes) -> np.ndarray:

@@ -1,0 +1,238 @@
+"""Faults, on real processes over a real redis-server with the emulator and the simulator:
+a stage killed mid-call, the OpenAI socket dropped, Redis restarted empty, bad input, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
+
+from shared.audio import mulaw_decode, mulaw_encode
+from sim.openai_realtime import RealtimeEmulator
+from sim.speech import silence, speech
+from sim.twilio_call import place_call
+from tests.audio_checks import pcm24_to_8k, similarity
+from tests.conftest import RedisServer, free_port, wait_for
+from tests.stack import ProcessStack, process_env
+
+pytestmark = pytest.mark.slow
+FRAME_24K = 960
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+class Rig:
+    def __init__(self, stack: ProcessStack, emulator: RealtimeEmulator, redis_server: RedisServer) -> None:
+        self.stack, self.emulator, self.redis_server = stack, emulator, redis_server
+
+    def start(self, name: str) -> None:
+        module = {"t": "services.transcoder", "w": "services.realtime_worker", "e": "services.twilio_edge"}[name[0]]
+        self.stack.start(name, module, {"CONSUMER_NAME": name, "REALTIME_RESTORE_SECONDS": "4"})
+
+    def alive(self) -> None:
+        for name, proc in self.stack.procs.items():
+            assert proc.poll() is None, f"{name} died:\n{self.stack.logs[name].read_text()[-3000:]}"
+
+
+@pytest.fixture
+async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    emulator = RealtimeEmulator()
+    await emulator.start()
+    edge_port = free_port()
+    env = process_env(redis_server.url, edge_port, emulator.port)
+    r = Rig(ProcessStack(env, edge_port, emulator.port, tmp_path), emulator, redis_server)
+    for name in ("t0", "w0", "e0"):
+        r.start(name)
+    try:
+        await wait_for(lambda: _port_open(edge_port), timeout=20)
+        yield r
+    finally:
+        r.stack.stop_all()
+        await emulator.stop()
+
+
+def two_turns() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    first = mulaw_decode(mulaw_encode(speech("Hello, I am calling about my account balance please.")))
+    second = mulaw_decode(mulaw_encode(speech("And could you also check the last payment I made?")))
+    return first, second, np.concatenate([first, silence(5000), second])
+
+
+def model_heard(sessions: list) -> np.ndarray:  # type: ignore[type-arg]
+    return np.concatenate([pcm24_to_8k(bytes(s.input_audio)) for s in sessions])
+
+
+async def test_transcoder_killed_mid_call_every_frame_reaches_the_model_once(rig: Rig) -> None:
+    first, second, audio = two_turns()
+    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    session = await rig.emulator.wait_for_session(1, timeout=10)
+    await session.wait_for_event("response.done", timeout=15)
+    assert rig.stack.kill("t0", signal.SIGKILL) == -signal.SIGKILL
+    rig.start("t0")  # as supervisord does
+    result = await asyncio.wait_for(call, 60)
+    await session.wait_closed(timeout=15)
+    frames_in = len(session.input_audio) / FRAME_24K
+    assert 0.97 * result.frames_sent <= frames_in <= 1.03 * result.frames_sent
+    heard = pcm24_to_8k(bytes(session.input_audio))
+    assert similarity(second, heard) >= 0.95  # the later words arrived intact, in order
+    assert len(session.responses) >= 2, "the caller stopped hearing replies after the restart"
+    rig.alive()
+
+
+async def test_worker_killed_mid_call_gets_a_new_session_with_the_transcript(rig: Rig) -> None:
+    first, second, audio = two_turns()
+    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15)
+    await s1.wait_for_event("conversation.item.input_audio_transcription.completed", timeout=5)
+    rig.stack.kill("w0", signal.SIGKILL)
+    killed_at = time.monotonic()
+    rig.start("w0")
+    s2 = await rig.emulator.wait_for_session(2, timeout=10)
+    await s2.wait_for_client_event("session.update", timeout=5)
+    assert time.monotonic() - killed_at <= 3.0
+    # Same configuration, and the conversation so far as context.
+    assert s2.dialect == s1.dialect
+    assert s2.client_events[0]["session"] == s1.client_events[0]["session"]
+    context = await s2.wait_for_client_event("conversation.item.create", timeout=5)
+    assert context["item"]["role"] in ("user", "assistant")
+    result = await asyncio.wait_for(call, 60)
+    await s2.wait_closed(timeout=15)
+    total = (len(s1.input_audio) + len(s2.input_audio)) / FRAME_24K
+    # Frames waiting in Redis were delivered, not dropped (a few may be sent twice).
+    assert 0.97 * result.frames_sent <= total <= 1.06 * result.frames_sent
+    assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.95
+    rig.alive()
+
+
+async def test_killing_one_of_two_instances_moves_its_calls_without_a_restart(rig: Rig) -> None:
+    rig.start("t1")
+    rig.start("w1")
+    _, _, audio = two_turns()
+    calls = [asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45))
+             for _ in range(2)]
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await rig.emulator.wait_for_session(2, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15)
+    rig.stack.kill("t0", signal.SIGKILL)
+    rig.stack.kill("w0", signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(*calls), 90)
+    sessions = rig.emulator.sessions
+    sent = sum(r.frames_sent for r in results)
+    got = sum(len(s.input_audio) for s in sessions) / FRAME_24K
+    assert 0.97 * sent <= got <= 1.06 * sent
+    assert all(r.frames_received > 0 for r in results)
+    for name in ("t1", "w1", "e0"):
+        assert rig.stack.procs[name].poll() is None
+
+
+async def test_openai_socket_dropped_reconnects_and_continues(rig: Rig) -> None:
+    _, second, audio = two_turns()
+    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15)
+    await rig.emulator.drop_all(code=1011)
+    s2 = await rig.emulator.wait_for_session(2, timeout=5)
+    await s2.wait_for_client_event("session.update", timeout=5)
+    await asyncio.wait_for(call, 60)
+    assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.95
+    rig.alive()
+
+
+async def test_a_call_whose_session_cannot_be_restored_is_ended_for_the_caller(rig: Rig) -> None:
+    audio = np.concatenate([speech("Hello there."), silence(12000)])
+    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=30))
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15)
+    await rig.emulator.stop()  # OpenAI is gone for good
+    result = await asyncio.wait_for(call, 40)
+    assert result.closed_by_gateway  # REALTIME_RESTORE_SECONDS=4, then a clean hang-up
+    rig.alive()
+
+
+async def test_redis_restarted_empty_services_recover(rig: Rig) -> None:
+    ok = await asyncio.wait_for(place_call(rig.stack.media_url, speech("Hello."), hold_after_s=0.5), 40)
+    assert ok.frames_received > 0
+    rig.redis_server.stop()
+    rig.redis_server.start()  # same port, no data
+    result = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            result = await asyncio.wait_for(place_call(rig.stack.media_url, speech("Are you back?"),
+                                                       hold_after_s=0.5, max_duration_s=10), 20)
+        except OSError:
+            result = None
+        if result is not None and result.frames_received > 0:
+            break
+        await asyncio.sleep(0.5)  # the services are reconnecting with backoff
+    assert result is not None and result.frames_received > 0
+    rig.alive()
+
+
+async def test_bad_input_never_takes_the_edge_down_or_touches_another_call(rig: Rig) -> None:
+    good = asyncio.create_task(place_call(rig.stack.media_url, speech("I am the good caller."), hold_after_s=0.8))
+    url = rig.stack.media_url
+    junk = ["not json", b"\x00\x01binary", "[]", '{"event":"media"}', '{"event":"nope"}',
+            json.dumps({"event": "start", "start": {"callSid": "CA{evil}", "streamSid": "MZ1",
+                                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}),
+            json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "@@@"}})]
+    async with connect(url) as ws:
+        for message in junk:
+            await ws.send(message)
+        for _ in range(300):  # a flood, faster than real time
+            await ws.send(json.dumps({"event": "media", "streamSid": "MZx",
+                                      "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}))
+    try:
+        async with connect(url, max_size=None) as ws:
+            await ws.send("x" * 200_000)  # over the size limit: closed with 1009
+            await asyncio.wait_for(ws.recv(), 5)
+    except Exception as exc:  # noqa: BLE001 - any close is fine; the code is checked below
+        assert getattr(getattr(exc, "rcvd", None), "code", 1009) == 1009
+    result = await asyncio.wait_for(good, 40)
+    assert result.frames_received > 0 and result.violations == []
+    rig.alive()
+    metrics = await _metrics(rig.stack.edge_port)
+    assert 'gateway_rejected_total{reason="twilio_not_json"}' in metrics
+
+
+async def _metrics(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data.decode()
+
+
+async def test_sigterm_exits_within_5_seconds_and_hands_calls_over(rig: Rig) -> None:
+    rig.start("t1")
+    rig.start("w1")
+    _, _, audio = two_turns()
+    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45))
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15)
+    for name in ("t0", "w0"):
+        t0 = time.monotonic()
+        code = await asyncio.to_thread(rig.stack.kill, name, signal.SIGTERM)
+        assert time.monotonic() - t0 <= 5.0 and code == 0, rig.stack.logs[name].read_text()[-2000:]
+    result = await asyncio.wait_for(call, 60)
+    got = sum(len(s.input_audio) for s in rig.emulator.sessions) / FRAME_24K
+    assert 0.97 * result.frames_sent <= got <= 1.06 * result.frames_sent
