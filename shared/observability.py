@@ -38,6 +38,15 @@ def register_secret(value: str | None) -> None:
         _secrets.append(value)
 
 
+def register_settings_secrets(settings: Any) -> None:
+    """The OpenAI key, the Twilio token and any password in ``REDIS_URL``."""
+    from urllib.parse import urlsplit
+
+    for secret in (settings.openai_api_key, settings.twilio_auth_token):
+        register_secret(secret.get_secret_value() if secret else None)
+    register_secret(urlsplit(settings.redis_url).password)
+
+
 def scrub(text: str) -> str:
     for secret in _secrets:
         if secret in text:

@@ -124,7 +124,8 @@ class _Playback:
         return marks
 
 
-async def _fetch_twiml(url: str, params: dict[str, str], auth_token: str | None) -> str:
+async def _fetch_twiml(url: str, params: dict[str, str], auth_token: str | None,
+                       signed_as: str | None = None) -> str:
     parts = urlsplit(url)
     body = urlencode(params).encode()
     headers = {"Host": parts.netloc, "Content-Type": "application/x-www-form-urlencoded",
@@ -132,7 +133,7 @@ async def _fetch_twiml(url: str, params: dict[str, str], auth_token: str | None)
     if auth_token:
         from twilio.request_validator import RequestValidator
 
-        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(url, params)
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(signed_as or url, params)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     head = f"POST {parts.path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(head.encode() + b"\r\n" + body)
@@ -169,6 +170,7 @@ async def place_call(
     twiml_url: str | None = None,
     auth_token: str | None = None,
     signed_url: str | None = None,
+    twiml_signed_url: str | None = None,
     extra_headers: dict[str, str] | None = None,
     hold_after_s: float = 3.0,
     barge_in: BargeIn | None = None,
@@ -187,7 +189,8 @@ async def place_call(
         form = {"CallSid": call_sid, "AccountSid": account_sid, "From": "+15550001111",
                 "To": "+15550002222", "CallStatus": "ringing", "Direction": "inbound",
                 "ApiVersion": "2010-04-01"}
-        url, twiml_params = _parse_twiml(await _fetch_twiml(twiml_url, form, auth_token))
+        url, twiml_params = _parse_twiml(
+            await _fetch_twiml(twiml_url, form, auth_token, twiml_signed_url))
         stream_url = stream_url or url
         params = {**twiml_params, **params}
     if auth_token:

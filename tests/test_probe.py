@@ -185,6 +185,10 @@ async def test_unreachable_endpoint_is_reported_per_combination(
     assert "sk-test-not-real" not in markdown + json.dumps(report)
 
 
+async def _never_upgrade(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+    await reader.read()
+
+
 async def _silent(ws: ServerConnection) -> None:
     await ws.wait_closed()
 
@@ -202,7 +206,7 @@ async def test_http_errors_and_silent_servers_are_findings(
     tmp_path: Path, kind: str, expected: str
 ) -> None:
     if kind == "no-handshake":  # accepts TCP, never answers the upgrade
-        server: Any = await asyncio.start_server(lambda r, w: r.read(), "127.0.0.1", 0)
+        server: Any = await asyncio.start_server(_never_upgrade, "127.0.0.1", 0)
     else:
         server = await serve(_silent, "127.0.0.1", 0,
                              process_request=_unauthorized if kind == "http-401" else None)
@@ -246,6 +250,7 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
     assert _combo(report, "A")["status"] == "works"
     assert report["recommended"]["combo"] == "A" and exit_code(findings) == 0
     assert "beta_api_shape_disabled" in markdown and "4000" in markdown
+    assert "**not tested**" in markdown
 
 
 # --- the pure part -----------------------------------------------------------------------------
@@ -257,7 +262,8 @@ def test_models_list_is_comma_separated() -> None:
 
 
 def test_mutations_set_and_delete_dotted_paths_on_a_copy() -> None:
-    payload = {"type": "session.update", "session": {"type": "realtime", "audio": {}}}
+    payload: dict[str, Any] = {"type": "session.update",
+                               "session": {"type": "realtime", "audio": {}}}
     changed = apply_mutations(payload, (("session.type", DELETE),
                                         ("session.audio.input.format.rate", 16000)))
     assert changed == {"type": "session.update",

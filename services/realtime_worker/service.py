@@ -47,7 +47,7 @@ from shared.observability import (
     RECONNECTS,
     call_context,
     label,
-    register_secret,
+    register_settings_secrets,
     reject,
     serve_metrics,
     setup_logging,
@@ -526,8 +526,7 @@ def main(settings: Settings | None = None) -> None:
         )
         raise SystemExit(2)
     setup_logging("realtime_worker", settings.log_level)
-    for secret in (settings.openai_api_key, settings.twilio_auth_token):
-        register_secret(secret.get_secret_value() if secret else None)
+    register_settings_secrets(settings)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -23,7 +23,7 @@ from shared.observability import (
     CALLS,
     FRAMES,
     call_context,
-    register_secret,
+    register_settings_secrets,
     reject,
     serve_metrics,
     setup_logging,
@@ -180,7 +180,7 @@ async def run_transcoder(
 def main(settings: Settings | None = None) -> None:
     settings = settings or settings_or_exit("transcoder")
     setup_logging("transcoder", settings.log_level)
-    register_secret(settings.openai_api_key.get_secret_value() if settings.openai_api_key else None)
+    register_settings_secrets(settings)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -34,7 +34,7 @@ from shared.observability import (
     HOP_LATENCY,
     call_context,
     metrics_text,
-    register_secret,
+    register_settings_secrets,
     reject,
     setup_logging,
 )
@@ -361,8 +361,7 @@ async def run_edge(
 def main(settings: Settings | None = None) -> None:
     settings = settings or settings_or_exit("twilio_edge")
     setup_logging("twilio_edge", settings.log_level)
-    for secret in (settings.openai_api_key, settings.twilio_auth_token):
-        register_secret(secret.get_secret_value() if secret else None)
+    register_settings_secrets(settings)
 
     async def _main() -> None:
         stop = asyncio.Event()
