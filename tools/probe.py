@@ -1,0 +1,130 @@
+"""``make probe``: regenerate the dialect report from the configured Realtime endpoint.
+
+For every model in ``REALTIME_MODEL`` (comma-separated) it tries schema ``audio``/``flat`` x beta
+header on/off, ``RUNS`` times each, with the gateway's own dialect payloads, and re-sends the
+dialect report's known rejections to record the server's exact words. It writes
+``dialect-report.md`` (the report's layout) and ``dialect-report.json`` (raw findings) into
+``PROBE_OUT`` (default: the current folder), prints a table and the combination it recommends for
+Twilio, and exits 0 when at least one combination works, 1 otherwise (2: bad settings).
+
+Without ``OPENAI_API_KEY`` it starts the Realtime emulator in-process on a free port of
+127.0.0.1 and probes that, so the command works on a laptop without a key.
+
+Modules: :mod:`tools.probe_findings` (records and verdicts, pure), :mod:`tools.probe_report`
+(markdown/JSON/table, pure), :mod:`tools.probe_io` (the network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.settings import Settings, settings_or_exit
+from tools.probe_findings import NEGATIVE_CHECKS, ProbeFindings, recommend, summarise_all
+from tools.probe_report import render_json, render_markdown, render_table
+
+MARKDOWN_NAME = "dialect-report.md"
+JSON_NAME = "dialect-report.json"
+# The emulator wants a bearer token; this one is not a secret and never leaves 127.0.0.1.
+EMULATOR_KEY = "sk-emulator-probe"
+
+
+def models_of(setting: str) -> list[str]:
+    """``REALTIME_MODEL`` as a list: comma-separated, blanks and repeats dropped, order kept."""
+    return list(dict.fromkeys(m.strip() for m in setting.split(",") if m.strip()))
+
+
+def write_report(findings: ProbeFindings, out_dir: Path) -> tuple[Path, Path]:
+    """Write the markdown report and its JSON twin; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown, raw = out_dir / MARKDOWN_NAME, out_dir / JSON_NAME
+    markdown.write_text(render_markdown(findings), encoding="utf-8")
+    raw.write_text(json.dumps(render_json(findings), indent=2, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    return markdown, raw
+
+
+def exit_code(findings: ProbeFindings) -> int:
+    """0 when some combination works (there is something to recommend), 1 otherwise."""
+    return 0 if recommend(summarise_all(findings)) else 1
+
+
+async def run_probe(
+    settings: Settings, out_dir: Path, *, url: str | None = None, api_key: str | None = None,
+    emulator: bool | None = None, concurrency: int = 4,
+) -> ProbeFindings:
+    """Probe ``url`` (default ``REALTIME_URL``) with ``settings`` and write the report files."""
+    # Imported here so `--help` and a configuration error do not need the dialect layer.
+    from shared.realtime_dialect import SessionConfig
+    from tools.probe_io import Target, probe
+
+    if api_key is None and settings.openai_api_key is not None:
+        api_key = settings.openai_api_key.get_secret_value()
+    target = Target(
+        url=url or settings.realtime_url, models=models_of(settings.realtime_model),
+        api_key=api_key or EMULATOR_KEY, runs=settings.runs, audio_ms=settings.audio_ms,
+        timeout_ms=settings.timeout_ms, concurrency=concurrency,
+    )
+    findings = await probe(
+        target, SessionConfig.from_settings(settings),
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        emulator=settings.uses_emulator if emulator is None else emulator,
+        voice=settings.realtime_voice,
+    )
+    write_report(findings, out_dir)
+    return findings
+
+
+def _announce(settings: Settings, url: str, out_dir: Path) -> None:
+    models = models_of(settings.realtime_model)
+    print(f"probe: {url}, models {', '.join(models)}: 4 combinations x {settings.runs} run(s) and "
+          f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={settings.timeout_ms}; "
+          f"report into {out_dir.resolve()}", flush=True)
+
+
+async def amain(argv: list[str] | None = None) -> int:
+    """The command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m tools.probe",
+                                     description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--out", help="folder for the report files (default: PROBE_OUT or .)")
+    parser.add_argument("--concurrency", type=int, default=4, help="connections at once (4)")
+    args = parser.parse_args(argv)
+    settings = settings_or_exit("probe")
+    out_dir = Path(args.out or os.environ.get("PROBE_OUT") or ".")
+    concurrency = max(1, args.concurrency)
+    if settings.openai_api_key is None:
+        from sim.openai_realtime import RealtimeEmulator
+
+        emulator = RealtimeEmulator(host="127.0.0.1", port=0)
+        await emulator.start()
+        print(f"probe: no OPENAI_API_KEY: probing the local emulator started at {emulator.url}")
+        try:
+            _announce(settings, emulator.url, out_dir)
+            findings = await run_probe(settings, out_dir, url=emulator.url, emulator=True,
+                                       concurrency=concurrency)
+        finally:
+            await emulator.stop()
+    else:
+        _announce(settings, settings.realtime_url, out_dir)
+        findings = await run_probe(settings, out_dir, concurrency=concurrency)
+    print(render_table(findings))
+    print(f"wrote {out_dir / MARKDOWN_NAME} and {out_dir / JSON_NAME}")
+    return exit_code(findings)
+
+
+def main() -> None:
+    try:
+        code = asyncio.run(amain())
+    except KeyboardInterrupt:
+        print("probe: interrupted", file=sys.stderr)
+        code = 130
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
