@@ -109,11 +109,15 @@ class CallConversation:
     speech_stopped_us: int | None = None
     reply_started: set[str] = field(default_factory=set)
     errors: dict[str, int] = field(default_factory=dict)
+    # When the current session became ready: frames the caller sent before it waited in Redis
+    # for the session, which is start-up (or recovery) time, not the pipeline's hop delay.
+    ready_us: int = 0
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
         """A (new) session was accepted: give it the conversation so far, or greet the caller."""
         actions: list[Action] = []
+        self.ready_us = now_us
         self.active_response = None
         self.frames_since_commit = self.bytes_since_commit = 0
         if self.transcript:

@@ -234,13 +234,17 @@ def classify_error(code: str, message: str, param: str, sent_combo: Combo) -> tu
     if code in _FATAL_CODES:
         return ErrorKind.FATAL, None
     named = param or (m.group(1) if (m := _PARAM_RE.search(message)) else "")
-    if code in ("unknown_parameter", "missing_required_parameter") or "Unknown parameter" in message:
+    # Only a key the server does not know says "wrong dialect" (or the GA server missing the
+    # session.type it requires); a bad value, such as a rate below 24000, is our own error.
+    if code == "unknown_parameter" or "Unknown parameter" in message:
         if named.startswith(_GA_ONLY) and sent_combo is Combo.GA:
             return ErrorKind.DIALECT_MISMATCH, Combo.BETA
         if named.startswith(_BETA_ONLY) and sent_combo is Combo.BETA:
             return ErrorKind.DIALECT_MISMATCH, Combo.GA
         if named.startswith(("session.", "response.")):
             return ErrorKind.DIALECT_MISMATCH, sent_combo.other()
+    if code == "missing_required_parameter" and named == "session.type" and sent_combo is Combo.BETA:
+        return ErrorKind.DIALECT_MISMATCH, Combo.GA
     return ErrorKind.OTHER, None
 
 

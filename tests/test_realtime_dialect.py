@@ -153,6 +153,9 @@ def test_errors_are_classified() -> None:
     assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.GA  # type: ignore[union-attr]
     assert ga.parse(_err("invalid_api_key", "bad key")).kind is rd.ErrorKind.FATAL  # type: ignore[union-attr]
     assert ga.parse(_err("whatever", "x")).kind is rd.ErrorKind.OTHER  # type: ignore[union-attr]
+    bad_rate = ga.parse(_err("missing_required_parameter", "Missing required parameter: "
+                             "'session.audio.input.format.rate'.", "session.audio.input.format.rate"))
+    assert bad_rate.kind is rd.ErrorKind.OTHER  # type: ignore[union-attr]
 
 
 def test_negotiator_switches_once_then_fails() -> None:

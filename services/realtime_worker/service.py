@@ -48,6 +48,7 @@ from shared.observability import (
     call_context,
     label,
     register_settings_secrets,
+    run_service,
     reject,
     serve_metrics,
     setup_logging,
@@ -316,7 +317,8 @@ class RealtimeWorker:
             return None
         await self._perform(ws, keys, core.caller_audio(entry.audio), expiry_set)
         self.frames_in.inc()
-        self.hop_in.observe(max(0, _now_us() - entry.stamp_us) / 1e6)
+        if entry.stamp_us >= core.ready_us:
+            self.hop_in.observe(max(0, _now_us() - entry.stamp_us) / 1e6)
         return None
 
     # --- actions ----------------------------------------------------------------------------------
@@ -413,6 +415,8 @@ class RealtimeWorker:
                 request.url,
                 additional_headers=request.headers,
                 max_size=16 * 1024 * 1024,
+                # Base64 audio barely compresses; deflate cost more CPU than the whole hop.
+                compression=None,
                 open_timeout=timeout,
                 ping_interval=20,
                 ping_timeout=20,
@@ -535,4 +539,4 @@ def main(settings: Settings | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    asyncio.run(_main())
+    run_service(_main)

@@ -24,6 +24,7 @@ from shared.observability import (
     FRAMES,
     call_context,
     register_settings_secrets,
+    run_service,
     reject,
     serve_metrics,
     setup_logging,
@@ -189,4 +190,4 @@ def main(settings: Settings | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_transcoder(settings, stop)
 
-    asyncio.run(_main())
+    run_service(_main)

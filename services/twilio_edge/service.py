@@ -35,6 +35,7 @@ from shared.observability import (
     call_context,
     metrics_text,
     register_settings_secrets,
+    run_service,
     reject,
     setup_logging,
 )
@@ -341,6 +342,7 @@ async def run_edge(
         process_request=edge.process_request,
         create_connection=EdgeConnection,
         max_size=settings.max_message_bytes,
+        compression=None,  # Twilio does not negotiate it; mu-law barely compresses anyway
         ping_interval=20,
         ping_timeout=20,
     ) as server:
@@ -370,4 +372,4 @@ def main(settings: Settings | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_edge(settings, stop=stop)
 
-    asyncio.run(_main())
+    run_service(_main)
