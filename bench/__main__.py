@@ -1,0 +1,127 @@
+"""``make bench``: the audio core, then the pipeline against the direct bridge, at rising load.
+
+Prints each figure and writes everything to ``bench/results/results.json`` and the plot to
+``bench/results/pipeline.png``. ``BENCH_CALLS`` (default ``1,10,25``) lists the loads compared
+with the baseline; ``BENCH_MAX_CALLS`` (default 60) bounds the search for the largest load that
+keeps every hop's p99 within 20 ms (``BENCH_SEARCH=0`` skips it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+P99_BUDGET_MS = 20.0
+
+
+def _hop_ok(run: dict) -> bool:  # type: ignore[type-arg]
+    p99s = [run["edge_to_openai_ms"]["p99"], run["openai_to_edge_ms"]["p99"]]
+    return (
+        run["failed_calls"] == 0
+        and run["frames_lost"] < 0.5 + 0.001 * run["frames_sent"]
+        and all(not math.isnan(p) and p <= P99_BUDGET_MS for p in p99s)
+    )
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else float("nan")
+
+
+def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
+    hin, hout = run["edge_to_openai_ms"], run["openai_to_edge_ms"]
+    line = (
+        f"{run['kind']:>8} N={run['calls']:<3} in p50/p95/p99 {hin['p50']:.2f}/{hin['p95']:.2f}/"
+        f"{hin['p99']:.2f} ms  out {hout['p50']:.2f}/{hout['p95']:.2f}/{hout['p99']:.2f} ms  "
+        f"lost {run['frames_lost']:.0f} dup {run['frames_duplicated']:.0f}  "
+        f"cpu {run['cpu_ms_per_call_s']:.1f} ms/call-s"
+    )
+    if base:
+        line += (
+            f"  (x{_ratio(run['cpu_ms_per_call_s'], base['cpu_ms_per_call_s']):.2f} cpu, "
+            f"x{_ratio(hin['p99'], base['edge_to_openai_ms']['p99']):.1f} in-p99, "
+            f"x{_ratio(hout['p99'], base['openai_to_edge_ms']['p99']):.1f} out-p99 vs direct)"
+        )
+    print(line, flush=True)
+    for name, svc in sorted(run["services"].items()):
+        print(f"           {name:<12} cpu {svc['cpu_ms_per_call_s']:7.2f} ms/call-s  "
+              f"rss {svc.get('rss_mb', 0):6.1f} MB", flush=True)
+
+
+def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, style in (("pipeline", "o-"), ("direct", "s--")):
+        sel = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r["calls"])
+        if not sel:
+            continue
+        n = [r["calls"] for r in sel]
+        ax1.plot(n, [r["edge_to_openai_ms"]["p99"] for r in sel], style, label=f"{kind} in p99")
+        ax1.plot(n, [r["openai_to_edge_ms"]["p99"] for r in sel], style, alpha=0.6,
+                 label=f"{kind} out p99")
+        ax2.plot(n, [r["cpu_ms_per_call_s"] for r in sel], style, label=kind)
+    ax1.axhline(P99_BUDGET_MS, color="red", lw=0.8, ls=":")
+    ax1.set(xlabel="concurrent calls", ylabel="hop latency p99 (ms)", title="Latency per hop")
+    ax2.set(xlabel="concurrent calls", ylabel="CPU ms per call-second", title="CPU cost")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),  # type: ignore[type-arg]
+                             "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    from bench import audio
+
+    print("== audio core ==", flush=True)
+    out["audio"] = audio.run()
+
+    from bench.pipeline import measure
+
+    loads = [int(x) for x in os.environ.get("BENCH_CALLS", "1,10,25").split(",") if x]
+    runs: list[dict] = []  # type: ignore[type-arg]
+    print("== pipeline vs direct bridge (real time; each load takes ~10 s per side) ==", flush=True)
+    for n in loads:
+        base = measure("direct", n)
+        _print_run(base, None)
+        run = measure("pipeline", n)
+        _print_run(run, base)
+        run["vs_direct"] = {
+            "cpu": _ratio(run["cpu_ms_per_call_s"], base["cpu_ms_per_call_s"]),
+            "edge_to_openai_p99": _ratio(run["edge_to_openai_ms"]["p99"], base["edge_to_openai_ms"]["p99"]),
+            "openai_to_edge_p99": _ratio(run["openai_to_edge_ms"]["p99"], base["openai_to_edge_ms"]["p99"]),
+        }
+        runs += [base, run]
+    if os.environ.get("BENCH_SEARCH", "1") != "0":
+        limit = int(os.environ.get("BENCH_MAX_CALLS", "60"))
+        best = max((r["calls"] for r in runs if r["kind"] == "pipeline" and _hop_ok(r)), default=0)
+        n = max(best, 25)
+        while n < limit:
+            n = min(limit, n + 10)
+            run = measure("pipeline", n)
+            _print_run(run, None)
+            runs.append(run)
+            if not _hop_ok(run):
+                break
+            best = n
+        out["largest_n_within_budget"] = best
+        print(f"largest load with every hop's p99 <= {P99_BUDGET_MS:.0f} ms and no frame lost: "
+              f"{best} calls", flush=True)
+    out["runs"] = runs
+    (RESULTS / "results.json").write_text(json.dumps(out, indent=2, default=str))
+    plot(runs, RESULTS / "pipeline.png")
+    print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'pipeline.png'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""End-to-end benchmark: N concurrent simulated calls, in real time, through the real processes.
+
+For each N it starts redis-server, the emulator, the edge, transcoder(s) and worker(s) as
+separate processes (as supervisord runs them), places N calls with the Twilio simulator from this
+process, and reports per-hop latency percentiles (from the services' own Prometheus histograms,
+interpolated within buckets), lost or duplicated caller frames (what the emulator received
+against what the callers sent), CPU milliseconds per call-second for each service and for Redis,
+and RSS per call. The same load then runs through :mod:`bench.direct_bridge`, the
+single-process baseline, and every figure is also given as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.request import urlopen
+
+import numpy as np
+import psutil
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from sim.speech import speech
+from sim.twilio_call import place_call
+
+ROOT = Path(__file__).resolve().parent.parent
+BYTES_PER_FRAME_24K = 960  # 20 ms of PCM16 at 24 kHz
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass
+class Procs:
+    workdir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def cpu_s(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                t = psutil.Process(proc.pid).cpu_times()
+                out[name] = t.user + t.system
+            except psutil.Error:
+                out[name] = 0.0
+        return out
+
+    def rss_mb(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                out[name] = psutil.Process(proc.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                out[name] = 0.0
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(8)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def histogram_quantiles(text: str, hop: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float]:
+    """Quantiles (ms) of ``gateway_hop_latency_seconds{hop=...}``, linear within buckets."""
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name != "gateway_hop_latency_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("hop") == hop:
+                buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return {f"p{int(q * 100)}": float("nan") for q in qs} | {"count": 0}
+    total = buckets[-1][1]
+    out: dict[str, float] = {"count": total}
+    for q in qs:
+        target = q * total
+        lo_bound, lo_count = 0.0, 0.0
+        value = buckets[-2][0] if len(buckets) > 1 else 0.0
+        for bound, count in buckets:
+            if count >= target:
+                if bound == float("inf"):
+                    value = lo_bound
+                else:
+                    frac = (target - lo_count) / max(count - lo_count, 1e-9)
+                    value = lo_bound + frac * (bound - lo_bound)
+                break
+            lo_bound, lo_count = bound, count
+        out[f"p{int(q * 100)}"] = value * 1000.0
+    return out
+
+
+def scrape(port: int) -> str:
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+        return resp.read().decode()
+
+
+def recorded_input_frames(record_dir: Path) -> float:
+    total = 0
+    for path in record_dir.rglob("input.pcm"):
+        total += path.stat().st_size
+    return total / BYTES_PER_FRAME_24K
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> list:  # type: ignore[type-arg]
+    audio = speech("Hello, I would like to check the status of my order please.")
+    audio = audio[: int(8000 * speech_s)]
+    async def one(i: int):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(i * (1.0 / max(n, 1)))  # spread call starts over a second
+        return await place_call(media_url, audio, hold_after_s=hold_s, max_duration_s=60)
+    return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+
+@contextlib.contextmanager
+def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> Iterator[dict]:  # type: ignore[type-arg]
+    procs = Procs(workdir)
+    redis_port, emu_port, edge_port = free_port(), free_port(), free_port()
+    record = workdir / "emulator"
+    record.mkdir(exist_ok=True)
+    base_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))}
+    base_env["PYTHONUNBUFFERED"] = "1"
+    py = sys.executable
+    try:
+        procs.start("emulator", [py, "-m", "sim.openai_realtime", "--host", "127.0.0.1",
+                                 "--port", str(emu_port), "--record-dir", str(record)], base_env)
+        wait_port(emu_port)
+        realtime_url = f"ws://127.0.0.1:{emu_port}/v1/realtime"
+        info: dict = {"record": record, "procs": procs, "metrics_ports": {}}  # type: ignore[type-arg]
+        if kind == "direct":
+            procs.start("bridge", [py, "-m", "bench.direct_bridge", "--port", str(edge_port),
+                                   "--realtime-url", realtime_url], base_env)
+            wait_port(edge_port)
+            info["metrics_ports"] = {"bridge": edge_port}
+        else:
+            procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
+                                  "--save", "", "--appendonly", "no", "--dir", str(workdir)], base_env)
+            wait_port(redis_port)
+            env = dict(base_env, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+                       REALTIME_URL=realtime_url, EDGE_HOST="127.0.0.1", EDGE_PORT=str(edge_port),
+                       LOG_LEVEL="WARNING")
+            for i in range(transcoders):
+                port = free_port()
+                procs.start(f"transcoder{i}", [py, "-m", "services.transcoder"],
+                            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"))
+                info["metrics_ports"][f"transcoder{i}"] = port
+            for i in range(workers):
+                port = free_port()
+                procs.start(f"worker{i}", [py, "-m", "services.realtime_worker"],
+                            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"))
+                info["metrics_ports"][f"worker{i}"] = port
+            procs.start("edge", [py, "-m", "services.twilio_edge"], env)
+            wait_port(edge_port)
+            for port in info["metrics_ports"].values():
+                wait_port(port)
+            info["metrics_ports"]["edge"] = edge_port
+            info["redis"] = redis.Redis(port=redis_port)
+        info["media_url"] = f"ws://127.0.0.1:{edge_port}/media"
+        yield info
+    finally:
+        procs.stop()
+
+
+def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> dict:  # type: ignore[type-arg]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp, stack(kind, Path(tmp)) as st:
+        procs: Procs = st["procs"]
+        cpu0 = procs.cpu_s()
+        rss0 = procs.rss_mb()
+        rcpu0 = redis_cpu_s(st["redis"]) if "redis" in st else 0.0
+        t0 = time.monotonic()
+        results = asyncio.run(run_calls(st["media_url"], n, speech_s, hold_s))
+        wall = time.monotonic() - t0
+        cpu1 = procs.cpu_s()
+        rss1 = procs.rss_mb()
+        failures = [r for r in results if isinstance(r, BaseException)]
+        ok = [r for r in results if not isinstance(r, BaseException)]
+        frames_sent = sum(r.frames_sent for r in ok)
+        call_seconds = sum(r.frames_sent for r in ok) * 0.02
+        # Let the last frames land before counting what the emulator got.
+        time.sleep(1.0)
+        received = recorded_input_frames(st["record"])
+        texts = {name: scrape(port) for name, port in st["metrics_ports"].items()}
+        hop_in_src = next((t for name, t in texts.items() if name.startswith(("worker", "bridge"))), "")
+        hop_out_src = texts.get("edge") or texts.get("bridge", "")
+        services: dict[str, dict[str, float]] = {}
+        for name in cpu1:
+            if name == "emulator":
+                continue
+            services[name] = {
+                "cpu_ms_per_call_s": (cpu1[name] - cpu0[name]) * 1000 / max(call_seconds, 1e-9),
+                "rss_mb": rss1[name],
+                "rss_mb_per_call": max(0.0, rss1[name] - rss0[name]) / max(n, 1),
+            }
+        if "redis" in st:
+            services["redis"]["cpu_ms_per_call_s"] = (
+                (redis_cpu_s(st["redis"]) - rcpu0) * 1000 / max(call_seconds, 1e-9)
+            )
+        total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
+        return {
+            "kind": kind,
+            "calls": n,
+            "failed_calls": len(failures),
+            "failures": [repr(f)[:200] for f in failures[:3]],
+            "wall_s": wall,
+            "frames_sent": frames_sent,
+            "frames_received": received,
+            "frames_lost": max(0.0, frames_sent - received),
+            "frames_duplicated": max(0.0, received - frames_sent),
+            "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
+            "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
+            "reply_delay_ms_p50": float(np.median([r.reply_delay_ms for r in ok
+                                                   if r.reply_delay_ms is not None] or [np.nan])),
+            "services": services,
+            "cpu_ms_per_call_s": total_cpu,
+        }
