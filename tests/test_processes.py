@@ -4,7 +4,6 @@ them, with the emulator and the Twilio simulator; then faults (issue: reliabilit
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,19 +16,10 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, wait_for
+from tests.conftest import RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, process_env
 
 pytestmark = pytest.mark.slow
-
-
-async def _port_open(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    return True
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ async def processes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[
     stack.start("worker", "services.realtime_worker", {"CONSUMER_NAME": "w-0"})
     stack.start("edge", "services.twilio_edge")
     try:
-        await wait_for(lambda: _port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=20)
         yield stack, emulator
     finally:
         stack.stop_all()

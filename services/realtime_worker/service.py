@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -47,11 +46,9 @@ from shared.observability import (
     RECONNECTS,
     call_context,
     label,
-    register_settings_secrets,
-    run_service,
     reject,
+    run_service,
     serve_metrics,
-    setup_logging,
 )
 from shared.realtime_dialect import (
     Accepted,
@@ -529,14 +526,4 @@ def main(settings: Settings | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    setup_logging("realtime_worker", settings.log_level)
-    register_settings_secrets(settings)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
-
-    run_service(_main)
+    run_service("realtime_worker", settings, lambda stop: run_worker(settings, stop))

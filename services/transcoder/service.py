@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 
 import redis.asyncio as aioredis
@@ -23,11 +22,9 @@ from shared.observability import (
     CALLS,
     FRAMES,
     call_context,
-    register_settings_secrets,
-    run_service,
     reject,
+    run_service,
     serve_metrics,
-    setup_logging,
 )
 from shared.redis_io import RETRYABLE, connect, is_duplicate_id, last_entry_id
 from shared.settings import Settings, settings_or_exit
@@ -180,14 +177,4 @@ async def run_transcoder(
 
 def main(settings: Settings | None = None) -> None:
     settings = settings or settings_or_exit("transcoder")
-    setup_logging("transcoder", settings.log_level)
-    register_settings_secrets(settings)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_transcoder(settings, stop)
-
-    run_service(_main)
+    run_service("transcoder", settings, lambda stop: run_transcoder(settings, stop))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import signal
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -34,10 +33,8 @@ from shared.observability import (
     HOP_LATENCY,
     call_context,
     metrics_text,
-    register_settings_secrets,
-    run_service,
     reject,
-    setup_logging,
+    run_service,
 )
 from shared.playback import OutboundPlayback
 from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, ensure_group, expire_all
@@ -362,14 +359,4 @@ async def run_edge(
 
 def main(settings: Settings | None = None) -> None:
     settings = settings or settings_or_exit("twilio_edge")
-    setup_logging("twilio_edge", settings.log_level)
-    register_settings_secrets(settings)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_edge(settings, stop=stop)
-
-    run_service(_main)
+    run_service("twilio_edge", settings, lambda stop: run_edge(settings, stop))
