@@ -48,8 +48,11 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
         )
     print(line, flush=True)
     for name, svc in sorted(run["services"].items()):
-        print(f"           {name:<12} cpu {svc['cpu_ms_per_call_s']:7.2f} ms/call-s  "
-              f"rss {svc.get('rss_mb', 0):6.1f} MB", flush=True)
+        print(
+            f"           {name:<12} cpu {svc['cpu_ms_per_call_s']:7.2f} ms/call-s  "
+            f"rss {svc.get('rss_mb', 0):6.1f} MB",
+            flush=True,
+        )
 
 
 def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
@@ -65,8 +68,13 @@ def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
             continue
         n = [r["calls"] for r in sel]
         ax1.plot(n, [r["edge_to_openai_ms"]["p99"] for r in sel], style, label=f"{kind} in p99")
-        ax1.plot(n, [r["openai_to_edge_ms"]["p99"] for r in sel], style, alpha=0.6,
-                 label=f"{kind} out p99")
+        ax1.plot(
+            n,
+            [r["openai_to_edge_ms"]["p99"] for r in sel],
+            style,
+            alpha=0.6,
+            label=f"{kind} out p99",
+        )
         ax2.plot(n, [r["cpu_ms_per_call_s"] for r in sel], style, label=kind)
     ax1.axhline(P99_BUDGET_MS, color="red", lw=0.8, ls=":")
     ax1.set(xlabel="concurrent calls", ylabel="hop latency p99 (ms)", title="Latency per hop")
@@ -79,8 +87,13 @@ def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
 
 def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),  # type: ignore[type-arg]
-                             "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    out: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),  # type: ignore[type-arg]
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    }
     from bench import audio
 
     print("== audio core ==", flush=True)
@@ -98,8 +111,12 @@ def main() -> None:
         _print_run(run, base)
         run["vs_direct"] = {
             "cpu": _ratio(run["cpu_ms_per_call_s"], base["cpu_ms_per_call_s"]),
-            "edge_to_openai_p99": _ratio(run["edge_to_openai_ms"]["p99"], base["edge_to_openai_ms"]["p99"]),
-            "openai_to_edge_p99": _ratio(run["openai_to_edge_ms"]["p99"], base["openai_to_edge_ms"]["p99"]),
+            "edge_to_openai_p99": _ratio(
+                run["edge_to_openai_ms"]["p99"], base["edge_to_openai_ms"]["p99"]
+            ),
+            "openai_to_edge_p99": _ratio(
+                run["openai_to_edge_ms"]["p99"], base["openai_to_edge_ms"]["p99"]
+            ),
         }
         runs += [base, run]
     if os.environ.get("BENCH_SEARCH", "1") != "0":
@@ -115,8 +132,11 @@ def main() -> None:
                 break
             best = n
         out["largest_n_within_budget"] = best
-        print(f"largest load with every hop's p99 <= {P99_BUDGET_MS:.0f} ms and no frame lost: "
-              f"{best} calls", flush=True)
+        print(
+            f"largest load with every hop's p99 <= {P99_BUDGET_MS:.0f} ms and no frame lost: "
+            f"{best} calls",
+            flush=True,
+        )
     out["runs"] = runs
     (RESULTS / "results.json").write_text(json.dumps(out, indent=2, default=str))
     plot(runs, RESULTS / "pipeline.png")

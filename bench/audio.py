@@ -69,8 +69,11 @@ def run() -> dict:  # type: ignore[type-arg]
         other = f"{ref[name]:17,.0f}" if name in ref else f"{'n/a':>17}"
         print(f"{name:<20} {value:14,.0f} {other}")
     print(f"resampler group delay: {GROUP_DELAY_MS:.2f} ms each way (nothing held back)")
-    return {"frames_per_cpu_second": ours, "audioop_frames_per_cpu_second": ref,
-            "resampler_delay_ms": GROUP_DELAY_MS}
+    return {
+        "frames_per_cpu_second": ours,
+        "audioop_frames_per_cpu_second": ref,
+        "resampler_delay_ms": GROUP_DELAY_MS,
+    }
 
 
 if __name__ == "__main__":

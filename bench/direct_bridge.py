@@ -52,8 +52,9 @@ class DirectBridge:
         dialect = RealtimeDialect("audio", False, self.config)
         s = self.settings
         request = dialect.connect_request(s.realtime_url, s.realtime_model, "sk-bench")
-        async with websockets.connect(request.url, additional_headers=request.headers,
-                                      max_size=16 * 1024 * 1024) as openai:
+        async with websockets.connect(
+            request.url, additional_headers=request.headers, max_size=16 * 1024 * 1024
+        ) as openai:
             while not isinstance(dialect.parse(await openai.recv()), SessionCreated):
                 pass
             await openai.send(json.dumps(dialect.session_update()))
@@ -103,8 +104,9 @@ class DirectBridge:
 
 async def main_async(host: str, port: int, realtime_url: str) -> None:
     bridge = DirectBridge(realtime_url)
-    async with serve(bridge.handle, host, port, process_request=bridge.process_request,
-                     max_size=1 << 20):
+    async with serve(
+        bridge.handle, host, port, process_request=bridge.process_request, max_size=1 << 20
+    ):
         await asyncio.Future()
 
 

@@ -98,7 +98,9 @@ class Procs:
                 proc.kill()
 
 
-def histogram_quantiles(text: str, hop: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float]:
+def histogram_quantiles(
+    text: str, hop: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)
+) -> dict[str, float]:
     """Quantiles (ms) of ``gateway_hop_latency_seconds{hop=...}``, linear within buckets."""
     buckets: list[tuple[float, float]] = []
     for family in text_string_to_metric_families(text):
@@ -149,9 +151,11 @@ def redis_cpu_s(client: redis.Redis) -> float:
 async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> list:  # type: ignore[type-arg]
     audio = speech("Hello, I would like to check the status of my order please.")
     audio = audio[: int(8000 * speech_s)]
+
     async def one(i: int):  # type: ignore[no-untyped-def]
         await asyncio.sleep(i * (1.0 / max(n, 1)))  # spread call starts over a second
         return await place_call(media_url, audio, hold_after_s=hold_s, max_duration_s=60)
+
     return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
 
@@ -161,37 +165,90 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
     redis_port, emu_port, edge_port = free_port(), free_port(), free_port()
     record = workdir / "emulator"
     record.mkdir(exist_ok=True)
-    base_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))}
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))
+    }
     base_env["PYTHONUNBUFFERED"] = "1"
     py = sys.executable
     try:
-        procs.start("emulator", [py, "-m", "sim.openai_realtime", "--host", "127.0.0.1",
-                                 "--port", str(emu_port), "--record-dir", str(record)], base_env)
+        procs.start(
+            "emulator",
+            [
+                py,
+                "-m",
+                "sim.openai_realtime",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(emu_port),
+                "--record-dir",
+                str(record),
+            ],
+            base_env,
+        )
         wait_port(emu_port)
         realtime_url = f"ws://127.0.0.1:{emu_port}/v1/realtime"
         info: dict = {"record": record, "procs": procs, "metrics_ports": {}}  # type: ignore[type-arg]
         if kind == "direct":
-            procs.start("bridge", [py, "-m", "bench.direct_bridge", "--port", str(edge_port),
-                                   "--realtime-url", realtime_url], base_env)
+            procs.start(
+                "bridge",
+                [
+                    py,
+                    "-m",
+                    "bench.direct_bridge",
+                    "--port",
+                    str(edge_port),
+                    "--realtime-url",
+                    realtime_url,
+                ],
+                base_env,
+            )
             wait_port(edge_port)
             info["metrics_ports"] = {"bridge": edge_port}
         else:
-            procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
-                                  "--save", "", "--appendonly", "no", "--dir", str(workdir)], base_env)
+            procs.start(
+                "redis",
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(redis_port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                ],
+                base_env,
+            )
             wait_port(redis_port)
-            env = dict(base_env, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-                       REALTIME_URL=realtime_url, EDGE_HOST="127.0.0.1", EDGE_PORT=str(edge_port),
-                       LOG_LEVEL="WARNING")
+            env = dict(
+                base_env,
+                REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+                REALTIME_URL=realtime_url,
+                EDGE_HOST="127.0.0.1",
+                EDGE_PORT=str(edge_port),
+                LOG_LEVEL="WARNING",
+            )
             for i in range(transcoders):
                 port = free_port()
-                procs.start(f"transcoder{i}", [py, "-m", "services.transcoder"],
-                            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"))
+                procs.start(
+                    f"transcoder{i}",
+                    [py, "-m", "services.transcoder"],
+                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"),
+                )
                 info["metrics_ports"][f"transcoder{i}"] = port
             for i in range(workers):
                 port = free_port()
-                procs.start(f"worker{i}", [py, "-m", "services.realtime_worker"],
-                            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"))
+                procs.start(
+                    f"worker{i}",
+                    [py, "-m", "services.realtime_worker"],
+                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"),
+                )
                 info["metrics_ports"][f"worker{i}"] = port
             procs.start("edge", [py, "-m", "services.twilio_edge"], env)
             wait_port(edge_port)
@@ -224,7 +281,9 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
         time.sleep(1.0)
         received = recorded_input_frames(st["record"])
         texts = {name: scrape(port) for name, port in st["metrics_ports"].items()}
-        hop_in_src = next((t for name, t in texts.items() if name.startswith(("worker", "bridge"))), "")
+        hop_in_src = next(
+            (t for name, t in texts.items() if name.startswith(("worker", "bridge"))), ""
+        )
         hop_out_src = texts.get("edge") or texts.get("bridge", "")
         services: dict[str, dict[str, float]] = {}
         for name in cpu1:
@@ -252,8 +311,11 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             "frames_duplicated": max(0.0, received - frames_sent),
             "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
             "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
-            "reply_delay_ms_p50": float(np.median([r.reply_delay_ms for r in ok
-                                                   if r.reply_delay_ms is not None] or [np.nan])),
+            "reply_delay_ms_p50": float(
+                np.median(
+                    [r.reply_delay_ms for r in ok if r.reply_delay_ms is not None] or [np.nan]
+                )
+            ),
             "services": services,
             "cpu_ms_per_call_s": total_cpu,
         }

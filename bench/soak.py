@@ -23,8 +23,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 async def wave(url: str, n: int) -> int:
     audio = speech("Hi there.")
-    results = await asyncio.gather(*(place_call(url, audio, hold_after_s=0.2, max_duration_s=15)
-                                     for _ in range(n)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(place_call(url, audio, hold_after_s=0.2, max_duration_s=15) for _ in range(n)),
+        return_exceptions=True,
+    )
     return sum(1 for r in results if not isinstance(r, BaseException) and r.frames_received > 0)
 
 
@@ -52,9 +54,13 @@ def main() -> None:
     print(f"{answered}/{total} calls answered in {out['wall_s']:.0f} s")
     for name, after in out["rss_mb_after_all"].items():
         before = out.get("rss_mb_after_50", {}).get(name, after)
-        print(f"  {name:<12} RSS after 50 calls {before:6.1f} MB, after {total}: {after:6.1f} MB "
-              f"({after - before:+.1f})")
-    print(f"  redis keys {out['redis_keys']}, call keys without expiry {out['call_keys_without_expiry']}")
+        print(
+            f"  {name:<12} RSS after 50 calls {before:6.1f} MB, after {total}: {after:6.1f} MB "
+            f"({after - before:+.1f})"
+        )
+    print(
+        f"  redis keys {out['redis_keys']}, call keys without expiry {out['call_keys_without_expiry']}"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(out, indent=2))
 

@@ -44,7 +44,10 @@ def _env_int(name: str, default: int, low: int, high: int) -> int:
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        print(f"configuration error: {name}={raw!r} is not allowed: must be {low}..{high}", file=sys.stderr)
+        print(
+            f"configuration error: {name}={raw!r} is not allowed: must be {low}..{high}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return value
 
@@ -98,8 +101,21 @@ def program(name: str, number: int) -> None:
         data = ROOT / "run" / "redis"
         data.mkdir(parents=True, exist_ok=True)
         _exec(
-            [binary, "--bind", host, "--port", str(port), "--dir", str(data),
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+            [
+                binary,
+                "--bind",
+                host,
+                "--port",
+                str(port),
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
             env,
         )
     elif name == "emulator":
@@ -110,8 +126,18 @@ def program(name: str, number: int) -> None:
         if url.hostname not in _LOCAL:
             print(f"emulator: REALTIME_URL is remote ({url.hostname}); not starting the emulator")
             return
-        _exec([python, "-m", "sim.openai_realtime", "--host", "127.0.0.1",
-               "--port", str(url.port or DEFAULT_EMULATOR_PORT)], env)
+        _exec(
+            [
+                python,
+                "-m",
+                "sim.openai_realtime",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(url.port or DEFAULT_EMULATOR_PORT),
+            ],
+            env,
+        )
     elif name == "edge":
         _exec([python, "-m", "services.twilio_edge"], env)
     elif name in _STAGES:
@@ -140,12 +166,18 @@ def stack() -> None:
     (ROOT / "run").mkdir(exist_ok=True)
     target = "OpenAI" if settings.openai_api_key else "the local OpenAI Realtime emulator"
     print(f"voice gateway: calls go to {target} at {settings.realtime_url}")
-    print(f"voice gateway: point your Twilio number's voice webhook at {settings.public_twiml_url()}")
+    print(
+        f"voice gateway: point your Twilio number's voice webhook at {settings.public_twiml_url()}"
+    )
     if not settings.public_url:
         print("voice gateway: PUBLIC_URL is not set; set it to the https address Twilio reaches")
-    print(f"voice gateway: Redis at {urlsplit(settings.redis_url).hostname}; "
-          f"try a call with: make demo")
-    supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
+    print(
+        f"voice gateway: Redis at {urlsplit(settings.redis_url).hostname}; "
+        f"try a call with: make demo"
+    )
+    supervisord = (
+        shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
+    )
     _exec([supervisord, "-n", "-c", str(ROOT / "supervisord.conf")], env)
 
 

@@ -62,7 +62,9 @@ class CallClaims:
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.stream, self.group)
 
-    def _decode(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]], recovered: bool) -> tuple[list[Claim], list[bytes]]:
+    def _decode(
+        self, entries: list[tuple[bytes, dict[bytes, bytes] | None]], recovered: bool
+    ) -> tuple[list[Claim], list[bytes]]:
         claims: list[Claim] = []
         junk: list[bytes] = []
         for entry_id, fields in entries:
@@ -101,16 +103,18 @@ class CallClaims:
         if not entry_ids:
             return set()
         pending = await self.redis.xpending_range(
-            self.stream, self.group, min="-", max="+", count=max(1000, 2 * len(entry_ids)),
+            self.stream,
+            self.group,
+            min="-",
+            max="+",
+            count=max(1000, 2 * len(entry_ids)),
             consumername=self.consumer,
         )
         still_mine = {p["message_id"] for p in pending}
         lost = {e for e in entry_ids if e not in still_mine}
         keep = [e for e in entry_ids if e in still_mine]
         if keep:
-            await self.redis.xclaim(
-                self.stream, self.group, self.consumer, 0, keep, justid=True
-            )
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, keep, justid=True)
         return lost
 
     async def take_over(self) -> list[Claim]:
@@ -137,8 +141,13 @@ class CallClaims:
         """Make our calls look abandoned so another instance takes them over at its next pass."""
         if entry_ids:
             await self.redis.xclaim(
-                self.stream, self.group, self.consumer, 0, entry_ids,
-                idle=self.idle_ms * 10, justid=True,
+                self.stream,
+                self.group,
+                self.consumer,
+                0,
+                entry_ids,
+                idle=self.idle_ms * 10,
+                justid=True,
             )
 
 
@@ -163,7 +172,9 @@ class OwnedCalls:
             return
         if claim.recovered:
             RECOVERED.inc()
-            log.info("took over call %s", claim.call.call_sid, extra={"call_sid": claim.call.call_sid})
+            log.info(
+                "took over call %s", claim.call.call_sid, extra={"call_sid": claim.call.call_sid}
+            )
         task = asyncio.create_task(self._run(claim), name=f"call-{claim.call.call_sid}")
         self.tasks[claim.entry_id] = task
         self.call_entries[claim.call.call_sid] = claim.entry_id

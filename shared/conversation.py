@@ -237,7 +237,9 @@ class CallConversation:
             return []
         self.transcript.append((role, text))
         who = "caller" if role == "user" else "assistant"
-        return [WriteEvent(CallEvent("transcript", {"role": who, "text": text, "item_id": item_id}))]
+        return [
+            WriteEvent(CallEvent("transcript", {"role": who, "text": text, "item_id": item_id}))
+        ]
 
     def _error(self, error: ServerError) -> list[Action]:
         code = error.code or error.type or "unknown"

@@ -107,8 +107,28 @@ def call_context(call_sid: str | None, stream_sid: str | None = None) -> Iterato
 # --- metrics ---------------------------------------------------------------------------------
 # Fine below 20 ms: the pipeline's budget per hop is a few milliseconds, and percentiles are
 # interpolated from these buckets by the benchmark.
-_MS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
-       0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_MS = (
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 ACTIVE_CALLS = Gauge("gateway_active_calls", "Calls this process is serving now")
 CALLS = Counter("gateway_calls_total", "Calls this process served, by outcome", ["outcome"])
@@ -192,7 +212,9 @@ class Stopwatch:
         return (time.monotonic() - self.t0) * 1000.0
 
 
-def run_service(service: str, settings: Any, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run_service(
+    service: str, settings: Any, serve: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
     """A service's process: JSON logs, secrets registered, SIGTERM/SIGINT set ``stop``, and the
     event loop on uvloop (a dependency: the loop's own overhead per message is a large share of a
     20 ms frame's cost)."""

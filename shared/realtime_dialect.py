@@ -209,23 +209,50 @@ class OtherEvent:
 
 
 ServerEvent = (
-    SessionCreated | SessionUpdated | AudioDelta | AudioDone | TranscriptDelta | TranscriptDone
-    | InputTranscript | SpeechStarted | SpeechStopped | InputCommitted | ResponseCreated
-    | ResponseDone | OutputItemAdded | ServerError | OtherEvent
+    SessionCreated
+    | SessionUpdated
+    | AudioDelta
+    | AudioDone
+    | TranscriptDelta
+    | TranscriptDone
+    | InputTranscript
+    | SpeechStarted
+    | SpeechStopped
+    | InputCommitted
+    | ResponseCreated
+    | ResponseDone
+    | OutputItemAdded
+    | ServerError
+    | OtherEvent
 )
 
 _BENIGN_CODES = {"input_audio_buffer_commit_empty", "response_cancel_not_active"}
 _FATAL_CODES = {"invalid_api_key", "model_not_found", "insufficient_quota", "invalid_model"}
 # Session keys that exist in only one dialect: an error naming one tells which dialect is wrong.
-_GA_ONLY = ("session.type", "session.audio", "session.output_modalities", "response.audio",
-            "response.output_modalities")
-_BETA_ONLY = ("session.modalities", "session.input_audio_format", "session.output_audio_format",
-              "session.voice", "session.turn_detection", "session.input_audio_transcription",
-              "response.modalities", "response.voice", "response.output_audio_format")
+_GA_ONLY = (
+    "session.type",
+    "session.audio",
+    "session.output_modalities",
+    "response.audio",
+    "response.output_modalities",
+)
+_BETA_ONLY = (
+    "session.modalities",
+    "session.input_audio_format",
+    "session.output_audio_format",
+    "session.voice",
+    "session.turn_detection",
+    "session.input_audio_transcription",
+    "response.modalities",
+    "response.voice",
+    "response.output_audio_format",
+)
 _PARAM_RE = re.compile(r"Unknown parameter: '([^']+)'")
 
 
-def classify_error(code: str, message: str, param: str, sent_combo: Combo) -> tuple[ErrorKind, Combo | None]:
+def classify_error(
+    code: str, message: str, param: str, sent_combo: Combo
+) -> tuple[ErrorKind, Combo | None]:
     """What an error means for the dialect in use (and which combo it points to)."""
     if code in _BENIGN_CODES:
         return ErrorKind.BENIGN, None
@@ -243,7 +270,11 @@ def classify_error(code: str, message: str, param: str, sent_combo: Combo) -> tu
             return ErrorKind.DIALECT_MISMATCH, Combo.GA
         if named.startswith(("session.", "response.")):
             return ErrorKind.DIALECT_MISMATCH, sent_combo.other()
-    if code == "missing_required_parameter" and named == "session.type" and sent_combo is Combo.BETA:
+    if (
+        code == "missing_required_parameter"
+        and named == "session.type"
+        and sent_combo is Combo.BETA
+    ):
         return ErrorKind.DIALECT_MISMATCH, Combo.GA
     return ErrorKind.OTHER, None
 
@@ -258,7 +289,9 @@ def _turn_detection(kind: TurnDetection) -> dict[str, Any] | None:
 class RealtimeDialect:
     """Client events in one combo's shape, and the server's events normalised."""
 
-    def __init__(self, schema: Literal["audio", "flat"], beta_header: bool, config: SessionConfig) -> None:
+    def __init__(
+        self, schema: Literal["audio", "flat"], beta_header: bool, config: SessionConfig
+    ) -> None:
         if schema not in ("audio", "flat"):
             raise ValueError(f"schema must be audio or flat, got {schema!r}")
         self.schema = schema
@@ -289,7 +322,10 @@ class RealtimeDialect:
         c = self.config
         if self.schema == "audio":
             fmt = {"type": "audio/pcm", "rate": c.rate}
-            audio_in: dict[str, Any] = {"format": fmt, "turn_detection": _turn_detection(c.turn_detection)}
+            audio_in: dict[str, Any] = {
+                "format": fmt,
+                "turn_detection": _turn_detection(c.turn_detection),
+            }
             if c.transcription_model:
                 audio_in["transcription"] = {"model": c.transcription_model}
             session: dict[str, Any] = {
@@ -315,10 +351,16 @@ class RealtimeDialect:
         c = self.config
         if self.schema == "audio":
             response: dict[str, Any] = {
-                "audio": {"output": {"format": {"type": "audio/pcm", "rate": c.rate}, "voice": c.voice}}
+                "audio": {
+                    "output": {"format": {"type": "audio/pcm", "rate": c.rate}, "voice": c.voice}
+                }
             }
         else:
-            response = {"modalities": ["audio", "text"], "output_audio_format": "pcm16", "voice": c.voice}
+            response = {
+                "modalities": ["audio", "text"],
+                "output_audio_format": "pcm16",
+                "voice": c.voice,
+            }
         if instructions:
             response["instructions"] = instructions
         return {"type": "response.create", "response": response}
@@ -354,19 +396,31 @@ class RealtimeDialect:
     def user_text_item(text: str) -> dict[str, Any]:
         return {
             "type": "conversation.item.create",
-            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            },
         }
 
-    def context_items(self, transcript: Sequence[tuple[Literal["user", "assistant"], str]]) -> list[dict[str, Any]]:
+    def context_items(
+        self, transcript: Sequence[tuple[Literal["user", "assistant"], str]]
+    ) -> list[dict[str, Any]]:
         """The conversation so far, for a new session after a reconnect."""
         assistant_type = "output_text" if self.schema == "audio" else "text"
         items = []
         for role, text in transcript:
             kind = "input_text" if role == "user" else assistant_type
-            items.append({
-                "type": "conversation.item.create",
-                "item": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]},
-            })
+            items.append(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": role,
+                        "content": [{"type": kind, "text": text}],
+                    },
+                }
+            )
         return items
 
     # server events
@@ -401,8 +455,13 @@ def _audio_delta(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
     delta = d["delta"]
     if not isinstance(delta, str):
         raise ValueError("delta is not a string")
-    return AudioDelta(_s(d, "response_id"), _s(d, "item_id"), _i(d, "output_index"),
-                      _i(d, "content_index"), binascii.a2b_base64(delta))
+    return AudioDelta(
+        _s(d, "response_id"),
+        _s(d, "item_id"),
+        _i(d, "output_index"),
+        _i(d, "content_index"),
+        binascii.a2b_base64(delta),
+    )
 
 
 def _error(dialect: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
@@ -418,7 +477,9 @@ def _session_created(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
     session = d.get("session")
     if not isinstance(session, dict):
         raise ValueError("session is not an object")
-    seen: Literal["ga", "beta"] = "ga" if "audio" in session or "output_modalities" in session else "beta"
+    seen: Literal["ga", "beta"] = (
+        "ga" if "audio" in session or "output_modalities" in session else "beta"
+    )
     return SessionCreated(session, seen)
 
 
@@ -434,18 +495,33 @@ _HANDLERS: dict[str, Any] = {
     "response.audio.delta": _audio_delta,
     "response.output_audio.done": lambda _, d: AudioDone(_s(d, "response_id"), _s(d, "item_id")),
     "response.audio.done": lambda _, d: AudioDone(_s(d, "response_id"), _s(d, "item_id")),
-    "response.output_audio_transcript.delta": lambda _, d: TranscriptDelta(_s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")),
-    "response.audio_transcript.delta": lambda _, d: TranscriptDelta(_s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")),
-    "response.output_audio_transcript.done": lambda _, d: TranscriptDone(_s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")),
-    "response.audio_transcript.done": lambda _, d: TranscriptDone(_s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")),
-    "conversation.item.input_audio_transcription.completed": lambda _, d: InputTranscript(_s(d, "item_id"), _s(d, "transcript")),
-    "input_audio_buffer.speech_started": lambda _, d: SpeechStarted(_i(d, "audio_start_ms"), _s(d, "item_id")),
-    "input_audio_buffer.speech_stopped": lambda _, d: SpeechStopped(_i(d, "audio_end_ms"), _s(d, "item_id")),
+    "response.output_audio_transcript.delta": lambda _, d: TranscriptDelta(
+        _s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")
+    ),
+    "response.audio_transcript.delta": lambda _, d: TranscriptDelta(
+        _s(d, "response_id"), _s(d, "item_id"), _s(d, "delta")
+    ),
+    "response.output_audio_transcript.done": lambda _, d: TranscriptDone(
+        _s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")
+    ),
+    "response.audio_transcript.done": lambda _, d: TranscriptDone(
+        _s(d, "response_id"), _s(d, "item_id"), _s(d, "transcript")
+    ),
+    "conversation.item.input_audio_transcription.completed": lambda _, d: InputTranscript(
+        _s(d, "item_id"), _s(d, "transcript")
+    ),
+    "input_audio_buffer.speech_started": lambda _, d: SpeechStarted(
+        _i(d, "audio_start_ms"), _s(d, "item_id")
+    ),
+    "input_audio_buffer.speech_stopped": lambda _, d: SpeechStopped(
+        _i(d, "audio_end_ms"), _s(d, "item_id")
+    ),
     "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
     "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
     "response.done": lambda _, d: ResponseDone(_s(_response(d), "id"), _s(_response(d), "status")),
     "response.output_item.added": lambda _, d: OutputItemAdded(
-        _s(d, "response_id"), _s(d.get("item") if isinstance(d.get("item"), dict) else {}, "id")),
+        _s(d, "response_id"), _s(d.get("item") if isinstance(d.get("item"), dict) else {}, "id")
+    ),
     "error": _error,
 }
 

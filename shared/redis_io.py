@@ -44,7 +44,9 @@ def is_duplicate_id(error: BaseException) -> bool:
 
 
 def is_nogroup(error: BaseException) -> bool:
-    return isinstance(error, ResponseError) and str(error).startswith("NOGROUP")
+    """The consumer group (or its stream) is gone: Redis lost its data, or a blocked read's key
+    was deleted under it (``UNBLOCKED``). Either way: recreate the group and read again."""
+    return isinstance(error, ResponseError) and str(error).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 async def ensure_group(redis: aioredis.Redis, stream: bytes, group: bytes) -> None:

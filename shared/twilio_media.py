@@ -165,7 +165,9 @@ class TwilioMediaSession:
 
     def _check_started(self, data: dict[str, Any], event: str) -> None:
         if self.state != "started":
-            raise TwilioProtocolError(f"{event}_before_start" if event == "media" else "before_start", event)
+            raise TwilioProtocolError(
+                f"{event}_before_start" if event == "media" else "before_start", event
+            )
         sid = data.get("streamSid")
         if sid != self.stream_sid:
             raise TwilioProtocolError("stream_sid_mismatch", repr(sid)[:60])

@@ -31,7 +31,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from sim.realtime_rules import CLIENT_EVENTS, Rejection, check_response, check_session, unknown_parameter
+from sim.realtime_rules import (
+    CLIENT_EVENTS,
+    Rejection,
+    check_response,
+    check_session,
+    unknown_parameter,
+)
 from sim.realtime_voice import synthetic_voice
 
 MIN_COMMIT_MS = 100
@@ -69,8 +75,15 @@ class _Item:
 class EmulatedSession:
     """One connection: its dialect, what it received and sent, and awaitable waits for tests."""
 
-    def __init__(self, emulator: RealtimeEmulator, ws: ServerConnection, dialect: str, model: str,
-                 headers: dict[str, str], record: Path | None) -> None:
+    def __init__(
+        self,
+        emulator: RealtimeEmulator,
+        ws: ServerConnection,
+        dialect: str,
+        model: str,
+        headers: dict[str, str],
+        record: Path | None,
+    ) -> None:
         self.emulator = emulator
         self.ws = ws
         self.dialect = dialect
@@ -92,8 +105,13 @@ class EmulatedSession:
         self.rate = 24000
         self.bytes_per_sample = 2
         self.turn_detection: dict[str, Any] | None = {
-            "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-            "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
+            "type": "server_vad",
+            "threshold": 0.5,
+            "prefix_padding_ms": 300,
+            "silence_duration_ms": 500,
+            "create_response": True,
+            "interrupt_response": True,
+        }
         self.transcription: dict[str, Any] | None = None
         self.buffer = bytearray()  # uncommitted input audio
         self.items: dict[str, _Item] = {}
@@ -128,15 +146,41 @@ class EmulatedSession:
                         return found
                     await self._changed.wait()
 
-    async def wait_for_event(self, type: str, timeout: float = 5.0,
-                             predicate: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        return await self._wait(lambda: next((e for e in self.server_events if e["type"] == type
-                                              and (predicate is None or predicate(e))), None), timeout)
+    async def wait_for_event(
+        self,
+        type: str,
+        timeout: float = 5.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        return await self._wait(
+            lambda: next(
+                (
+                    e
+                    for e in self.server_events
+                    if e["type"] == type and (predicate is None or predicate(e))
+                ),
+                None,
+            ),
+            timeout,
+        )
 
-    async def wait_for_client_event(self, type: str, timeout: float = 5.0,
-                                    predicate: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        return await self._wait(lambda: next((e for e in self.client_events if e.get("type") == type
-                                              and (predicate is None or predicate(e))), None), timeout)
+    async def wait_for_client_event(
+        self,
+        type: str,
+        timeout: float = 5.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        return await self._wait(
+            lambda: next(
+                (
+                    e
+                    for e in self.client_events
+                    if e.get("type") == type and (predicate is None or predicate(e))
+                ),
+                None,
+            ),
+            timeout,
+        )
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         await self._wait(lambda: self.closed, timeout)
@@ -155,8 +199,13 @@ class EmulatedSession:
             await self._notify()
 
     async def error(self, rejection: Rejection, client_event_id: str | None) -> None:
-        err = {"type": rejection.type, "code": rejection.code, "message": rejection.message,
-               "param": rejection.param, "event_id": client_event_id}
+        err = {
+            "type": rejection.type,
+            "code": rejection.code,
+            "message": rejection.message,
+            "param": rejection.param,
+            "event_id": client_event_id,
+        }
         self.errors_sent.append(err)
         await self.send({"type": "error", "error": err})
 
@@ -165,19 +214,39 @@ class EmulatedSession:
         if self.dialect == "ga":
             fmt = {"type": "audio/pcm", "rate": self.rate}
             return {
-                "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
-                "output_modalities": ["audio"], "instructions": self.instructions,
-                "audio": {"input": {"format": fmt, "turn_detection": self.turn_detection,
-                                    "transcription": self.transcription, "noise_reduction": None},
-                          "output": {"format": fmt, "voice": self.voice, "speed": 1.0}},
-                "tools": [], "tool_choice": "auto", "max_output_tokens": "inf",
+                "type": "realtime",
+                "object": "realtime.session",
+                "id": self.id,
+                "model": self.model,
+                "output_modalities": ["audio"],
+                "instructions": self.instructions,
+                "audio": {
+                    "input": {
+                        "format": fmt,
+                        "turn_detection": self.turn_detection,
+                        "transcription": self.transcription,
+                        "noise_reduction": None,
+                    },
+                    "output": {"format": fmt, "voice": self.voice, "speed": 1.0},
+                },
+                "tools": [],
+                "tool_choice": "auto",
+                "max_output_tokens": "inf",
             }
         return {
-            "id": self.id, "object": "realtime.session", "model": self.model,
-            "modalities": ["audio", "text"], "instructions": self.instructions, "voice": self.voice,
-            "input_audio_format": "pcm16", "output_audio_format": "pcm16",
-            "turn_detection": self.turn_detection, "input_audio_transcription": self.transcription,
-            "tools": [], "tool_choice": "auto", "temperature": 0.8,
+            "id": self.id,
+            "object": "realtime.session",
+            "model": self.model,
+            "modalities": ["audio", "text"],
+            "instructions": self.instructions,
+            "voice": self.voice,
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": self.turn_detection,
+            "input_audio_transcription": self.transcription,
+            "tools": [],
+            "tool_choice": "auto",
+            "temperature": 0.8,
             "max_response_output_tokens": "inf",
         }
 
@@ -210,11 +279,17 @@ class EmulatedSession:
         try:
             event = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            await self.error(Rejection("invalid_json", "The server could not parse the event: "
-                                       "invalid JSON.", None), None)
+            await self.error(
+                Rejection(
+                    "invalid_json", "The server could not parse the event: invalid JSON.", None
+                ),
+                None,
+            )
             return
         if not isinstance(event, dict):
-            await self.error(Rejection("invalid_event", "The event must be a JSON object.", None), None)
+            await self.error(
+                Rejection("invalid_event", "The event must be a JSON object.", None), None
+            )
             return
         self.client_events.append(event)
         self._log("client", event)
@@ -224,8 +299,11 @@ class EmulatedSession:
         tree = CLIENT_EVENTS[self.dialect].get(kind) if isinstance(kind, str) else None
         try:
             if tree is None:
-                raise Rejection("invalid_value", f"Invalid value: '{kind}'. The event type is not "
-                                "supported.", "type")
+                raise Rejection(
+                    "invalid_value",
+                    f"Invalid value: '{kind}'. The event type is not supported.",
+                    "type",
+                )
             unknown_parameter(event, tree, "")
             await getattr(self, "_on_" + kind.replace(".", "_"))(event)
         except Rejection as rejection:
@@ -243,7 +321,9 @@ class EmulatedSession:
         except (binascii.Error, ValueError):
             data = None
         if data is None:
-            raise Rejection("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio")
+            raise Rejection(
+                "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio"
+            )
         self.input_audio += data
         self.buffer += data
         if self._record:
@@ -257,32 +337,61 @@ class EmulatedSession:
     async def _on_input_audio_buffer_commit(self, e: dict[str, Any]) -> None:
         ms = self._buffer_ms()
         if ms < MIN_COMMIT_MS:
-            raise Rejection("input_audio_buffer_commit_empty", "Error committing input audio buffer: "
-                            f"buffer too small. Expected at least 100ms of audio, but buffer only has "
-                            f"{ms:.2f}ms of audio.", None)
+            raise Rejection(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: "
+                f"buffer too small. Expected at least 100ms of audio, but buffer only has "
+                f"{ms:.2f}ms of audio.",
+                None,
+            )
         await self._commit(_id("item"))
 
     async def _commit(self, item_id: str) -> None:
         audio = bytes(self.buffer)
         self.buffer.clear()
         self.last_user_audio = audio
-        self.items[item_id] = _Item(item_id, "user", len(audio) / self.bytes_per_sample / self.rate * 1000)
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": None})
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
+        self.items[item_id] = _Item(
+            item_id, "user", len(audio) / self.bytes_per_sample / self.rate * 1000
+        )
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": None}
+        )
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
         await self._item_created(item)
         if self.transcription:
-            await self.send({"type": "conversation.item.input_audio_transcription.completed",
-                             "item_id": item_id, "content_index": 0,
-                             "transcript": f"caller audio of {len(audio) / self.bytes_per_sample / self.rate:.2f} s",
-                             **({"usage": {"type": "duration", "seconds": 1.0}} if self.dialect == "ga" else {})})
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": f"caller audio of {len(audio) / self.bytes_per_sample / self.rate:.2f} s",
+                    **(
+                        {"usage": {"type": "duration", "seconds": 1.0}}
+                        if self.dialect == "ga"
+                        else {}
+                    ),
+                }
+            )
 
     async def _item_created(self, item: dict[str, Any]) -> None:
         if self.dialect == "ga":
-            await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
-            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
+            await self.send(
+                {"type": "conversation.item.added", "previous_item_id": None, "item": item}
+            )
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": None, "item": item}
+            )
         else:
-            await self.send({"type": "conversation.item.created", "previous_item_id": None, "item": item})
+            await self.send(
+                {"type": "conversation.item.created", "previous_item_id": None, "item": item}
+            )
 
     async def _on_input_audio_buffer_clear(self, e: dict[str, Any]) -> None:
         self.buffer.clear()
@@ -291,58 +400,98 @@ class EmulatedSession:
     async def _on_response_create(self, e: dict[str, Any]) -> None:
         check_response(self.dialect, e.get("response"))
         if self.active is not None:
-            raise Rejection("conversation_already_has_active_response", "Conversation already has an "
-                            f"active response in progress: {self.active.id}. Wait until the response "
-                            "is finished before creating a new one.", None)
+            raise Rejection(
+                "conversation_already_has_active_response",
+                "Conversation already has an "
+                f"active response in progress: {self.active.id}. Wait until the response "
+                "is finished before creating a new one.",
+                None,
+            )
         self._start_response((e.get("response") or {}).get("instructions"))
 
     async def _on_response_cancel(self, e: dict[str, Any]) -> None:
         if self.active is None:
-            raise Rejection("response_cancel_not_active", "Cancellation failed: no active response "
-                            "found.", None)
+            raise Rejection(
+                "response_cancel_not_active", "Cancellation failed: no active response found.", None
+            )
         await self._cancel()
 
     async def _on_conversation_item_create(self, e: dict[str, Any]) -> None:
         item = e.get("item")
-        if not isinstance(item, dict) or item.get("type") not in ("message", "function_call", "function_call_output"):
+        if not isinstance(item, dict) or item.get("type") not in (
+            "message",
+            "function_call",
+            "function_call_output",
+        ):
             raise Rejection("invalid_value", "Invalid 'item.type'.", "item.type")
-        ok_types = {"user": {"input_text", "input_audio"}, "system": {"input_text"},
-                    "assistant": {"output_text", "output_audio"} if self.dialect == "ga" else {"text", "audio"}}
+        ok_types = {
+            "user": {"input_text", "input_audio"},
+            "system": {"input_text"},
+            "assistant": {"output_text", "output_audio"}
+            if self.dialect == "ga"
+            else {"text", "audio"},
+        }
         if item["type"] == "message":
             allowed = ok_types.get(item.get("role", ""))
             if allowed is None:
-                raise Rejection("invalid_value", f"Invalid 'item.role': {item.get('role')!r}.", "item.role")
+                raise Rejection(
+                    "invalid_value", f"Invalid 'item.role': {item.get('role')!r}.", "item.role"
+                )
             for i, part in enumerate(item.get("content") or []):
                 if not isinstance(part, dict) or part.get("type") not in allowed:
-                    raise Rejection("invalid_value", f"Invalid 'item.content[{i}].type': "
-                                    f"{part.get('type') if isinstance(part, dict) else part!r}.",
-                                    f"item.content[{i}].type")
+                    raise Rejection(
+                        "invalid_value",
+                        f"Invalid 'item.content[{i}].type': "
+                        f"{part.get('type') if isinstance(part, dict) else part!r}.",
+                        f"item.content[{i}].type",
+                    )
         item_id = item.get("id") or _id("item")
         self.items[item_id] = _Item(item_id, item.get("role", ""))
-        await self._item_created({"object": "realtime.item", "status": "completed", **item, "id": item_id})
+        await self._item_created(
+            {"object": "realtime.item", "status": "completed", **item, "id": item_id}
+        )
 
     async def _on_conversation_item_truncate(self, e: dict[str, Any]) -> None:
         item = self.items.get(e.get("item_id"))  # type: ignore[arg-type]
         if item is None:
-            raise Rejection("invalid_value", f"Invalid 'item_id': no item with id '{e.get('item_id')}'.", "item_id")
+            raise Rejection(
+                "invalid_value",
+                f"Invalid 'item_id': no item with id '{e.get('item_id')}'.",
+                "item_id",
+            )
         if item.role != "assistant":
             raise Rejection("invalid_value", "Only assistant messages can be truncated.", "item_id")
         end = e.get("audio_end_ms")
         if not isinstance(end, int) or end < 0 or end > item.audio_ms + 1:
-            raise Rejection("invalid_value", f"Audio content of {item.audio_ms:.0f}ms is already "
-                            f"shorter than {end}ms", "audio_end_ms")
+            raise Rejection(
+                "invalid_value",
+                f"Audio content of {item.audio_ms:.0f}ms is already shorter than {end}ms",
+                "audio_end_ms",
+            )
         self.truncations.append(e)
         item.audio_ms = float(end)
-        await self.send({"type": "conversation.item.truncated", "item_id": item.id,
-                         "content_index": e.get("content_index", 0), "audio_end_ms": end})
+        await self.send(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item.id,
+                "content_index": e.get("content_index", 0),
+                "audio_end_ms": end,
+            }
+        )
 
     async def _on_conversation_item_delete(self, e: dict[str, Any]) -> None:
         if self.items.pop(e.get("item_id"), None) is None:  # type: ignore[arg-type]
-            raise Rejection("invalid_value", f"Invalid 'item_id': no item with id '{e.get('item_id')}'.", "item_id")
+            raise Rejection(
+                "invalid_value",
+                f"Invalid 'item_id': no item with id '{e.get('item_id')}'.",
+                "item_id",
+            )
         await self.send({"type": "conversation.item.deleted", "item_id": e["item_id"]})
 
     async def _on_conversation_item_retrieve(self, e: dict[str, Any]) -> None:
-        raise Rejection("invalid_value", "Item retrieval is not supported by the emulator.", "item_id")
+        raise Rejection(
+            "invalid_value", "Item retrieval is not supported by the emulator.", "item_id"
+        )
 
     # --- VAD -----------------------------------------------------------------------------------
     async def _vad(self, data: bytes) -> None:
@@ -353,7 +502,9 @@ class EmulatedSession:
         self._vad_carry += data
         window = self.rate * VAD_WINDOW_MS // 1000 * 2
         while len(self._vad_carry) >= window:
-            chunk = np.frombuffer(bytes(self._vad_carry[:window]), dtype=np.int16).astype(np.float64)
+            chunk = np.frombuffer(bytes(self._vad_carry[:window]), dtype=np.int16).astype(
+                np.float64
+            )
             del self._vad_carry[:window]
             self.audio_ms += VAD_WINDOW_MS
             level = 20 * np.log10(max(np.sqrt(np.mean(chunk**2)), 1e-9) / 32768)
@@ -362,9 +513,16 @@ class EmulatedSession:
                 if not self.speaking:
                     self.speaking = True
                     self.speech_item = _id("item")
-                    start = max(0.0, self.audio_ms - VAD_WINDOW_MS - td.get("prefix_padding_ms", 300))
-                    await self.send({"type": "input_audio_buffer.speech_started",
-                                     "audio_start_ms": int(start), "item_id": self.speech_item})
+                    start = max(
+                        0.0, self.audio_ms - VAD_WINDOW_MS - td.get("prefix_padding_ms", 300)
+                    )
+                    await self.send(
+                        {
+                            "type": "input_audio_buffer.speech_started",
+                            "audio_start_ms": int(start),
+                            "item_id": self.speech_item,
+                        }
+                    )
                     if self.active is not None and td.get("interrupt_response", True):
                         await self._cancel()
             elif self.speaking:
@@ -372,8 +530,13 @@ class EmulatedSession:
                 if self.silence_ms >= td.get("silence_duration_ms", 500):
                     self.speaking = False
                     item_id = self.speech_item or _id("item")
-                    await self.send({"type": "input_audio_buffer.speech_stopped",
-                                     "audio_end_ms": int(self.audio_ms), "item_id": item_id})
+                    await self.send(
+                        {
+                            "type": "input_audio_buffer.speech_stopped",
+                            "audio_end_ms": int(self.audio_ms),
+                            "item_id": item_id,
+                        }
+                    )
                     await self._commit(item_id)
                     if td.get("create_response", True) and self.active is None:
                         self._start_response(None)
@@ -395,14 +558,24 @@ class EmulatedSession:
         text = record.instructions or "How can I help you today?"
         return synthetic_voice(text, self.rate).tobytes(), text[:200]
 
-    def _response_object(self, record: ResponseRecord, output: list[dict[str, Any]]) -> dict[str, Any]:
-        obj: dict[str, Any] = {"id": record.id, "object": "realtime.response", "status": record.status,
-                               "output": output, "metadata": None, "usage": None}
+    def _response_object(
+        self, record: ResponseRecord, output: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": record.id,
+            "object": "realtime.response",
+            "status": record.status,
+            "output": output,
+            "metadata": None,
+            "usage": None,
+        }
         if record.status == "cancelled":
             obj["status_details"] = {"type": "cancelled", "reason": "turn_detected"}
         if self.dialect == "ga":
             obj["output_modalities"] = ["audio"]
-            obj["audio"] = {"output": {"format": {"type": "audio/pcm", "rate": self.rate}, "voice": self.voice}}
+            obj["audio"] = {
+                "output": {"format": {"type": "audio/pcm", "rate": self.rate}, "voice": self.voice}
+            }
         else:
             obj["modalities"] = ["audio", "text"]
             obj["output_audio_format"] = "pcm16"
@@ -413,28 +586,50 @@ class EmulatedSession:
         ga = self.dialect == "ga"
         audio_ev = "response.output_audio" if ga else "response.audio"
         text_ev = "response.output_audio_transcript" if ga else "response.audio_transcript"
-        ids = {"response_id": record.id, "item_id": record.item_id, "output_index": 0, "content_index": 0}
-        item = {"id": record.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                "status": "in_progress", "content": []}
+        ids = {
+            "response_id": record.id,
+            "item_id": record.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        item = {
+            "id": record.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
         audio, transcript = self._reply_audio(record)
         try:
-            await self.send({"type": "response.created", "response": self._response_object(record, [])})
-            await self.send({"type": "response.output_item.added", "response_id": record.id,
-                             "output_index": 0, "item": item})
+            await self.send(
+                {"type": "response.created", "response": self._response_object(record, [])}
+            )
+            await self.send(
+                {
+                    "type": "response.output_item.added",
+                    "response_id": record.id,
+                    "output_index": 0,
+                    "item": item,
+                }
+            )
             await self._item_created(item) if not ga else await self.send(
-                {"type": "conversation.item.added", "previous_item_id": None, "item": item})
+                {"type": "conversation.item.added", "previous_item_id": None, "item": item}
+            )
             part = {"type": "audio", "transcript": ""}
             await self.send({"type": "response.content_part.added", **ids, "part": part})
             step = self.rate * self.emulator.reply_chunk_ms // 1000 * 2
             words = transcript.split()
             for n, pos in enumerate(range(0, len(audio), step)):
-                chunk = audio[pos:pos + step]
+                chunk = audio[pos : pos + step]
                 record.audio += chunk
                 self.items[record.item_id].audio_ms = len(record.audio) / 2 / self.rate * 1000
                 if self.emulator.record_dir and self._record:
                     with open(self._record / "output.pcm", "ab") as f:
                         f.write(chunk)
-                await self.send({"type": f"{audio_ev}.delta", **ids, "delta": base64.b64encode(chunk).decode()})
+                await self.send(
+                    {"type": f"{audio_ev}.delta", **ids, "delta": base64.b64encode(chunk).decode()}
+                )
                 if n < len(words):
                     await self.send({"type": f"{text_ev}.delta", **ids, "delta": words[n] + " "})
                 await asyncio.sleep(0.005)  # bursty, faster than real time, interruptible
@@ -442,13 +637,24 @@ class EmulatedSession:
             await self.send({"type": f"{text_ev}.done", **ids, "transcript": transcript})
             done_part = {"type": "audio", "transcript": transcript}
             await self.send({"type": "response.content_part.done", **ids, "part": done_part})
-            item = {**item, "status": "completed", "content": [{"type": "output_audio" if ga else "audio",
-                                                                "transcript": transcript}]}
-            await self.send({"type": "response.output_item.done", "response_id": record.id,
-                             "output_index": 0, "item": item})
+            item = {
+                **item,
+                "status": "completed",
+                "content": [{"type": "output_audio" if ga else "audio", "transcript": transcript}],
+            }
+            await self.send(
+                {
+                    "type": "response.output_item.done",
+                    "response_id": record.id,
+                    "output_index": 0,
+                    "item": item,
+                }
+            )
             record.status = "completed"
             self.active = None
-            await self.send({"type": "response.done", "response": self._response_object(record, [item])})
+            await self.send(
+                {"type": "response.done", "response": self._response_object(record, [item])}
+            )
         except ConnectionClosed:
             self.active = None
 
@@ -467,18 +673,37 @@ class EmulatedSession:
 def _turn_defaults(td: Any) -> dict[str, Any] | None:
     if not td:
         return None
-    base = {"type": td.get("type", "server_vad"), "threshold": 0.5, "prefix_padding_ms": 300,
-            "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
+    base = {
+        "type": td.get("type", "server_vad"),
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "create_response": True,
+        "interrupt_response": True,
+    }
     if base["type"] == "semantic_vad":
-        base = {"type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
+        base = {
+            "type": "semantic_vad",
+            "eagerness": "auto",
+            "create_response": True,
+            "interrupt_response": True,
+        }
     return {**base, **td}
 
 
 class RealtimeEmulator:
     """The emulated service; ``url`` is valid after :meth:`start`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, record_dir: str | Path | None = None,
-                 api_key: str | None = None, beta_disabled: bool = False, reply_chunk_ms: int = 100) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        record_dir: str | Path | None = None,
+        api_key: str | None = None,
+        beta_disabled: bool = False,
+        reply_chunk_ms: int = 100,
+    ) -> None:
         self.host, self.port = host, port
         self.record_dir = Path(record_dir) if record_dir else None
         self.api_key = api_key
@@ -493,8 +718,14 @@ class RealtimeEmulator:
         return f"ws://{self.host}:{self.port}/v1/realtime"
 
     async def start(self) -> None:
-        self._server = await serve(self._handle, self.host, self.port, process_request=self._check,
-                                   max_size=16 * 1024 * 1024, ping_interval=None)
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._check,
+            max_size=16 * 1024 * 1024,
+            ping_interval=None,
+        )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     async def stop(self) -> None:
@@ -524,17 +755,36 @@ class RealtimeEmulator:
     def _check(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         if parts.path.rstrip("/") != "/v1/realtime":
-            return _http(http.HTTPStatus.NOT_FOUND, {"error": {"message": "Not found", "type": "invalid_request_error"}})
+            return _http(
+                http.HTTPStatus.NOT_FOUND,
+                {"error": {"message": "Not found", "type": "invalid_request_error"}},
+            )
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         if not token or (self.api_key is not None and token != self.api_key):
-            return _http(http.HTTPStatus.UNAUTHORIZED, {"error": {
-                "message": "Incorrect API key provided.", "type": "invalid_request_error",
-                "code": "invalid_api_key", "param": None}})
+            return _http(
+                http.HTTPStatus.UNAUTHORIZED,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "param": None,
+                    }
+                },
+            )
         if not parse_qs(parts.query).get("model"):
-            return _http(http.HTTPStatus.BAD_REQUEST, {"error": {
-                "message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
-                "code": "missing_required_parameter", "param": "model"}})
+            return _http(
+                http.HTTPStatus.BAD_REQUEST,
+                {
+                    "error": {
+                        "message": "Missing required parameter: 'model'.",
+                        "type": "invalid_request_error",
+                        "code": "missing_required_parameter",
+                        "param": "model",
+                    }
+                },
+            )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -551,9 +801,16 @@ class RealtimeEmulator:
             self._new_session.notify_all()
         try:
             if beta and self.beta_disabled:
-                await session.error(Rejection("beta_api_shape_disabled", "The beta Realtime API shape "
-                                              "is no longer supported. Remove the 'OpenAI-Beta: "
-                                              "realtime=v1' header.", None), None)
+                await session.error(
+                    Rejection(
+                        "beta_api_shape_disabled",
+                        "The beta Realtime API shape "
+                        "is no longer supported. Remove the 'OpenAI-Beta: "
+                        "realtime=v1' header.",
+                        None,
+                    ),
+                    None,
+                )
                 await ws.close(4000, "beta_api_shape_disabled")
                 return
             await session.send({"type": "session.created", "session": session.session_object()})
@@ -569,10 +826,17 @@ class RealtimeEmulator:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    emulator = RealtimeEmulator(args.host, args.port, record_dir=args.record_dir,
-                                api_key=args.api_key, beta_disabled=args.beta_disabled)
+    emulator = RealtimeEmulator(
+        args.host,
+        args.port,
+        record_dir=args.record_dir,
+        api_key=args.api_key,
+        beta_disabled=args.beta_disabled,
+    )
     await emulator.start()
-    print(json.dumps({"msg": "OpenAI Realtime emulator listening", "url": emulator.url}), flush=True)
+    print(
+        json.dumps({"msg": "OpenAI Realtime emulator listening", "url": emulator.url}), flush=True
+    )
     await asyncio.Future()
 
 

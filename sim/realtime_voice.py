@@ -25,11 +25,11 @@ def synthetic_voice(text: str, rate: int = 24000, seconds: float = 1.5) -> np.nd
     syl = int(rate * 0.2)
     for start in range(0, n, syl):
         f1, f2 = _FORMANTS[int(rng.integers(len(_FORMANTS)))]
-        seg = pulses[start:start + syl]
+        seg = pulses[start : start + syl]
         k = np.arange(int(rate * 0.015))
         for f, g in ((f1, 1.0), (f2, 0.5)):
             h = np.exp(-np.pi * 80 * k / rate) * np.sin(2 * np.pi * f * (k + 1) / rate)
-            out[start:start + seg.size] += g * np.convolve(seg, h)[: seg.size]
-        out[start:start + seg.size] *= np.sin(np.linspace(0, np.pi, seg.size)) ** 0.7
+            out[start : start + seg.size] += g * np.convolve(seg, h)[: seg.size]
+        out[start : start + seg.size] *= np.sin(np.linspace(0, np.pi, seg.size)) ** 0.7
     rms = np.sqrt(np.mean(out**2)) or 1.0
     return np.clip(out * (3277 / rms), -32768, 32767).astype(np.int16)

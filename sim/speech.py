@@ -17,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-_VOWELS = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480),
-           (570, 840, 2410), (440, 1020, 2240), (660, 1720, 2410), (490, 1350, 1690)]
+_VOWELS = [
+    (730, 1090, 2440),
+    (270, 2290, 3010),
+    (300, 870, 2240),
+    (530, 1840, 2480),
+    (570, 840, 2410),
+    (440, 1020, 2240),
+    (660, 1720, 2410),
+    (490, 1350, 1690),
+]
 
 
 def silence(ms: int, rate: int = 8000) -> np.ndarray:
@@ -45,8 +53,11 @@ def _synthetic(text: str, rate: int) -> np.ndarray:
             pulses = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64)
             pulses += 0.02 * rng.standard_normal(dur)
             f1, f2, f3 = _VOWELS[int(rng.integers(len(_VOWELS)))]
-            voiced = sum(_resonate(pulses, f, 60 + f / 20, rate) * g
-                         for f, g in ((f1, 1.0), (f2, 0.6), (f3, 0.3)) if f < rate / 2)
+            voiced = sum(
+                _resonate(pulses, f, 60 + f / 20, rate) * g
+                for f, g in ((f1, 1.0), (f2, 0.6), (f3, 0.3))
+                if f < rate / 2
+            )
             envelope = np.sin(np.linspace(0, np.pi, dur)) ** 0.6
             pieces.append(voiced * envelope)
         pieces.append(np.zeros(int(rate * (0.15 if word[-1] in ".,!?;:" else 0.06))))
@@ -63,7 +74,9 @@ def _espeak(text: str, rate: int) -> np.ndarray | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "say.wav"
         try:
-            subprocess.run([binary, "-w", str(path), text], check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                [binary, "-w", str(path), text], check=True, capture_output=True, timeout=30
+            )
         except (subprocess.SubprocessError, OSError):
             return None
         with wave.open(str(path)) as w:

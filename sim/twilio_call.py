@@ -124,18 +124,27 @@ class _Playback:
         return marks
 
 
-async def _fetch_twiml(url: str, params: dict[str, str], auth_token: str | None,
-                       signed_as: str | None = None) -> str:
+async def _fetch_twiml(
+    url: str, params: dict[str, str], auth_token: str | None, signed_as: str | None = None
+) -> str:
     parts = urlsplit(url)
     body = urlencode(params).encode()
-    headers = {"Host": parts.netloc, "Content-Type": "application/x-www-form-urlencoded",
-               "Content-Length": str(len(body)), "Connection": "close"}
+    headers = {
+        "Host": parts.netloc,
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
     if auth_token:
         from twilio.request_validator import RequestValidator
 
-        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(signed_as or url, params)
+        headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
+            signed_as or url, params
+        )
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
-    head = f"POST {parts.path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"POST {parts.path or '/'} HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
     writer.write(head.encode() + b"\r\n" + body)
     await writer.drain()
     raw = await reader.read()
@@ -186,18 +195,26 @@ async def place_call(
     headers = dict(extra_headers or {})
     stream_url = signed_url
     if twiml_url:
-        form = {"CallSid": call_sid, "AccountSid": account_sid, "From": "+15550001111",
-                "To": "+15550002222", "CallStatus": "ringing", "Direction": "inbound",
-                "ApiVersion": "2010-04-01"}
+        form = {
+            "CallSid": call_sid,
+            "AccountSid": account_sid,
+            "From": "+15550001111",
+            "To": "+15550002222",
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "ApiVersion": "2010-04-01",
+        }
         url, twiml_params = _parse_twiml(
-            await _fetch_twiml(twiml_url, form, auth_token, twiml_signed_url))
+            await _fetch_twiml(twiml_url, form, auth_token, twiml_signed_url)
+        )
         stream_url = stream_url or url
         params = {**twiml_params, **params}
     if auth_token:
         from twilio.request_validator import RequestValidator
 
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(
-            stream_url or media_url, {})
+            stream_url or media_url, {}
+        )
     speech_bytes = _as_ulaw(caller_audio)
     result = CallResult(call_sid, stream_sid)
     playback = _Playback()
@@ -216,15 +233,26 @@ async def place_call(
     def msg(event: str, **body: object) -> str:
         nonlocal seq
         seq += 1
-        return json.dumps({"event": event, "sequenceNumber": str(seq), "streamSid": stream_sid, **body})
+        return json.dumps(
+            {"event": event, "sequenceNumber": str(seq), "streamSid": stream_sid, **body}
+        )
 
     async with websockets.connect(media_url, additional_headers=headers, max_size=1 << 22) as ws:
         seq += 1
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        await ws.send(msg("start", start={
-            "accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid,
-            "tracks": ["inbound"], "customParameters": params,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
+        await ws.send(
+            msg(
+                "start",
+                start={
+                    "accountSid": account_sid,
+                    "streamSid": stream_sid,
+                    "callSid": call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": params,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            )
+        )
 
         async def receive() -> None:
             nonlocal first_reply_t
@@ -238,7 +266,11 @@ async def place_call(
                     except ValueError:
                         result.violations.append(f"not JSON: {raw[:60]}")
                         continue
-                    if not isinstance(data, dict) or data.get("event") not in ("media", "mark", "clear"):
+                    if not isinstance(data, dict) or data.get("event") not in (
+                        "media",
+                        "mark",
+                        "clear",
+                    ):
                         result.violations.append(f"unknown event: {str(raw)[:80]}")
                         continue
                     if data.get("streamSid") != stream_sid:
@@ -299,24 +331,40 @@ async def place_call(
                     result.marks_returned.append((name, t))
                 # What the caller says now.
                 if position < len(speech_bytes):
-                    frame = speech_bytes[position:position + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
+                    frame = speech_bytes[position : position + FRAME_BYTES].ljust(
+                        FRAME_BYTES, b"\xff"
+                    )
                     position += FRAME_BYTES
                     result.speech_frames += 1
                     if position >= len(speech_bytes):
                         speech_end_t = t + FRAME_S
-                elif barge_in and barge_pos is None and reply_started_t is not None and \
-                        t - reply_started_t >= barge_in.after_s:
+                elif (
+                    barge_in
+                    and barge_pos is None
+                    and reply_started_t is not None
+                    and t - reply_started_t >= barge_in.after_s
+                ):
                     barge_pos = 0
                     result.barge_in_at = t
                     frame = SILENCE
                 elif barge_pos is not None and barge_pos < len(barge_bytes):
-                    frame = barge_bytes[barge_pos:barge_pos + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff")
+                    frame = barge_bytes[barge_pos : barge_pos + FRAME_BYTES].ljust(
+                        FRAME_BYTES, b"\xff"
+                    )
                     barge_pos += FRAME_BYTES
                 else:
                     frame = SILENCE
-                await ws.send(msg("media", media={
-                    "track": "inbound", "chunk": str(k + 1), "timestamp": str(k * 20),
-                    "payload": base64.b64encode(frame).decode()}))
+                await ws.send(
+                    msg(
+                        "media",
+                        media={
+                            "track": "inbound",
+                            "chunk": str(k + 1),
+                            "timestamp": str(k * 20),
+                            "payload": base64.b64encode(frame).decode(),
+                        },
+                    )
+                )
                 result.frames_sent += 1
                 while pending_dtmf and pending_dtmf[0][0] <= t:
                     _, digit = pending_dtmf.pop(0)
@@ -400,27 +448,43 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url or not (args.say or args.wav):
         parser.error("--url and one of --say/--wav are required (or --demo)")
     audio = _read_wav(args.wav) if args.wav else speech(args.say)
-    barge = BargeIn(args.barge_after, speech("Wait, sorry, let me interrupt you there.")) \
-        if args.barge_after is not None else None
+    barge = (
+        BargeIn(args.barge_after, speech("Wait, sorry, let me interrupt you there."))
+        if args.barge_after is not None
+        else None
+    )
     params = dict(p.split("=", 1) for p in args.param if "=" in p)
     dtmf = [(float(t), d) for t, _, d in (x.partition(":") for x in args.dtmf)]
     try:
-        result = asyncio.run(place_call(
-            args.url, audio, twiml_url=args.twiml_url, auth_token=args.auth_token,
-            custom_parameters=params, hold_after_s=args.hold, barge_in=barge, dtmf=dtmf,
-            signed_url=args.url if args.auth_token and not args.twiml_url else None))
+        result = asyncio.run(
+            place_call(
+                args.url,
+                audio,
+                twiml_url=args.twiml_url,
+                auth_token=args.auth_token,
+                custom_parameters=params,
+                hold_after_s=args.hold,
+                barge_in=barge,
+                dtmf=dtmf,
+                signed_url=args.url if args.auth_token and not args.twiml_url else None,
+            )
+        )
     except (OSError, websockets.exceptions.InvalidHandshake, RuntimeError) as exc:
         print(f"twilio_call: cannot place the call on {args.url}: {exc}", file=sys.stderr)
         return 1
     _write_wav(args.out, result.heard)
     delay = f"{result.reply_delay_ms:.0f} ms" if result.reply_delay_ms is not None else "no reply"
     print(f"call {result.call_sid}: end of speech -> first reply audio: {delay}")
-    print(f"frames sent {result.frames_sent} (speech {result.speech_frames}), received {result.frames_received}")
+    print(
+        f"frames sent {result.frames_sent} (speech {result.speech_frames}), received {result.frames_received}"
+    )
     print(f"marks returned {len(result.marks_returned)}, clears {len(result.clears)}")
     if result.barge_in_at is not None:
-        print(f"barge-in at {result.barge_in_at:.2f} s: clear after "
-              f"{result.clear_after_barge_ms or float('nan'):.0f} ms, "
-              f"reply played after the clear {result.played_after_clear_ms:.0f} ms")
+        print(
+            f"barge-in at {result.barge_in_at:.2f} s: clear after "
+            f"{result.clear_after_barge_ms or float('nan'):.0f} ms, "
+            f"reply played after the clear {result.played_after_clear_ms:.0f} ms"
+        )
     if result.violations:
         print(f"protocol violations: {result.violations[:5]}")
     print(f"heard audio written to {args.out}")

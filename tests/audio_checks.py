@@ -25,9 +25,11 @@ def similarity(reference: np.ndarray, received: np.ndarray, max_lag: int | None 
         return 0.0
     n = got.size + ref.size - 1
     size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)[: got.size - ref.size + 1]
+    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)[
+        : got.size - ref.size + 1
+    ]
     energy = np.concatenate([[0.0], np.cumsum(got**2)])
-    window = energy[ref.size:] - energy[: got.size - ref.size + 1]
+    window = energy[ref.size :] - energy[: got.size - ref.size + 1]
     denom = np.sqrt(np.maximum(window, 1e-9) * np.dot(ref, ref))
     ncc = corr / denom
     ncc[window < 1e-6 * np.dot(ref, ref)] = 0.0  # silence is not a match

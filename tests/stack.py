@@ -40,14 +40,22 @@ class InProcessStack:
 
 @contextlib.asynccontextmanager
 async def in_process_stack(
-    redis_factory, *, emulator_kwargs: dict | None = None, **overrides: object  # type: ignore[no-untyped-def]
+    redis_factory,
+    *,
+    emulator_kwargs: dict | None = None,
+    **overrides: object,  # type: ignore[no-untyped-def]
 ) -> AsyncIterator[InProcessStack]:
     """Edge, transcoder and worker as tasks of this event loop, each with its own Redis client."""
     emulator = RealtimeEmulator(host="127.0.0.1", port=0, **(emulator_kwargs or {}))
     await emulator.start()
     settings = load_settings(
-        **{"realtime_url": emulator.url, "edge_host": "127.0.0.1", "edge_port": 0,
-           "owner_idle_ms": 1000, **overrides}
+        **{
+            "realtime_url": emulator.url,
+            "edge_host": "127.0.0.1",
+            "edge_port": 0,
+            "owner_idle_ms": 1000,
+            **overrides,
+        }
     )
     stop = asyncio.Event()
     clients = [redis_factory() for _ in range(4)]
@@ -88,8 +96,11 @@ class ProcessStack:
         self.logs[name] = log
         env = {**self.env, **(extra_env or {})}
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=env,
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env=env,
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,  # noqa: SIM115
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
@@ -109,8 +120,11 @@ class ProcessStack:
 
 
 def process_env(redis_url: str, edge_port: int, emulator_port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))
+    }
     env.update(
         REDIS_URL=redis_url,
         EDGE_HOST="127.0.0.1",

@@ -118,7 +118,10 @@ def test_20ms_and_7ms_chunking_give_the_same_stream() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(1, 700), min_size=1, max_size=30), st.sampled_from([(8000, 24000), (24000, 8000)]))
+@given(
+    st.lists(st.integers(1, 700), min_size=1, max_size=30),
+    st.sampled_from([(8000, 24000), (24000, 8000)]),
+)
 def test_any_chunking_gives_the_same_stream(chunks: list[int], rates: tuple[int, int]) -> None:
     src, dst = rates
     x = tone(1234, src, 0.5)

@@ -17,7 +17,9 @@ CONFIG = rd.SessionConfig("alloy", "Be brief.", "server_vad")
 FRAME = b"\x00\x00" * 480  # 20 ms at 24 kHz
 
 
-def core(combo: rd.Combo = rd.Combo.GA, turn: str = "server_vad", **kw: object) -> cv.CallConversation:
+def core(
+    combo: rd.Combo = rd.Combo.GA, turn: str = "server_vad", **kw: object
+) -> cv.CallConversation:
     return cv.CallConversation(rd.RealtimeDialect.for_combo(combo, CONFIG), turn, 50, **kw)  # type: ignore[arg-type]
 
 
@@ -53,7 +55,10 @@ def test_never_commits_less_than_100ms() -> None:
 def test_greeting_is_asked_for_once_at_the_start() -> None:
     c = core(greeting="Welcome to Acme.")
     [event] = sent(c.session_ready(0))
-    assert event["type"] == "response.create" and "Welcome to Acme." in event["response"]["instructions"]
+    assert (
+        event["type"] == "response.create"
+        and "Welcome to Acme." in event["response"]["instructions"]
+    )
     assert sent(c.session_ready(1)) == []  # a reconnect does not greet again
 
 
@@ -66,7 +71,10 @@ def test_deltas_become_outbound_chunks_with_offsets() -> None:
     a1 = c.server_event(_delta("r1", "i1", 100), 1000)
     a2 = c.server_event(_delta("r1", "i1", 50), 2000)
     chunks = [a.chunk for a in a1 + a2 if isinstance(a, cv.WriteOutbound)]
-    assert [(ch.offset_us, ch.item_id, ch.response_id) for ch in chunks] == [(0, "i1", "r1"), (100_000, "i1", "r1")]
+    assert [(ch.offset_us, ch.item_id, ch.response_id) for ch in chunks] == [
+        (0, "i1", "r1"),
+        (100_000, "i1", "r1"),
+    ]
 
 
 @pytest.mark.parametrize("combo", list(rd.Combo))
@@ -79,7 +87,12 @@ def test_barge_in_truncates_at_what_was_heard_and_clears(combo: rd.Combo) -> Non
     actions = c.server_event(rd.SpeechStarted(5000, "u2"), 0)
     assert cv.WriteCommand(ClearPlayback("r1")) in actions
     [truncate] = sent(actions)
-    assert truncate == {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0, "audio_end_ms": 400}
+    assert truncate == {
+        "type": "conversation.item.truncate",
+        "item_id": "i1",
+        "content_index": 0,
+        "audio_end_ms": 400,
+    }
     # What is still arriving of the interrupted response is dropped.
     assert c.server_event(_delta("r1", "i1", 100), 0) == []
     # A new response plays.
@@ -137,18 +150,35 @@ def test_playback_marks_every_100ms_and_drops_cleared_responses() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(
-    st.builds(lambda r, i, n: _delta(f"r{r}", f"i{i}", n), st.integers(0, 3), st.integers(0, 3), st.integers(0, 50)),
-    st.builds(lambda i, ms: MarkPlayed(f"i{i}:{ms}"), st.integers(0, 3), st.integers(0, 3000)),
-    st.builds(lambda: rd.SpeechStarted(0, "u")),
-    st.builds(lambda r: rd.ResponseCreated(f"r{r}"), st.integers(0, 3)),
-    st.builds(lambda r: rd.ResponseDone(f"r{r}", "completed"), st.integers(0, 3)),
-    st.just(DtmfPressed("5")), st.just(MarkPlayed("not ours")),
-), max_size=40))
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(
+                lambda r, i, n: _delta(f"r{r}", f"i{i}", n),
+                st.integers(0, 3),
+                st.integers(0, 3),
+                st.integers(0, 50),
+            ),
+            st.builds(
+                lambda i, ms: MarkPlayed(f"i{i}:{ms}"), st.integers(0, 3), st.integers(0, 3000)
+            ),
+            st.builds(lambda: rd.SpeechStarted(0, "u")),
+            st.builds(lambda r: rd.ResponseCreated(f"r{r}"), st.integers(0, 3)),
+            st.builds(lambda r: rd.ResponseDone(f"r{r}", "completed"), st.integers(0, 3)),
+            st.just(DtmfPressed("5")),
+            st.just(MarkPlayed("not ours")),
+        ),
+        max_size=40,
+    )
+)
 def test_any_event_sequence_keeps_the_core_consistent(events: list) -> None:  # type: ignore[type-arg]
     c = core()
     for event in events:
-        actions = c.control(event) if isinstance(event, MarkPlayed | DtmfPressed) else c.server_event(event, 0)
+        actions = (
+            c.control(event)
+            if isinstance(event, MarkPlayed | DtmfPressed)
+            else c.server_event(event, 0)
+        )
         for action in actions:
             if isinstance(action, cv.WriteOutbound):
                 assert action.chunk.response_id not in c.cancelled

@@ -14,8 +14,10 @@ from sim.speech import silence, speech
 from sim.twilio_call import BargeIn, place_call
 from tests.stack import in_process_stack
 
-COMBOS = [pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA"),
-          pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB")]
+COMBOS = [
+    pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA"),
+    pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB"),
+]
 
 
 def fake_factory():  # type: ignore[no-untyped-def]
@@ -25,12 +27,20 @@ def fake_factory():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("combo", COMBOS)
 async def test_barge_in_clears_truncates_at_what_was_heard_and_drops_the_rest(combo: dict) -> None:  # type: ignore[type-arg]
-    question = speech("Could you please tell me everything about the different plans you offer today?")
+    question = speech(
+        "Could you please tell me everything about the different plans you offer today?"
+    )
     interruption = speech("Wait, stop, I have another question.")
     async with in_process_stack(fake_factory(), **combo) as stack:
-        result = await asyncio.wait_for(place_call(
-            stack.media_url, question, hold_after_s=1.0,
-            barge_in=BargeIn(after_s=1.0, audio=interruption)), 60)
+        result = await asyncio.wait_for(
+            place_call(
+                stack.media_url,
+                question,
+                hold_after_s=1.0,
+                barge_in=BargeIn(after_s=1.0, audio=interruption),
+            ),
+            60,
+        )
         session = await stack.emulator.wait_for_session(1)
         truncate = await session.wait_for_client_event("conversation.item.truncate", timeout=5)
     assert result.barge_in_at is not None and result.clears, "no clear reached the caller"
@@ -42,13 +52,17 @@ async def test_barge_in_clears_truncates_at_what_was_heard_and_drops_the_rest(co
     assert truncate["item_id"] == session.responses[0].item_id
     # Nothing of the interrupted reply plays after the clear: the next second is silence.
     start = int(result.clears[0] * 8000)
-    after = np.frombuffer(result.heard[start:start + 8000], dtype=np.uint8)
+    after = np.frombuffer(result.heard[start : start + 8000], dtype=np.uint8)
     assert np.count_nonzero(after != 0xFF) <= 160  # at most one frame in flight at the clear
 
 
 async def test_greeting_comes_first_within_3_seconds() -> None:
-    async with in_process_stack(fake_factory(), realtime_greeting="Thanks for calling Acme.") as stack:
-        result = await asyncio.wait_for(place_call(stack.media_url, silence(2500), hold_after_s=0.5), 40)
+    async with in_process_stack(
+        fake_factory(), realtime_greeting="Thanks for calling Acme."
+    ) as stack:
+        result = await asyncio.wait_for(
+            place_call(stack.media_url, silence(2500), hold_after_s=0.5), 40
+        )
         session = await stack.emulator.wait_for_session(1)
     first = session.responses[0]
     assert "Thanks for calling Acme." in (first.instructions or "")
@@ -60,19 +74,25 @@ async def test_greeting_comes_first_within_3_seconds() -> None:
 @pytest.mark.parametrize("combo", COMBOS)
 async def test_dtmf_reaches_the_model_as_an_item_naming_the_digit(combo: dict) -> None:  # type: ignore[type-arg]
     async with in_process_stack(fake_factory(), **combo) as stack:
-        await asyncio.wait_for(place_call(stack.media_url, silence(1500), dtmf=[(0.5, "7")],
-                                          hold_after_s=0.5), 40)
+        await asyncio.wait_for(
+            place_call(stack.media_url, silence(1500), dtmf=[(0.5, "7")], hold_after_s=0.5), 40
+        )
         session = await stack.emulator.wait_for_session(1)
         item = await session.wait_for_client_event(
-            "conversation.item.create", predicate=lambda e: "7" in str(e["item"]["content"]))
+            "conversation.item.create", predicate=lambda e: "7" in str(e["item"]["content"])
+        )
     assert item["item"]["role"] == "user"
 
 
 async def test_transcripts_of_both_sides_can_be_read_back_and_keys_expire() -> None:
     factory = fake_factory()
     async with in_process_stack(factory) as stack:
-        result = await asyncio.wait_for(place_call(stack.media_url, speech("Hello, what are your opening hours?"),
-                                                   hold_after_s=0.8), 40)
+        result = await asyncio.wait_for(
+            place_call(
+                stack.media_url, speech("Hello, what are your opening hours?"), hold_after_s=0.8
+            ),
+            40,
+        )
         session = await stack.emulator.wait_for_session(1)
         await session.wait_closed(timeout=10)  # hang-up closes the Realtime socket
         keys = CallKeys.for_call(result.call_sid)

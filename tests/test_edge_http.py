@@ -23,7 +23,9 @@ PUBLIC = "https://gw.example.com"
 
 @contextlib.asynccontextmanager
 async def edge(**over: object) -> AsyncIterator[int]:
-    settings = load_settings(**{"edge_host": "127.0.0.1", "edge_port": 0, "public_url": PUBLIC, **over})
+    settings = load_settings(
+        **{"edge_host": "127.0.0.1", "edge_port": 0, "public_url": PUBLIC, **over}
+    )
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
@@ -35,13 +37,20 @@ async def edge(**over: object) -> AsyncIterator[int]:
         await asyncio.wait_for(task, 10)
 
 
-async def http(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+async def http(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close", **(headers or {})}
     if method == "POST":
         hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
         hdrs["Content-Length"] = str(len(body))
-    writer.write(f"{method} {path} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode() + b"\r\n" + body)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\n".encode()
+        + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()).encode()
+        + b"\r\n"
+        + body
+    )
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
@@ -49,7 +58,12 @@ async def http(port: int, method: str, path: str, body: bytes = b"", headers: di
     return status, raw.partition(b"\r\n\r\n")[2]
 
 
-FORM = {"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222", "AccountSid": "AC1"}
+FORM = {
+    "CallSid": "CA" + "1" * 32,
+    "From": "+15550001111",
+    "To": "+15550002222",
+    "AccountSid": "AC1",
+}
 
 
 async def test_twiml_post_and_get_connect_a_stream_with_parameters() -> None:
@@ -79,9 +93,13 @@ async def test_signed_webhook_accepted_unsigned_or_wrong_refused() -> None:
         good = validator.compute_signature(f"{PUBLIC}/twiml", FORM)
         assert (await http(port, "POST", "/twiml", body, {"X-Twilio-Signature": good}))[0] == 200
         assert (await http(port, "POST", "/twiml", body))[0] == 403
-        assert (await http(port, "POST", "/twiml", body, {"X-Twilio-Signature": "AAAA" + good[4:]}))[0] == 403
+        assert (
+            await http(port, "POST", "/twiml", body, {"X-Twilio-Signature": "AAAA" + good[4:]})
+        )[0] == 403
         tampered = urlencode({**FORM, "From": "+19990000000"}).encode()
-        assert (await http(port, "POST", "/twiml", tampered, {"X-Twilio-Signature": good}))[0] == 403
+        assert (await http(port, "POST", "/twiml", tampered, {"X-Twilio-Signature": good}))[
+            0
+        ] == 403
 
 
 async def test_signed_media_handshake_accepted_unsigned_refused() -> None:
@@ -90,7 +108,9 @@ async def test_signed_media_handshake_accepted_unsigned_refused() -> None:
         url = f"ws://127.0.0.1:{port}/media"
         sig = validator.compute_signature("wss://gw.example.com/media", {})
         async with connect(url, additional_headers={"X-Twilio-Signature": sig}) as ws:
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(
+                json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+            )
         for headers in ({}, {"X-Twilio-Signature": sig[:-4] + "AAA="}):
             with pytest.raises(InvalidStatus) as err:
                 async with connect(url, additional_headers=headers):

@@ -42,34 +42,62 @@ def _value(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def test_signed_call_secrets_logs_and_metrics(redis_server: RedisServer, tmp_path: Path) -> None:
+async def test_signed_call_secrets_logs_and_metrics(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     admin = aioredis.from_url(redis_server.url)
     await admin.flushall()
-    await admin.execute_command("ACL", "SETUSER", "gateway", "on", f">{REDIS_CANARY}", "~*", "&*", "+@all")
+    await admin.execute_command(
+        "ACL", "SETUSER", "gateway", "on", f">{REDIS_CANARY}", "~*", "&*", "+@all"
+    )
     emulator = RealtimeEmulator(api_key=OPENAI_CANARY)  # the worker must present exactly this key
     await emulator.start()
     edge_port, t_port, w_port = free_port(), free_port(), free_port()
     acl_url = redis_server.url.replace("redis://", f"redis://gateway:{REDIS_CANARY}@")
-    env = process_env(acl_url, edge_port, emulator.port, OPENAI_API_KEY=OPENAI_CANARY,
-                      TWILIO_AUTH_TOKEN=TWILIO_CANARY, PUBLIC_URL=PUBLIC, LOG_LEVEL="DEBUG")
+    env = process_env(
+        acl_url,
+        edge_port,
+        emulator.port,
+        OPENAI_API_KEY=OPENAI_CANARY,
+        TWILIO_AUTH_TOKEN=TWILIO_CANARY,
+        PUBLIC_URL=PUBLIC,
+        LOG_LEVEL="DEBUG",
+    )
     stack = ProcessStack(env, edge_port, emulator.port, tmp_path)
-    stack.start("transcoder", "services.transcoder", {"METRICS_PORT": str(t_port), "CONSUMER_NAME": "t"})
-    stack.start("worker", "services.realtime_worker", {"METRICS_PORT": str(w_port), "CONSUMER_NAME": "w"})
+    stack.start(
+        "transcoder", "services.transcoder", {"METRICS_PORT": str(t_port), "CONSUMER_NAME": "t"}
+    )
+    stack.start(
+        "worker", "services.realtime_worker", {"METRICS_PORT": str(w_port), "CONSUMER_NAME": "w"}
+    )
     stack.start("edge", "services.twilio_edge")
     try:
+
         async def up() -> bool:
             try:
-                return all([(await _http_get(p, "/healthz"))[0] == 200 for p in (edge_port, t_port, w_port)])
+                return all(
+                    [
+                        (await _http_get(p, "/healthz"))[0] == 200
+                        for p in (edge_port, t_port, w_port)
+                    ]
+                )
             except OSError:
                 return False
 
         await wait_for(up, timeout=20)
         before = {p: (await _http_get(p, "/metrics"))[1] for p in (edge_port, w_port, t_port)}
         # A call placed as Twilio does: webhook, then the signed stream.
-        result = await asyncio.wait_for(place_call(
-            stack.media_url, speech("Hello, this is a signed call."), hold_after_s=0.8,
-            twiml_url=f"http://127.0.0.1:{edge_port}/twiml", auth_token=TWILIO_CANARY,
-            twiml_signed_url=f"{PUBLIC}/twiml"), 40)
+        result = await asyncio.wait_for(
+            place_call(
+                stack.media_url,
+                speech("Hello, this is a signed call."),
+                hold_after_s=0.8,
+                twiml_url=f"http://127.0.0.1:{edge_port}/twiml",
+                auth_token=TWILIO_CANARY,
+                twiml_signed_url=f"{PUBLIC}/twiml",
+            ),
+            40,
+        )
         assert result.frames_received > 0
         # An unsigned call is refused.
         with pytest.raises(Exception) as refused:
@@ -80,11 +108,14 @@ async def test_signed_call_secrets_logs_and_metrics(redis_server: RedisServer, t
         after = {p: (await _http_get(p, "/metrics"))[1] for p in (edge_port, w_port, t_port)}
 
         # Metrics parse as Prometheus text and moved.
-        assert _value(after[edge_port], "gateway_frames_total", direction="edge_in") > \
-            _value(before[edge_port], "gateway_frames_total", direction="edge_in")
+        assert _value(after[edge_port], "gateway_frames_total", direction="edge_in") > _value(
+            before[edge_port], "gateway_frames_total", direction="edge_in"
+        )
         assert _value(after[t_port], "gateway_frames_total", direction="in") > 0
         assert _value(after[w_port], "gateway_hop_latency_seconds_count", hop="edge_to_openai") > 0
-        assert _value(after[edge_port], "gateway_hop_latency_seconds_count", hop="openai_to_edge") > 0
+        assert (
+            _value(after[edge_port], "gateway_hop_latency_seconds_count", hop="openai_to_edge") > 0
+        )
         assert _value(after[w_port], "gateway_first_reply_seconds_count") > 0
         assert _value(after[edge_port], "gateway_rejected_total", reason="missing_signature") >= 1
         assert _value(after[w_port], "gateway_calls_total") >= 1
@@ -106,7 +137,9 @@ async def test_signed_call_secrets_logs_and_metrics(redis_server: RedisServer, t
         # ... nor in Redis, nor in metrics labels.
         for key in await admin.keys("*"):
             dump = await admin.dump(key)
-            assert not any(s.encode() in (dump or b"") for s in (OPENAI_CANARY, TWILIO_CANARY, REDIS_CANARY))
+            assert not any(
+                s.encode() in (dump or b"") for s in (OPENAI_CANARY, TWILIO_CANARY, REDIS_CANARY)
+            )
         for text in after.values():
             assert OPENAI_CANARY not in text and TWILIO_CANARY not in text
     finally:
@@ -132,8 +165,12 @@ def test_container_files_parse_and_name_real_commands() -> None:
     assert "pip install ." in dockerfile and "USER" in dockerfile
 
 
-@pytest.mark.parametrize("module", ["services.twilio_edge", "services.transcoder", "services.realtime_worker"])
-def test_each_service_command_starts_and_stops_on_sigterm(module: str, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize(
+    "module", ["services.twilio_edge", "services.transcoder", "services.realtime_worker"]
+)
+def test_each_service_command_starts_and_stops_on_sigterm(
+    module: str, redis_server: RedisServer
+) -> None:
     import os
     import signal
     import sys
@@ -142,8 +179,13 @@ def test_each_service_command_starts_and_stops_on_sigterm(module: str, redis_ser
 
     port = free_port()
     env = process_env(redis_server.url, port, 9, METRICS_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         t0 = time.monotonic()
         while True:  # ready: /healthz answers (start-up of a separate process: nothing to await)

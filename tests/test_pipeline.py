@@ -14,8 +14,10 @@ from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
 from tests.stack import in_process_stack
 
-COMBOS = [pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA-audio"),
-          pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB-flat")]
+COMBOS = [
+    pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA-audio"),
+    pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB-flat"),
+]
 
 
 def fake_factory():  # type: ignore[no-untyped-def]
@@ -53,10 +55,13 @@ async def test_two_concurrent_calls_never_cross() -> None:
     a = caller_audio("One two three four five, this is the first caller speaking now.")
     b = caller_audio("Zebra yellow quiet morning, the second caller has another voice.")
     async with in_process_stack(fake_factory()) as stack:
-        ra, rb = await asyncio.wait_for(asyncio.gather(
-            place_call(stack.media_url, a, hold_after_s=1.0),
-            place_call(stack.media_url, b, hold_after_s=1.0),
-        ), 40)
+        ra, rb = await asyncio.wait_for(
+            asyncio.gather(
+                place_call(stack.media_url, a, hold_after_s=1.0),
+                place_call(stack.media_url, b, hold_after_s=1.0),
+            ),
+            40,
+        )
         s1 = await stack.emulator.wait_for_session(1)
         s2 = await stack.emulator.wait_for_session(2)
         await s1.wait_closed(timeout=10)

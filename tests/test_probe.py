@@ -42,16 +42,26 @@ AUDIO_TYPES = {"response.output_audio.delta", "response.audio.delta"}
 def _env(monkeypatch: pytest.MonkeyPatch, out: Path, **extra: str) -> None:
     """A probe environment that can only reach 127.0.0.1 (no key: the in-process emulator)."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    values = {"REALTIME_URL": "ws://127.0.0.1:9/v1/realtime", "REALTIME_MODEL": "gpt-realtime",
-              "RUNS": "2", "AUDIO_MS": "600", "TIMEOUT_MS": "4000", "PROBE_OUT": str(out),
-              "REALTIME_SCHEMA": "audio", "REALTIME_BETA_HEADER": "0", **extra}
+    values = {
+        "REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
+        "REALTIME_MODEL": "gpt-realtime",
+        "RUNS": "2",
+        "AUDIO_MS": "600",
+        "TIMEOUT_MS": "4000",
+        "PROBE_OUT": str(out),
+        "REALTIME_SCHEMA": "audio",
+        "REALTIME_BETA_HEADER": "0",
+        **extra,
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
 
 
 def _load(out: Path) -> tuple[dict[str, Any], str]:
-    return (json.loads((out / JSON_NAME).read_text(encoding="utf-8")),
-            (out / MARKDOWN_NAME).read_text(encoding="utf-8"))
+    return (
+        json.loads((out / JSON_NAME).read_text(encoding="utf-8")),
+        (out / MARKDOWN_NAME).read_text(encoding="utf-8"),
+    )
 
 
 def _combo(report: dict[str, Any], letter: str) -> dict[str, Any]:
@@ -82,8 +92,12 @@ def test_cli_probes_the_emulator_and_recommends_combo_a(emulator_report: Any) ->
     assert "no OPENAI_API_KEY" in printed and "emulator" in printed
     assert report["target"]["emulator"] is True
     assert report["target"]["url"].startswith("ws://127.0.0.1:")
-    assert report["recommended"] == {"model": "gpt-realtime", "combo": "A", "schema": "audio",
-                                     "beta_header": False}
+    assert report["recommended"] == {
+        "model": "gpt-realtime",
+        "combo": "A",
+        "schema": "audio",
+        "beta_header": False,
+    }
     assert "recommended for Twilio: Combo A (audio schema, beta header off)" in printed
     assert len(report["runs"]) == 4 * 2 and len(report["negative_checks"]) == len(NEGATIVE_CHECKS)
 
@@ -139,19 +153,27 @@ def test_known_rejections_are_reproduced_with_the_servers_words(emulator_report:
     assert low["input"]["format"]["rate"] == 16000
     assert _negative(report, "ga_response_modalities")["payload"]["response"]["modalities"]
     assert _negative(report, "beta_modalities_audio_only")["payload"]["session"]["modalities"] == [
-        "audio"]
+        "audio"
+    ]
 
 
 def test_markdown_has_the_reports_layout_and_matches_the_json(emulator_report: Any) -> None:
     report, markdown = emulator_report[0], emulator_report[1]
-    sections = ["# Realtime Dialect Report", "## Goal", "## Verified Combo", "## Smoke Test",
-                "### Env Vars", "## Known Pitfalls", "## Observations"]
+    sections = [
+        "# Realtime Dialect Report",
+        "## Goal",
+        "## Verified Combo",
+        "## Smoke Test",
+        "### Env Vars",
+        "## Known Pitfalls",
+        "## Observations",
+    ]
     positions = [markdown.index(s) for s in sections]
     assert positions == sorted(positions)
-    verified = markdown[markdown.index("## Verified Combo"):markdown.index("## Combos That Did")]
+    verified = markdown[markdown.index("## Verified Combo") : markdown.index("## Combos That Did")]
     assert "### Combo A (audio schema, beta header off)" in verified
     assert "### Combo B (flat schema, beta header on)" in verified
-    assert "- `session.type: \"realtime\"`" in verified
+    assert '- `session.type: "realtime"`' in verified
     assert "- `session.audio.input.format.rate: 24000`" in verified
     combo_a = verified.split("### Combo B")[0]
     assert "**This combo is recommended for Twilio integration**" in combo_a
@@ -169,8 +191,14 @@ async def test_unreachable_endpoint_is_reported_per_combination(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()  # bound then closed: nothing listens there
-    _env(monkeypatch, tmp_path, RUNS="2", TIMEOUT_MS="1000", OPENAI_API_KEY="sk-test-not-real",
-         REALTIME_URL=f"ws://127.0.0.1:{port}/v1/realtime")
+    _env(
+        monkeypatch,
+        tmp_path,
+        RUNS="2",
+        TIMEOUT_MS="1000",
+        OPENAI_API_KEY="sk-test-not-real",
+        REALTIME_URL=f"ws://127.0.0.1:{port}/v1/realtime",
+    )
     assert await amain([]) == 1
     report, markdown = _load(tmp_path)
     assert report["recommended"] is None
@@ -199,8 +227,11 @@ def _unauthorized(conn: ServerConnection, _: Request) -> Response:
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("http-401", "HTTP 401 from 127.0.0.1"), ("silent", "no session.created"),
-     ("no-handshake", "no WebSocket handshake")],
+    [
+        ("http-401", "HTTP 401 from 127.0.0.1"),
+        ("silent", "no session.created"),
+        ("no-handshake", "no WebSocket handshake"),
+    ],
 )
 async def test_http_errors_and_silent_servers_are_findings(
     tmp_path: Path, kind: str, expected: str
@@ -208,13 +239,19 @@ async def test_http_errors_and_silent_servers_are_findings(
     if kind == "no-handshake":  # accepts TCP, never answers the upgrade
         server: Any = await asyncio.start_server(_never_upgrade, "127.0.0.1", 0)
     else:
-        server = await serve(_silent, "127.0.0.1", 0,
-                             process_request=_unauthorized if kind == "http-401" else None)
+        server = await serve(
+            _silent, "127.0.0.1", 0, process_request=_unauthorized if kind == "http-401" else None
+        )
     port = server.sockets[0].getsockname()[1]
     url = f"ws://127.0.0.1:{port}/v1/realtime"
     try:
-        settings = load_settings(runs=1, timeout_ms=300, realtime_model="gpt-realtime",
-                                 realtime_url=url, openai_api_key="sk-test-not-real")
+        settings = load_settings(
+            runs=1,
+            timeout_ms=300,
+            realtime_model="gpt-realtime",
+            realtime_url=url,
+            openai_api_key="sk-test-not-real",
+        )
         findings = await asyncio.wait_for(run_probe(settings, tmp_path), 10)
     finally:
         server.close()
@@ -234,9 +271,14 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
     emulator = RealtimeEmulator(host="127.0.0.1", port=0, beta_disabled=True)
     await emulator.start()
     try:
-        settings = load_settings(runs=1, timeout_ms=4000, audio_ms=600,
-                                 realtime_model="gpt-realtime", realtime_url=emulator.url,
-                                 openai_api_key="sk-test-not-real")
+        settings = load_settings(
+            runs=1,
+            timeout_ms=4000,
+            audio_ms=600,
+            realtime_model="gpt-realtime",
+            realtime_url=emulator.url,
+            openai_api_key="sk-test-not-real",
+        )
         findings = await run_probe(settings, tmp_path, url=emulator.url)
     finally:
         await emulator.stop()
@@ -258,16 +300,23 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
 
 def test_models_list_is_comma_separated() -> None:
     assert models_of(" gpt-realtime, gpt-realtime-mini,,gpt-realtime ") == [
-        "gpt-realtime", "gpt-realtime-mini"]
+        "gpt-realtime",
+        "gpt-realtime-mini",
+    ]
 
 
 def test_mutations_set_and_delete_dotted_paths_on_a_copy() -> None:
-    payload: dict[str, Any] = {"type": "session.update",
-                               "session": {"type": "realtime", "audio": {}}}
-    changed = apply_mutations(payload, (("session.type", DELETE),
-                                        ("session.audio.input.format.rate", 16000)))
-    assert changed == {"type": "session.update",
-                       "session": {"audio": {"input": {"format": {"rate": 16000}}}}}
+    payload: dict[str, Any] = {
+        "type": "session.update",
+        "session": {"type": "realtime", "audio": {}},
+    }
+    changed = apply_mutations(
+        payload, (("session.type", DELETE), ("session.audio.input.format.rate", 16000))
+    )
+    assert changed == {
+        "type": "session.update",
+        "session": {"audio": {"input": {"format": {"rate": 16000}}}},
+    }
     assert payload["session"]["type"] == "realtime"
 
 
@@ -280,12 +329,16 @@ def test_error_events_of_any_shape_are_recorded_not_raised() -> None:
 
 def _run(combo: Combo, ok: bool, run: int = 1) -> RunFinding:
     return RunFinding(
-        model="m", schema=combo.schema, beta_header=combo.beta_header, run=run,
+        model="m",
+        schema=combo.schema,
+        beta_header=combo.beta_header,
+        run=run,
         session_update={"type": "session.update", "session": {"voice": "alloy"}},
         session_created=SessionSeen.from_session({}),
         session_update_result="accepted" if ok else "rejected",
         session_update_error=None if ok else ErrorSeen("unknown_parameter", "Unknown parameter"),
-        response_result="accepted", audio_deltas=3 if ok else 0,
+        response_result="accepted",
+        audio_deltas=3 if ok else 0,
         audio_types=["response.audio.delta"] if ok else [],
     )
 
@@ -295,8 +348,12 @@ def _findings(runs: list[RunFinding]) -> ProbeFindings:
 
 
 def test_recommendation_prefers_ga_then_beta_and_exit_code_follows() -> None:
-    a, b, c, d = (Combo("audio", False), Combo("flat", True), Combo("audio", True),
-                  Combo("flat", False))
+    a, b, c, d = (
+        Combo("audio", False),
+        Combo("flat", True),
+        Combo("audio", True),
+        Combo("flat", False),
+    )
     only_b = _findings([_run(a, False), _run(b, True), _run(c, False), _run(d, False)])
     best = recommend(summarise_all(only_b))
     assert best is not None and best.combo == b and exit_code(only_b) == 0

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def processes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[ProcessStack, RealtimeEmulator]]:
+async def processes(
+    redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[tuple[ProcessStack, RealtimeEmulator]]:
     client = aioredis.from_url(redis_server.url)
     await client.flushall()
     await client.aclose()
@@ -55,6 +57,9 @@ async def test_a_call_through_real_processes(processes) -> None:  # type: ignore
     await session.wait_closed(timeout=10)  # the Realtime socket closes after hang-up
     assert similarity(audio, pcm24_to_8k(bytes(session.input_audio))) >= 0.95
     reply = pcm24_to_8k(bytes(session.responses[0].audio))
-    assert similarity(reply[: reply.size // 2], mulaw_decode(result.received_audio), max_lag=2000) >= 0.9
+    assert (
+        similarity(reply[: reply.size // 2], mulaw_decode(result.received_audio), max_lag=2000)
+        >= 0.9
+    )
     for name, proc in stack.procs.items():
         assert proc.poll() is None, f"{name} died: {stack.logs[name].read_text()[-2000:]}"

@@ -32,7 +32,7 @@ def unknown_keys(model: Any, path: str = "") -> list[str]:
     """Every key the SDK's models kept in model_extra, i.e. did not know."""
     found: list[str] = []
     if isinstance(model, BaseModel):
-        for key in (model.model_extra or {}):
+        for key in model.model_extra or {}:
             found.append(f"{path}.{key}".lstrip("."))
         for name in type(model).model_fields:
             found += unknown_keys(getattr(model, name), f"{path}.{name}")
@@ -67,7 +67,8 @@ def test_every_client_event_validates_against_the_sdk_with_no_unknown_key(
     combo: rd.Combo, turn: str, transcription: str | None
 ) -> None:
     d = rd.RealtimeDialect.for_combo(
-        combo, rd.SessionConfig("alloy", "Be brief.", turn, 24000, transcription)  # type: ignore[arg-type]
+        combo,
+        rd.SessionConfig("alloy", "Be brief.", turn, 24000, transcription),  # type: ignore[arg-type]
     )
     adapter = GA_CLIENT if combo is rd.Combo.GA else BETA_CLIENT
     for event in every_event(d):
@@ -88,18 +89,32 @@ def test_combo_a_payloads_are_the_reports() -> None:
     assert s["output_modalities"] == ["audio"]
     assert s["audio"]["input"]["turn_detection"] == {"type": "server_vad"}
     assert "turn_detection" not in s and "modalities" not in s
-    assert d.response_create() == {"type": "response.create", "response": {
-        "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}}}}
+    assert d.response_create() == {
+        "type": "response.create",
+        "response": {
+            "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}}
+        },
+    }
 
 
 def test_combo_b_payloads_are_the_reports() -> None:
     d = dialect(rd.Combo.BETA)
     s = d.session_update()["session"]
-    assert (s["input_audio_format"], s["output_audio_format"], s["voice"]) == ("pcm16", "pcm16", "alloy")
+    assert (s["input_audio_format"], s["output_audio_format"], s["voice"]) == (
+        "pcm16",
+        "pcm16",
+        "alloy",
+    )
     assert s["modalities"] == ["audio", "text"]
     assert "audio" not in s and "type" not in s
-    assert d.response_create() == {"type": "response.create", "response": {
-        "modalities": ["audio", "text"], "output_audio_format": "pcm16", "voice": "alloy"}}
+    assert d.response_create() == {
+        "type": "response.create",
+        "response": {
+            "modalities": ["audio", "text"],
+            "output_audio_format": "pcm16",
+            "voice": "alloy",
+        },
+    }
 
 
 def test_turn_detection_none_disables_it_where_each_dialect_wants() -> None:
@@ -110,10 +125,14 @@ def test_turn_detection_none_disables_it_where_each_dialect_wants() -> None:
 
 
 def test_connection_requests_per_combo() -> None:
-    ga = dialect(rd.Combo.GA).connect_request("wss://api.openai.com/v1/realtime", "gpt-realtime", "sk-x")
+    ga = dialect(rd.Combo.GA).connect_request(
+        "wss://api.openai.com/v1/realtime", "gpt-realtime", "sk-x"
+    )
     assert ga.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     assert ga.headers == {"Authorization": "Bearer sk-x"}
-    beta = dialect(rd.Combo.BETA).connect_request("ws://127.0.0.1:9/v1/realtime?x=1&model=old", "m 1", "sk-x")
+    beta = dialect(rd.Combo.BETA).connect_request(
+        "ws://127.0.0.1:9/v1/realtime?x=1&model=old", "m 1", "sk-x"
+    )
     assert beta.url == "ws://127.0.0.1:9/v1/realtime?x=1&model=m+1"
     assert beta.headers["OpenAI-Beta"] == "realtime=v1"
     assert "sk-x" not in repr(beta)
@@ -121,31 +140,57 @@ def test_connection_requests_per_combo() -> None:
 
 @pytest.mark.parametrize("name", ["response.output_audio.delta", "response.audio.delta"])
 def test_both_audio_event_names_are_one_delta(name: str) -> None:
-    msg = json.dumps({"type": name, "response_id": "r", "item_id": "i", "output_index": 0,
-                      "content_index": 0, "delta": base64.b64encode(b"\x01\x02").decode()})
+    msg = json.dumps(
+        {
+            "type": name,
+            "response_id": "r",
+            "item_id": "i",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": base64.b64encode(b"\x01\x02").decode(),
+        }
+    )
     for combo in rd.Combo:
         assert dialect(combo).parse(msg) == rd.AudioDelta("r", "i", 0, 0, b"\x01\x02")
 
 
-@pytest.mark.parametrize("prefix", ["response.output_audio_transcript", "response.audio_transcript"])
+@pytest.mark.parametrize(
+    "prefix", ["response.output_audio_transcript", "response.audio_transcript"]
+)
 def test_both_transcript_names(prefix: str) -> None:
     d = dialect(rd.Combo.GA)
-    assert d.parse(json.dumps({"type": prefix + ".delta", "response_id": "r", "item_id": "i", "delta": "he"})) \
-        == rd.TranscriptDelta("r", "i", "he")
-    assert d.parse(json.dumps({"type": prefix + ".done", "response_id": "r", "item_id": "i", "transcript": "hey"})) \
-        == rd.TranscriptDone("r", "i", "hey")
+    assert d.parse(
+        json.dumps({"type": prefix + ".delta", "response_id": "r", "item_id": "i", "delta": "he"})
+    ) == rd.TranscriptDelta("r", "i", "he")
+    assert d.parse(
+        json.dumps(
+            {"type": prefix + ".done", "response_id": "r", "item_id": "i", "transcript": "hey"}
+        )
+    ) == rd.TranscriptDone("r", "i", "hey")
 
 
 def _err(code: str, message: str, param: str = "") -> str:
-    return json.dumps({"type": "error", "error": {"type": "invalid_request_error", "code": code,
-                                                  "message": message, "param": param, "event_id": None}})
+    return json.dumps(
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": None,
+            },
+        }
+    )
 
 
 def test_errors_are_classified() -> None:
     ga, beta = dialect(rd.Combo.GA), dialect(rd.Combo.BETA)
     e = ga.parse(_err("input_audio_buffer_commit_empty", "buffer too small"))
     assert isinstance(e, rd.ServerError) and e.kind is rd.ErrorKind.BENIGN
-    e = beta.parse(_err("unknown_parameter", "Unknown parameter: 'session.modalities'.", "session.modalities"))
+    e = beta.parse(
+        _err("unknown_parameter", "Unknown parameter: 'session.modalities'.", "session.modalities")
+    )
     assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.GA  # type: ignore[union-attr]
     e = ga.parse(_err("unknown_parameter", "Unknown parameter: 'session.audio'."))
     assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.BETA  # type: ignore[union-attr]
@@ -153,14 +198,21 @@ def test_errors_are_classified() -> None:
     assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.GA  # type: ignore[union-attr]
     assert ga.parse(_err("invalid_api_key", "bad key")).kind is rd.ErrorKind.FATAL  # type: ignore[union-attr]
     assert ga.parse(_err("whatever", "x")).kind is rd.ErrorKind.OTHER  # type: ignore[union-attr]
-    bad_rate = ga.parse(_err("missing_required_parameter", "Missing required parameter: "
-                             "'session.audio.input.format.rate'.", "session.audio.input.format.rate"))
+    bad_rate = ga.parse(
+        _err(
+            "missing_required_parameter",
+            "Missing required parameter: 'session.audio.input.format.rate'.",
+            "session.audio.input.format.rate",
+        )
+    )
     assert bad_rate.kind is rd.ErrorKind.OTHER  # type: ignore[union-attr]
 
 
 def test_negotiator_switches_once_then_fails() -> None:
     n = rd.DialectNegotiator(rd.Combo.GA, CONFIG)
-    mismatch = n.current.parse(_err("unknown_parameter", "Unknown parameter: 'session.type'.", "session.type"))
+    mismatch = n.current.parse(
+        _err("unknown_parameter", "Unknown parameter: 'session.type'.", "session.type")
+    )
     step = n.on_event(mismatch)
     assert step == rd.Switch(rd.Combo.BETA, step.reason) and n.current.combo is rd.Combo.BETA  # type: ignore[union-attr]
     assert n.current.beta_header
@@ -176,8 +228,12 @@ def test_negotiator_accepts_on_session_updated() -> None:
 
 def test_session_created_tells_the_dialect_it_shows() -> None:
     d = dialect(rd.Combo.GA)
-    ga = d.parse(json.dumps({"type": "session.created", "session": {"type": "realtime", "audio": {}}}))
-    beta = d.parse(json.dumps({"type": "session.created", "session": {"input_audio_format": "pcm16"}}))
+    ga = d.parse(
+        json.dumps({"type": "session.created", "session": {"type": "realtime", "audio": {}}})
+    )
+    beta = d.parse(
+        json.dumps({"type": "session.created", "session": {"input_audio_format": "pcm16"}})
+    )
     assert ga.dialect_seen == "ga" and beta.dialect_seen == "beta"  # type: ignore[union-attr]
 
 
@@ -189,12 +245,23 @@ def test_overrides_are_validated() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=40), st.text(max_size=40),
-                 st.dictionaries(st.sampled_from(["type", "delta", "error", "response", "session", "item"]),
-                                 st.one_of(st.none(), st.integers(), st.text(max_size=10),
-                                           st.sampled_from(list(rd._HANDLERS)),
-                                           st.dictionaries(st.text(max_size=5), st.text(max_size=5))),
-                                 max_size=4).map(json.dumps)))
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=40),
+        st.dictionaries(
+            st.sampled_from(["type", "delta", "error", "response", "session", "item"]),
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.text(max_size=10),
+                st.sampled_from(list(rd._HANDLERS)),
+                st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
+            ),
+            max_size=4,
+        ).map(json.dumps),
+    )
+)
 def test_garbage_raises_only_the_protocol_error(message: str | bytes) -> None:
     for combo in rd.Combo:
         try:

@@ -29,11 +29,17 @@ FRAME_24K = 960
 
 
 class Rig:
-    def __init__(self, stack: ProcessStack, emulator: RealtimeEmulator, redis_server: RedisServer) -> None:
+    def __init__(
+        self, stack: ProcessStack, emulator: RealtimeEmulator, redis_server: RedisServer
+    ) -> None:
         self.stack, self.emulator, self.redis_server = stack, emulator, redis_server
 
     def start(self, name: str) -> None:
-        module = {"t": "services.transcoder", "w": "services.realtime_worker", "e": "services.twilio_edge"}[name[0]]
+        module = {
+            "t": "services.transcoder",
+            "w": "services.realtime_worker",
+            "e": "services.twilio_edge",
+        }[name[0]]
         self.stack.start(name, module, {"CONSUMER_NAME": name, "REALTIME_RESTORE_SECONDS": "4"})
 
     def alive(self) -> None:
@@ -62,7 +68,9 @@ async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 def two_turns() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    first = mulaw_decode(mulaw_encode(speech("Hello, I am calling about my account balance please.")))
+    first = mulaw_decode(
+        mulaw_encode(speech("Hello, I am calling about my account balance please."))
+    )
     second = mulaw_decode(mulaw_encode(speech("And could you also check the last payment I made?")))
     return first, second, np.concatenate([first, silence(5000), second])
 
@@ -73,7 +81,9 @@ def model_heard(sessions: list) -> np.ndarray:  # type: ignore[type-arg]
 
 async def test_transcoder_killed_mid_call_every_frame_reaches_the_model_once(rig: Rig) -> None:
     first, second, audio = two_turns()
-    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40)
+    )
     session = await rig.emulator.wait_for_session(1, timeout=10)
     await session.wait_for_event("response.done", timeout=15)
     assert rig.stack.kill("t0", signal.SIGKILL) == -signal.SIGKILL
@@ -90,7 +100,9 @@ async def test_transcoder_killed_mid_call_every_frame_reaches_the_model_once(rig
 
 async def test_worker_killed_mid_call_gets_a_new_session_with_the_transcript(rig: Rig) -> None:
     first, second, audio = two_turns()
-    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40)
+    )
     s1 = await rig.emulator.wait_for_session(1, timeout=10)
     await s1.wait_for_event("response.done", timeout=15)
     await s1.wait_for_event("conversation.item.input_audio_transcription.completed", timeout=5)
@@ -118,8 +130,12 @@ async def test_killing_one_of_two_instances_moves_its_calls_without_a_restart(ri
     rig.start("t1")
     rig.start("w1")
     _, _, audio = two_turns()
-    calls = [asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45))
-             for _ in range(2)]
+    calls = [
+        asyncio.create_task(
+            place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45)
+        )
+        for _ in range(2)
+    ]
     s1 = await rig.emulator.wait_for_session(1, timeout=10)
     await rig.emulator.wait_for_session(2, timeout=10)
     await s1.wait_for_event("response.done", timeout=15)
@@ -137,7 +153,9 @@ async def test_killing_one_of_two_instances_moves_its_calls_without_a_restart(ri
 
 async def test_openai_socket_dropped_reconnects_and_continues(rig: Rig) -> None:
     _, second, audio = two_turns()
-    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40))
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40)
+    )
     s1 = await rig.emulator.wait_for_session(1, timeout=10)
     await s1.wait_for_event("response.done", timeout=15)
     await rig.emulator.drop_all(code=1011)
@@ -150,7 +168,9 @@ async def test_openai_socket_dropped_reconnects_and_continues(rig: Rig) -> None:
 
 async def test_a_call_whose_session_cannot_be_restored_is_ended_for_the_caller(rig: Rig) -> None:
     audio = np.concatenate([speech("Hello there."), silence(12000)])
-    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=30))
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=30)
+    )
     s1 = await rig.emulator.wait_for_session(1, timeout=10)
     await s1.wait_for_event("response.done", timeout=15)
     await rig.emulator.stop()  # OpenAI is gone for good
@@ -160,7 +180,9 @@ async def test_a_call_whose_session_cannot_be_restored_is_ended_for_the_caller(r
 
 
 async def test_redis_restarted_empty_services_recover(rig: Rig) -> None:
-    ok = await asyncio.wait_for(place_call(rig.stack.media_url, speech("Hello."), hold_after_s=0.5), 40)
+    ok = await asyncio.wait_for(
+        place_call(rig.stack.media_url, speech("Hello."), hold_after_s=0.5), 40
+    )
     assert ok.frames_received > 0
     rig.redis_server.stop()
     rig.redis_server.start()  # same port, no data
@@ -168,8 +190,15 @@ async def test_redis_restarted_empty_services_recover(rig: Rig) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            result = await asyncio.wait_for(place_call(rig.stack.media_url, speech("Are you back?"),
-                                                       hold_after_s=0.5, max_duration_s=10), 20)
+            result = await asyncio.wait_for(
+                place_call(
+                    rig.stack.media_url,
+                    speech("Are you back?"),
+                    hold_after_s=0.5,
+                    max_duration_s=10,
+                ),
+                20,
+            )
         except OSError:
             result = None
         if result is not None and result.frames_received > 0:
@@ -180,18 +209,41 @@ async def test_redis_restarted_empty_services_recover(rig: Rig) -> None:
 
 
 async def test_bad_input_never_takes_the_edge_down_or_touches_another_call(rig: Rig) -> None:
-    good = asyncio.create_task(place_call(rig.stack.media_url, speech("I am the good caller."), hold_after_s=0.8))
+    good = asyncio.create_task(
+        place_call(rig.stack.media_url, speech("I am the good caller."), hold_after_s=0.8)
+    )
     url = rig.stack.media_url
-    junk = ["not json", b"\x00\x01binary", "[]", '{"event":"media"}', '{"event":"nope"}',
-            json.dumps({"event": "start", "start": {"callSid": "CA{evil}", "streamSid": "MZ1",
-                                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}),
-            json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "@@@"}})]
+    junk = [
+        "not json",
+        b"\x00\x01binary",
+        "[]",
+        '{"event":"media"}',
+        '{"event":"nope"}',
+        json.dumps(
+            {
+                "event": "start",
+                "start": {
+                    "callSid": "CA{evil}",
+                    "streamSid": "MZ1",
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        ),
+        json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "@@@"}}),
+    ]
     async with connect(url) as ws:
         for message in junk:
             await ws.send(message)
         for _ in range(300):  # a flood, faster than real time
-            await ws.send(json.dumps({"event": "media", "streamSid": "MZx",
-                                      "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "media",
+                        "streamSid": "MZx",
+                        "media": {"payload": base64.b64encode(b"\xff" * 160).decode()},
+                    }
+                )
+            )
     try:
         async with connect(url, max_size=None) as ws:
             await ws.send("x" * 200_000)  # over the size limit: closed with 1009
@@ -217,7 +269,9 @@ async def test_sigterm_exits_within_5_seconds_and_hands_calls_over(rig: Rig) -> 
     rig.start("t1")
     rig.start("w1")
     _, _, audio = two_turns()
-    call = asyncio.create_task(place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45))
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=45)
+    )
     s1 = await rig.emulator.wait_for_session(1, timeout=10)
     await s1.wait_for_event("response.done", timeout=15)
     for name in ("t0", "w0"):

@@ -17,7 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("REALTIME_", "OPENAI_", "REDIS_", "EDGE_", "TWILIO_")) or name in {
-            "RUNS", "AUDIO_MS", "TIMEOUT_MS", "PUBLIC_URL", "METRICS_PORT"}:
+            "RUNS",
+            "AUDIO_MS",
+            "TIMEOUT_MS",
+            "PUBLIC_URL",
+            "METRICS_PORT",
+        }:
             monkeypatch.delenv(name, raising=False)
 
 
@@ -67,7 +72,9 @@ def test_secret_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"REALTIME_TURN_DETECTION": "maybe"}, "REALTIME_TURN_DETECTION"),
     ],
 )
-def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str) -> None:
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError) as err:
@@ -81,12 +88,20 @@ def test_flat_schema_may_use_a_lower_rate(monkeypatch: pytest.MonkeyPatch) -> No
     assert load_settings().realtime_audio_rate == 16000
 
 
-@pytest.mark.parametrize("module", ["services.twilio_edge", "services.transcoder", "services.realtime_worker"])
+@pytest.mark.parametrize(
+    "module", ["services.twilio_edge", "services.transcoder", "services.realtime_worker"]
+)
 def test_every_service_exits_2_with_one_line_and_no_traceback(module: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     env["REALTIME_SCHEMA"] = "bogus"
-    proc = subprocess.run([sys.executable, "-m", module], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

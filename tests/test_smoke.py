@@ -26,10 +26,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("auto", False, True, "PASS"),
     ],
 )
-async def test_smoke_verdicts(schema: str, header: bool, ok: bool, needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_smoke_verdicts(
+    schema: str, header: bool, ok: bool, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with RealtimeEmulator() as emu:
-        settings = load_settings(realtime_url=emu.url, realtime_schema=schema,
-                                 realtime_beta_header=header, runs=2)
+        settings = load_settings(
+            realtime_url=emu.url, realtime_schema=schema, realtime_beta_header=header, runs=2
+        )
         code = await smoke(settings, "sk-test")
     out = capsys.readouterr().out
     assert (code == 0) is ok
@@ -37,9 +40,13 @@ async def test_smoke_verdicts(schema: str, header: bool, ok: bool, needle: str, 
     assert len([line for line in out.splitlines() if line.startswith("run ")]) == (2 if ok else 1)
 
 
-async def test_a_disabled_beta_shape_fails_flat_and_auto_still_works(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_disabled_beta_shape_fails_flat_and_auto_still_works(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     async with RealtimeEmulator(beta_disabled=True) as emu:
-        settings = load_settings(realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True, runs=1)
+        settings = load_settings(
+            realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True, runs=1
+        )
         assert await smoke(settings, "sk-test") == 1
         assert "beta_api_shape_disabled" in capsys.readouterr().out
         auto = load_settings(realtime_url=emu.url, realtime_schema="auto", runs=1)
@@ -49,8 +56,14 @@ async def test_a_disabled_beta_shape_fails_flat_and_auto_still_works(capsys: pyt
 def test_make_smoke_without_a_key_starts_the_emulator() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "OPENAI_"))}
     env["RUNS"] = "2"
-    proc = subprocess.run([sys.executable, "-m", "tools.smoke"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "local emulator" in proc.stdout.splitlines()[0]
     assert "2/2 consecutive runs returned audio -> PASS" in proc.stdout
@@ -58,8 +71,19 @@ def test_make_smoke_without_a_key_starts_the_emulator() -> None:
 
 def test_unreachable_endpoint_fails_with_a_line_not_a_traceback() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "OPENAI_"))}
-    env.update(RUNS="1", OPENAI_API_KEY="sk-test", REALTIME_URL="ws://127.0.0.1:9/v1/realtime", TIMEOUT_MS="2000")
-    proc = subprocess.run([sys.executable, "-m", "tools.smoke"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env.update(
+        RUNS="1",
+        OPENAI_API_KEY="sk-test",
+        REALTIME_URL="ws://127.0.0.1:9/v1/realtime",
+        TIMEOUT_MS="2000",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "cannot connect" in proc.stdout and "Traceback" not in proc.stderr

@@ -68,8 +68,14 @@ def test_undecodable_inbound_entries_raise_the_contract_error(fields: dict[bytes
 
 @given(st.dictionaries(st.binary(max_size=4), st.binary(max_size=8), max_size=6))
 def test_garbage_never_raises_anything_but_the_contract_error(fields: dict[bytes, bytes]) -> None:
-    for decode in (s.decode_inbound, s.decode_outbound, s.decode_control, s.decode_command,
-                   s.decode_event, s.decode_lifecycle):
+    for decode in (
+        s.decode_inbound,
+        s.decode_outbound,
+        s.decode_control,
+        s.decode_command,
+        s.decode_event,
+        s.decode_lifecycle,
+    ):
         try:
             decode(fields)
         except s.StreamEntryError:

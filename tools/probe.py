@@ -44,8 +44,9 @@ def write_report(findings: ProbeFindings, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, raw = out_dir / MARKDOWN_NAME, out_dir / JSON_NAME
     markdown.write_text(render_markdown(findings), encoding="utf-8")
-    raw.write_text(json.dumps(render_json(findings), indent=2, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
+    raw.write_text(
+        json.dumps(render_json(findings), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return markdown, raw
 
 
@@ -55,8 +56,13 @@ def exit_code(findings: ProbeFindings) -> int:
 
 
 async def run_probe(
-    settings: Settings, out_dir: Path, *, url: str | None = None, api_key: str | None = None,
-    emulator: bool | None = None, concurrency: int = 4,
+    settings: Settings,
+    out_dir: Path,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    emulator: bool | None = None,
+    concurrency: int = 4,
 ) -> ProbeFindings:
     """Probe ``url`` (default ``REALTIME_URL``) with ``settings`` and write the report files."""
     # Imported here so `--help` and a configuration error do not need the dialect layer.
@@ -66,12 +72,17 @@ async def run_probe(
     if api_key is None and settings.openai_api_key is not None:
         api_key = settings.openai_api_key.get_secret_value()
     target = Target(
-        url=url or settings.realtime_url, models=models_of(settings.realtime_model),
-        api_key=api_key or EMULATOR_KEY, runs=settings.runs, audio_ms=settings.audio_ms,
-        timeout_ms=settings.timeout_ms, concurrency=concurrency,
+        url=url or settings.realtime_url,
+        models=models_of(settings.realtime_model),
+        api_key=api_key or EMULATOR_KEY,
+        runs=settings.runs,
+        audio_ms=settings.audio_ms,
+        timeout_ms=settings.timeout_ms,
+        concurrency=concurrency,
     )
     findings = await probe(
-        target, SessionConfig.from_settings(settings),
+        target,
+        SessionConfig.from_settings(settings),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         emulator=settings.uses_emulator if emulator is None else emulator,
         voice=settings.realtime_voice,
@@ -82,15 +93,19 @@ async def run_probe(
 
 def _announce(settings: Settings, url: str, out_dir: Path) -> None:
     models = models_of(settings.realtime_model)
-    print(f"probe: {url}, models {', '.join(models)}: 4 combinations x {settings.runs} run(s) and "
-          f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={settings.timeout_ms}; "
-          f"report into {out_dir.resolve()}", flush=True)
+    print(
+        f"probe: {url}, models {', '.join(models)}: 4 combinations x {settings.runs} run(s) and "
+        f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={settings.timeout_ms}; "
+        f"report into {out_dir.resolve()}",
+        flush=True,
+    )
 
 
 async def amain(argv: list[str] | None = None) -> int:
     """The command; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m tools.probe",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.probe", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--out", help="folder for the report files (default: PROBE_OUT or .)")
     parser.add_argument("--concurrency", type=int, default=4, help="connections at once (4)")
     args = parser.parse_args(argv)
@@ -105,8 +120,9 @@ async def amain(argv: list[str] | None = None) -> int:
         print(f"probe: no OPENAI_API_KEY: probing the local emulator started at {emulator.url}")
         try:
             _announce(settings, emulator.url, out_dir)
-            findings = await run_probe(settings, out_dir, url=emulator.url, emulator=True,
-                                       concurrency=concurrency)
+            findings = await run_probe(
+                settings, out_dir, url=emulator.url, emulator=True, concurrency=concurrency
+            )
         finally:
             await emulator.stop()
     else:

@@ -130,8 +130,7 @@ class SessionSeen:
         session = session if isinstance(session, dict) else {}
         audio = session.get("audio")
         return cls(
-            input_format=_get(session, "audio.input.format")
-            or session.get("input_audio_format"),
+            input_format=_get(session, "audio.input.format") or session.get("input_audio_format"),
             output_format=_get(session, "audio.output.format")
             or session.get("output_audio_format"),
             modalities=session.get("modalities"),
@@ -223,24 +222,49 @@ class NegativeCheck:
 DELETE = "<delete>"
 _BOTH_RATES = ("session.audio.input.format.rate", "session.audio.output.format.rate")
 NEGATIVE_CHECKS: tuple[NegativeCheck, ...] = (
-    NegativeCheck("ga_session_turn_detection", GA, "session.update",
-                  (("session.turn_detection", {"type": "server_vad"}),),
-                  "`session.turn_detection` is rejected (`Unknown parameter`) in this dialect.",
-                  "Unknown parameter"),
-    NegativeCheck("ga_missing_session_type", GA, "session.update", (("session.type", DELETE),),
-                  "`session.update` requires `session.type` (e.g. `realtime`)."),
-    NegativeCheck("ga_pcm_rate_16000", GA, "session.update",
-                  tuple((path, 16000) for path in _BOTH_RATES),
-                  "`audio/pcm` requires `rate >= 24000`."),
-    NegativeCheck("ga_pcm_without_rate", GA, "session.update",
-                  tuple((path, DELETE) for path in _BOTH_RATES),
-                  "`session.audio.*.format.rate` is required for `audio/pcm`."),
-    NegativeCheck("ga_response_modalities", GA, "response.create",
-                  (("response.modalities", ["audio", "text"]),),
-                  "`response.modalities` is rejected in this dialect."),
-    NegativeCheck("beta_modalities_audio_only", BETA, "session.update",
-                  (("session.modalities", ["audio"]),),
-                  '`modalities: ["audio"]` is rejected; must use `["audio","text"]`.'),
+    NegativeCheck(
+        "ga_session_turn_detection",
+        GA,
+        "session.update",
+        (("session.turn_detection", {"type": "server_vad"}),),
+        "`session.turn_detection` is rejected (`Unknown parameter`) in this dialect.",
+        "Unknown parameter",
+    ),
+    NegativeCheck(
+        "ga_missing_session_type",
+        GA,
+        "session.update",
+        (("session.type", DELETE),),
+        "`session.update` requires `session.type` (e.g. `realtime`).",
+    ),
+    NegativeCheck(
+        "ga_pcm_rate_16000",
+        GA,
+        "session.update",
+        tuple((path, 16000) for path in _BOTH_RATES),
+        "`audio/pcm` requires `rate >= 24000`.",
+    ),
+    NegativeCheck(
+        "ga_pcm_without_rate",
+        GA,
+        "session.update",
+        tuple((path, DELETE) for path in _BOTH_RATES),
+        "`session.audio.*.format.rate` is required for `audio/pcm`.",
+    ),
+    NegativeCheck(
+        "ga_response_modalities",
+        GA,
+        "response.create",
+        (("response.modalities", ["audio", "text"]),),
+        "`response.modalities` is rejected in this dialect.",
+    ),
+    NegativeCheck(
+        "beta_modalities_audio_only",
+        BETA,
+        "session.update",
+        (("session.modalities", ["audio"]),),
+        '`modalities: ["audio"]` is rejected; must use `["audio","text"]`.',
+    ),
 )
 
 
@@ -271,8 +295,9 @@ class NegativeFinding:
     model: str
     check: str
     payload: dict[str, Any] | None = None
-    result: Literal["rejected", "accepted", "no answer", "unreachable", "closed", "beta disabled",
-                    "no session"] = "no answer"
+    result: Literal[
+        "rejected", "accepted", "no answer", "unreachable", "closed", "beta disabled", "no session"
+    ] = "no answer"
     error: ErrorSeen | None = None
     connect_error: str | None = None
     close_code: int | None = None
@@ -308,8 +333,9 @@ class ProbeFindings:
     negatives: list[NegativeFinding] = field(default_factory=list)
 
 
-Status = Literal["works", "flaky", "rejected", "beta disabled", "no audio", "no session",
-                 "unreachable"]
+Status = Literal[
+    "works", "flaky", "rejected", "beta disabled", "no audio", "no session", "unreachable"
+]
 
 
 def _distinct(items: list[Any]) -> list[Any]:
@@ -396,8 +422,14 @@ def summarise(model: str, combo: Combo, runs: list[RunFinding]) -> ComboSummary:
         status, detail = "no audio", f"no audio delta in {len(runs)} run(s) within TIMEOUT_MS"
     shown = next((r for r in runs if r.session_created), runs[0])
     return ComboSummary(
-        model=model, combo=combo, status=status, detail=detail, runs=len(runs), runs_ok=ok,
-        runs_with_audio=with_audio, first=shown,
+        model=model,
+        combo=combo,
+        status=status,
+        detail=detail,
+        runs=len(runs),
+        runs_ok=ok,
+        runs_with_audio=with_audio,
+        first=shown,
         session_update_results=_distinct([r.session_update_result for r in runs]),
         session_update_errors=su_errors,
         response_results=_distinct([r.response_result for r in runs]),
@@ -410,7 +442,8 @@ def summarise(model: str, combo: Combo, runs: list[RunFinding]) -> ComboSummary:
         ms_session_created=_median([r.ms_to_session_created for r in runs]),
         ms_first_audio=_median([r.ms_to_first_audio for r in runs]),
         commit_empty_runs=sum(r.commit_empty for r in runs),
-        closes=closes, connect_errors=connect_errors,
+        closes=closes,
+        connect_errors=connect_errors,
     )
 
 

@@ -73,8 +73,11 @@ def voiced_signal(samples: int, rate: int) -> np.ndarray:
     harmonics = np.arange(1, 16)[:, None]
     # A crude vowel: harmonics near 700 Hz and 1200 Hz (formants) louder than the rest.
     freq = harmonics * 140.0
-    weight = 1 / harmonics + 0.8 * np.exp(-((freq - 700) / 200) ** 2) + 0.5 * np.exp(
-        -((freq - 1200) / 250) ** 2)
+    weight = (
+        1 / harmonics
+        + 0.8 * np.exp(-(((freq - 700) / 200) ** 2))
+        + 0.5 * np.exp(-(((freq - 1200) / 250) ** 2))
+    )
     voice = (weight * np.sin(harmonics * phase)).sum(axis=0)
     syllables = 0.55 - 0.45 * np.cos(2 * np.pi * 4 * t)
     signal = voice * syllables
@@ -185,8 +188,9 @@ class _Exchange:
             self.response_done = True
         elif etype == "error":
             kind = getattr(parsed, "kind", None)
-            self._error(replace(ErrorSeen.from_event(event),
-                                gateway_kind=getattr(kind, "value", None)))
+            self._error(
+                replace(ErrorSeen.from_event(event), gateway_kind=getattr(kind, "value", None))
+            )
         if "transcript" in etype:
             # The reply's transcript only; the caller's input transcription is in event_types.
             if etype.startswith("response.") and etype not in f.transcript_types:
@@ -244,8 +248,12 @@ class _Exchange:
 
 
 async def _exchange(
-    target: Target, model: str, dialect: RealtimeDialect, finding: RunFinding,
-    unreachable: dict[str, str], script: Callable[[_Exchange], Awaitable[None]],
+    target: Target,
+    model: str,
+    dialect: RealtimeDialect,
+    finding: RunFinding,
+    unreachable: dict[str, str],
+    script: Callable[[_Exchange], Awaitable[None]],
 ) -> None:
     """Connect as ``dialect`` would, wait for session.created and run ``script``.
 
@@ -264,8 +272,14 @@ async def _exchange(
     if urlsplit(request.url).hostname in LOOPBACK:
         options["proxy"] = None  # the emulator is local: never route it through a proxy
     try:
-        ws = await connect(request.url, additional_headers=headers, open_timeout=target.timeout_s,
-                           close_timeout=2, max_size=16 * 2**20, **options)
+        ws = await connect(
+            request.url,
+            additional_headers=headers,
+            open_timeout=target.timeout_s,
+            close_timeout=2,
+            max_size=16 * 2**20,
+            **options,
+        )
     except (OSError, TimeoutError, WebSocketException) as exc:
         finding.connect_error = describe_connect_error(exc, request.url, target.timeout_ms)
         if isinstance(exc, OSError):  # refused, DNS, timeout: the host, not the dialect
@@ -283,8 +297,13 @@ async def _exchange(
 
 
 async def probe_run(
-    target: Target, model: str, combo: Combo, run: int, config: SessionConfig,
-    pcm: bytes, unreachable: dict[str, str],
+    target: Target,
+    model: str,
+    combo: Combo,
+    run: int,
+    config: SessionConfig,
+    pcm: bytes,
+    unreachable: dict[str, str],
 ) -> RunFinding:
     """One run of one combination: session.update, audio, commit, response.create, audio back."""
     finding = RunFinding(model=model, schema=combo.schema, beta_header=combo.beta_header, run=run)
@@ -297,12 +316,15 @@ async def probe_run(
         f = ex.finding
         await ex.session_update(finding.session_update or {}, target.timeout_s)
         for start in range(0, len(pcm), chunk):
-            await ex.send(dialect.append_audio(pcm[start:start + chunk]))
+            await ex.send(dialect.append_audio(pcm[start : start + chunk]))
         await ex.send(dialect.commit(), "commit")
         await ex.response_create(finding.response_create or {})
         await ex.until(
-            lambda: f.response_result == "rejected" or ex.response_done
-            or (f.audio_deltas > 0 and any(t.endswith(".delta") for t in f.transcript_types)),
+            lambda: (
+                f.response_result == "rejected"
+                or ex.response_done
+                or (f.audio_deltas > 0 and any(t.endswith(".delta") for t in f.transcript_types))
+            ),
             target.timeout_s,
         )
 
@@ -311,17 +333,22 @@ async def probe_run(
 
 
 async def probe_negative(
-    target: Target, model: str, check: NegativeCheck, config: SessionConfig,
+    target: Target,
+    model: str,
+    check: NegativeCheck,
+    config: SessionConfig,
     unreachable: dict[str, str],
 ) -> NegativeFinding:
     """Send one known-rejected payload and record the server's exact answer."""
     dialect = RealtimeDialect(check.combo.schema, check.combo.beta_header, config)
     valid_update = dialect.session_update()
     base = valid_update if check.target == "session.update" else dialect.response_create()
-    result = NegativeFinding(model=model, check=check.id,
-                             payload=apply_mutations(base, check.mutations))
-    scratch = RunFinding(model=model, schema=check.combo.schema,
-                         beta_header=check.combo.beta_header, run=0)
+    result = NegativeFinding(
+        model=model, check=check.id, payload=apply_mutations(base, check.mutations)
+    )
+    scratch = RunFinding(
+        model=model, schema=check.combo.schema, beta_header=check.combo.beta_header, run=0
+    )
 
     async def script(ex: _Exchange) -> None:
         if check.target == "session.update":
@@ -352,7 +379,12 @@ async def probe_negative(
 
 
 async def probe(
-    target: Target, config: SessionConfig, *, generated_at: str, emulator: bool, voice: str,
+    target: Target,
+    config: SessionConfig,
+    *,
+    generated_at: str,
+    emulator: bool,
+    voice: str,
 ) -> ProbeFindings:
     """Every model x combination ``target.runs`` times plus the negative checks, a few at once."""
     gate = asyncio.Semaphore(max(1, target.concurrency))
@@ -372,16 +404,25 @@ async def probe(
 
     runs = [
         probe_run(target, model, combo, run, config, pcm_for(combo), unreachable)
-        for model in target.models for run in range(1, target.runs + 1) for combo in COMBOS
+        for model in target.models
+        for run in range(1, target.runs + 1)
+        for combo in COMBOS
     ]
     negatives = [
         probe_negative(target, model, check, config, unreachable)
-        for model in target.models for check in NEGATIVE_CHECKS
+        for model in target.models
+        for check in NEGATIVE_CHECKS
     ]
     results = await asyncio.gather(*(bounded(job) for job in runs + negatives))
     return ProbeFindings(
-        generated_at=generated_at, url=target.url, models=list(target.models), emulator=emulator,
-        runs=target.runs, audio_ms=target.audio_ms, timeout_ms=target.timeout_ms, voice=voice,
+        generated_at=generated_at,
+        url=target.url,
+        models=list(target.models),
+        emulator=emulator,
+        runs=target.runs,
+        audio_ms=target.audio_ms,
+        timeout_ms=target.timeout_ms,
+        voice=voice,
         audio_source="; ".join(dict.fromkeys(source for _, source in audio.values())),
         run_findings=[r for r in results if isinstance(r, RunFinding)],
         negatives=[n for n in results if isinstance(n, NegativeFinding)],

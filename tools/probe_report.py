@@ -107,8 +107,10 @@ def _combo_section(summary: ComboSummary, models: list[str], recommended: bool) 
         notes.append("transcript events: " + ", ".join(code(t) for t in summary.transcript_types))
     if summary.commit_empty_runs:
         tail = ", but audio delta still arrived." if summary.runs_with_audio else "."
-        notes.append(f"{code(COMMIT_EMPTY_CODE)} appeared in {summary.commit_empty_runs}/"
-                     f"{summary.runs} runs{tail}")
+        notes.append(
+            f"{code(COMMIT_EMPTY_CODE)} appeared in {summary.commit_empty_runs}/"
+            f"{summary.runs} runs{tail}"
+        )
     for error in summary.session_update_errors:
         notes.append(f"`session.update` rejected: {describe_error(error)}")
     for error in summary.response_errors:
@@ -116,8 +118,10 @@ def _combo_section(summary: ComboSummary, models: list[str], recommended: bool) 
     for close_code, reason in summary.closes:
         notes.append(f"server closed the socket: {_close(close_code, reason)}")
     if recommended:
-        notes.append("**This combo is recommended for Twilio integration** (PCM24k <-> PCMU 8k "
-                     "conversion in the transcoder).")
+        notes.append(
+            "**This combo is recommended for Twilio integration** (PCM24k <-> PCMU 8k "
+            "conversion in the transcoder)."
+        )
     lines += [f"  - {note}" for note in notes] or ["  - (none)"]
     return lines + [""]
 
@@ -129,41 +133,52 @@ def _pitfalls(findings: ProbeFindings, summaries: list[ComboSummary]) -> list[st
         where = f"{s.combo.schema} schema with the beta header {s.combo.header} ({code(s.model)})"
         if s.status == "beta disabled":
             closes = ", ".join(f"close {_close(c, r)}" for c, r in s.closes)
-            lines.append(f"- {where}: the server refuses the beta dialect "
-                         f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''}).")
+            lines.append(
+                f"- {where}: the server refuses the beta dialect "
+                f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''})."
+            )
         for error in s.session_update_errors:
             lines.append(f"- {where}: `session.update` is rejected: {describe_error(error)}.")
         for error in s.response_errors:
             lines.append(f"- {where}: `response.create` is rejected: {describe_error(error)}.")
     for n in findings.negatives:
         if n.result == "rejected" and n.error:
-            lines.append(f"- {n.spec.dialect}, {code(n.model)}: {n.spec.report_says} "
-                         f"Server: {describe_error(n.error)}.")
+            lines.append(
+                f"- {n.spec.dialect}, {code(n.model)}: {n.spec.report_says} "
+                f"Server: {describe_error(n.error)}."
+            )
     by_type: dict[str, list[str]] = {}
     for s in summaries:
         for t in s.audio_types:
             by_type.setdefault(t, []).append(s.combo.letter)
     if len(by_type) > 1:
-        names = "; ".join(f"{code(t)} (combo {', '.join(dict.fromkeys(c))})"
-                          for t, c in by_type.items())
+        names = "; ".join(
+            f"{code(t)} (combo {', '.join(dict.fromkeys(c))})" for t, c in by_type.items()
+        )
         lines.append(f"- Audio event names vary by dialect: {names}; accept both.")
     empties = sum(s.commit_empty_runs for s in summaries)
     if empties:
-        lines.append(f"- {code(COMMIT_EMPTY_CODE)} appeared in {empties} run(s): a client commit "
-                     "racing server VAD; not a failure when audio follows.")
+        lines.append(
+            f"- {code(COMMIT_EMPTY_CODE)} appeared in {empties} run(s): a client commit "
+            "racing server VAD; not a failure when audio follows."
+        )
     for s in summaries:
         if s.audio_types and s.parsed and not s.parsed.get("AudioDelta"):
             names = ", ".join(code(t) for t in s.audio_types)
-            lines.append(f"- {s.combo.title} ({code(s.model)}): the gateway's dialect layer did "
-                         f"not parse {names} as audio.")
+            lines.append(
+                f"- {s.combo.title} ({code(s.model)}): the gateway's dialect layer did "
+                f"not parse {names} as audio."
+            )
     return lines or ["- (no rejection observed)"]
 
 
 def _observation(summary: ComboSummary) -> list[str]:
     s, first = summary, summary.first
-    head = (f"- {code(s.model)}: {code(f'REALTIME_BETA_HEADER={int(s.combo.beta_header)}')} + "
-            f"{code(f'REALTIME_SCHEMA={s.combo.schema}')} (combo {s.combo.letter}): "
-            f"**{s.status}**, {s.detail}")
+    head = (
+        f"- {code(s.model)}: {code(f'REALTIME_BETA_HEADER={int(s.combo.beta_header)}')} + "
+        f"{code(f'REALTIME_SCHEMA={s.combo.schema}')} (combo {s.combo.letter}): "
+        f"**{s.status}**, {s.detail}"
+    )
     lines = [head]
     if s.connect_errors:
         lines.append("  - connection: " + "; ".join(s.connect_errors))
@@ -173,27 +188,40 @@ def _observation(summary: ComboSummary) -> list[str]:
     if seen is None:
         lines.append("  - no `session.created`")
     else:
-        modal = (f"{code('output_modalities: ' + compact(seen.output_modalities))}"
-                 if seen.output_modalities is not None else
-                 f"{code('modalities: ' + compact(seen.modalities))}")
+        modal = (
+            f"{code('output_modalities: ' + compact(seen.output_modalities))}"
+            if seen.output_modalities is not None
+            else f"{code('modalities: ' + compact(seen.modalities))}"
+        )
         lines.append(
             f"  - `session.created` after {_ms(s.ms_session_created)} (median) reports input "
             f"format {code(compact(seen.input_format))}, output format "
             f"{code(compact(seen.output_format))}, {modal}; "
             f"exposes an `audio` object: {'yes' if seen.has_audio_object else 'no'}"
-            + (f"; the gateway reads it as {code(seen.gateway_reads)}"
-               if seen.gateway_reads else ""))
+            + (
+                f"; the gateway reads it as {code(seen.gateway_reads)}"
+                if seen.gateway_reads
+                else ""
+            )
+        )
         lines.append(f"  - raw session (trimmed): {code(compact(seen.raw))}")
     su = ", ".join(s.session_update_results)
-    lines.append(f"  - `session.update`: {su}" + "".join(
-        f"; {describe_error(e)}" for e in s.session_update_errors))
+    lines.append(
+        f"  - `session.update`: {su}"
+        + "".join(f"; {describe_error(e)}" for e in s.session_update_errors)
+    )
     rc = ", ".join(s.response_results)
-    lines.append(f"  - `response.create`: {rc}" + "".join(
-        f"; {describe_error(e)}" for e in s.response_errors))
+    lines.append(
+        f"  - `response.create`: {rc}"
+        + "".join(f"; {describe_error(e)}" for e in s.response_errors)
+    )
     audio = ", ".join(code(t) for t in s.audio_types) or "none"
     transcript = ", ".join(code(t) for t in s.transcript_types) or "none"
-    timing = (f"; first audio delta {_ms(s.ms_first_audio)} after `response.create` (median)"
-              if s.ms_first_audio is not None else "")
+    timing = (
+        f"; first audio delta {_ms(s.ms_first_audio)} after `response.create` (median)"
+        if s.ms_first_audio is not None
+        else ""
+    )
     lines.append(f"  - audio events: {audio}; transcript events: {transcript}{timing}")
     if s.parsed:
         parsed = ", ".join(f"{name} x{count}" for name, count in s.parsed.items())
@@ -225,7 +253,8 @@ def _negative(n: NegativeFinding) -> list[str]:
         observed += f" (server closed {_close(n.close_code, n.close_reason)})"
     changes = ", ".join(
         code(f"{path}: {'(removed)' if value == '<delete>' else compact(value)}")
-        for path, value in spec.mutations)
+        for path, value in spec.mutations
+    )
     return [
         f"- {code(spec.id)} ({spec.dialect}, {code(n.model)}, {code(spec.target)}): "
         f"the report says {spec.report_says} Observed: {observed}. **{verdict}**",
@@ -264,14 +293,16 @@ def render_markdown(findings: ProbeFindings) -> str:
     lines += ["## Smoke Test", "Use the smoke test before Twilio integration."]
     if best:
         lines += [
-            "", "```bash",
+            "",
+            "```bash",
             f"OPENAI_API_KEY=... REALTIME_MODEL={best.model} {best.combo.env} make smoke",
             "```",
         ]
     lines += [
         "",
         "Regenerate this report with `make probe` (without a key it probes the local emulator).",
-        "", "### Env Vars",
+        "",
+        "### Env Vars",
         f"- `REALTIME_MODEL` default: `gpt-realtime` (the probe takes a comma-separated list; "
         f"probed: {', '.join(code(m) for m in findings.models)})",
         "- `REALTIME_URL` default: `wss://api.openai.com/v1/realtime` "
@@ -302,28 +333,45 @@ def render_markdown(findings: ProbeFindings) -> str:
             lines += ["", f"### Negative checks ({code(model)}): the report's known rejections"]
             for n in negatives:
                 lines += _negative(n)
-    lines += ["", "## Recommendation for Twilio",
-              (f"{best.combo.title} on {code(best.model)} ({code(best.combo.env)})." if best
-               else "None: no combination returned audio in every run.")]
+    lines += [
+        "",
+        "## Recommendation for Twilio",
+        (
+            f"{best.combo.title} on {code(best.model)} ({code(best.combo.env)})."
+            if best
+            else "None: no combination returned audio in every run."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _summary_json(s: ComboSummary) -> dict[str, Any]:
     first = s.first
     return {
-        "model": s.model, "combo": s.combo.letter, "schema": s.combo.schema,
-        "beta_header": s.combo.beta_header, "status": s.status, "detail": s.detail,
-        "works": s.works, "runs": s.runs, "runs_ok": s.runs_ok,
-        "runs_with_audio": s.runs_with_audio, "url": first.url, "headers": first.headers,
-        "session_update": first.session_update, "response_create": first.response_create,
+        "model": s.model,
+        "combo": s.combo.letter,
+        "schema": s.combo.schema,
+        "beta_header": s.combo.beta_header,
+        "status": s.status,
+        "detail": s.detail,
+        "works": s.works,
+        "runs": s.runs,
+        "runs_ok": s.runs_ok,
+        "runs_with_audio": s.runs_with_audio,
+        "url": first.url,
+        "headers": first.headers,
+        "session_update": first.session_update,
+        "response_create": first.response_create,
         "session_created": asdict(first.session_created) if first.session_created else None,
         "session_update_results": s.session_update_results,
         "session_update_errors": [asdict(e) for e in s.session_update_errors],
         "response_results": s.response_results,
         "response_errors": [asdict(e) for e in s.response_errors],
         "other_errors": [asdict(e) for e in s.other_errors],
-        "audio_types": s.audio_types, "transcript_types": s.transcript_types,
-        "event_types": s.event_types, "parsed": s.parsed,
+        "audio_types": s.audio_types,
+        "transcript_types": s.transcript_types,
+        "event_types": s.event_types,
+        "parsed": s.parsed,
         "ms_session_created_median": s.ms_session_created,
         "ms_first_audio_median": s.ms_first_audio,
         "commit_empty_runs": s.commit_empty_runs,
@@ -339,19 +387,32 @@ def render_json(findings: ProbeFindings) -> dict[str, Any]:
     return {
         "generated_at": findings.generated_at,
         "target": {
-            "url": findings.url, "models": findings.models, "emulator": findings.emulator,
-            "runs": findings.runs, "audio_ms": findings.audio_ms,
-            "timeout_ms": findings.timeout_ms, "voice": findings.voice,
+            "url": findings.url,
+            "models": findings.models,
+            "emulator": findings.emulator,
+            "runs": findings.runs,
+            "audio_ms": findings.audio_ms,
+            "timeout_ms": findings.timeout_ms,
+            "voice": findings.voice,
             "audio_source": findings.audio_source,
         },
-        "recommended": None if best is None else {
-            "model": best.model, "combo": best.combo.letter, "schema": best.combo.schema,
+        "recommended": None
+        if best is None
+        else {
+            "model": best.model,
+            "combo": best.combo.letter,
+            "schema": best.combo.schema,
             "beta_header": best.combo.beta_header,
         },
         "combos": [_summary_json(s) for s in summaries],
         "negative_checks": [
-            {**asdict(n), "dialect": n.spec.dialect, "target": n.spec.target,
-             "report_says": n.spec.report_says, "reproduced": n.reproduced}
+            {
+                **asdict(n),
+                "dialect": n.spec.dialect,
+                "target": n.spec.target,
+                "report_says": n.spec.report_says,
+                "reproduced": n.reproduced,
+            }
             for n in findings.negatives
         ],
         "runs": [asdict(r) for r in findings.run_findings],
@@ -361,16 +422,42 @@ def render_json(findings: ProbeFindings) -> dict[str, Any]:
 def render_table(findings: ProbeFindings) -> str:
     """A compact terminal table of the verdicts, the negative checks and the recommendation."""
     summaries = summarise_all(findings)
-    rows = [("model", "combo", "schema", "header", "result", "ok", "session.update",
-             "response.create", "audio event", "created", "1st audio")]
+    rows = [
+        (
+            "model",
+            "combo",
+            "schema",
+            "header",
+            "result",
+            "ok",
+            "session.update",
+            "response.create",
+            "audio event",
+            "created",
+            "1st audio",
+        )
+    ]
     for s in summaries:
-        rows.append((s.model, s.combo.letter, s.combo.schema, s.combo.header, s.status,
-                     f"{s.runs_ok}/{s.runs}", "/".join(s.session_update_results),
-                     "/".join(s.response_results), ",".join(s.audio_types) or "-",
-                     _ms(s.ms_session_created), _ms(s.ms_first_audio)))
+        rows.append(
+            (
+                s.model,
+                s.combo.letter,
+                s.combo.schema,
+                s.combo.header,
+                s.status,
+                f"{s.runs_ok}/{s.runs}",
+                "/".join(s.session_update_results),
+                "/".join(s.response_results),
+                ",".join(s.audio_types) or "-",
+                _ms(s.ms_session_created),
+                _ms(s.ms_first_audio),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-           for row in rows]
+    out = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     for s in summaries:
         if not s.works:
             out.append(f"  {s.model} combo {s.combo.letter}: {s.detail}")
@@ -379,9 +466,11 @@ def render_table(findings: ProbeFindings) -> str:
         for n in findings.negatives:
             said = n.error.message if n.error else (n.connect_error or "")
             mark = "ok" if n.reproduced else "NO" if n.result in ("rejected", "accepted") else "--"
-            out.append(f"  {mark}  {n.model} {n.check}: {n.result}"
-                       + (f": {said}" if said else ""))
+            out.append(f"  {mark}  {n.model} {n.check}: {n.result}" + (f": {said}" if said else ""))
     best = recommend(summaries)
-    out.append(f"recommended for Twilio: {best.combo.title} on {best.model} ({best.combo.env})"
-               if best else "recommended for Twilio: none (no combination returned audio)")
+    out.append(
+        f"recommended for Twilio: {best.combo.title} on {best.model} ({best.combo.env})"
+        if best
+        else "recommended for Twilio: none (no combination returned audio)"
+    )
     return "\n".join(out)

@@ -40,7 +40,9 @@ def caller_speech(ms: int, rate: int) -> bytes:
         audio8k = speech("Hello, can you hear me? I would like to check my order status.")
     except ImportError:
         t = np.arange(8000 * 3) / 8000
-        audio8k = (6000 * np.sin(2 * np.pi * 140 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.int16)
+        audio8k = (
+            6000 * np.sin(2 * np.pi * 140 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+        ).astype(np.int16)
     need = ms * 8
     audio8k = np.resize(audio8k, need) if audio8k.size < need else audio8k[:need]
     if rate == 8000:
@@ -70,8 +72,9 @@ async def one_run(settings: Settings, api_key: str) -> RunResult:
         result = RunResult(False, label, errors=errors)
         try:
             async with asyncio.timeout(timeout):
-                async with websockets.connect(request.url, additional_headers=request.headers,
-                                              max_size=1 << 24) as ws:
+                async with websockets.connect(
+                    request.url, additional_headers=request.headers, max_size=1 << 24
+                ) as ws:
                     switched = await _converse(ws, dialect, plan, settings, result, t0)
             if switched is None:
                 return result
@@ -121,7 +124,7 @@ async def _converse(ws, dialect, plan, settings, result, t0):  # type: ignore[no
             pcm = caller_speech(settings.audio_ms, settings.realtime_audio_rate)
             step = settings.realtime_audio_rate // 50 * 2
             for i in range(0, len(pcm), step):
-                await ws.send(dialect.append_audio(pcm[i:i + step]))
+                await ws.send(dialect.append_audio(pcm[i : i + step]))
             await ws.send(json.dumps(dialect.commit()))
             await ws.send(json.dumps(dialect.response_create()))
         elif isinstance(event, AudioDelta):
@@ -137,14 +140,19 @@ async def smoke(settings: Settings, api_key: str) -> int:
         r = await one_run(settings, api_key)
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
         fmt = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
-        print(f"run {run:>3} {r.combo:<22} session.created {fmt(r.session_ms):>6} ms  "
-              f"first delta {fmt(r.first_delta_ms):>6} ms  errors {errs}"
-              + ("" if r.ok else f"  FAILED: {r.failure}"), flush=True)
+        print(
+            f"run {run:>3} {r.combo:<22} session.created {fmt(r.session_ms):>6} ms  "
+            f"first delta {fmt(r.first_delta_ms):>6} ms  errors {errs}"
+            + ("" if r.ok else f"  FAILED: {r.failure}"),
+            flush=True,
+        )
         streak = streak + 1 if r.ok else 0
         if not r.ok:
             break
     ok = streak >= settings.runs
-    print(f"summary: {streak}/{settings.runs} consecutive runs returned audio -> {'PASS' if ok else 'FAIL'}")
+    print(
+        f"summary: {streak}/{settings.runs} consecutive runs returned audio -> {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 
@@ -156,7 +164,10 @@ async def main_async(settings: Settings) -> int:
     emulator = RealtimeEmulator(host="127.0.0.1", port=0)
     await emulator.start()
     try:
-        print(f"no OPENAI_API_KEY: smoke test against the local emulator at {emulator.url}", flush=True)
+        print(
+            f"no OPENAI_API_KEY: smoke test against the local emulator at {emulator.url}",
+            flush=True,
+        )
         local = settings.model_copy(update={"realtime_url": emulator.url})
         return await smoke(local, "sk-local-emulator")
     finally:

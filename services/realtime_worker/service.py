@@ -109,7 +109,9 @@ class RealtimeWorker:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
-        self.claims = CallClaims(redis, WORKER_GROUP, settings.consumer_name, settings.owner_idle_ms)
+        self.claims = CallClaims(
+            redis, WORKER_GROUP, settings.consumer_name, settings.owner_idle_ms
+        )
         self.owned = OwnedCalls(self.claims, self.run_call)
         key = settings.openai_api_key
         self.api_key = key.get_secret_value() if key else _EMULATOR_KEY
@@ -153,9 +155,7 @@ class RealtimeWorker:
             greeting=settings.realtime_greeting,
             rate=config.rate,
         )
-        cursors = _Cursors(
-            meta.get(META_WORKER_CURSOR, b"0-0"), meta.get(META_CTL_CURSOR, b"0-0")
-        )
+        cursors = _Cursors(meta.get(META_WORKER_CURSOR, b"0-0"), meta.get(META_CTL_CURSOR, b"0-0"))
         if recovered or META_WORKER_CURSOR in meta:
             core.restore(await self._transcript(keys), META_GREETED in meta)
         expiry_set: set[bytes] = set()
@@ -187,7 +187,11 @@ class RealtimeWorker:
                     break
                 backoff.reset()
                 restore_deadline = None
-                self._write(keys, WriteEvent(CallEvent("session", {"combo": core.dialect.combo.name})), expiry_set)
+                self._write(
+                    keys,
+                    WriteEvent(CallEvent("session", {"combo": core.dialect.combo.name})),
+                    expiry_set,
+                )
                 if META_GREETED not in meta and core.greeting:
                     meta[META_GREETED] = b"1"
                     await self.redis.hset(keys.meta, META_GREETED, b"1")
@@ -335,7 +339,10 @@ class RealtimeWorker:
         return None
 
     def _write(
-        self, keys: CallKeys, action: WriteOutbound | WriteCommand | WriteEvent, expiry_set: set[bytes]
+        self,
+        keys: CallKeys,
+        action: WriteOutbound | WriteCommand | WriteEvent,
+        expiry_set: set[bytes],
     ) -> None:
         if isinstance(action, WriteOutbound):
             stream, fields = keys.out_pcm, action.chunk.encode()
@@ -346,25 +353,33 @@ class RealtimeWorker:
             stream, fields = keys.events, action.event.encode()
             event = action.event
             if event.kind == "transcript":
-                log.info("transcript", extra={"role": event.data.get("role"), "text": event.data.get("text")})
+                log.info(
+                    "transcript",
+                    extra={"role": event.data.get("role"), "text": event.data.get("text")},
+                )
         expire = None
         if stream not in expiry_set:
             expiry_set.add(stream)
             expire = self.settings.call_max_seconds
         # Events are the call's record: never trimmed by count, only expired with the call.
-        self.writer.add(stream, fields, maxlen=None if stream == keys.events else -1, expire_s=expire)
+        self.writer.add(
+            stream, fields, maxlen=None if stream == keys.events else -1, expire_s=expire
+        )
 
     async def _save_cursors(self, keys: CallKeys, cursors: _Cursors) -> None:
         try:
             await self.redis.hset(
-                keys.meta, mapping={META_WORKER_CURSOR: cursors.inbound, META_CTL_CURSOR: cursors.control}
+                keys.meta,
+                mapping={META_WORKER_CURSOR: cursors.inbound, META_CTL_CURSOR: cursors.control},
             )
             cursors.saved_at = time.monotonic()
             cursors.dirty = False
         except RETRYABLE as exc:
             log.warning("could not save cursors: %s", exc)
 
-    async def _finish(self, keys: CallKeys, cursors: _Cursors, outcome: str, expiry_set: set[bytes]) -> None:
+    async def _finish(
+        self, keys: CallKeys, cursors: _Cursors, outcome: str, expiry_set: set[bytes]
+    ) -> None:
         """The call is over for the worker: tell the other stages and leave only expiring keys."""
         if outcome.startswith("realtime_"):
             # The caller would otherwise sit in silence: end the call for them.
@@ -398,7 +413,9 @@ class RealtimeWorker:
             return DialectNegotiator(self.preferred_combo, config).current
         return RealtimeDialect(s.realtime_schema, s.realtime_beta_header, config)
 
-    async def _open_session(self, config: SessionConfig) -> tuple[ClientConnection, RealtimeDialect]:
+    async def _open_session(
+        self, config: SessionConfig
+    ) -> tuple[ClientConnection, RealtimeDialect]:
         """Connect and get the session accepted, switching combos under ``auto``."""
         s = self.settings
         negotiator = (
@@ -442,7 +459,9 @@ class RealtimeWorker:
                 message = await ws.recv()
             except ConnectionClosed as exc:
                 if negotiator:
-                    step = negotiator.on_close(exc.rcvd.code if exc.rcvd else 1006, exc.rcvd.reason if exc.rcvd else "")
+                    step = negotiator.on_close(
+                        exc.rcvd.code if exc.rcvd else 1006, exc.rcvd.reason if exc.rcvd else ""
+                    )
                     if isinstance(step, Switch):
                         return step.reason
                     if isinstance(step, Failed):

@@ -158,7 +158,9 @@ async def run_transcoder(
     transcoder = Transcoder(settings, redis)
     metrics = None
     if settings.metrics_port:
-        metrics = await serve_metrics(settings.metrics_host, settings.metrics_port, transcoder.healthy)
+        metrics = await serve_metrics(
+            settings.metrics_host, settings.metrics_port, transcoder.healthy
+        )
     runner = asyncio.create_task(transcoder.owned.run())
     log.info("transcoder ready", extra={"consumer": settings.consumer_name})
     stopper = asyncio.create_task(stop.wait())

@@ -141,15 +141,22 @@ class CallBridge:
         self.call_cm = call_context(event.call_sid, event.stream_sid)
         self.call_cm.__enter__()
         started = CallStarted(
-            event.call_sid, event.stream_sid, event.account_sid,
-            dict(event.custom_parameters), _now_us(),
+            event.call_sid,
+            event.stream_sid,
+            event.account_sid,
+            dict(event.custom_parameters),
+            _now_us(),
         )
         redis = self.edge.redis
         pipe = redis.pipeline(transaction=False)
-        pipe.hset(keys.meta, mapping={
-            b"call_sid": event.call_sid, b"stream_sid": event.stream_sid,
-            b"started_us": started.started_us,
-        })
+        pipe.hset(
+            keys.meta,
+            mapping={
+                b"call_sid": event.call_sid,
+                b"stream_sid": event.stream_sid,
+                b"started_us": started.started_us,
+            },
+        )
         pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
         pipe.xadd(LIFECYCLE_STREAM, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
         await pipe.execute()
@@ -236,7 +243,10 @@ class Edge:
         self.bridges: set[CallBridge] = set()
 
     def _public_url(self, path: str) -> str:
-        base = self.settings.public_url or f"http://{self.settings.edge_host}:{self.settings.edge_port}"
+        base = (
+            self.settings.public_url
+            or f"http://{self.settings.edge_host}:{self.settings.edge_port}"
+        )
         return base.rstrip("/") + path
 
     def _signed(self, url: str, params: dict[str, str], request: Request) -> bool:
@@ -286,7 +296,9 @@ class Edge:
             return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "GET or POST\n")
         if not self._signed(signed_url, params, request):
             return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
-        fields = params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
+        fields = (
+            params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
+        )
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
         twiml = tw.connect_stream_twiml(self.settings.public_media_url(), parameters)
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
@@ -329,7 +341,9 @@ async def run_edge(
     redis = redis or connect(settings)
     edge = Edge(settings, redis)
     if edge.validator is None:
-        log.warning("TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media")
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media"
+        )
     await edge.prepare()
     writer = asyncio.create_task(edge.writer.run())
     async with serve(
