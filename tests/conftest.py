@@ -18,6 +18,27 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
+    """Read a child's output until a line contains ``needle`` (the child says it is ready)."""
+    import select
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffered = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break  # the child exited
+        buffered += chunk
+        for line in buffered.splitlines():
+            if needle in line:
+                return line
+    raise RuntimeError(f"{needle!r} never appeared; output: {buffered[-500:]!r}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -53,22 +74,15 @@ class RedisServer:
                 "--dir",
                 str(self.workdir),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start")
-            time.sleep(0.02)  # start-up of an external process: nothing to await
-        raise RuntimeError("redis-server did not answer")
+        wait_for_line(self.proc, b"Ready to accept connections", timeout=10)
+        # Keep draining its log so the pipe never fills and blocks the server.
+        import threading
+
+        out = self.proc.stdout
+        threading.Thread(target=lambda: [None for _ in iter(lambda: out.read(4096), b"")], daemon=True).start()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
