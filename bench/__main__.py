@@ -62,7 +62,7 @@ def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind, style in (("pipeline", "o-"), ("direct", "s--")):
+    for kind, style in (("pipeline", "o-"), ("cluster", "^-."), ("direct", "s--")):
         sel = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r["calls"])
         if not sel:
             continue
@@ -119,6 +119,10 @@ def main() -> None:
             ),
         }
         runs += [base, run]
+        if os.environ.get("BENCH_CLUSTER", "1") != "0":
+            cluster = measure("cluster", n)
+            _print_run(cluster, base)
+            runs.append(cluster)
     if os.environ.get("BENCH_SEARCH", "1") != "0":
         limit = int(os.environ.get("BENCH_MAX_CALLS", "60"))
         best = max((r["calls"] for r in runs if r["kind"] == "pipeline" and _hop_ok(r)), default=0)

@@ -159,6 +159,60 @@ async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> l
     return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
 
+def _start_stages(procs: Procs, env: dict[str, str], info: dict, py: str,  # type: ignore[type-arg]
+                  transcoders: int, workers: int, edge_port: int) -> None:
+    for i in range(transcoders):
+        port = free_port()
+        procs.start(f"transcoder{i}", [py, "-m", "services.transcoder"],
+                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"))
+        info["metrics_ports"][f"transcoder{i}"] = port
+    for i in range(workers):
+        port = free_port()
+        procs.start(f"worker{i}", [py, "-m", "services.realtime_worker"],
+                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"))
+        info["metrics_ports"][f"worker{i}"] = port
+    procs.start("edge", [py, "-m", "services.twilio_edge"], env)
+    wait_port(edge_port)
+    for port in info["metrics_ports"].values():
+        wait_port(port)
+    info["metrics_ports"]["edge"] = edge_port
+
+
+def _cluster_port() -> int:
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+def _start_cluster(procs: Procs, workdir: Path, env: dict[str, str]) -> list[int]:
+    """Three masters on loopback, the slots split between them by redis-cli."""
+    ports = [_cluster_port() for _ in range(3)]
+    for i, port in enumerate(ports):
+        d = workdir / f"node{port}"
+        d.mkdir()
+        procs.start(f"redis{i}", ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--save", "", "--appendonly", "no", "--dir", str(d)], env)
+        wait_port(port)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
+               for p in ports):
+            return ports
+        time.sleep(0.1)
+    raise RuntimeError("the cluster did not come up")
+
+
 @contextlib.contextmanager
 def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> Iterator[dict]:  # type: ignore[type-arg]
     procs = Procs(workdir)
@@ -234,28 +288,8 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
                 EDGE_PORT=str(edge_port),
                 LOG_LEVEL="WARNING",
             )
-            for i in range(transcoders):
-                port = free_port()
-                procs.start(
-                    f"transcoder{i}",
-                    [py, "-m", "services.transcoder"],
-                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"),
-                )
-                info["metrics_ports"][f"transcoder{i}"] = port
-            for i in range(workers):
-                port = free_port()
-                procs.start(
-                    f"worker{i}",
-                    [py, "-m", "services.realtime_worker"],
-                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"),
-                )
-                info["metrics_ports"][f"worker{i}"] = port
-            procs.start("edge", [py, "-m", "services.twilio_edge"], env)
-            wait_port(edge_port)
-            for port in info["metrics_ports"].values():
-                wait_port(port)
-            info["metrics_ports"]["edge"] = edge_port
-            info["redis"] = redis.Redis(port=redis_port)
+            _start_stages(procs, env, info, py, transcoders, workers, edge_port)
+            info["redis_nodes"] = [redis.Redis(port=redis_port)]
         info["media_url"] = f"ws://127.0.0.1:{edge_port}/media"
         yield info
     finally:
@@ -267,7 +301,8 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
         procs: Procs = st["procs"]
         cpu0 = procs.cpu_s()
         rss0 = procs.rss_mb()
-        rcpu0 = redis_cpu_s(st["redis"]) if "redis" in st else 0.0
+        nodes = st.get("redis_nodes", [])
+        rcpu0 = sum(redis_cpu_s(c) for c in nodes)
         t0 = time.monotonic()
         results = asyncio.run(run_calls(st["media_url"], n, speech_s, hold_s))
         wall = time.monotonic() - t0
@@ -294,10 +329,15 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
                 "rss_mb": rss1[name],
                 "rss_mb_per_call": max(0.0, rss1[name] - rss0[name]) / max(n, 1),
             }
-        if "redis" in st:
-            services["redis"]["cpu_ms_per_call_s"] = (
-                (redis_cpu_s(st["redis"]) - rcpu0) * 1000 / max(call_seconds, 1e-9)
-            )
+        if nodes:
+            for name in [k for k in services if k.startswith("redis")]:
+                del services[name]
+            services["redis"] = {
+                "cpu_ms_per_call_s": (sum(redis_cpu_s(c) for c in nodes) - rcpu0) * 1000
+                / max(call_seconds, 1e-9),
+                "rss_mb": sum(rss1.get(k, 0.0) for k in rss1 if k.startswith("redis")),
+                "rss_mb_per_call": 0.0,
+            }
         total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
         return {
             "kind": kind,

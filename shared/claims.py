@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -27,7 +27,13 @@ import redis.asyncio as aioredis
 from shared.backoff import Backoff
 from shared.observability import RECOVERED, reject
 from shared.redis_io import RETRYABLE, ensure_group, is_nogroup
-from shared.streams import LIFECYCLE_STREAM, CallStarted, StreamEntryError, decode_lifecycle
+from shared.streams import (
+    LIFECYCLE_STREAM,
+    CallStarted,
+    StreamEntryError,
+    decode_lifecycle,
+    lifecycle_streams,
+)
 
 log = logging.getLogger("gateway.claims")
 
@@ -154,81 +160,92 @@ class CallClaims:
 class OwnedCalls:
     """Runs one task per call this instance owns, for the lifetime of its claim.
 
+    One control loop per lifecycle partition (a blocking group read cannot span cluster slots).
     ``run_call`` returns when the call is over for this stage (the claim is then released); it is
     cancelled when the claim is lost or the service stops (the claim then stays pending for a
     successor).
     """
 
-    def __init__(self, claims: CallClaims, run_call: RunCall) -> None:
-        self.claims = claims
+    def __init__(self, claims: CallClaims | Sequence[CallClaims], run_call: RunCall) -> None:
+        self.partitions = [claims] if isinstance(claims, CallClaims) else list(claims)
         self.run_call = run_call
-        self.tasks: dict[bytes, asyncio.Task[None]] = {}
-        self.call_entries: dict[str, bytes] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # by CallSid
+        self.owned: dict[str, tuple[CallClaims, bytes]] = {}
         self._stopping = False
+        self._setup_done = 0
         self.ready = asyncio.Event()
 
-    def _start(self, claim: Claim) -> None:
-        if claim.entry_id in self.tasks or claim.call.call_sid in self.call_entries:
+    def _start(self, claims: CallClaims, claim: Claim) -> None:
+        sid = claim.call.call_sid
+        if sid in self.tasks:
             return
         if claim.recovered:
             RECOVERED.inc()
-            log.info(
-                "took over call %s", claim.call.call_sid, extra={"call_sid": claim.call.call_sid}
-            )
-        task = asyncio.create_task(self._run(claim), name=f"call-{claim.call.call_sid}")
-        self.tasks[claim.entry_id] = task
-        self.call_entries[claim.call.call_sid] = claim.entry_id
+            log.info("took over call %s", sid, extra={"call_sid": sid})
+        self.owned[sid] = (claims, claim.entry_id)
+        self.tasks[sid] = asyncio.create_task(self._run(claims, claim), name=f"call-{sid}")
 
-    async def _run(self, claim: Claim) -> None:
-        released = False
+    async def _run(self, claims: CallClaims, claim: Claim) -> None:
+        sid = claim.call.call_sid
         try:
             await self.run_call(claim)
             backoff = Backoff()
-            while not released:
+            while True:
                 try:
-                    await self.claims.release(claim.entry_id)
-                    released = True
+                    await claims.release(claim.entry_id)
+                    break
                 except RETRYABLE as exc:
                     log.warning("release failed, retrying: %s", exc)
                     await asyncio.sleep(backoff.next_delay())
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug in one call must not stop the others; the claim is kept
-            log.exception("call task failed", extra={"call_sid": claim.call.call_sid})
+            log.exception("call task failed", extra={"call_sid": sid})
             reject("call_task_crash")
         finally:
-            self.tasks.pop(claim.entry_id, None)
-            self.call_entries.pop(claim.call.call_sid, None)
+            self.tasks.pop(sid, None)
+            self.owned.pop(sid, None)
+
+    def _entries(self, claims: CallClaims) -> dict[bytes, str]:
+        return {entry: sid for sid, (c, entry) in self.owned.items() if c is claims}
 
     async def run(self) -> None:
         """Serve calls until cancelled; survives Redis going away and coming back empty."""
+        await asyncio.gather(*(self._run_partition(c) for c in self.partitions))
+
+    async def _run_partition(self, claims: CallClaims) -> None:
         backoff = Backoff()
-        refresh_s = self.claims.idle_ms / 4000
-        block_ms = max(100, min(1000, self.claims.idle_ms // 4))
+        refresh_s = claims.idle_ms / 4000
+        block_ms = max(100, min(1000, claims.idle_ms // 4))
         next_refresh = 0.0
         need_setup = True
+        first_setup = True
         while not self._stopping:
             try:
                 if need_setup:
-                    await self.claims.ensure_group()
-                    for claim in await self.claims.mine():
-                        self._start(claim)
+                    await claims.ensure_group()
+                    for claim in await claims.mine():
+                        self._start(claims, claim)
                     need_setup = False
-                    self.ready.set()
+                    if first_setup:
+                        first_setup = False
+                        self._setup_done += 1
+                        if self._setup_done == len(self.partitions):
+                            self.ready.set()
                 t0 = time.monotonic()
-                for claim in await self.claims.new(block_ms):
-                    self._start(claim)
+                for claim in await claims.new(block_ms):
+                    self._start(claims, claim)
                 now = time.monotonic()
                 if now >= next_refresh:
                     next_refresh = now + refresh_s
-                    lost = await self.claims.refresh(list(self.tasks))
-                    for entry_id in lost:
-                        task = self.tasks.get(entry_id)
+                    entries = self._entries(claims)
+                    for entry_id in await claims.refresh(list(entries)):
+                        task = self.tasks.get(entries[entry_id])
                         if task:
                             log.warning("lost claim on a call; stopping its work")
                             task.cancel()
-                    for claim in await self.claims.take_over():
-                        self._start(claim)
+                    for claim in await claims.take_over():
+                        self._start(claims, claim)
                 elif now - t0 < block_ms / 2000:
                     # A server that answers a blocking read at once (fakeredis does) must not
                     # turn this control loop into a busy loop; real Redis never gets here.
@@ -239,21 +256,39 @@ class OwnedCalls:
                 log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
                 need_setup = True
                 await asyncio.sleep(delay)
-            except Exception as exc:
-                if not is_nogroup(exc):
-                    raise
-                log.warning("consumer group missing (Redis lost its data?); recreating")
+            except Exception as exc:  # this loop must outlive any Redis or client fault
                 need_setup = True
+                if is_nogroup(exc):
+                    log.warning("consumer group missing (Redis lost its data?); recreating")
+                    continue
+                # e.g. a cluster client re-discovering nodes, or a transport closed under us.
+                reject("claims_loop_error")
+                delay = backoff.next_delay()
+                log.warning("claims loop error (%r); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def stop(self, hand_over: bool = True) -> None:
         """Stop serving: cancel call tasks and (by default) let another instance take them."""
         self._stopping = True
-        entry_ids = list(self.tasks)
+        by_partition = {id(c): (c, list(self._entries(c))) for c in self.partitions}
         for task in list(self.tasks.values()):
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        if hand_over and entry_ids:
-            try:
-                await self.claims.hand_over(entry_ids)
-            except RETRYABLE as exc:
-                log.warning("could not hand calls over: %s", exc)
+        if not hand_over:
+            return
+        for claims, entry_ids in by_partition.values():
+            if entry_ids:
+                try:
+                    await claims.hand_over(entry_ids)
+                except RETRYABLE as exc:
+                    log.warning("could not hand calls over: %s", exc)
+
+
+def stage_claims(
+    redis: aioredis.Redis, group: bytes, consumer: str, idle_ms: int, partitions: int
+) -> list[CallClaims]:
+    """One :class:`CallClaims` per lifecycle partition, for one stage's instance."""
+    return [
+        CallClaims(redis, group, consumer, idle_ms, stream)
+        for stream in lifecycle_streams(partitions)
+    ]

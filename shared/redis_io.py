@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -21,13 +22,24 @@ from shared.backoff import Backoff
 from shared.settings import Settings
 
 # Errors that mean "the server is away, try again", as opposed to a bad command.
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError, OSError)
 
 log = logging.getLogger("gateway.redis")
 
 
 def connect(settings: Settings) -> aioredis.Redis:
-    """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out)."""
+    """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out); a cluster client with
+    ``REDIS_CLUSTER=1`` (every command the pipeline issues stays within one slot)."""
+    if settings.redis_cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            settings.redis_url,
+            decode_responses=False,
+            socket_keepalive=True,
+            socket_connect_timeout=2.0,
+            max_connections=2**20,
+        )
     return aioredis.from_url(
         settings.redis_url,
         decode_responses=False,

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
 
     # --- Redis ------------------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL names one node of a Redis Cluster; the cluster client finds the rest.
+    redis_cluster: bool = False
+    # The lifecycle stream split in this many hash-tagged partitions, so that on a cluster no
+    # single slot carries every call's start (1 keeps the single key gw:calls).
+    lifecycle_partitions: int = Field(1, ge=1, le=256)
     # Approximate cap of every per-call audio stream, in entries (one entry is one 20 ms frame).
     stream_maxlen: int = Field(3000, ge=100, le=1_000_000)
     # How long a call's keys live after it ends (transcripts can be read back until then).

@@ -32,14 +32,29 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-LIFECYCLE_STREAM = b"gw:calls"
+LIFECYCLE_STREAM = b"gw:calls"  # the single partition (LIFECYCLE_PARTITIONS=1)
 TRANSCODER_GROUP = b"transcoder"
 WORKER_GROUP = b"worker"
 LIFECYCLE_MAXLEN = 100_000
+
+def lifecycle_streams(partitions: int) -> list[bytes]:
+    """Every lifecycle partition's key; each carries its own hash tag (its own cluster slot)."""
+    if partitions <= 1:
+        return [LIFECYCLE_STREAM]
+    return [f"gw:calls:{{{p}}}".encode() for p in range(partitions)]
+
+
+def lifecycle_stream_for(call_sid: str, partitions: int) -> bytes:
+    """The partition a call's start goes to (stable, spread evenly by CRC32 of the CallSid)."""
+    if partitions <= 1:
+        return LIFECYCLE_STREAM
+    return f"gw:calls:{{{zlib.crc32(call_sid.encode()) % partitions}}}".encode()
+
 
 # Twilio's CallSids are CA + 32 hex digits; we accept any short token without hash-tag braces so
 # a malformed SID can never move a call's keys into another slot or key space.

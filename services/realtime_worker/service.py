@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared.backoff import Backoff
-from shared.claims import CallClaims, Claim, OwnedCalls
+from shared.claims import Claim, OwnedCalls, stage_claims
 from shared.conversation import (
     Action,
     CallConversation,
@@ -109,10 +109,11 @@ class RealtimeWorker:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
-        self.claims = CallClaims(
-            redis, WORKER_GROUP, settings.consumer_name, settings.owner_idle_ms
+        claims = stage_claims(
+            redis, WORKER_GROUP, settings.consumer_name, settings.owner_idle_ms,
+            settings.lifecycle_partitions,
         )
-        self.owned = OwnedCalls(self.claims, self.run_call)
+        self.owned = OwnedCalls(claims, self.run_call)
         key = settings.openai_api_key
         self.api_key = key.get_secret_value() if key else _EMULATOR_KEY
         # With REALTIME_SCHEMA=auto, the combo the server accepted last time is tried first.

@@ -16,7 +16,7 @@ import time
 import redis.asyncio as aioredis
 
 from shared.backoff import Backoff
-from shared.claims import CallClaims, Claim, OwnedCalls
+from shared.claims import Claim, OwnedCalls, stage_claims
 from shared.observability import (
     ACTIVE_CALLS,
     CALLS,
@@ -44,10 +44,11 @@ class Transcoder:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.claims = CallClaims(
-            redis, TRANSCODER_GROUP, f"{settings.consumer_name}", settings.owner_idle_ms
+        claims = stage_claims(
+            redis, TRANSCODER_GROUP, settings.consumer_name, settings.owner_idle_ms,
+            settings.lifecycle_partitions,
         )
-        self.owned = OwnedCalls(self.claims, self.run_call)
+        self.owned = OwnedCalls(claims, self.run_call)
 
     async def run_call(self, claim: Claim) -> None:
         call = claim.call

@@ -41,7 +41,6 @@ from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, ensure_grou
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
-    LIFECYCLE_STREAM,
     TRANSCODER_GROUP,
     WORKER_GROUP,
     CallKeys,
@@ -56,6 +55,8 @@ from shared.streams import (
     StreamEntryError,
     decode_command,
     decode_outbound,
+    lifecycle_stream_for,
+    lifecycle_streams,
     valid_call_sid,
 )
 
@@ -158,7 +159,8 @@ class CallBridge:
             },
         )
         pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
-        pipe.xadd(LIFECYCLE_STREAM, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+        lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
+        pipe.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
         await pipe.execute()
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
@@ -322,8 +324,9 @@ class Edge:
         backoff = Backoff(cap_s=2.0)
         while True:
             try:
-                for group in (TRANSCODER_GROUP, WORKER_GROUP):
-                    await ensure_group(self.redis, LIFECYCLE_STREAM, group)
+                for stream in lifecycle_streams(self.settings.lifecycle_partitions):
+                    for group in (TRANSCODER_GROUP, WORKER_GROUP):
+                        await ensure_group(self.redis, stream, group)
                 return
             except RETRYABLE as exc:
                 log.warning("redis unavailable at start (%s); retrying", exc)
