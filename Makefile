@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server test run smoke demo bench probe lint clean
+.PHONY: venv redis-server test test-cluster run smoke demo bench probe lint clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ redis-server:
 
 test: venv redis-server
 	$(PY) -m pytest -q
+
+test-cluster: venv redis-server
+	$(PY) -m pytest -q -m cluster tests/test_cluster.py
 
 run: venv redis-server
 	$(PY) -m services.launch stack

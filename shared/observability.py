@@ -230,6 +230,11 @@ def run_service(
             loop.add_signal_handler(sig, stop.set)
         await serve(stop)
 
+    if getattr(settings, "redis_cluster", False):
+        # redis-py's asyncio cluster client loses connections under uvloop (transports closed
+        # under it, seen in tests/test_cluster.py); the stock loop is slower but sound.
+        asyncio.run(main())
+        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - plain asyncio still works

@@ -14,8 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import Backoff
@@ -25,6 +24,9 @@ from shared.settings import Settings
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError, OSError)
 
 log = logging.getLogger("gateway.redis")
+# Every blocking read here blocks for at most a second; a reply that takes ten means the
+# connection is dead without having said so, and the caller's retry loop should take over.
+SOCKET_TIMEOUT_S = 10.0
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -38,6 +40,7 @@ def connect(settings: Settings) -> aioredis.Redis:
             decode_responses=False,
             socket_keepalive=True,
             socket_connect_timeout=2.0,
+            socket_timeout=SOCKET_TIMEOUT_S,
             max_connections=2**20,
         )
     return aioredis.from_url(
@@ -46,8 +49,25 @@ def connect(settings: Settings) -> aioredis.Redis:
         health_check_interval=15,
         socket_keepalive=True,
         socket_connect_timeout=2.0,
+        socket_timeout=SOCKET_TIMEOUT_S,
         max_connections=None,
     )
+
+
+async def prepare(redis: aioredis.Redis) -> None:
+    """Finish setting a client up before many tasks share it: a cluster client discovers its
+    nodes lazily, and several tasks racing to do so at once broke its connections in tests."""
+    initialize = getattr(redis, "initialize", None)
+    if initialize is None:
+        return
+    backoff = Backoff()
+    while True:
+        try:
+            await initialize()
+            return
+        except RETRYABLE as exc:
+            log.warning("redis cluster not reachable yet (%s)", exc)
+            await asyncio.sleep(backoff.next_delay())
 
 
 def is_duplicate_id(error: BaseException) -> bool:

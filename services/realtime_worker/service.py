@@ -63,7 +63,7 @@ from shared.realtime_dialect import (
     SessionUpdated,
     Switch,
 )
-from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, expire_all
+from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, expire_all, prepare
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     META_WORKER_CURSOR,
@@ -508,6 +508,7 @@ async def run_worker(
 ) -> None:
     own_redis = redis is None
     redis = redis or connect(settings)
+    await prepare(redis)
     worker = RealtimeWorker(settings, redis)
     metrics = None
     if settings.metrics_port:

@@ -26,7 +26,7 @@ from shared.observability import (
     run_service,
     serve_metrics,
 )
-from shared.redis_io import RETRYABLE, connect, is_duplicate_id, last_entry_id
+from shared.redis_io import RETRYABLE, connect, is_duplicate_id, last_entry_id, prepare
 from shared.settings import Settings, settings_or_exit
 from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
 from shared.transcode import CallTranscoder
@@ -156,6 +156,7 @@ async def run_transcoder(
 ) -> None:
     own_redis = redis is None
     redis = redis or connect(settings)
+    await prepare(redis)
     transcoder = Transcoder(settings, redis)
     metrics = None
     if settings.metrics_port:

@@ -37,7 +37,14 @@ from shared.observability import (
     run_service,
 )
 from shared.playback import OutboundPlayback
-from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, ensure_group, expire_all
+from shared.redis_io import (
+    RETRYABLE,
+    BatchedStreamWriter,
+    connect,
+    ensure_group,
+    expire_all,
+    prepare,
+)
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
@@ -342,6 +349,7 @@ async def run_edge(
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
     own_redis = redis is None
     redis = redis or connect(settings)
+    await prepare(redis)
     edge = Edge(settings, redis)
     if edge.validator is None:
         log.warning(
