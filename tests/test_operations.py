@@ -171,7 +171,6 @@ def test_container_files_parse_and_name_real_commands() -> None:
 def test_each_service_command_starts_and_stops_on_sigterm(
     module: str, redis_server: RedisServer
 ) -> None:
-    import os
     import signal
     import sys
     import time
@@ -199,4 +198,3 @@ def test_each_service_command_starts_and_stops_on_sigterm(
     finally:
         if proc.poll() is None:
             proc.kill()
-    _ = os
