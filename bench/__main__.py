@@ -97,7 +97,7 @@ def main() -> None:
     from bench import audio
 
     print("== audio core ==", flush=True)
-    out["audio"] = audio.run()
+    out.update(audio.run())
 
     from bench.pipeline import measure
 
