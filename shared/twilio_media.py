@@ -1,13 +1,18 @@
 """Twilio Media Streams, as the edge sees one bidirectional stream: a sans-I/O session core.
 
-:class:`TwilioMediaSession` takes each WebSocket message Twilio sends and returns typed events,
-raising only :class:`TwilioProtocolError` (with a short ``reason`` for the rejection counter).
-It checks what a careful server must: JSON objects only, numbers that arrive as strings,
-``streamSid`` matching the stream, media only between ``start`` and ``stop``, strict base64 of a
-bounded payload, and the mu-law 8 kHz mono format the gateway is built for.
+:class:`TwilioMediaSession` takes each WebSocket message Twilio sends and returns typed events.
+It raises only :class:`TwilioProtocolError` (one of three kinds, each with a short ``reason`` fit
+for a metric label, listed in :data:`REASONS`) and stays usable afterwards: a shell counts the
+rejection and goes on. It checks what a careful server must: text frames holding JSON objects,
+numbers that arrive as strings, ``streamSid`` matching the stream, media only between ``start``
+and ``stop``, strict base64 of a bounded payload, and the mu-law 8 kHz mono format the gateway
+is built for. Gaps in ``sequenceNumber`` are counted, not raised: a lost message is not a reason
+to drop the ones that did arrive.
 
-The outbound builders sit on the hot path (a reply chunk every few tens of milliseconds per
-call): one f-string each, with base64 from :mod:`binascii`, no ``json.dumps`` of media.
+The ``media`` path runs 50 times a second per call: one ``json.loads``, dictionary look-ups and
+one strict ``binascii.a2b_base64``; no pydantic, no regular expressions. The outbound builders
+sit on the reply's hot path: one f-string each, base64 from :mod:`binascii`, no ``json.dumps``
+of audio.
 """
 
 from __future__ import annotations
@@ -15,22 +20,70 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
-MAX_PAYLOAD_BYTES = 1600  # 200 ms; Twilio sends 160 (20 ms)
-MAX_MARK_NAME = 256
-_DTMF_DIGITS = set("0123456789*#ABCD")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_PAYLOAD_BYTES: Final = 1600  # 200 ms of mu-law; Twilio sends 160 (20 ms)
+MAX_MARK_NAME: Final = 256  # ours are "<item_id>:<end_ms>", a few dozen characters
+MAX_CUSTOM_PARAMETERS: Final = 32
+_MAX_PAYLOAD_B64: Final = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
+_MAX_NUMBER: Final = 10**18
+_DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+# SIDs are echoed unescaped into every outbound message, and name Redis keys: plain tokens only.
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Characters XML 1.0 cannot carry at all, not even escaped.
+_XML_ILLEGAL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+REASONS: Final = frozenset(
+    {
+        "binary_frame",
+        "not_json",
+        "bad_shape",
+        "unknown_event",
+        "bad_base64",
+        "bad_payload_size",
+        "bad_encoding",
+        "media_before_start",
+        "before_start",
+        "duplicate_start",
+        "out_of_order",
+        "after_stop",
+        "stream_sid_mismatch",
+    }
+)
+"""Every ``TwilioProtocolError.reason``: a closed set, safe as a metric label."""
 
 
 class TwilioProtocolError(ValueError):
-    """A message Twilio should not have sent (or not in this state)."""
+    """A message Twilio should not have sent, or not in this state; ``reason`` is in REASONS."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail[:120]}" if detail else reason)
+        super().__init__(f"{reason}: {detail[:160]}" if detail else reason)
         self.reason = reason
+
+
+class MalformedMessage(TwilioProtocolError):
+    """The message itself is wrong (framing, JSON, shape, audio): drop it, keep the stream."""
+
+
+class OutOfOrder(TwilioProtocolError):
+    """A well-formed message the stream's state does not allow (media before start, after stop)."""
+
+
+class StreamMismatch(TwilioProtocolError):
+    """A message naming another stream: never let it touch this call."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A bounded repr of an offending value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- events -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +98,7 @@ class StreamStarted:
     call_sid: str
     account_sid: str
     tracks: tuple[str, ...]
-    custom_parameters: dict[str, str]
+    custom_parameters: dict[str, str]  # the TwiML's <Parameter>s, name -> value
     encoding: str
     sample_rate: int
     channels: int
@@ -53,10 +106,10 @@ class StreamStarted:
 
 @dataclass(frozen=True, slots=True)
 class InboundMedia:
-    payload: bytes  # mu-law, decoded from base64
+    payload: bytes  # mu-law 8 kHz, decoded from base64 (normally 160 bytes = 20 ms)
     sequence: int
     chunk: int
-    timestamp_ms: int
+    timestamp_ms: int  # since the stream started, on Twilio's clock
     track: str
 
 
@@ -68,6 +121,8 @@ class DtmfReceived:
 
 @dataclass(frozen=True, slots=True)
 class MarkPlayed:
+    """Twilio played everything sent before this mark (or a ``clear`` discarded it)."""
+
     name: str
     sequence: int
 
@@ -80,42 +135,70 @@ class StreamStopped:
 Event = StreamConnected | StreamStarted | InboundMedia | DtmfReceived | MarkPlayed | StreamStopped
 
 
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise TwilioProtocolError("bad_shape", f"{what}={value!r}")
-    if isinstance(value, int):
+class StreamState(StrEnum):
+    NEW = "new"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+# --- field checks -------------------------------------------------------------------------------
+
+
+def _number(value: Any, what: str) -> int:
+    """A non-negative integer sent as a decimal string (Twilio's way) or, tolerated, a number."""
+    if type(value) is str:
+        # isascii: str.isdigit() is also true for "²" and other digits int() refuses or misreads.
+        if value.isascii() and value.isdigit() and len(value) <= 18:
+            return int(value)
+    elif type(value) is int and 0 <= value < _MAX_NUMBER:
         return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 19:
-        return int(value)
-    raise TwilioProtocolError("bad_shape", f"{what}={value!r}")
+    raise MalformedMessage("bad_shape", f"{what}={_show(value)}")
 
 
-def _as_str(value: Any, what: str, limit: int = 128) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise TwilioProtocolError("bad_shape", f"{what}={str(value)[:60]!r}")
+def _text(value: Any, what: str, limit: int) -> str:
+    if type(value) is not str or len(value) > limit:
+        raise MalformedMessage("bad_shape", f"{what}={_show(value)}")
+    return value
+
+
+def _token(value: Any, what: str) -> str:
+    if type(value) is not str or not _TOKEN.fullmatch(value):
+        raise MalformedMessage("bad_shape", f"{what}={_show(value)}")
     return value
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TwilioProtocolError("bad_shape", f"{what} is not an object")
+    if type(value) is not dict:
+        raise MalformedMessage("bad_shape", f"{what} is not an object: {_show(value)}")
     return value
 
 
-@dataclass
-class TwilioMediaSession:
-    """One Media Stream's state: ``new`` -> ``started`` -> ``stopped``."""
+# --- the session --------------------------------------------------------------------------------
 
-    state: str = "new"
+
+@dataclass(slots=True)
+class TwilioMediaSession:
+    """One Media Stream's state machine: ``new`` -> ``started`` -> ``stopped``.
+
+    Counters for the shell's metrics: ``frames_in`` (media accepted), ``sequence_gaps`` (times
+    ``sequenceNumber`` did not follow the previous one: a skip or a step back), ``rejected``
+    (messages refused with :class:`TwilioProtocolError`). The sequence number of every message
+    of this stream is noted, even when its body is then refused, so that a refused message does
+    not also show up as a gap.
+    """
+
+    state: StreamState = StreamState.NEW
     stream_sid: str = ""
     call_sid: str = ""
+    account_sid: str = ""
+    connected: bool = False
+    last_sequence: int = 0
     frames_in: int = 0
     sequence_gaps: int = 0
     rejected: int = 0
-    last_sequence: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
 
     def receive(self, message: str | bytes) -> list[Event]:
+        """The events one WebSocket message from Twilio carries; raises TwilioProtocolError."""
         try:
             return self._receive(message)
         except TwilioProtocolError:
@@ -123,149 +206,172 @@ class TwilioMediaSession:
             raise
 
     def _receive(self, message: str | bytes) -> list[Event]:
-        if isinstance(message, bytes | bytearray | memoryview):
-            raise TwilioProtocolError("binary_frame", f"{len(message)} bytes")
+        if self.state is StreamState.STOPPED:
+            raise OutOfOrder("after_stop", _show(message))
+        if not isinstance(message, str):
+            size = len(message) if isinstance(message, bytes | bytearray | memoryview) else "?"
+            raise MalformedMessage("binary_frame", f"{size} bytes of {type(message).__name__}")
         try:
             data = json.loads(message)
-        except ValueError:
-            raise TwilioProtocolError("not_json", message[:60]) from None
-        if not isinstance(data, dict):
-            raise TwilioProtocolError("bad_shape", "message is not a JSON object")
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+            raise MalformedMessage("not_json", _show(message)) from None
+        if type(data) is not dict:
+            raise MalformedMessage("bad_shape", f"not a JSON object: {_show(message)}")
         event = data.get("event")
-        if self.state == "stopped":
-            raise TwilioProtocolError("after_stop", str(event))
-        if "sequenceNumber" in data:
-            self._sequence(_as_int(data["sequenceNumber"], "sequenceNumber"))
-        if event == "media":
+        if event == "media":  # the hot path first
             return [self._media(data)]
-        if event == "connected":
-            return [StreamConnected(str(data.get("protocol", "")), str(data.get("version", "")))]
         if event == "start":
             return [self._start(data)]
-        if event in ("mark", "dtmf", "stop"):
-            self._check_started(data, str(event))
-            seq = self.last_sequence
-            if event == "mark":
-                mark = _object(data.get("mark"), "mark")
-                return [MarkPlayed(_as_str(mark.get("name"), "mark.name", MAX_MARK_NAME), seq)]
-            if event == "dtmf":
-                dtmf = _object(data.get("dtmf"), "dtmf")
-                digit = _as_str(dtmf.get("digit"), "dtmf.digit", 1)
-                if digit not in _DTMF_DIGITS:
-                    raise TwilioProtocolError("bad_shape", f"dtmf.digit={digit!r}")
-                return [DtmfReceived(digit, seq)]
-            self.state = "stopped"
-            return [StreamStopped(seq)]
-        raise TwilioProtocolError("unknown_event", repr(event)[:60])
+        if event == "connected":
+            return [self._connected(data)]
+        if event == "mark":
+            mark = _object(self._ours(data, "mark").get("mark"), "mark")
+            name = _text(mark.get("name"), "mark.name", MAX_MARK_NAME)
+            return [MarkPlayed(name, self.last_sequence)]
+        if event == "dtmf":
+            dtmf = _object(self._ours(data, "dtmf").get("dtmf"), "dtmf")
+            digit = dtmf.get("digit")
+            if type(digit) is not str or digit not in _DTMF_DIGITS:
+                raise MalformedMessage("bad_shape", f"dtmf.digit={_show(digit)}")
+            return [DtmfReceived(digit, self.last_sequence)]
+        if event == "stop":
+            self._ours(data, "stop")
+            self.state = StreamState.STOPPED
+            return [StreamStopped(self.last_sequence)]
+        raise MalformedMessage("unknown_event", f"event={_show(event)}")
 
-    def _sequence(self, sequence: int) -> None:
-        if self.last_sequence and sequence != self.last_sequence + 1:
-            self.sequence_gaps += 1
-        self.last_sequence = sequence
-
-    def _check_started(self, data: dict[str, Any], event: str) -> None:
-        if self.state != "started":
-            raise TwilioProtocolError(
-                f"{event}_before_start" if event == "media" else "before_start", event
-            )
+    def _ours(self, data: dict[str, Any], event: str) -> dict[str, Any]:
+        """Check a mid-stream message belongs to this started stream; note its sequence."""
+        if self.state is not StreamState.STARTED:
+            raise OutOfOrder("media_before_start" if event == "media" else "before_start", event)
         sid = data.get("streamSid")
         if sid != self.stream_sid:
-            raise TwilioProtocolError("stream_sid_mismatch", repr(sid)[:60])
+            raise StreamMismatch("stream_sid_mismatch", f"{event} for streamSid={_show(sid)}")
+        sequence = _number(data.get("sequenceNumber"), "sequenceNumber")
+        if sequence != self.last_sequence + 1:
+            self.sequence_gaps += 1
+        self.last_sequence = sequence
+        return data
 
     def _media(self, data: dict[str, Any]) -> InboundMedia:
-        if self.state != "started":
-            raise TwilioProtocolError("media_before_start")
-        if data.get("streamSid") != self.stream_sid:
-            raise TwilioProtocolError("stream_sid_mismatch", repr(data.get("streamSid"))[:60])
+        self._ours(data, "media")
         media = data.get("media")
-        if not isinstance(media, dict):
-            raise TwilioProtocolError("bad_shape", "media is not an object")
+        if type(media) is not dict:
+            raise MalformedMessage("bad_shape", f"media is not an object: {_show(media)}")
         payload = media.get("payload")
-        if not isinstance(payload, str) or not payload:
-            raise TwilioProtocolError("bad_base64", "missing payload")
-        if len(payload) > MAX_PAYLOAD_BYTES * 4 // 3 + 4:
-            raise TwilioProtocolError("bad_payload_size", f"{len(payload)} base64 chars")
+        if type(payload) is not str:
+            raise MalformedMessage("bad_shape", f"media.payload={_show(payload)}")
+        if not payload or len(payload) > _MAX_PAYLOAD_B64:
+            raise MalformedMessage("bad_payload_size", f"{len(payload)} base64 characters")
         try:
             audio = binascii.a2b_base64(payload, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise TwilioProtocolError("bad_base64", payload[:40]) from None
-        if not audio:
-            raise TwilioProtocolError("bad_payload_size", "0 bytes")
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+            raise MalformedMessage("bad_base64", _show(payload)) from None
+        if not 0 < len(audio) <= MAX_PAYLOAD_BYTES:
+            raise MalformedMessage("bad_payload_size", f"{len(audio)} bytes")
+        # With <Connect><Stream> Twilio sends the caller's track only; anything else must not be
+        # taken for the caller's voice.
         track = media.get("track", "inbound")
-        if track not in ("inbound", "inbound_track"):
-            raise TwilioProtocolError("bad_shape", f"media.track={str(track)[:30]!r}")
+        if track != "inbound":
+            raise MalformedMessage("bad_shape", f"media.track={_show(track)}")
+        chunk = _number(media.get("chunk"), "media.chunk")
+        timestamp = _number(media.get("timestamp"), "media.timestamp")
         self.frames_in += 1
-        return InboundMedia(
-            audio,
-            self.last_sequence,
-            _as_int(media.get("chunk", "0"), "media.chunk"),
-            _as_int(media.get("timestamp", "0"), "media.timestamp"),
-            "inbound",
-        )
+        return InboundMedia(audio, self.last_sequence, chunk, timestamp, "inbound")
+
+    def _connected(self, data: dict[str, Any]) -> StreamConnected:
+        if self.connected or self.state is not StreamState.NEW:
+            raise OutOfOrder("out_of_order", f"connected in state {self.state.value}")
+        protocol = _text(data.get("protocol", ""), "protocol", 32)
+        version = _text(data.get("version", ""), "version", 32)
+        self.connected = True
+        return StreamConnected(protocol, version)
 
     def _start(self, data: dict[str, Any]) -> StreamStarted:
-        if self.state != "new":
-            raise TwilioProtocolError("duplicate_start")
+        if self.state is not StreamState.NEW:
+            raise OutOfOrder("duplicate_start", f"start in state {self.state.value}")
+        sequence = _number(data.get("sequenceNumber"), "sequenceNumber")
         start = _object(data.get("start"), "start")
-        stream_sid = _as_str(start.get("streamSid", data.get("streamSid")), "streamSid", 64)
-        if data.get("streamSid", stream_sid) != stream_sid:
-            raise TwilioProtocolError("stream_sid_mismatch", stream_sid)
-        if not _TOKEN.fullmatch(stream_sid):
-            # It is echoed into every outbound message unescaped: plain tokens only.
-            raise TwilioProtocolError("bad_shape", f"streamSid={stream_sid[:40]!r}")
-        call_sid = _as_str(start.get("callSid"), "start.callSid", 64)
-        account_sid = _as_str(start.get("accountSid", ""), "start.accountSid", 64)
+        stream_sid = _token(start.get("streamSid"), "start.streamSid")
+        outer_sid = data.get("streamSid", stream_sid)
+        if outer_sid != stream_sid:
+            raise StreamMismatch("stream_sid_mismatch", f"{_show(outer_sid)} != {stream_sid}")
+        call_sid = _token(start.get("callSid"), "start.callSid")
+        account_sid = _text(start.get("accountSid", ""), "start.accountSid", 64)
         fmt = _object(start.get("mediaFormat"), "start.mediaFormat")
-        encoding = _as_str(fmt.get("encoding"), "mediaFormat.encoding", 40)
-        rate = _as_int(fmt.get("sampleRate"), "mediaFormat.sampleRate")
-        channels = _as_int(fmt.get("channels", 1), "mediaFormat.channels")
+        encoding = _text(fmt.get("encoding"), "mediaFormat.encoding", 64)
+        rate = _number(fmt.get("sampleRate"), "mediaFormat.sampleRate")
+        channels = _number(fmt.get("channels", 1), "mediaFormat.channels")
         if (encoding, rate, channels) != ("audio/x-mulaw", 8000, 1):
-            raise TwilioProtocolError("bad_encoding", f"{encoding} {rate} Hz x{channels}")
-        params_raw = start.get("customParameters") or {}
-        params = _object(params_raw, "start.customParameters")
-        if len(params) > 32 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 1024
-            for k, v in params.items()
+            raise MalformedMessage("bad_encoding", f"{_show(encoding)} {rate} Hz x{channels}")
+        tracks = start.get("tracks", ["inbound"])
+        if (
+            type(tracks) is not list
+            or not all(type(t) is str and len(t) <= 32 for t in tracks)
+            or "inbound" not in tracks
         ):
-            raise TwilioProtocolError("bad_shape", "customParameters must be a small string map")
-        tracks = start.get("tracks") or ["inbound"]
-        if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-            raise TwilioProtocolError("bad_shape", "start.tracks")
-        self.state = "started"
-        self.stream_sid = stream_sid
-        self.call_sid = call_sid
+            raise MalformedMessage("bad_shape", f"start.tracks={_show(tracks)}")
+        params = _object(start.get("customParameters", {}), "start.customParameters")
+        if len(params) > MAX_CUSTOM_PARAMETERS or not all(
+            type(v) is str and len(k) <= 64 and len(v) <= 1024 for k, v in params.items()
+        ):
+            raise MalformedMessage("bad_shape", f"start.customParameters={_show(params)}")
+        self.state = StreamState.STARTED
+        self.stream_sid, self.call_sid, self.account_sid = stream_sid, call_sid, account_sid
+        self.last_sequence = sequence
         return StreamStarted(
             stream_sid, call_sid, account_sid, tuple(tracks), dict(params), encoding, rate, channels
         )
 
 
 # --- outbound -----------------------------------------------------------------------------------
+# ``stream_sid`` goes in unescaped: pass the one from StreamStarted, which is a checked token.
 
 
 def media_message(stream_sid: str, pcmu: bytes) -> str:
-    """A ``media`` message for Twilio (stream SIDs are plain tokens: no escaping needed)."""
+    """A ``media`` message carrying mu-law 8 kHz audio for Twilio to play (no header)."""
     payload = binascii.b2a_base64(pcmu, newline=False).decode("ascii")
     return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
 
 
 def mark_message(stream_sid: str, name: str) -> str:
-    return json.dumps(
-        {"event": "mark", "streamSid": stream_sid, "mark": {"name": name[:MAX_MARK_NAME]}},
-        separators=(",", ":"),
-    )
+    """A ``mark`` Twilio returns once the audio sent before it has played.
+
+    A name longer than MAX_MARK_NAME is cut to it, and comes back cut.
+    """
+    quoted = json.dumps(name[:MAX_MARK_NAME])  # escaped, ASCII-only
+    return f'{{"event":"mark","streamSid":"{stream_sid}","mark":{{"name":{quoted}}}}}'
 
 
 def clear_message(stream_sid: str) -> str:
+    """A ``clear``: Twilio drops the audio not yet played and returns the pending marks."""
     return f'{{"event":"clear","streamSid":"{stream_sid}"}}'
 
 
+def _xml_text(value: str) -> str:
+    # Control characters cannot appear in XML even as references; a caller's From/To arrive from
+    # an HTTP form, so replace them rather than fail the webhook.
+    return quoteattr(_XML_ILLEGAL.sub("\ufffd", value))
+
+
 def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
-    """TwiML that connects the call to a bidirectional Media Stream with ``<Parameter>``s."""
+    """TwiML connecting the call to a bidirectional Media Stream, passing ``parameters``.
+
+    Twilio gives the ``<Parameter>``s back in ``start.customParameters``; the ``url`` itself
+    must carry no query string (Twilio does not pass one on), so this raises ValueError for one,
+    as for a URL that is not ``ws://``/``wss://``.
+    """
+    parts = urlsplit(stream_url)
+    if parts.scheme not in ("wss", "ws") or not parts.hostname:
+        raise ValueError(f"stream URL must be wss:// (or ws://) with a host: {_show(stream_url)}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"stream URL must not carry a query string: {_show(stream_url)}")
     params = "".join(
-        f"<Parameter name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in parameters.items()
+        f"<Parameter name={_xml_text(name)} value={_xml_text(value)}/>"
+        for name, value in parameters.items()
     )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream></Connect>"
+        f"<Response><Connect><Stream url={_xml_text(stream_url)}>{params}</Stream></Connect>"
         "</Response>"
     )

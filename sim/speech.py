@@ -1,9 +1,11 @@
 """Caller speech for the simulators: espeak-ng when installed, else a speech-like synthetic voice.
 
 The synthetic voice is a glottal pulse train (about 120 Hz, gently moving) through three formant
-resonators that change every syllable, under a syllable-rate envelope with pauses between words:
-it has speech's spectrum and rhythm, so energy VADs and correlation checks behave as with speech,
-and it is deterministic for a given text.
+resonators that change every syllable (one per ~2.5 letters, about 5 a second), under a
+syllable envelope with pauses between words: it has speech's spectrum and rhythm, so energy VADs
+and correlation checks behave as with speech. Both voices come out at about -20 dBFS RMS, and
+each is deterministic for a given text on a given machine; ``engine="synthetic"`` gives the same
+samples on every machine (espeak-ng's voice depends on its version).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tempfile
 import wave
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -29,8 +32,36 @@ _VOWELS = [
 ]
 
 
+_TARGET_RMS = 32768 * 10 ** (-20 / 20)  # -20 dBFS: well above any energy VAD's threshold
+
+
 def silence(ms: int, rate: int = 8000) -> np.ndarray:
+    """``ms`` milliseconds of digital silence (int16 zeros; mu-law 0xFF on the wire)."""
     return np.zeros(rate * ms // 1000, dtype=np.int16)
+
+
+def resample(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling of a whole clip (FFT: spectrum cut or zero-padded), int16 out.
+
+    Good enough for test audio, and unlike linear interpolation it does not alias espeak-ng's
+    22 kHz output into the telephone band. Not for streams: it needs the whole clip.
+    """
+    if src_rate == dst_rate or samples.size == 0:
+        return samples.astype(np.int16)
+    n_out = int(round(samples.size * dst_rate / src_rate))
+    spectrum = np.fft.rfft(samples.astype(np.float64))
+    keep = n_out // 2 + 1
+    if spectrum.size >= keep:
+        spectrum = spectrum[:keep]
+    else:
+        spectrum = np.concatenate((spectrum, np.zeros(keep - spectrum.size, dtype=complex)))
+    out = np.fft.irfft(spectrum, n_out) * (n_out / samples.size)
+    return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+def _normalise(signal: np.ndarray) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(signal.astype(np.float64) ** 2))) or 1.0
+    return np.clip(signal * (_TARGET_RMS / rms), -32768, 32767).astype(np.int16)
 
 
 def _resonate(x: np.ndarray, freq: float, bw: float, rate: int) -> np.ndarray:
@@ -42,6 +73,7 @@ def _resonate(x: np.ndarray, freq: float, bw: float, rate: int) -> np.ndarray:
 
 
 def _synthetic(text: str, rate: int) -> np.ndarray:
+    # Seeded by the text: the same words always give the same samples.
     rng = np.random.default_rng(zlib.crc32(text.encode()))
     pieces: list[np.ndarray] = []
     for word in text.split() or ["ah"]:
@@ -61,10 +93,7 @@ def _synthetic(text: str, rate: int) -> np.ndarray:
             envelope = np.sin(np.linspace(0, np.pi, dur)) ** 0.6
             pieces.append(voiced * envelope)
         pieces.append(np.zeros(int(rate * (0.15 if word[-1] in ".,!?;:" else 0.06))))
-    signal = np.concatenate(pieces)
-    rms = np.sqrt(np.mean(signal**2)) or 1.0
-    target = 32768 * 10 ** (-20 / 20)  # -20 dBFS
-    return np.clip(signal * target / rms, -32768, 32767).astype(np.int16)
+    return _normalise(np.concatenate(pieces))
 
 
 def _espeak(text: str, rate: int) -> np.ndarray | None:
@@ -79,15 +108,32 @@ def _espeak(text: str, rate: int) -> np.ndarray | None:
             )
         except (subprocess.SubprocessError, OSError):
             return None
-        with wave.open(str(path)) as w:
-            src_rate = w.getframerate()
-            data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    t_src = np.arange(data.size) / src_rate
-    t_dst = np.arange(int(data.size * rate / src_rate)) / rate
-    return np.interp(t_dst, t_src, data.astype(np.float64)).astype(np.int16)
+        try:
+            with wave.open(str(path)) as w:
+                if w.getsampwidth() != 2:
+                    return None
+                src_rate = w.getframerate()
+                data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+                data = data[:: w.getnchannels()]
+        except (OSError, EOFError, wave.Error):
+            return None
+    if not np.any(data):
+        return None
+    return _normalise(resample(data, src_rate, rate))
 
 
-def speech(text: str, rate: int = 8000) -> np.ndarray:
-    """``text`` spoken at ``rate`` Hz, int16 mono."""
-    spoken = _espeak(text, rate)
-    return spoken if spoken is not None and spoken.size else _synthetic(text, rate)
+def speech(
+    text: str, rate: int = 8000, *, engine: Literal["auto", "espeak", "synthetic"] = "auto"
+) -> np.ndarray:
+    """``text`` spoken at ``rate`` Hz, int16 mono, about -20 dBFS RMS.
+
+    ``auto`` uses espeak-ng when it is on PATH and falls back to the synthetic voice;
+    ``espeak`` raises RuntimeError without it; ``synthetic`` never looks for it.
+    """
+    if engine != "synthetic":
+        spoken = _espeak(text, rate)
+        if spoken is not None and spoken.size:
+            return spoken
+        if engine == "espeak":
+            raise RuntimeError("espeak-ng is not installed or produced no audio")
+    return _synthetic(text, rate)
