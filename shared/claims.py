@@ -267,21 +267,37 @@ class OwnedCalls:
                 log.warning("claims loop error (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def stop(self, hand_over: bool = True) -> None:
+    async def stop(self, hand_over: bool = True, grace_s: float = 2.0) -> None:
         """Stop serving: cancel call tasks and (by default) let another instance take them."""
         self._stopping = True
         by_partition = {id(c): (c, list(self._entries(c))) for c in self.partitions}
-        for task in list(self.tasks.values()):
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=grace_s)
+            for task in stuck:  # left to the process's exit; their claims are handed over
+                log.warning("call task did not stop in %.1fs, waiting in %s", grace_s, _awaiting(task))
         if not hand_over:
             return
         for claims, entry_ids in by_partition.values():
             if entry_ids:
                 try:
                     await claims.hand_over(entry_ids)
-                except RETRYABLE as exc:
-                    log.warning("could not hand calls over: %s", exc)
+                except Exception as exc:  # e.g. the partition's node lost its data
+                    log.warning("could not hand calls over: %r", exc)
+
+
+def _awaiting(task: asyncio.Task[None]) -> str:
+    """Where a suspended task waits, innermost frames last (for a task that ignores cancel)."""
+    where = []
+    coro: object = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(where[-6:])
 
 
 def stage_claims(

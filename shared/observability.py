@@ -162,8 +162,8 @@ def label(value: str) -> str:
     return value if _LABEL_RE.match(value) else "other"
 
 
-def reject(reason: str) -> None:
-    REJECTED.labels(label(reason)).inc()
+def reject(reason: str, count: int = 1) -> None:
+    REJECTED.labels(label(reason)).inc(count)
 
 
 def metrics_text() -> bytes:
@@ -230,11 +230,6 @@ def run_service(
             loop.add_signal_handler(sig, stop.set)
         await serve(stop)
 
-    if getattr(settings, "redis_cluster", False):
-        # redis-py's asyncio cluster client loses connections under uvloop (transports closed
-        # under it, seen in tests/test_cluster.py); the stock loop is slower but sound.
-        asyncio.run(main())
-        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - plain asyncio still works

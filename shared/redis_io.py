@@ -18,6 +18,7 @@ from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import Backoff
+from shared.observability import reject
 from shared.settings import Settings
 
 # Errors that mean "the server is away, try again", as opposed to a bad command.
@@ -111,6 +112,8 @@ class BatchedStreamWriter:
     stream. On a connection error the batch is retried with backoff, not dropped.
     """
 
+    UNEXPECTED_RETRIES = 5
+
     def __init__(self, redis: aioredis.Redis, maxlen: int, max_batch: int = 512) -> None:
         self._redis = redis
         self._maxlen = maxlen
@@ -145,6 +148,7 @@ class BatchedStreamWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            unexpected = 0
             while True:
                 pipe = self._redis.pipeline(transaction=False)
                 for stream, fields, maxlen, expire_s in batch:
@@ -156,6 +160,20 @@ class BatchedStreamWriter:
                 except RETRYABLE as exc:
                     delay = backoff.next_delay()
                     log.warning("redis write failed, retrying in %.2fs: %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    continue
+                except Exception as exc:
+                    # Not "server away" but a client fault (a cluster client caught mid-failover
+                    # has raised AttributeError): retry a few times, then give the batch up,
+                    # counted, rather than let one batch stop every call's writes for good.
+                    unexpected += 1
+                    if unexpected > self.UNEXPECTED_RETRIES:
+                        self.failures += len(batch)
+                        reject("redis_write_dropped", len(batch))
+                        log.error("gave up a batch of %d writes after %r", len(batch), exc)
+                        break
+                    delay = backoff.next_delay()
+                    log.warning("redis write error (%r), retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     continue
                 backoff.reset()

@@ -8,6 +8,8 @@ import fakeredis
 import numpy as np
 import pytest
 
+from redis.crc import key_slot
+
 from shared.audio import mulaw_decode, mulaw_encode
 from sim.speech import speech
 from sim.twilio_call import place_call
@@ -77,3 +79,59 @@ async def test_two_concurrent_calls_never_cross() -> None:
     assert {round(x[0]) for x in scores} == {0, 1}
     for r in (ra, rb):
         assert r.frames_received > 0 and r.violations == []
+
+
+class SlotOrderedPipeline:
+    """A pipeline as a cluster runs it: in order within a hash slot, in no order across slots.
+
+    Commands for other slots go to other nodes concurrently; here the slots run last-first, with
+    a node's round trip between them, which is one order a real cluster may produce.
+    """
+
+    def __init__(self, client: fakeredis.FakeAsyncRedis) -> None:
+        self._client = client
+        self._queued: list[tuple[str, tuple, dict]] = []  # type: ignore[type-arg]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        def queue(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self._queued.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    async def execute(self, raise_on_error: bool = True) -> list:  # type: ignore[type-arg]
+        by_slot: dict[int, list[int]] = {}
+        for i, (_, args, _) in enumerate(self._queued):
+            by_slot.setdefault(key_slot(_as_bytes(args[0])), []).append(i)
+        results: list = [None] * len(self._queued)  # type: ignore[type-arg]
+        for n, indices in enumerate(reversed(list(by_slot.values()))):
+            if n:
+                await asyncio.sleep(0.3)  # the next node's round trip
+            pipe = fakeredis.FakeAsyncRedis.pipeline(self._client, transaction=False)
+            for i in indices:
+                name, args, kwargs = self._queued[i]
+                getattr(pipe, name)(*args, **kwargs)
+            for i, result in zip(indices, await pipe.execute(raise_on_error=raise_on_error)):
+                results[i] = result
+        self._queued.clear()
+        return results
+
+
+def _as_bytes(key: object) -> bytes:
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+class ClusterLikeRedis(fakeredis.FakeAsyncRedis):
+    def pipeline(self, transaction: bool = True, shard_hint: object = None):  # type: ignore[no-untyped-def,override]
+        return SlotOrderedPipeline(self)
+
+
+async def test_a_call_is_served_when_pipelines_keep_no_order_across_slots() -> None:
+    # On a cluster the call's keys and its lifecycle entry live on different nodes: a stage must
+    # never see the call before its keys exist (it would dismiss it as expired).
+    server = fakeredis.FakeServer()
+    async with in_process_stack(lambda: ClusterLikeRedis(server=server)) as stack:
+        result = await asyncio.wait_for(
+            place_call(stack.media_url, caller_audio(), hold_after_s=1.0), 40
+        )
+    assert result.frames_received > 0 and result.violations == []

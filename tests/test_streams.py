@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -118,3 +119,41 @@ async def test_batched_writer_keeps_order_and_sets_expiry(any_redis) -> None:  #
     assert s1 == list(range(1, 300, 2))
     assert 0 < await any_redis.ttl(b"s1") <= 60
     assert writer.batches < 300  # entries queued together went together
+
+
+async def test_batched_writer_outlives_a_client_fault_and_keeps_the_batch() -> None:
+    # A cluster client caught mid-failover has raised AttributeError from inside execute().
+    import asyncio
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    real_pipeline = client.pipeline
+    faults = iter([True, True, False])
+
+    def flaky_pipeline(transaction: bool = True):  # type: ignore[no-untyped-def]
+        pipe = real_pipeline(transaction=transaction)
+        if next(faults, False):
+            async def broken(raise_on_error: bool = True):  # type: ignore[no-untyped-def]
+                raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+            pipe.execute = broken  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = flaky_pipeline  # type: ignore[method-assign]
+    writer = BatchedStreamWriter(client, maxlen=1000)
+    task = asyncio.create_task(writer.run())
+    writer.add(b"s", {b"n": 1})
+    await asyncio.wait_for(writer.flush(), 5)
+    assert [f[b"n"] for _, f in await client.xrange(b"s")] == [b"1"]
+    assert not task.done() and writer.failures == 0
+
+    # A batch that fails every time is given up after a few tries, counted, and the writer goes on.
+    faults = iter([True] * (BatchedStreamWriter.UNEXPECTED_RETRIES + 1))
+    writer.add(b"s", {b"n": 2})
+    writer.add(b"s", {b"n": 3})
+    await asyncio.wait_for(writer.flush(), 30)
+    assert writer.failures == 2 and not task.done()
+    writer.add(b"s", {b"n": 4})
+    await asyncio.wait_for(writer.flush(), 5)
+    assert [f[b"n"] for _, f in await client.xrange(b"s")] == [b"1", b"4"]
+    task.cancel()
+    await client.aclose()

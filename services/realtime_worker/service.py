@@ -225,10 +225,12 @@ class RealtimeWorker:
         await self._perform(ws, keys, core.session_ready(_now_us()), expiry_set)
         model = asyncio.create_task(self._from_model(ws, keys, core, expiry_set))
         caller = asyncio.create_task(self._from_caller(ws, keys, core, cursors, expiry_set))
-        done, pending = await asyncio.wait({model, caller}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            done, _ = await asyncio.wait({model, caller}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this call's task is cancelled: no half of it may outlive it
+            for task in (model, caller):
+                task.cancel()
+            await asyncio.gather(model, caller, return_exceptions=True)
         finished = done.pop()
         try:
             return finished.result()
@@ -435,6 +437,10 @@ class RealtimeWorker:
                 open_timeout=timeout,
                 ping_interval=20,
                 ping_timeout=20,
+                # A close waits for the server's close frame, which may sit behind reply audio
+                # nobody reads any more (the call was handed over or hung up): don't hold the
+                # call's task, or a shutdown, for websockets' default 10 s.
+                close_timeout=1.0,
             )
             try:
                 step = await asyncio.wait_for(self._handshake(ws, dialect, negotiator), timeout)
@@ -520,9 +526,12 @@ async def run_worker(
         extra={"consumer": settings.consumer_name, "realtime_url": settings.realtime_url},
     )
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if runner in done:
-        runner.result()
+    done, _ = await asyncio.wait({runner, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (runner, writer):  # neither ends by design: a crash is a bug, let supervisord
+        if task in done:  # restart us rather than serve calls with no way to write
+            stopper.cancel()
+            task.result()
+            raise RuntimeError(f"{task.get_name()} stopped")
     log.info("stopping: handing calls over")
     runner.cancel()
     try:

@@ -155,6 +155,9 @@ class CallBridge:
             dict(event.custom_parameters),
             _now_us(),
         )
+        # The call's keys first, its lifecycle entry after, in two round trips: on a cluster the
+        # two live on different nodes and one pipeline would run them concurrently, so a stage
+        # could claim the call before its keys exist and dismiss it as expired.
         redis = self.edge.redis
         pipe = redis.pipeline(transaction=False)
         pipe.hset(
@@ -166,9 +169,9 @@ class CallBridge:
             },
         )
         pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
-        lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
-        pipe.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
         await pipe.execute()
+        lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
+        await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
         self.playback = OutboundPlayback(event.stream_sid)
@@ -372,7 +375,12 @@ async def run_edge(
         log.info("edge listening", extra={"port": port, "twiml_url": settings.public_twiml_url()})
         if on_listening:
             on_listening(port)
-        await stop.wait()
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopper, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if writer.done():  # never by design: without it no call's audio reaches Redis
+            stopper.cancel()
+            writer.result()
+            raise RuntimeError("the stream writer stopped")
         log.info("stopping: closing streams")
         server.close(close_connections=True)
         await server.wait_closed()
