@@ -26,7 +26,7 @@ test: venv redis-server
 	$(PY) -m pytest -q
 
 test-cluster: venv redis-server
-	$(PY) -m pytest -q -m cluster tests/test_cluster.py
+	$(PY) -m pytest -q tests/test_cluster.py
 
 run: venv redis-server
 	$(PY) -m services.launch stack

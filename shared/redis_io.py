@@ -8,21 +8,44 @@ health checks and keepalive notice a dead server instead of waiting on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import Backoff
 from shared.observability import reject
 from shared.settings import Settings
 
-# Errors that mean "the server is away, try again", as opposed to a bad command.
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ConnectionError, OSError)
+# Errors that mean "not now", as opposed to a bad command: the server is away, or a cluster is
+# failing over (CLUSTERDOWN from every node until a replica takes the failed master's slots).
+RETRYABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterException,
+    ClusterDownError,
+    TryAgainError,
+    MovedError,
+    AskError,
+    BusyLoadingError,
+    ConnectionError,
+    OSError,
+)
 
 log = logging.getLogger("gateway.redis")
 # Every blocking read here blocks for at most a second; a reply that takes ten means the
@@ -34,10 +57,15 @@ def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out); a cluster client with
     ``REDIS_CLUSTER=1`` (every command the pipeline issues stays within one slot)."""
     if settings.redis_cluster:
-        from redis.asyncio.cluster import RedisCluster
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        return RedisCluster.from_url(  # type: ignore[return-value]
+        return _cluster_class().from_url(  # type: ignore[no-any-return]
             settings.redis_url,
+            # Every caller here retries with its own backoff. The client's own retry of a
+            # failed pipeline closes every connection of the client, cutting the blocking reads
+            # of calls on healthy nodes too; failing fast keeps a node's fault to its own calls.
+            retry=Retry(NoBackoff(), 0),
             decode_responses=False,
             socket_keepalive=True,
             socket_connect_timeout=2.0,
@@ -53,6 +81,63 @@ def connect(settings: Settings) -> aioredis.Redis:
         socket_timeout=SOCKET_TIMEOUT_S,
         max_connections=None,
     )
+
+
+def is_client_fault(exc: BaseException) -> bool:
+    """An error raised from inside redis-py for what is really a lost connection.
+
+    Its cluster client, when a node dies under it, has raised AttributeError (``'NoneType'
+    object has no attribute 'writelines'``) and, under uvloop, RuntimeError (transport closed)
+    from its own code (seen in tests/test_cluster.py). The same types raised by our code are
+    bugs and stay what they are.
+    """
+    if not isinstance(exc, (AttributeError, RuntimeError)):
+        return False
+    in_redis = False
+    tb = exc.__traceback__
+    while tb is not None:  # outermost to innermost
+        filename = tb.tb_frame.f_code.co_filename
+        if f"{os.sep}redis{os.sep}" in filename:
+            in_redis = True
+        elif filename.startswith(_PROJECT_ROOT):
+            in_redis = False  # raised in our code, even if redis-py called it
+        tb = tb.tb_next
+    return in_redis
+
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+@functools.cache
+def _cluster_class() -> type:
+    """redis-py's asyncio cluster client, with its client faults raised as ConnectionError so
+    that every caller's "server away, retry" path handles them."""
+    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+
+    class GatewayClusterPipeline(ClusterPipeline):
+        async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+            try:
+                return await super().execute(raise_on_error, allow_redirections)
+            except (AttributeError, RuntimeError) as exc:
+                if is_client_fault(exc):
+                    raise RedisConnectionError(f"cluster client fault: {exc!r}") from exc
+                raise
+
+    class GatewayCluster(RedisCluster):
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except (AttributeError, RuntimeError) as exc:
+                if is_client_fault(exc):
+                    raise RedisConnectionError(f"cluster client fault: {exc!r}") from exc
+                raise
+
+        def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+            if shard_hint:
+                raise RedisClusterException("shard_hint is deprecated in cluster mode")
+            return GatewayClusterPipeline(self, transaction)
+
+    return GatewayCluster
 
 
 async def prepare(redis: aioredis.Redis) -> None:
@@ -104,12 +189,25 @@ async def expire_all(redis: aioredis.Redis, keys: Iterable[bytes], seconds: int)
     await pipe.execute()
 
 
+@dataclass(slots=True)
+class _Write:
+    stream: bytes
+    fields: Mapping[bytes, Any]
+    maxlen: int | None
+    expire_s: int | None
+    faults: int = 0  # client faults (not "server away") met by this write
+
+
 class BatchedStreamWriter:
     """Appends entries to streams from many calls through one writer task.
 
     Under load, entries that arrive during a round trip go together in the next pipeline, so the
     cost per frame falls as calls rise; when idle, an entry leaves at once. Order is kept per
-    stream. On a connection error the batch is retried with backoff, not dropped.
+    stream. A batch goes out as one pipeline per Redis node, so a node that fails holds back
+    only the writes for its own slots: they wait, in order, and are retried with backoff, while
+    every other node's writes go on at once and are never sent twice. On a single Redis a lost
+    connection can leave it unknown which writes of the pipeline landed; they are sent again
+    (at least once), which is why readers tolerate a repeated entry.
     """
 
     UNEXPECTED_RETRIES = 5
@@ -118,10 +216,13 @@ class BatchedStreamWriter:
         self._redis = redis
         self._maxlen = maxlen
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[bytes, Mapping[bytes, Any], int | None, int | None]]
-        self._queue = asyncio.Queue()
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
+        self._held: dict[bytes, list[_Write]] = {}  # per stream, behind a failed write
+        self._retry_at = 0.0
+        self._backoff = Backoff()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._node_of = getattr(redis, "get_node_from_key", None)  # a cluster client's
         self.batches = 0
         self.entries = 0
         self.failures = 0
@@ -136,53 +237,106 @@ class BatchedStreamWriter:
     ) -> None:
         """Queue one XADD (``maxlen=None`` for no trim, -1 for the default); never blocks."""
         self._idle.clear()
-        self._queue.put_nowait((stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s))
+        self._queue.put_nowait(
+            _Write(stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s)
+        )
 
     async def flush(self) -> None:
         """Wait until everything queued so far is in Redis."""
         await self._idle.wait()
 
     async def run(self) -> None:
-        backoff = Backoff()
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            unexpected = 0
-            while True:
-                pipe = self._redis.pipeline(transaction=False)
-                for stream, fields, maxlen, expire_s in batch:
-                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)
-                    if expire_s is not None:
-                        pipe.expire(stream, expire_s)
-                try:
-                    results = await pipe.execute(raise_on_error=False)
-                except RETRYABLE as exc:
-                    delay = backoff.next_delay()
-                    log.warning("redis write failed, retrying in %.2fs: %s", delay, exc)
-                    await asyncio.sleep(delay)
-                    continue
-                except Exception as exc:
-                    # Not "server away" but a client fault (a cluster client caught mid-failover
-                    # has raised AttributeError): retry a few times, then give the batch up,
-                    # counted, rather than let one batch stop every call's writes for good.
-                    unexpected += 1
-                    if unexpected > self.UNEXPECTED_RETRIES:
-                        self.failures += len(batch)
-                        reject("redis_write_dropped", len(batch))
-                        log.error("gave up a batch of %d writes after %r", len(batch), exc)
-                        break
-                    delay = backoff.next_delay()
-                    log.warning("redis write error (%r), retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                backoff.reset()
-                for result in results:
-                    if isinstance(result, Exception):
-                        self.failures += 1
-                        log.error("redis refused a write: %s", result)
-                break
-            self.batches += 1
-            self.entries += len(batch)
+            arrived: list[_Write] = []  # taken from the queue while waiting, first in line
             if self._queue.empty():
-                self._idle.set()
+                if not self._held:
+                    self._idle.set()
+                    arrived.append(await self._queue.get())
+                else:
+                    try:  # held writes are due at _retry_at, new ones go at once
+                        wait = max(0.0, self._retry_at - loop.time())
+                        arrived.append(await asyncio.wait_for(self._queue.get(), wait))
+                    except TimeoutError:
+                        pass
+            send: list[_Write] = []
+            retrying = bool(self._held) and loop.time() >= self._retry_at
+            if retrying:
+                for writes in self._held.values():
+                    send.extend(writes)
+                self._held.clear()
+            while arrived or (len(send) < self._max_batch and not self._queue.empty()):
+                write = arrived.pop() if arrived else self._queue.get_nowait()
+                held = self._held.get(write.stream)
+                if held is not None:
+                    held.append(write)  # behind its stream's failed writes
+                else:
+                    send.append(write)
+            if not send:
+                continue
+            failed = [w for group in await self._send_per_node(send) for w in group]
+            for write in failed:  # in sending order, so each stream keeps its order
+                self._held.setdefault(write.stream, []).append(write)
+            if failed:
+                self._retry_at = loop.time() + self._backoff.next_delay()
+            elif retrying:
+                self._backoff.reset()
+
+    async def _send_per_node(self, writes: list[_Write]) -> list[list[_Write]]:
+        if self._node_of is None:
+            return [await self._send(writes)]
+        groups: dict[str, list[_Write]] = {}
+        for write in writes:
+            try:
+                node = self._node_of(write.stream).name
+            except Exception:  # slot not covered mid-failover: the pipeline will say so
+                node = ""
+            groups.setdefault(node, []).append(write)
+        if len(groups) == 1:
+            return [await self._send(writes)]
+        return list(await asyncio.gather(*(self._send(g) for g in groups.values())))
+
+    async def _send(self, writes: list[_Write]) -> list[_Write]:
+        """One pipeline; returns the writes to try again."""
+        pipe = self._redis.pipeline(transaction=False)
+        for w in writes:
+            pipe.xadd(w.stream, dict(w.fields), maxlen=w.maxlen, approximate=True)
+            if w.expire_s is not None:
+                pipe.expire(w.stream, w.expire_s)
+        self.batches += 1
+        try:
+            results = iter(await pipe.execute(raise_on_error=False))
+        except RETRYABLE as exc:
+            log.warning("redis write failed, will retry: %s", exc)
+            return writes
+        except Exception as exc:
+            # Not "server away" but a client fault (a cluster client caught mid-failover has
+            # raised AttributeError): retry a few times, then give the writes up, counted,
+            # rather than let them hold their streams back for good.
+            log.warning("redis write error, will retry: %r", exc)
+            for w in writes:
+                w.faults += 1
+            lost = [w for w in writes if w.faults > self.UNEXPECTED_RETRIES]
+            if lost:
+                self.failures += len(lost)
+                reject("redis_write_dropped", len(lost))
+                log.error("gave up %d writes after %r", len(lost), exc)
+            return [w for w in writes if w.faults <= self.UNEXPECTED_RETRIES]
+        retry: list[_Write] = []
+        for w in writes:
+            result = next(results)
+            if w.expire_s is not None:
+                expired = next(results)
+                if isinstance(expired, Exception) and not isinstance(result, Exception):
+                    log.warning("could not set a stream's expiry: %s", expired)
+            if isinstance(result, RETRYABLE) or (
+                isinstance(result, Exception) and is_client_fault(result)
+            ):
+                retry.append(w)
+            elif isinstance(result, Exception):
+                self.failures += 1
+                reject("redis_write_refused")
+                log.error("redis refused a write: %s", result)
+            else:
+                self.entries += 1
+        return retry

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from shared import streams as s
 from shared.redis_io import BatchedStreamWriter, is_duplicate_id, last_entry_id
+from tests.conftest import free_port
 
 
 def test_every_call_key_shares_the_call_sid_hash_tag() -> None:
@@ -157,3 +158,136 @@ async def test_batched_writer_outlives_a_client_fault_and_keeps_the_batch() -> N
     assert [f[b"n"] for _, f in await client.xrange(b"s")] == [b"1", b"4"]
     task.cancel()
     await client.aclose()
+
+
+class TwoNodeRedis(fakeredis.FakeAsyncRedis):
+    """Streams named b:* live on node "b", whose pipelines fail while ``b_down`` > 0."""
+
+    b_down = 0
+    b_reply_errors = 0
+
+    def get_node_from_key(self, key: bytes):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name="b" if key.startswith(b"b:") else "a")
+
+    def pipeline(self, transaction: bool = True, shard_hint: object = None):  # type: ignore[no-untyped-def,override]
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        pipe = super().pipeline(transaction=transaction)
+        real_execute = pipe.execute
+        owner = self
+        keys: list[bytes] = []
+        real_xadd = pipe.xadd
+
+        def xadd(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+            keys.append(name)
+            return real_xadd(name, *args, **kwargs)
+
+        async def execute(raise_on_error: bool = True):  # type: ignore[no-untyped-def]
+            on_b = any(k.startswith(b"b:") for k in keys)
+            if on_b and owner.b_down > 0:
+                owner.b_down -= 1
+                raise RedisConnectionError("Error 111 connecting to node b")
+            results = await real_execute(raise_on_error=raise_on_error)
+            if on_b and owner.b_reply_errors > 0:  # the node died after the writes were sent
+                owner.b_reply_errors -= 1
+                return [RedisConnectionError("Connection closed by server.") for _ in results]
+            return results
+
+        pipe.xadd = xadd  # type: ignore[method-assign]
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_batched_writer_a_failing_node_holds_back_only_its_own_streams() -> None:
+    import asyncio
+
+    client = TwoNodeRedis(server=fakeredis.FakeServer())
+    client.b_down = 3
+    writer = BatchedStreamWriter(client, maxlen=1000)
+    task = asyncio.create_task(writer.run())
+    for i in range(20):
+        writer.add(b"a:s", {b"n": i})
+        writer.add(b"b:s", {b"n": i})
+    # Node a's writes land at once, exactly once, while node b is still failing.
+    for _ in range(100):
+        if await client.xlen(b"a:s") == 20:
+            break
+        await asyncio.sleep(0.01)
+    assert [int(f[b"n"]) for _, f in await client.xrange(b"a:s")] == list(range(20))
+    assert client.b_down > 0 or await client.xlen(b"b:s") in (0, 20)
+    # Writes queued for b while it is down keep their order behind the failed ones.
+    for i in range(20, 25):
+        writer.add(b"b:s", {b"n": i})
+        writer.add(b"a:s", {b"n": i})
+    await asyncio.wait_for(writer.flush(), 10)
+    assert [int(f[b"n"]) for _, f in await client.xrange(b"b:s")] == list(range(25))
+    assert [int(f[b"n"]) for _, f in await client.xrange(b"a:s")] == list(range(25))
+    assert writer.failures == 0
+
+    # A node that dies after taking the writes answers with errors in place: they are retried
+    # (at least once: here they had landed, so they appear twice) and never counted as lost.
+    client.b_reply_errors = 1
+    writer.add(b"b:t", {b"n": 1})
+    await asyncio.wait_for(writer.flush(), 10)
+    assert [f[b"n"] for _, f in await client.xrange(b"b:t")] == [b"1", b"1"]
+    assert writer.failures == 0
+    task.cancel()
+    await client.aclose()
+
+
+async def test_a_cluster_client_fault_is_a_lost_connection_and_our_own_bug_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from shared.redis_io import _cluster_class, is_client_fault
+
+    async def faulty_send(*args: object, **kwargs: object) -> None:
+        # What redis-py does when a node's connection was closed under it mid-failover.
+        await Connection()._send_packed_command([b"PING"])
+
+    with pytest.raises(AttributeError) as fault:
+        await faulty_send()
+    assert is_client_fault(fault.value)
+    with pytest.raises(AttributeError) as ours:
+        None.writelines  # type: ignore[attr-defined]  # noqa: B018
+    assert not is_client_fault(ours.value)
+
+    monkeypatch.setattr(RedisCluster, "execute_command", faulty_send)
+    client = _cluster_class()(host="127.0.0.1", port=free_port())
+    with pytest.raises(RedisConnectionError, match="cluster client fault"):
+        await client.execute_command("PING")
+
+
+async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
+    # Under uvloop the innermost frames are asyncio's and uvloop's, called from redis-py.
+    import asyncio.streams
+
+    from redis.asyncio.connection import Connection
+
+    from shared.redis_io import is_client_fault
+
+    conn = Connection()
+    from types import SimpleNamespace
+
+    closed = SimpleNamespace(is_closing=lambda: True)  # a transport without writelines
+    conn._writer = asyncio.streams.StreamWriter(
+        closed, None, None, asyncio.get_running_loop()  # type: ignore[arg-type]
+    )
+    with pytest.raises(AttributeError) as fault:
+        await conn._send_packed_command([b"PING"])
+    assert is_client_fault(fault.value)
+
+    # The same error raised by our own code that redis-py calls back is ours, not a fault.
+    class OurWriter:
+        def writelines(self, data: object) -> None:
+            raise RuntimeError("a bug of ours")
+
+    conn._writer = OurWriter()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError) as ours:
+        await conn._send_packed_command([b"PING"])
+    assert not is_client_fault(ours.value)

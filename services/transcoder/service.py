@@ -14,6 +14,7 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
 from shared.claims import Claim, OwnedCalls, stage_claims
@@ -26,7 +27,14 @@ from shared.observability import (
     run_service,
     serve_metrics,
 )
-from shared.redis_io import RETRYABLE, connect, is_duplicate_id, last_entry_id, prepare
+from shared.redis_io import (
+    RETRYABLE,
+    connect,
+    is_client_fault,
+    is_duplicate_id,
+    last_entry_id,
+    prepare,
+)
 from shared.settings import Settings, settings_or_exit
 from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
 from shared.transcode import CallTranscoder
@@ -68,7 +76,12 @@ class Transcoder:
         pump = _CallPump(self.redis, keys, self.settings)
         await pump.resume()
         backoff = Backoff()
+        task = asyncio.current_task()
         while not pump.done:
+            if task is not None and task.cancelling():
+                # Python 3.11's asyncio.wait_for (inside redis-py) can swallow a cancel that
+                # lands as its inner await completes; the request is still counted here.
+                raise asyncio.CancelledError
             try:
                 got_input = await pump.step()
             except RETRYABLE as exc:
@@ -139,6 +152,13 @@ class _CallPump:
                 self.expiry_set.add(target)
                 pipe.expire(target, self.expire_s)
         results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, RETRYABLE) or (
+                isinstance(result, Exception) and is_client_fault(result)
+            ):
+                # A node failing over answered some writes with "not now": do the batch again
+                # (what did land is refused as a duplicate, by its mirrored ID).
+                raise RedisConnectionError(f"write not taken: {result}")
         # Only now move the cursors: a failed round trip re-reads the same batch.
         for stream, entries in reply:
             self.cursors[stream] = entries[-1][0]

@@ -207,6 +207,11 @@ class CallBridge:
                 log.warning("redis unavailable for replies: %s", exc)
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            except Exception as exc:  # a client fault must not leave the caller in silence
+                reject("edge_reply_read_error")
+                log.warning("reading replies failed (%r); retrying", exc)
+                await asyncio.sleep(backoff.next_delay())
+                continue
             backoff.reset()
             by_stream = dict(reply) if reply else {}
             try:
