@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e '.[test,bench,dev]'
 	@touch $(STAMP)
 
-# redis-server from Debian's packages when the machine has none.
+# redis-server (and redis-cli, which builds the test cluster) from Debian's packages when missing.
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server with apt-get"; \
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
+	  echo "installing redis-server and redis-tools with apt-get"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
 
@@ -44,7 +44,7 @@ probe: venv
 	$(PY) -m tools.probe
 
 lint: venv
-	$(VENV)/bin/ruff check shared services sim tests bench
+	$(VENV)/bin/ruff check shared services sim tests bench tools
 	$(VENV)/bin/mypy
 
 clean:

@@ -59,7 +59,8 @@ def main() -> None:
             f"({after - before:+.1f})"
         )
     print(
-        f"  redis keys {out['redis_keys']}, call keys without expiry {out['call_keys_without_expiry']}"
+        f"  redis keys {out['redis_keys']}, "
+        f"call keys without expiry {out['call_keys_without_expiry']}"
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(out, indent=2))

@@ -277,7 +277,9 @@ class OwnedCalls:
         if tasks:
             _, stuck = await asyncio.wait(tasks, timeout=grace_s)
             for task in stuck:  # left to the process's exit; their claims are handed over
-                log.warning("call task did not stop in %.1fs, waiting in %s", grace_s, _awaiting(task))
+                log.warning(
+                    "call task did not stop in %.1fs, waiting in %s", grace_s, _awaiting(task)
+                )
         if not hand_over:
             return
         for claims, entry_ids in by_partition.values():

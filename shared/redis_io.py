@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
@@ -26,6 +25,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import Backoff
@@ -115,7 +115,9 @@ def _cluster_class() -> type:
     from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
     class GatewayClusterPipeline(ClusterPipeline):
-        async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        async def execute(
+            self, raise_on_error: bool = True, allow_redirections: bool = True
+        ) -> Any:
             try:
                 return await super().execute(raise_on_error, allow_redirections)
             except (AttributeError, RuntimeError) as exc:

@@ -1,4 +1,5 @@
-"""The gateway's configuration: one typed object, read from the environment, shared by every service.
+"""The gateway's configuration: one typed object, read from the environment, shared by every
+service.
 
 Every variable of the dialect report is here with the report's default, beside the gateway's own.
 A bad value is a start-up error: :func:`settings_or_exit` prints one line naming the variable, the
@@ -23,7 +24,8 @@ EXIT_CONFIG_ERROR = 2
 
 
 class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the variable, the value and what is allowed."""
+    """A setting that cannot be used; the message names the variable, the value and what is
+    allowed."""
 
 
 class Settings(BaseSettings):
@@ -48,7 +50,8 @@ class Settings(BaseSettings):
     # --- What the model is told and how it speaks ---------------------------------------------
     realtime_voice: str = Field("alloy", min_length=1, max_length=64)
     realtime_instructions: str = Field(
-        "You are a helpful voice assistant on a phone call. Keep answers short and speak naturally.",
+        "You are a helpful voice assistant on a phone call. "
+        "Keep answers short and speak naturally.",
         max_length=16_000,
     )
     realtime_greeting: str = Field("", max_length=2_000)
@@ -70,7 +73,8 @@ class Settings(BaseSettings):
     call_retention_seconds: int = Field(3600, ge=10, le=30 * 86400)
     # Longest call; also the expiry every per-call key gets while the call runs.
     call_max_seconds: int = Field(4 * 3600, ge=60, le=7 * 86400)
-    # A call whose owner has not refreshed its claim for this long is taken over by another instance.
+    # A call whose owner has not refreshed its claim for this long is taken over by another
+    # instance.
     owner_idle_ms: int = Field(3000, ge=500, le=600_000)
 
     # --- Twilio edge ------------------------------------------------------------------------------
@@ -183,7 +187,8 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def settings_or_exit(service: str) -> Settings:
-    """The settings for a service's ``main``: one line on stderr and exit code 2 when they are bad."""
+    """The settings for a service's ``main``: one line on stderr and exit code 2 when they are
+    bad."""
     try:
         return load_settings()
     except ConfigError as exc:

@@ -20,7 +20,8 @@ One call crosses three processes that meet only here::
 * ``call:{CA..}:out.pcmu``: the same chunks as mu-law 8 kHz, same IDs. Transcoder -> edge.
 * ``call:{CA..}:ctl``: what Twilio tells about the caller: played marks, DTMF. Edge -> worker.
 * ``call:{CA..}:cmd``: what the worker asks of the edge: clear, hang-up. Worker -> edge.
-* ``call:{CA..}:events``: transcripts, errors, session changes; kept after the call for reading back.
+* ``call:{CA..}:events``: transcripts, errors, session changes; kept after the call for reading
+  back.
 * ``call:{CA..}:meta``: a hash: the call's start details and progress cursors.
 
 Every per-call key carries the CallSid as a hash tag so that a Redis Cluster keeps a call in one

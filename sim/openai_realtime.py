@@ -371,7 +371,8 @@ class EmulatedSession:
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item_id,
                     "content_index": 0,
-                    "transcript": f"caller audio of {len(audio) / self.bytes_per_sample / self.rate:.2f} s",
+                    "transcript": "caller audio of "
+                    f"{len(audio) / self.bytes_per_sample / self.rate:.2f} s",
                     **(
                         {"usage": {"type": "duration", "seconds": 1.0}}
                         if self.dialect == "ga"

@@ -82,7 +82,8 @@ class RedisServer:
         import threading
 
         out = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in iter(lambda: out.read(4096), b"")], daemon=True).start()
+        drain = lambda: [None for _ in iter(lambda: out.read(4096), b"")]  # noqa: E731
+        threading.Thread(target=drain, daemon=True).start()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

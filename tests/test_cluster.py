@@ -178,7 +178,8 @@ async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
         # Kill the master once every model session has heard a second of its caller.
         await wait_for(lambda: _all_hearing(emulator, 6, seconds=1.0), timeout=20)
         cluster.kill(victim)
-        results = dict(zip(sids, await asyncio.wait_for(asyncio.gather(*calls.values()), 90)))
+        done = await asyncio.wait_for(asyncio.gather(*calls.values()), 90)
+        results = dict(zip(sids, done, strict=True))
 
         # Every call, on the failed master or not, was served to the end: its caller's audio
         # reached a model session and a reply reached the caller, with no protocol violation.
@@ -217,9 +218,10 @@ async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
 async def _stream_state(client: RedisCluster, sid: str) -> dict[str, object]:
     """Each of a call's streams: length and last entry ID (for a failure's message)."""
     state: dict[str, object] = {}
-    for key in CallKeys.for_call(sid).all():
+    keys = CallKeys.for_call(sid)
+    for key in keys.all():
         try:
-            last = await client.xrevrange(key, count=1) if key != CallKeys.for_call(sid).meta else []
+            last = await client.xrevrange(key, count=1) if key != keys.meta else []
             state[key.decode().rsplit(":", 1)[1]] = (await client.xlen(key) if last else 0,
                                                      last[0][0] if last else None)
         except RedisError as exc:

@@ -7,7 +7,6 @@ import asyncio
 import fakeredis
 import numpy as np
 import pytest
-
 from redis.crc import key_slot
 
 from shared.audio import mulaw_decode, mulaw_encode
@@ -111,7 +110,8 @@ class SlotOrderedPipeline:
             for i in indices:
                 name, args, kwargs = self._queued[i]
                 getattr(pipe, name)(*args, **kwargs)
-            for i, result in zip(indices, await pipe.execute(raise_on_error=raise_on_error)):
+            replies = await pipe.execute(raise_on_error=raise_on_error)
+            for i, result in zip(indices, replies, strict=True):
                 results[i] = result
         self._queued.clear()
         return results

@@ -151,7 +151,8 @@ async def smoke(settings: Settings, api_key: str) -> int:
             break
     ok = streak >= settings.runs
     print(
-        f"summary: {streak}/{settings.runs} consecutive runs returned audio -> {'PASS' if ok else 'FAIL'}"
+        f"summary: {streak}/{settings.runs} consecutive runs returned audio -> "
+        f"{'PASS' if ok else 'FAIL'}"
     )
     return 0 if ok else 1
 
