@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -87,8 +88,12 @@ class CallClaims:
 
     async def _read(self, start: bytes, block_ms: int | None, recovered: bool) -> list[Claim]:
         # Always with COUNT: BLOCK without COUNT misbehaves on some servers (PROTOCOLS.md).
-        reply = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=64, block=block_ms
+        reply: Any = await self.redis.xreadgroup(
+            self.group,  # type: ignore[arg-type]  # bytes work; the stubs say str
+            self.consumer,
+            {self.stream: start},
+            count=64,
+            block=block_ms,
         )
         entries = reply[0][1] if reply else []
         claims, junk = self._decode(entries, recovered)
@@ -120,7 +125,9 @@ class CallClaims:
         lost = {e for e in entry_ids if e not in still_mine}
         keep = [e for e in entry_ids if e in still_mine]
         if keep:
-            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, keep, justid=True)
+            await self.redis.xclaim(
+                self.stream, self.group, self.consumer, 0, list[Any](keep), justid=True
+            )
         return lost
 
     async def take_over(self) -> list[Claim]:
@@ -151,7 +158,7 @@ class CallClaims:
                 self.group,
                 self.consumer,
                 0,
-                entry_ids,
+                list[Any](entry_ids),
                 idle=self.idle_ms * 10,
                 justid=True,
             )

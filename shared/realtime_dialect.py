@@ -301,7 +301,7 @@ class RealtimeDialect:
 
     @classmethod
     def for_combo(cls, combo: Combo, config: SessionConfig) -> RealtimeDialect:
-        return cls(combo.value, combo.beta_header, config)  # type: ignore[arg-type]
+        return cls(combo.value, combo.beta_header, config)
 
     def __repr__(self) -> str:
         return f"RealtimeDialect(schema={self.schema!r}, beta_header={self.beta_header})"
@@ -436,7 +436,7 @@ class RealtimeDialect:
         if handler is None:
             return OtherEvent(kind)
         try:
-            return handler(self, data)
+            return handler(self, data)  # type: ignore[no-any-return]
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise RealtimeProtocolError(f"malformed {kind}: {exc}") from None
 

@@ -109,7 +109,7 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os
 
 
 @functools.cache
-def _cluster_class() -> type:
+def _cluster_class() -> Any:
     """redis-py's asyncio cluster client, with its client faults raised as ConnectionError so
     that every caller's "server away, retry" path handles them."""
     from redis.asyncio.cluster import ClusterPipeline, RedisCluster
@@ -137,7 +137,7 @@ def _cluster_class() -> type:
         def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
             if shard_hint:
                 raise RedisClusterException("shard_hint is deprecated in cluster mode")
-            return GatewayClusterPipeline(self, transaction)
+            return GatewayClusterPipeline(self, transaction)  # type: ignore[abstract]
 
     return GatewayCluster
 
@@ -180,7 +180,7 @@ async def ensure_group(redis: aioredis.Redis, stream: bytes, group: bytes) -> No
 
 async def last_entry_id(redis: aioredis.Redis, stream: bytes) -> bytes | None:
     """The ID of a stream's newest entry, or None when the stream is empty or missing."""
-    newest = await redis.xrevrange(stream, count=1)
+    newest: Any = await redis.xrevrange(stream, count=1)
     return newest[0][0] if newest else None
 
 
@@ -194,7 +194,7 @@ async def expire_all(redis: aioredis.Redis, keys: Iterable[bytes], seconds: int)
 @dataclass(slots=True)
 class _Write:
     stream: bytes
-    fields: Mapping[bytes, Any]
+    fields: Mapping[Any, Any]
     maxlen: int | None
     expire_s: int | None
     faults: int = 0  # client faults (not "server away") met by this write
