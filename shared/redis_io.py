@@ -197,6 +197,7 @@ class _Write:
     fields: Mapping[Any, Any]
     maxlen: int | None
     expire_s: int | None
+    entry_id: bytes | None  # explicit, from the stream's only writer: a repeat is refused
     faults: int = 0  # client faults (not "server away") met by this write
 
 
@@ -236,11 +237,17 @@ class BatchedStreamWriter:
         *,
         maxlen: int | None = -1,
         expire_s: int | None = None,
+        entry_id: bytes | None = None,
     ) -> None:
-        """Queue one XADD (``maxlen=None`` for no trim, -1 for the default); never blocks."""
+        """Queue one XADD (``maxlen=None`` for no trim, -1 for the default); never blocks.
+
+        ``entry_id``: for a stream this writer alone appends to, increasing IDs of its own make
+        a write sent again (after a connection lost mid-pipeline) land once: Redis refuses the
+        repeat, which counts as written.
+        """
         self._idle.clear()
         self._queue.put_nowait(
-            _Write(stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s)
+            _Write(stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s, entry_id)
         )
 
     async def flush(self) -> None:
@@ -302,7 +309,9 @@ class BatchedStreamWriter:
         """One pipeline; returns the writes to try again."""
         pipe = self._redis.pipeline(transaction=False)
         for w in writes:
-            pipe.xadd(w.stream, dict(w.fields), maxlen=w.maxlen, approximate=True)
+            pipe.xadd(
+                w.stream, dict(w.fields), id=w.entry_id or "*", maxlen=w.maxlen, approximate=True
+            )
             if w.expire_s is not None:
                 pipe.expire(w.stream, w.expire_s)
         self.batches += 1
@@ -335,6 +344,8 @@ class BatchedStreamWriter:
                 isinstance(result, Exception) and is_client_fault(result)
             ):
                 retry.append(w)
+            elif w.entry_id is not None and is_duplicate_id(result):
+                self.entries += 1  # it had landed before the connection was lost
             elif isinstance(result, Exception):
                 self.failures += 1
                 reject("redis_write_refused")

@@ -233,6 +233,14 @@ async def test_batched_writer_a_failing_node_holds_back_only_its_own_streams() -
     await asyncio.wait_for(writer.flush(), 10)
     assert [f[b"n"] for _, f in await client.xrange(b"b:t")] == [b"1", b"1"]
     assert writer.failures == 0
+    # With IDs of its own (the stream's only writer), the repeat is refused: it lands once.
+    client.b_reply_errors = 1
+    writer.add(b"b:u", {b"n": 1}, entry_id=b"1000-1")
+    writer.add(b"b:u", {b"n": 2}, entry_id=b"1000-2")
+    await asyncio.wait_for(writer.flush(), 10)
+    assert [(i, f[b"n"]) for i, f in await client.xrange(b"b:u")] == [
+        (b"1000-1", b"1"), (b"1000-2", b"2")]
+    assert writer.failures == 0
     task.cancel()
     await client.aclose()
 
