@@ -209,8 +209,9 @@ class BatchedStreamWriter:
     stream. A batch goes out as one pipeline per Redis node, so a node that fails holds back
     only the writes for its own slots: they wait, in order, and are retried with backoff, while
     every other node's writes go on at once and are never sent twice. On a single Redis a lost
-    connection can leave it unknown which writes of the pipeline landed; they are sent again
-    (at least once), which is why readers tolerate a repeated entry.
+    connection can leave it unknown which writes of the pipeline landed; they are sent again (at
+    least once), except on streams whose only writer numbers its entries (``entry_id``), which
+    get each entry once.
     """
 
     UNEXPECTED_RETRIES = 5
