@@ -226,6 +226,8 @@ class BatchedStreamWriter:
         self._backoff = Backoff()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._unfinished: dict[bytes, int] = {}  # per stream: writes queued, held or in flight
+        self._progress: asyncio.Event | None = None  # set after a round, for stream flushes
         self._node_of = getattr(redis, "get_node_from_key", None)  # a cluster client's
         self.batches = 0
         self.entries = 0
@@ -247,13 +249,29 @@ class BatchedStreamWriter:
         repeat, which counts as written.
         """
         self._idle.clear()
+        self._unfinished[stream] = self._unfinished.get(stream, 0) + 1
         self._queue.put_nowait(
             _Write(stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s, entry_id)
         )
 
-    async def flush(self) -> None:
-        """Wait until everything queued so far is in Redis."""
-        await self._idle.wait()
+    async def flush(self, *streams: bytes) -> None:
+        """Wait until everything queued so far for ``streams`` is in Redis (or given up); with
+        no streams, until the writer is idle. A call's end flushes only its own streams: under
+        load the writer as a whole may not be idle for a long while."""
+        if not streams:
+            await self._idle.wait()
+            return
+        while any(stream in self._unfinished for stream in streams):
+            if self._progress is None:
+                self._progress = asyncio.Event()
+            await self._progress.wait()
+
+    def _finished(self, write: _Write) -> None:
+        left = self._unfinished.get(write.stream, 1) - 1
+        if left > 0:
+            self._unfinished[write.stream] = left
+        else:
+            self._unfinished.pop(write.stream, None)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -285,6 +303,9 @@ class BatchedStreamWriter:
             if not send:
                 continue
             failed = [w for group in await self._send_per_node(send) for w in group]
+            if self._progress is not None:  # wake stream flushes to look again
+                self._progress.set()
+                self._progress = None
             for write in failed:  # in sending order, so each stream keeps its order
                 self._held.setdefault(write.stream, []).append(write)
             if failed:
@@ -329,6 +350,8 @@ class BatchedStreamWriter:
             for w in writes:
                 w.faults += 1
             lost = [w for w in writes if w.faults > self.UNEXPECTED_RETRIES]
+            for w in lost:
+                self._finished(w)
             if lost:
                 self.failures += len(lost)
                 reject("redis_write_dropped", len(lost))
@@ -345,7 +368,9 @@ class BatchedStreamWriter:
                 isinstance(result, Exception) and is_client_fault(result)
             ):
                 retry.append(w)
-            elif w.entry_id is not None and is_duplicate_id(result):
+                continue
+            self._finished(w)
+            if w.entry_id is not None and is_duplicate_id(result):
                 self.entries += 1  # it had landed before the connection was lost
             elif isinstance(result, Exception):
                 self.failures += 1

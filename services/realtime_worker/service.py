@@ -391,7 +391,7 @@ class RealtimeWorker:
         self.writer.add(keys.out_pcm, StreamEnd(outcome).encode())
         try:
             await self._save_cursors(keys, cursors)
-            await asyncio.wait_for(self.writer.flush(), 5.0)
+            await asyncio.wait_for(self.writer.flush(keys.out_pcm, keys.cmd, keys.events), 5.0)
             await expire_all(self.redis, keys.all(), self.settings.call_retention_seconds)
         except (*RETRYABLE, TimeoutError) as exc:
             log.warning("could not finish the call cleanly in redis: %s", exc)

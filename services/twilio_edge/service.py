@@ -196,7 +196,7 @@ class CallBridge:
         keys = self.keys
         self.edge.writer.add(keys.in_pcmu, StreamEnd(reason).encode(), entry_id=self._next_in_id())
         try:
-            await self.edge.writer.flush()
+            await self.edge.writer.flush(keys.in_pcmu, keys.ctl)
             await self.edge.redis.hset(keys.meta, b"ended", reason)
             await expire_all(self.edge.redis, keys.all(), self.edge.settings.call_retention_seconds)
         except RETRYABLE as exc:
