@@ -105,6 +105,14 @@ def is_client_fault(exc: BaseException) -> bool:
     return in_redis
 
 
+def is_transient(error: object) -> bool:
+    """A reply or error that means "not now" (retry), not "never": what a pipeline's per-command
+    results are checked with."""
+    return isinstance(error, RETRYABLE) or (
+        isinstance(error, Exception) and is_client_fault(error)
+    )
+
+
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
@@ -364,9 +372,7 @@ class BatchedStreamWriter:
                 expired = next(results)
                 if isinstance(expired, Exception) and not isinstance(result, Exception):
                     log.warning("could not set a stream's expiry: %s", expired)
-            if isinstance(result, RETRYABLE) or (
-                isinstance(result, Exception) and is_client_fault(result)
-            ):
+            if is_transient(result):
                 retry.append(w)
                 continue
             self._finished(w)

@@ -418,6 +418,22 @@ META_STARTED = b"started"
 META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
 
 
+class InboundIds:
+    """Entry IDs for one call's ``in.pcmu``, whose only writer is the edge's bridge: the call's
+    start in ms, then a count. Redis refuses a repeated ID, so a write sent again after a
+    connection lost mid-pipeline lands once instead of doubling a frame."""
+
+    __slots__ = ("_ms", "_count")
+
+    def __init__(self, call_start_ms: int) -> None:
+        self._ms = call_start_ms
+        self._count = 0
+
+    def next(self) -> bytes:
+        self._count += 1
+        return b"%d-%d" % (self._ms, self._count)
+
+
 def stream_id_after(entry_id: bytes) -> bytes:
     """The smallest stream ID greater than ``entry_id`` (for exclusive range reads)."""
     ms, _, seq = entry_id.partition(b"-")

@@ -297,3 +297,10 @@ async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
     with pytest.raises(RuntimeError) as ours:
         await conn._send_packed_command([b"PING"])
     assert not is_client_fault(ours.value)
+    conn._writer = None  # nothing to close when the connection is collected
+
+
+def test_inbound_ids_increase_from_the_call_start() -> None:
+    ids = s.InboundIds(1_700_000_000_123)
+    assert [ids.next() for _ in range(3)] == [
+        b"1700000000123-1", b"1700000000123-2", b"1700000000123-3"]

@@ -30,8 +30,8 @@ from shared.observability import (
 from shared.redis_io import (
     RETRYABLE,
     connect,
-    is_client_fault,
     is_duplicate_id,
+    is_transient,
     last_entry_id,
     prepare,
 )
@@ -153,9 +153,7 @@ class _CallPump:
                 pipe.expire(target, self.expire_s)
         results = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, RETRYABLE) or (
-                isinstance(result, Exception) and is_client_fault(result)
-            ):
+            if is_transient(result):
                 # A node failing over answered some writes with "not now": do the batch again
                 # (what did land is refused as a duplicate, by its mirrored ID).
                 raise RedisConnectionError(f"write not taken: {result}")

@@ -56,6 +56,7 @@ from shared.streams import (
     DtmfPressed,
     HangUp,
     InboundFrame,
+    InboundIds,
     MarkPlayed,
     OutboundChunk,
     StreamEnd,
@@ -90,19 +91,11 @@ class CallBridge:
         self.in_frames = FRAMES.labels("edge_in")
         self.out_frames = FRAMES.labels("edge_out")
         self._in_expiry_set = False
-        self._in_id_ms = 0
-        self._in_seq = 0
+        self.in_ids = InboundIds(0)  # replaced at start
         settings = edge.settings
         self.bucket = TokenBucket(
             settings.max_messages_per_second, settings.max_messages_per_second * 2.0
         )
-
-    def _next_in_id(self) -> bytes:
-        """The next entry ID of the caller's audio stream, which this bridge alone writes: the
-        call's start in ms, then a count (a write repeated after a lost connection is refused,
-        not doubled)."""
-        self._in_seq += 1
-        return b"%d-%d" % (self._in_id_ms, self._in_seq)
 
     async def run(self) -> None:
         try:
@@ -136,7 +129,7 @@ class CallBridge:
                 self._in_expiry_set = True
                 expire = self.edge.settings.call_max_seconds
             self.edge.writer.add(
-                self.keys.in_pcmu, frame.encode(), expire_s=expire, entry_id=self._next_in_id()
+                self.keys.in_pcmu, frame.encode(), expire_s=expire, entry_id=self.in_ids.next()
             )
             self.in_frames.inc()
         elif isinstance(event, tw.MarkPlayed):
@@ -166,7 +159,7 @@ class CallBridge:
             dict(event.custom_parameters),
             _now_us(),
         )
-        self._in_id_ms = started.started_us // 1000
+        self.in_ids = InboundIds(started.started_us // 1000)
         # The call's keys first, its lifecycle entry after, in two round trips: on a cluster the
         # two live on different nodes and one pipeline would run them concurrently, so a stage
         # could claim the call before its keys exist and dismiss it as expired.
@@ -194,7 +187,7 @@ class CallBridge:
             return
         self.ended = True
         keys = self.keys
-        self.edge.writer.add(keys.in_pcmu, StreamEnd(reason).encode(), entry_id=self._next_in_id())
+        self.edge.writer.add(keys.in_pcmu, StreamEnd(reason).encode(), entry_id=self.in_ids.next())
         try:
             await self.edge.writer.flush(keys.in_pcmu, keys.ctl)
             await self.edge.redis.hset(keys.meta, b"ended", reason)
