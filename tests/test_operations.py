@@ -105,6 +105,12 @@ async def test_signed_call_secrets_logs_and_metrics(
         assert "403" in str(refused.value)
         session = await emulator.wait_for_session(1)
         await session.wait_closed(timeout=10)
+
+        async def worker_counted_the_call() -> bool:
+            # The worker counts a call after its socket closes, so await the counter itself.
+            return _value((await _http_get(w_port, "/metrics"))[1], "gateway_calls_total") >= 1
+
+        await wait_for(worker_counted_the_call, timeout=10)
         after = {p: (await _http_get(p, "/metrics"))[1] for p in (edge_port, w_port, t_port)}
 
         # Metrics parse as Prometheus text and moved.
