@@ -442,7 +442,11 @@ class RealtimeDialect:
 
 
 def _s(data: dict[str, Any], key: str) -> str:
-    value = data.get(key, "")
+    # The server sends null for an optional field it has no value for (an error's param or
+    # event_id): that is "no value", never the text "None".
+    value = data.get(key)
+    if value is None:
+        return ""
     return value if isinstance(value, str) else str(value)
 
 

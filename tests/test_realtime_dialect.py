@@ -169,7 +169,7 @@ def test_both_transcript_names(prefix: str) -> None:
     ) == rd.TranscriptDone("r", "i", "hey")
 
 
-def _err(code: str, message: str, param: str = "") -> str:
+def _err(code: str | None, message: str, param: str | None = "") -> str:
     return json.dumps(
         {
             "type": "error",
@@ -198,6 +198,18 @@ def test_errors_are_classified() -> None:
     assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.GA  # type: ignore[union-attr]
     assert ga.parse(_err("invalid_api_key", "bad key")).kind is rd.ErrorKind.FATAL  # type: ignore[union-attr]
     assert ga.parse(_err("whatever", "x")).kind is rd.ErrorKind.OTHER  # type: ignore[union-attr]
+
+
+def test_an_error_with_null_fields_is_still_read_from_its_message() -> None:
+    """The server sends ``null`` for an error's optional ``param`` and ``code``; the message
+    alone must then say which key the server did not know."""
+    ga, beta = dialect(rd.Combo.GA), dialect(rd.Combo.BETA)
+    e = beta.parse(_err("unknown_parameter", "Unknown parameter: 'session.type'.", None))
+    assert isinstance(e, rd.ServerError) and e.param == ""
+    assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.GA
+    e = ga.parse(_err(None, "Unknown parameter: 'session.turn_detection'.", None))
+    assert isinstance(e, rd.ServerError) and e.code == ""
+    assert e.kind is rd.ErrorKind.DIALECT_MISMATCH and e.implies is rd.Combo.BETA
     bad_rate = ga.parse(
         _err(
             "missing_required_parameter",
