@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import ConfigError, load_settings
+from shared.settings import settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROCESSES = 8
@@ -79,11 +79,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
 def program(name: str, number: int) -> None:
     env = default_environment(dict(os.environ))
     os.environ.update(env)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit(name)
     python = sys.executable
     if name == "redis":
         url = urlsplit(settings.redis_url)
@@ -158,11 +154,7 @@ def program(name: str, number: int) -> None:
 def stack() -> None:
     env = default_environment(dict(os.environ))
     os.environ.update(env)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"make run: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("make run")
     (ROOT / "run").mkdir(exist_ok=True)
     target = "OpenAI" if settings.openai_api_key else "the local OpenAI Realtime emulator"
     print(f"voice gateway: calls go to {target} at {settings.realtime_url}")

@@ -96,19 +96,23 @@ def _check_samples(samples: object) -> None:
 
 RATIO = 3
 TAPS = 96
-_PHASE_TAPS = TAPS // RATIO  # 32
-# Taps are multiples of 2**-24 and their absolute values sum to under 2.4 per output (3x gain when
-# upsampling), so with int16 input every product and partial sum is a multiple of 2**-24 below
-# 2**17: 41 bits, which float64 (53) holds exactly, in any order of summation or chunking.
+_PHASE_TAPS = TAPS // RATIO  # 32: taps per phase, the same at every supported rate
+# Taps are multiples of 2**-24 and their absolute values sum to under 2.4 per output (the
+# upsampling gain spread over the phases), so with int16 input every product and partial sum is a
+# multiple of 2**-24 below 2**17: 41 bits, which float64 (53) holds exactly, in any order of
+# summation or chunking.
 _TAP_GRID = 2.0**24
 GROUP_DELAY_MS = (TAPS - 1) / 2 / 24000 * 1000  # 1.98 ms: the impulse response's centre
+TELEPHONE_RATE = 8000
 
 
-def _design_lowpass() -> FloatArray:
-    """Kaiser-windowed sinc at 24 kHz, cut-off 3.95 kHz, unity DC gain, taps on a 2**-24 grid."""
-    n = np.arange(TAPS) - (TAPS - 1) / 2
-    cutoff = 3950.0 / 24000.0  # cycles per sample
-    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(TAPS, 8.0)
+def _design_lowpass(ratio: int = RATIO) -> FloatArray:
+    """Kaiser-windowed sinc at ``ratio`` x 8 kHz, cut-off 3.95 kHz, unity DC gain, taps on a
+    2**-24 grid (96 taps at 24 kHz; the same 12 ms span, 32 taps a phase, at higher rates)."""
+    taps_n = _PHASE_TAPS * ratio
+    n = np.arange(taps_n) - (taps_n - 1) / 2
+    cutoff = 3950.0 / (TELEPHONE_RATE * ratio)  # cycles per sample
+    h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps_n, 8.0)
     taps: FloatArray = np.round(h / h.sum() * _TAP_GRID) / _TAP_GRID
     return taps
 
@@ -140,16 +144,40 @@ def _block_matrices(
     return pick(lag_now), pick(lag_before)
 
 
-# Upsampling: a block of 32 input samples -> 96 outputs; output 3m+p = sum_k 3h[p+3k] x[m-k].
-_UP_NOW, _UP_BEFORE = _block_matrices(
-    (RATIO * FILTER_TAPS).reshape(_PHASE_TAPS, RATIO).T, _PHASE_TAPS, TAPS, 1, RATIO
-)
-# Downsampling: a block of 96 input samples -> 32 outputs; output q = sum_k h[k] x[3q-k].
-_DOWN_NOW, _DOWN_BEFORE = _block_matrices(FILTER_TAPS[None, :], TAPS, _PHASE_TAPS, RATIO, 1)
+_MATRICES: dict[tuple[int, bool], tuple[FloatArray, FloatArray]] = {}
+
+
+def _matrices(ratio: int, up: bool) -> tuple[FloatArray, FloatArray]:
+    """The block matrices for one rate and direction, built once per process and shared."""
+    key = (ratio, up)
+    if key not in _MATRICES:
+        taps = FILTER_TAPS if ratio == RATIO else _design_lowpass(ratio)
+        size = taps.size
+        if up:  # a block of 32 inputs -> 32*ratio outputs; y[Rm+p] = sum_k R h[p+Rk] x[m-k]
+            pair = _block_matrices(
+                (ratio * taps).reshape(_PHASE_TAPS, ratio).T, _PHASE_TAPS, size, 1, ratio
+            )
+        else:  # a block of 32*ratio inputs -> 32 outputs; y[q] = sum_k h[k] x[Rq-k]
+            pair = _block_matrices(taps[None, :], size, _PHASE_TAPS, ratio, 1)
+        for m in pair:
+            m.flags.writeable = False
+        _MATRICES[key] = pair
+    return _MATRICES[key]
+
+
+def resampling_ratio(rate: int) -> int:
+    """How many PCM samples one 8 kHz sample becomes at ``rate``: a whole multiple of 8000 of at
+    least 24000 (the Realtime API takes no lower rate), else :class:`AudioFormatError`."""
+    if rate < 3 * TELEPHONE_RATE or rate % TELEPHONE_RATE or rate > 48 * TELEPHONE_RATE:
+        raise AudioFormatError(
+            f"unsupported PCM rate {rate!r}: a multiple of 8000 from 24000 to 384000"
+        )
+    return rate // TELEPHONE_RATE
 
 
 class StreamResampler:
-    """Resamples one continuous stream (one call's direction) chunk by chunk, 8k <-> 24k.
+    """Resamples one continuous stream (one call's direction) chunk by chunk, 8 kHz <-> 24 kHz
+    (or another whole multiple of 8 kHz, see :func:`resampling_ratio`).
 
     The filter history carries over between calls to :meth:`process`, so frames join without
     clicks and any chunking gives bit-identical output. Nothing is held back: 8000 -> 24000 turns
@@ -158,16 +186,18 @@ class StreamResampler:
     """
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
-        if (src_rate, dst_rate) not in ((8000, 24000), (24000, 8000)):
+        if TELEPHONE_RATE not in (src_rate, dst_rate) or src_rate == dst_rate:
             raise AudioFormatError(
-                f"unsupported rates {src_rate!r} -> {dst_rate!r}: only 8000 <-> 24000"
+                f"unsupported rates {src_rate!r} -> {dst_rate!r}: one side must be 8000"
             )
         self.src_rate = src_rate
         self.dst_rate = dst_rate
         self._up = dst_rate > src_rate
+        self._ratio = resampling_ratio(dst_rate if self._up else src_rate)
+        taps = _PHASE_TAPS * self._ratio
         # Block geometry: input samples per block and outputs per block.
-        self._block_in, self._block_out = (_PHASE_TAPS, TAPS) if self._up else (TAPS, _PHASE_TAPS)
-        self._now, self._before = (_UP_NOW, _UP_BEFORE) if self._up else (_DOWN_NOW, _DOWN_BEFORE)
+        self._block_in, self._block_out = (_PHASE_TAPS, taps) if self._up else (taps, _PHASE_TAPS)
+        self._now, self._before = _matrices(self._ratio, self._up)
         self._buffer: FloatArray = np.zeros(self._block_in)
         self._scratch: FloatArray = np.zeros(0)
         self._scratch_before: FloatArray = np.zeros(0)
@@ -182,7 +212,8 @@ class StreamResampler:
 
     def _grow(self, samples: int) -> None:
         """Make room for a chunk of ``samples``: history, the chunk and its last partial block,
-        shifted by up to two samples of phase. Only a larger chunk than any before allocates."""
+        shifted by up to ratio - 1 samples of phase. Only a chunk larger than any before
+        allocates."""
         chunk_blocks = -(-samples // self._block_in)
         if self._buffer.size >= (chunk_blocks + 2) * self._block_in:
             return
@@ -203,7 +234,8 @@ class StreamResampler:
         buf = self._buffer
         # buf[:block] is the history (the input just before this chunk), the chunk follows it.
         buf[block : block + n] = samples
-        outputs = RATIO * n if self._up else max(0, -(-(n - phase) // RATIO))
+        ratio = self._ratio
+        outputs = ratio * n if self._up else max(0, -(-(n - phase) // ratio))
         blocks = -(-outputs // self._block_out)
         # Rows of `block` samples starting `phase` in, so that row r + 1 holds the centres of
         # its outputs at its samples 0, 1, 2, ... (up) or 0, 3, 6, ... (down) and row r the
@@ -224,5 +256,5 @@ class StreamResampler:
         # The last `block` samples of input become the history (numpy copies overlaps safely).
         buf[:block] = buf[n : n + block]
         if not self._up:
-            self._phase = (phase - n) % RATIO
+            self._phase = (phase - n) % ratio
         return y.astype(np.int16)

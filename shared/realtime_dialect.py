@@ -87,7 +87,7 @@ class SessionConfig:
             voice=voice,
             instructions=instructions,
             turn_detection=settings.realtime_turn_detection,
-            rate=settings.realtime_audio_rate,
+            rate=settings.pcm_rate,
             transcription_model=settings.realtime_transcription_model or None,
         )
 

@@ -17,10 +17,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.audio import AudioFormatError, resampling_ratio
+
 Schema = Literal["audio", "flat", "auto"]
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 
 EXIT_CONFIG_ERROR = 2
+FLAT_PCM_RATE = 24000  # the beta dialect's pcm16: 16-bit mono at 24 kHz, no rate to set
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,7 @@ class Settings(BaseSettings):
     # --- OpenAI Realtime: the dialect report's variables, with its defaults -----------------
     realtime_model: str = Field("gpt-realtime", min_length=1)
     realtime_url: str = "wss://api.openai.com/v1/realtime"
+    # Unset: follows the schema (combo A: audio without it, combo B: flat with it).
     realtime_beta_header: bool = False
     realtime_schema: Schema = "audio"
     realtime_audio_rate: int = Field(24000, gt=0)
@@ -93,6 +97,16 @@ class Settings(BaseSettings):
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}", max_length=200)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _header_follows_schema(cls, data: object) -> object:
+        # The report verified exactly two combos; a schema alone names one of them.
+        if isinstance(data, dict) and data.get("realtime_beta_header") in (None, ""):
+            data = {k: v for k, v in data.items() if k != "realtime_beta_header"}
+            schema = str(data.get("realtime_schema", "audio")).strip()
+            data["realtime_beta_header"] = schema == "flat"
+        return data
+
     @field_validator("realtime_beta_header", mode="before")
     @classmethod
     def _zero_or_one(cls, value: object) -> object:
@@ -137,15 +151,52 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rate_fits_schema(self) -> Settings:
+        rate, schema = self.realtime_audio_rate, self.realtime_schema
+        if schema == "flat":
+            return self  # the report: the rate is the audio schema's; pcm16 is always 24 kHz
+        prefix = f"REALTIME_AUDIO_RATE={rate} is not allowed with REALTIME_SCHEMA={schema}"
         # The GA dialect rejects audio/pcm below 24000 Hz (dialect report).
-        if self.realtime_schema in {"audio", "auto"} and self.realtime_audio_rate < 24000:
+        if rate < 24000:
+            raise ValueError(f"{prefix}: audio/pcm needs a rate >= 24000")
+        if schema == "auto" and rate != FLAT_PCM_RATE:
             raise ValueError(
-                f"REALTIME_AUDIO_RATE={self.realtime_audio_rate} is not allowed with "
-                f"REALTIME_SCHEMA={self.realtime_schema}: audio/pcm needs a rate >= 24000"
+                f"{prefix}: auto falls back to the flat schema when the server wants it, "
+                "and its pcm16 is 24000 Hz"
             )
+        try:
+            resampling_ratio(rate)
+        except AudioFormatError:
+            raise ValueError(
+                f"{prefix}: the transcoder resamples 8000 Hz by whole multiples "
+                "(24000, 32000, 40000, 48000, ... up to 384000)"
+            ) from None
         return self
 
+    def unverified_combo(self) -> str | None:
+        """Why the schema and header are not one of the report's two combos (``None`` if they
+        are). The report saw the beta-header-off server require ``session.type``, which the flat
+        shape lacks, and the beta server refuse the GA shape's keys: such a pair fails every call,
+        so the services refuse it at start-up. The smoke test may still try it."""
+        if self.realtime_schema == "flat" and not self.realtime_beta_header:
+            return (
+                "REALTIME_SCHEMA=flat needs REALTIME_BETA_HEADER=1 (combo B); without the header "
+                "the server requires the audio schema's session.type"
+            )
+        if self.realtime_schema == "audio" and self.realtime_beta_header:
+            return (
+                "REALTIME_SCHEMA=audio needs REALTIME_BETA_HEADER=0 (combo A); the beta header "
+                "selects the flat schema's dialect"
+            )
+        return None
+
     # --- Derived values ---------------------------------------------------------------------------
+    @property
+    def pcm_rate(self) -> int:
+        """The rate of the PCM16 the pipeline carries to and from OpenAI: REALTIME_AUDIO_RATE in
+        the audio schema, 24000 in the flat one (its pcm16 has no other rate). Every stage must
+        agree on it, so every stage reads it from here."""
+        return FLAT_PCM_RATE if self.realtime_schema == "flat" else self.realtime_audio_rate
+
     @property
     def uses_emulator(self) -> bool:
         """True when the Realtime URL points at this machine (the local emulator)."""
@@ -186,11 +237,16 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(_describe(exc)) from None
 
 
-def settings_or_exit(service: str) -> Settings:
+def settings_or_exit(service: str, *, any_combo: bool = False) -> Settings:
     """The settings for a service's ``main``: one line on stderr and exit code 2 when they are
-    bad."""
+    bad. Only the smoke test (``any_combo``) may run a schema/header pair outside the report's
+    two combos."""
     try:
-        return load_settings()
+        settings = load_settings()
+        problem = None if any_combo else settings.unverified_combo()
+        if problem:
+            raise ConfigError(problem)
+        return settings
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None

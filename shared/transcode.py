@@ -29,13 +29,23 @@ MAX_OUTBOUND_BYTES = 24000 * 2 * 10  # ten seconds of PCM16 at 24 kHz in one del
 
 @dataclass
 class CallTranscoder:
-    up: StreamResampler = field(default_factory=lambda: StreamResampler(8000, 24000))
-    down: StreamResampler = field(default_factory=lambda: StreamResampler(24000, 8000))
+    """``rate`` is the PCM16 rate the worker and OpenAI use (``Settings.pcm_rate``)."""
+
+    rate: int = 24000
     ended_in: bool = False
     ended_out: bool = False
+    up: StreamResampler = field(init=False)
+    down: StreamResampler = field(init=False)
+    max_outbound_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.up = StreamResampler(8000, self.rate)
+        self.down = StreamResampler(self.rate, 8000)
+        # Ten seconds of PCM16 in one delta at most, so garbage cannot balloon memory.
+        self.max_outbound_bytes = MAX_OUTBOUND_BYTES * self.rate // 24000
 
     def inbound(self, fields: Fields) -> dict[bytes, bytes | int]:
-        """A caller frame (mu-law 8 kHz) as the worker wants it (PCM16 24 kHz)."""
+        """A caller frame (mu-law 8 kHz) as the worker wants it (PCM16 at ``rate``)."""
         entry = decode_inbound(fields)
         if isinstance(entry, StreamEnd):
             self.ended_in = True
@@ -46,13 +56,13 @@ class CallTranscoder:
         return entry.with_audio(pcm.tobytes())
 
     def outbound(self, fields: Fields) -> dict[bytes, bytes | int]:
-        """A reply chunk (PCM16 24 kHz) as Twilio wants it (mu-law 8 kHz)."""
+        """A reply chunk (PCM16 at ``rate``) as Twilio wants it (mu-law 8 kHz)."""
         entry = decode_outbound(fields)
         if isinstance(entry, StreamEnd):
             self.ended_out = True
             return entry.encode()
         size = len(entry.audio)
-        if size == 0 or size % 2 or size > MAX_OUTBOUND_BYTES:
+        if size == 0 or size % 2 or size > self.max_outbound_bytes:
             raise StreamEntryError("bad_audio_size", str(size))
         pcm8k = self.down.process(np.frombuffer(entry.audio, dtype=np.int16))
         return OutboundChunk(

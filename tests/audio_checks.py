@@ -7,8 +7,9 @@ import numpy as np
 from shared.audio import StreamResampler, mulaw_decode
 
 
-def pcm24_to_8k(pcm: bytes) -> np.ndarray:
-    return StreamResampler(24000, 8000).process(np.frombuffer(pcm, dtype=np.int16))
+def pcm24_to_8k(pcm: bytes, rate: int = 24000) -> np.ndarray:
+    """PCM16 the model heard or said (24 kHz unless ``rate`` says otherwise) at 8 kHz."""
+    return StreamResampler(rate, 8000).process(np.frombuffer(pcm, dtype=np.int16))
 
 
 def similarity(reference: np.ndarray, received: np.ndarray, max_lag: int | None = None) -> float:

@@ -19,12 +19,17 @@ from shared.audio import (
     FILTER_TAPS,
     AudioFormatError,
     StreamResampler,
+    _design_lowpass,
     mulaw_decode,
     mulaw_encode,
 )
 
 UP, DOWN = (8000, 24000), (24000, 8000)
-directions = pytest.mark.parametrize("rates", [UP, DOWN], ids=["8k-24k", "24k-8k"])
+# REALTIME_AUDIO_RATE may be another multiple of 8 kHz: every property holds at 48 kHz too.
+UP48, DOWN48 = (8000, 48000), (48000, 8000)
+directions = pytest.mark.parametrize(
+    "rates", [UP, DOWN, UP48, DOWN48], ids=["8k-24k", "24k-8k", "8k-48k", "48k-8k"]
+)
 FRAME_MS = 20
 
 
@@ -82,13 +87,15 @@ def band_db(y: np.ndarray, rate: int, freq: float, lo: float, hi: float) -> floa
 
 
 def reference(rates: tuple[int, int], x: np.ndarray) -> np.ndarray:
-    """The filter applied the plain way (zero-stuff or keep every third), unrounded."""
+    """The filter applied the plain way (zero-stuff or keep every R-th), unrounded."""
     xf = x.astype(np.float64)
-    if rates == UP:
-        stuffed = np.zeros(3 * x.size)
-        stuffed[::3] = xf
-        return np.convolve(stuffed, 3 * FILTER_TAPS)[: stuffed.size]
-    return np.convolve(xf, FILTER_TAPS)[: x.size][::3]
+    ratio = max(rates) // 8000
+    taps = FILTER_TAPS if ratio == 3 else _design_lowpass(ratio)
+    if rates[1] > rates[0]:
+        stuffed = np.zeros(ratio * x.size)
+        stuffed[::ratio] = xf
+        return np.convolve(stuffed, ratio * taps)[: stuffed.size]
+    return np.convolve(xf, taps)[: x.size][::ratio]
 
 
 def as_int16(y: np.ndarray) -> np.ndarray:
@@ -167,7 +174,15 @@ def test_wrong_arrays_and_rates_are_refused() -> None:
             StreamResampler(*UP).process(bad)
     with pytest.raises(AudioFormatError):
         StreamResampler(*DOWN).process(np.zeros(4, dtype=np.float32))
-    for rates in ((16000, 8000), (8000, 16000), (8000, 8000), (24000, 24000), (48000, 16000)):
+    for rates in (
+        (16000, 8000),
+        (8000, 16000),
+        (8000, 8000),
+        (24000, 24000),
+        (48000, 16000),
+        (8000, 44100),
+        (28000, 8000),
+    ):
         with pytest.raises(ValueError, match=str(rates[0])):
             StreamResampler(*rates)
 
@@ -225,12 +240,12 @@ def test_delay_is_at_most_2_5_ms_and_nothing_is_held_back(rates: tuple[int, int]
     for size in [160, 1, 2, 7, 480, 33, 5, 0, 96, 161]:
         given_out += r.process(noise(size, seed=size)).size
         fed += size
-        computable = fed * dst // src if dst > src else -(-fed // 3)
+        computable = fed * dst // src if dst > src else -(-fed // (src // dst))
         held = max(held, computable - given_out)
         assert given_out <= computable
-    # Where an impulse comes out, for impulses at each position within a 3-sample group.
+    # Where an impulse comes out, for impulses at each position within one output sample.
     delays = []
-    for position in range(3 if src > dst else 1):
+    for position in range(src // dst if src > dst else 1):
         impulse = np.zeros(src // 50, dtype=np.int16)
         impulse[position] = 30000
         out = stream(rates, impulse, src * FRAME_MS // 1000 // 2)
@@ -245,11 +260,11 @@ def test_delay_is_at_most_2_5_ms_and_nothing_is_held_back(rates: tuple[int, int]
 
 @directions
 def test_20_ms_and_7_ms_chunks_give_the_same_stream(rates: tuple[int, int]) -> None:
-    src, _ = rates
+    src, dst = rates
     x = tone(700, src) // 2 + tone(2100, src) // 3 + noise(src // 2, scale=2000) // 2
     a = stream(rates, x, src * 20 // 1000)
     b = stream(rates, x, src * 7 // 1000)
-    assert a.size == b.size == (x.size * 3 if src == 8000 else -(-x.size // 3))
+    assert a.size == b.size == (x.size * dst // src if src == 8000 else -(-x.size // (src // dst)))
     worst = int(np.abs(a.astype(np.int32) - b).max())
     assert worst <= 2, f"{worst} LSB apart"
 

@@ -18,6 +18,11 @@ from tests.stack import in_process_stack
 COMBOS = [
     pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA-audio"),
     pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB-flat"),
+    # The report's REALTIME_AUDIO_RATE: the transcoder and the session both at 48 kHz.
+    pytest.param(
+        {"realtime_schema": "audio", "realtime_beta_header": False, "realtime_audio_rate": 48000},
+        id="comboA-48k",
+    ),
 ]
 
 
@@ -40,12 +45,14 @@ async def test_a_call_through_the_three_services(combo: dict) -> None:  # type: 
         await session.wait_closed(timeout=10)
     expected_dialect = "ga" if combo["realtime_schema"] == "audio" else "beta"
     assert session.dialect == expected_dialect
+    rate = combo.get("realtime_audio_rate", 24000)
+    assert session.rate == rate  # what the session was told, and what it was sent
     # The caller's audio reached the model, resampled back to 8 kHz it matches what was said.
-    heard_by_model = pcm24_to_8k(bytes(session.input_audio))
+    heard_by_model = pcm24_to_8k(bytes(session.input_audio), rate)
     assert similarity(audio, heard_by_model) >= 0.95
     # The model's reply reached the caller.
     assert session.responses, "the emulator never answered"
-    reply = pcm24_to_8k(bytes(session.responses[0].audio))
+    reply = pcm24_to_8k(bytes(session.responses[0].audio), rate)
     got = mulaw_decode(result.received_audio)
     assert similarity(reply[: reply.size // 2], got, max_lag=2000) >= 0.9
     assert result.violations == []

@@ -64,6 +64,8 @@ def test_secret_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"REALTIME_COMMIT_FRAMES": "-3"}, "REALTIME_COMMIT_FRAMES='-3'"),
         ({"REALTIME_AUDIO_RATE": "16000"}, "REALTIME_AUDIO_RATE=16000"),
         ({"REALTIME_AUDIO_RATE": "16000", "REALTIME_SCHEMA": "auto"}, ">= 24000"),
+        ({"REALTIME_AUDIO_RATE": "48000", "REALTIME_SCHEMA": "auto"}, "falls back"),
+        ({"REALTIME_AUDIO_RATE": "44100"}, "whole multiples"),
         ({"REDIS_URL": "http://nope"}, "REDIS_URL='http://nope'"),
         ({"REDIS_URL": "redis://host:port/0"}, "REDIS_URL="),
         ({"REALTIME_BETA_HEADER": "yes please"}, "REALTIME_BETA_HEADER"),
@@ -82,10 +84,45 @@ def test_bad_values_name_the_variable(
     assert needle in str(err.value)
 
 
-def test_flat_schema_may_use_a_lower_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REALTIME_SCHEMA", "flat")
+def test_the_rate_is_the_audio_schemas_and_flat_pcm16_is_always_24k(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REALTIME_AUDIO_RATE", "48000")
+    assert load_settings().pcm_rate == 48000
+    monkeypatch.setenv("REALTIME_SCHEMA", "flat")  # the report: the rate is for the audio schema
     monkeypatch.setenv("REALTIME_AUDIO_RATE", "16000")
-    assert load_settings().realtime_audio_rate == 16000
+    assert load_settings().pcm_rate == 24000
+
+
+def test_the_header_follows_the_schema_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().realtime_beta_header is False
+    monkeypatch.setenv("REALTIME_SCHEMA", "flat")
+    s = load_settings()
+    assert s.realtime_beta_header is True and s.unverified_combo() is None
+    monkeypatch.setenv("REALTIME_BETA_HEADER", "")
+    assert load_settings().realtime_beta_header is True
+    monkeypatch.setenv("REALTIME_BETA_HEADER", "0")
+    assert "REALTIME_BETA_HEADER=1" in (load_settings().unverified_combo() or "")
+    monkeypatch.setenv("REALTIME_SCHEMA", "audio")
+    monkeypatch.setenv("REALTIME_BETA_HEADER", "1")
+    assert "REALTIME_BETA_HEADER=0" in (load_settings().unverified_combo() or "")
+    monkeypatch.setenv("REALTIME_SCHEMA", "auto")
+    assert load_settings().unverified_combo() is None  # auto negotiates either combo
+
+
+def test_a_service_refuses_a_pair_outside_the_reports_combos() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update(REALTIME_SCHEMA="flat", REALTIME_BETA_HEADER="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.realtime_worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "REALTIME_SCHEMA=flat needs REALTIME_BETA_HEADER=1" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def caller_speech(ms: int, rate: int) -> bytes:
     audio8k = np.resize(audio8k, need) if audio8k.size < need else audio8k[:need]
     if rate == 8000:
         return audio8k.tobytes()
-    return StreamResampler(8000, 24000).process(audio8k).tobytes()
+    return StreamResampler(8000, rate).process(audio8k).tobytes()
 
 
 @dataclass
@@ -121,8 +121,8 @@ async def _converse(ws, dialect, plan, settings, result, t0):  # type: ignore[no
             if isinstance(plan, DialectNegotiator):
                 plan.on_event(event)
             sent_audio = True
-            pcm = caller_speech(settings.audio_ms, settings.realtime_audio_rate)
-            step = settings.realtime_audio_rate // 50 * 2
+            pcm = caller_speech(settings.audio_ms, settings.pcm_rate)
+            step = settings.pcm_rate // 50 * 2
             for i in range(0, len(pcm), step):
                 await ws.send(dialect.append_audio(pcm[i : i + step]))
             await ws.send(json.dumps(dialect.commit()))
@@ -176,7 +176,7 @@ async def main_async(settings: Settings) -> int:
 
 
 def main() -> None:
-    settings = settings_or_exit("smoke")
+    settings = settings_or_exit("smoke", any_combo=True)
     sys.exit(asyncio.run(main_async(settings)))
 
 

@@ -108,7 +108,7 @@ class _CallPump:
 
     def __init__(self, redis: aioredis.Redis, keys: CallKeys, settings: Settings) -> None:
         self.redis = redis
-        self.core = CallTranscoder()
+        self.core = CallTranscoder(settings.pcm_rate)
         self.targets = {keys.in_pcmu: keys.in_pcm, keys.out_pcm: keys.out_pcmu}
         self.convert = {keys.in_pcmu: self.core.inbound, keys.out_pcm: self.core.outbound}
         self.direction = {keys.in_pcmu: FRAMES.labels("in"), keys.out_pcm: FRAMES.labels("out")}
