@@ -247,6 +247,9 @@ _BETA_ONLY = (
     "response.voice",
     "response.output_audio_format",
 )
+# The close code the live API ends a beta-header session with once the beta shape is disabled
+# (PROTOCOLS, known hazards), after an error with code beta_api_shape_disabled.
+BETA_SHAPE_DISABLED_CLOSE = 4000
 _PARAM_RE = re.compile(r"Unknown parameter: '([^']+)'")
 
 
@@ -586,7 +589,7 @@ class DialectNegotiator:
 
     def on_close(self, code: int, reason: str) -> NegotiationStep:
         """The server closed before accepting: 4000 is the beta shape being disabled."""
-        if self.accepted is None and code == 4000:
+        if self.accepted is None and code == BETA_SHAPE_DISABLED_CLOSE:
             return self._mismatch(f"closed {code} {reason}".strip())
         return None
 

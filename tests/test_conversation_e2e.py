@@ -110,3 +110,80 @@ async def test_transcripts_of_both_sides_can_be_read_back_and_keys_expire() -> N
         assert roles == {"caller", "assistant"}
         for key in await redis.keys(f"call:{{{result.call_sid}}}:*"):
             assert await redis.ttl(key) > 0, key
+
+
+class RefusingRealtime:
+    """A Realtime server that refuses every session the way the live API does, and counts how
+    many times it was asked: ``close_4000`` as a disabled beta shape, else an ``invalid_value``
+    error (with a null ``param``) answering the session.update."""
+
+    def __init__(self, close_4000: bool) -> None:
+        self.close_4000 = close_4000
+        self.connections = 0
+        self._server: object = None
+
+    async def __aenter__(self) -> str:
+        from websockets.asyncio.server import serve
+
+        self._server = server = await serve(self._handle, "127.0.0.1", 0)
+        port = next(iter(server.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/v1/realtime"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()  # type: ignore[attr-defined]
+        await self._server.wait_closed()  # type: ignore[attr-defined]
+
+    async def _handle(self, ws) -> None:  # type: ignore[no-untyped-def]
+        import json
+
+        self.connections += 1
+        await ws.send(json.dumps({"type": "session.created", "event_id": "e0", "session": {}}))
+        if self.close_4000:
+            await ws.close(4000, "beta_api_shape_disabled")
+            return
+        update = json.loads(await ws.recv())
+        error = {
+            "type": "invalid_request_error",
+            "code": "invalid_value",
+            "message": "Invalid value: 'nobody'. Supported values are: 'alloy', 'ash'.",
+            "param": None,
+            "event_id": update.get("event_id"),
+        }
+        await ws.send(json.dumps({"type": "error", "event_id": "e1", "error": error}))
+        await ws.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("close_4000", "combo"),
+    [
+        (False, {"realtime_schema": "audio"}),
+        (True, {"realtime_schema": "flat"}),
+    ],
+    ids=["update-refused", "closed-4000"],
+)
+async def test_a_refused_session_ends_the_call_at_once_and_is_not_retried(
+    close_4000: bool,
+    combo: dict,  # type: ignore[type-arg]
+) -> None:
+    """The configured combo refused for good: asking again with the same session would be refused
+    again, so the call ends for the caller (outcome realtime_refused) after one attempt, rather
+    than retrying for REALTIME_RESTORE_SECONDS."""
+    server = fakeredis.FakeServer()
+    refusing = RefusingRealtime(close_4000)
+    async with refusing as url:
+        async with in_process_stack(
+            lambda: fakeredis.FakeAsyncRedis(server=server),
+            realtime_url=url,
+            realtime_restore_seconds=60,
+            **combo,
+        ) as stack:
+            result = await asyncio.wait_for(
+                place_call(stack.media_url, speech("Hello?"), hold_after_s=30, max_duration_s=60),
+                30,
+            )
+            events = await stack.redis.xrange(CallKeys.for_call(result.call_sid).events)
+    assert result.closed_by_gateway
+    decoded = [decode_event(f) for _, f in events]
+    reasons = [e.data.get("reason") for e in decoded if e.kind == "ended"]
+    assert reasons == ["realtime_refused"]
+    assert refusing.connections == 1

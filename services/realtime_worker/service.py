@@ -51,9 +51,11 @@ from shared.observability import (
     serve_metrics,
 )
 from shared.realtime_dialect import (
+    BETA_SHAPE_DISABLED_CLOSE,
     Accepted,
     Combo,
     DialectNegotiator,
+    ErrorKind,
     Failed,
     RealtimeDialect,
     RealtimeProtocolError,
@@ -460,20 +462,29 @@ class RealtimeWorker:
         self, ws: ClientConnection, dialect: RealtimeDialect, negotiator: DialectNegotiator | None
     ) -> str | None:
         """session.created -> session.update -> session.updated; a reason to switch, or None."""
+        try:
+            return await self._handshake_events(ws, dialect, negotiator)
+        except ConnectionClosed as exc:  # while waiting or while sending the update
+            code = exc.rcvd.code if exc.rcvd else 1006
+            reason = exc.rcvd.reason if exc.rcvd else ""
+            if negotiator:
+                step = negotiator.on_close(code, reason)
+                if isinstance(step, Switch):
+                    return step.reason
+                if isinstance(step, Failed):
+                    raise SessionRefused(step.reason) from None
+            elif code == BETA_SHAPE_DISABLED_CLOSE:
+                # The configured combo is gone for good (PROTOCOLS: the beta shape disabled):
+                # reconnecting with it would only be refused again.
+                raise SessionRefused(f"closed {code} {reason}".strip()) from None
+            raise
+
+    async def _handshake_events(
+        self, ws: ClientConnection, dialect: RealtimeDialect, negotiator: DialectNegotiator | None
+    ) -> str | None:
         sent = False
         while True:
-            try:
-                message = await ws.recv()
-            except ConnectionClosed as exc:
-                if negotiator:
-                    step = negotiator.on_close(
-                        exc.rcvd.code if exc.rcvd else 1006, exc.rcvd.reason if exc.rcvd else ""
-                    )
-                    if isinstance(step, Switch):
-                        return step.reason
-                    if isinstance(step, Failed):
-                        raise SessionRefused(step.reason) from None
-                raise
+            message = await ws.recv()
             try:
                 event = dialect.parse(message)
             except RealtimeProtocolError:
@@ -495,7 +506,10 @@ class RealtimeWorker:
                 return None
             if isinstance(event, ServerError):
                 REALTIME_ERRORS.labels(label(event.code or "unknown")).inc()
-                if event.kind.name in ("DIALECT_MISMATCH", "FATAL"):
+                # Nothing but the session.update has been sent: any error that is not one of the
+                # report's benign ones refuses it (a bad voice, say), and the same update would
+                # be refused again on every reconnect.
+                if sent and event.kind is not ErrorKind.BENIGN:
                     raise SessionRefused(f"{event.code}: {event.message}")
 
     async def healthy(self) -> bool:
