@@ -147,7 +147,12 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in {"https", "http", "wss", "ws"} or not parts.hostname:
             raise ValueError("must be an https:// base URL with a host")
-        return value.rstrip("/")
+        if parts.query or parts.fragment:
+            raise ValueError("must be a base URL, without a query or fragment")
+        # Twilio calls the webhook over https and dials the stream over wss on the same host:
+        # a wss:// base names the same place as https://, and signatures are over the https form.
+        scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
+        return f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
     @model_validator(mode="after")
     def _rate_fits_schema(self) -> Settings:
@@ -203,16 +208,17 @@ class Settings(BaseSettings):
         host = urlsplit(self.realtime_url).hostname or ""
         return host in {"127.0.0.1", "localhost", "::1"}
 
-    def public_media_url(self) -> str:
-        """The ``wss://`` URL Twilio dials for Media Streams (and signs), from ``PUBLIC_URL``."""
-        base = self.public_url or f"http://{self.edge_host}:{self.edge_port}"
+    def public_media_url(self, base: str | None = None) -> str:
+        """The ``wss://`` URL Twilio dials for Media Streams (and signs), from ``PUBLIC_URL``
+        (or ``base``, the edge's address as the request reached it, when that is unset)."""
+        base = self.public_url or base or f"http://{self.edge_host}:{self.edge_port}"
         parts = urlsplit(base)
-        scheme = "wss" if parts.scheme in {"https", "wss"} else "ws"
+        scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/media"
 
-    def public_twiml_url(self) -> str:
+    def public_twiml_url(self, base: str | None = None) -> str:
         """The webhook URL to give Twilio (``https://<PUBLIC_URL host>/twiml``)."""
-        base = self.public_url or f"http://{self.edge_host}:{self.edge_port}"
+        base = self.public_url or base or f"http://{self.edge_host}:{self.edge_port}"
         return f"{base.rstrip('/')}/twiml"
 
 

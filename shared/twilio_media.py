@@ -182,9 +182,10 @@ class TwilioMediaSession:
 
     Counters for the shell's metrics: ``frames_in`` (media accepted), ``sequence_gaps`` (times
     ``sequenceNumber`` did not follow the previous one: a skip or a step back), ``rejected``
-    (messages refused with :class:`TwilioProtocolError`). The sequence number of every message
-    of this stream is noted, even when its body is then refused, so that a refused message does
-    not also show up as a gap.
+    (messages refused with :class:`TwilioProtocolError`), ``start_refused`` (the stream's
+    start was refused, so it will never carry audio: the shell hangs up). The sequence number of
+    every message of this stream is noted, even when its body is then refused, so that a refused
+    message does not also show up as a gap.
     """
 
     state: StreamState = StreamState.NEW
@@ -196,6 +197,7 @@ class TwilioMediaSession:
     frames_in: int = 0
     sequence_gaps: int = 0
     rejected: int = 0
+    start_refused: bool = False  # the start was refused: the stream can carry nothing
 
     def receive(self, message: str | bytes) -> list[Event]:
         """The events one WebSocket message from Twilio carries; raises TwilioProtocolError."""
@@ -221,7 +223,12 @@ class TwilioMediaSession:
         if event == "media":  # the hot path first
             return [self._media(data)]
         if event == "start":
-            return [self._start(data)]
+            try:
+                return [self._start(data)]
+            except (MalformedMessage, StreamMismatch):
+                # A stream whose start cannot be taken will never carry audio we can use.
+                self.start_refused = self.state is StreamState.NEW
+                raise
         if event == "connected":
             return [self._connected(data)]
         if event == "mark":

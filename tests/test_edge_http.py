@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -16,19 +17,28 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from services.twilio_edge.service import run_edge
 from shared.settings import load_settings
+from shared.streams import (
+    CallKeys,
+    DtmfPressed,
+    InboundFrame,
+    StreamEnd,
+    decode_control,
+    decode_inbound,
+)
+from tests.conftest import wait_for
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://gw.example.com"
 
 
 @contextlib.asynccontextmanager
-async def edge(**over: object) -> AsyncIterator[int]:
+async def edge(server: fakeredis.FakeServer | None = None, **over: object) -> AsyncIterator[int]:
     settings = load_settings(
         **{"edge_host": "127.0.0.1", "edge_port": 0, "public_url": PUBLIC, **over}
     )
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    redis = fakeredis.FakeAsyncRedis(server=server or fakeredis.FakeServer())
     task = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=redis))
     try:
         yield await asyncio.wait_for(port, 10)
@@ -137,3 +147,147 @@ async def test_body_too_large_is_refused() -> None:
     async with edge() as port:
         status, _ = await http(port, "POST", "/twiml", b"a=" + b"x" * 70000)
         assert status == 413
+
+
+async def test_without_public_url_the_request_says_what_twilio_signed() -> None:
+    """No PUBLIC_URL: the webhook and the stream URL come from the Host the request was sent to,
+    and the scheme a TLS-terminating proxy reports, because that is the URL Twilio signed."""
+    validator = RequestValidator(TOKEN)
+    async with edge(twilio_auth_token=TOKEN, public_url="") as port:
+        body = urlencode(FORM).encode()
+        direct = validator.compute_signature(f"http://127.0.0.1:{port}/twiml", FORM)
+        status, twiml = await http(port, "POST", "/twiml", body, {"X-Twilio-Signature": direct})
+        assert status == 200 and f'url="ws://127.0.0.1:{port}/media"'.encode() in twiml
+        proxied = {"Host": "voice.example.org", "X-Forwarded-Proto": "https"}
+        sig = validator.compute_signature("https://voice.example.org/twiml?x=1", FORM)
+        status, twiml = await http(
+            port, "POST", "/twiml?x=1", body, {**proxied, "X-Twilio-Signature": sig}
+        )
+        assert status == 200 and b'url="wss://voice.example.org/media"' in twiml
+        # Signed over the other URL: refused.
+        wrong = {**proxied, "X-Twilio-Signature": direct}
+        assert (await http(port, "POST", "/twiml", body, wrong))[0] == 403
+        media_sig = validator.compute_signature("wss://voice.example.org/media", {})
+        status, _ = await http(
+            port, "GET", "/media", headers={**proxied, "X-Twilio-Signature": media_sig}
+        )
+        assert status != 403  # past the signature (not a WebSocket upgrade, so not 101 either)
+        status, _ = await http(
+            port, "GET", "/media", headers={**proxied, "X-Twilio-Signature": sig}
+        )
+        assert status == 403
+        sig = validator.compute_signature(f"ws://127.0.0.1:{port}/media", {})
+        async with connect(
+            f"ws://127.0.0.1:{port}/media", additional_headers={"X-Twilio-Signature": sig}
+        ):
+            pass
+        status, _ = await http(port, "GET", "/twiml", headers={"Host": "bad host<>"})
+        assert status == 400
+
+
+async def test_a_repeated_form_field_is_signed_with_every_value() -> None:
+    validator = RequestValidator(TOKEN)
+    async with edge(twilio_auth_token=TOKEN) as port:
+        pairs = [*FORM.items(), ("Tag", "b"), ("Tag", "a")]
+
+        class Multi(dict):  # type: ignore[type-arg]
+            def getlist(self, name: str) -> list[str]:
+                return [v for k, v in pairs if k == name]
+
+        sig = validator.compute_signature(f"{PUBLIC}/twiml", Multi(pairs))
+        status, _ = await http(
+            port, "POST", "/twiml", urlencode(pairs).encode(), {"X-Twilio-Signature": sig}
+        )
+        assert status == 200
+
+
+async def test_a_chunked_webhook_body_gets_411() -> None:
+    async with edge() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = urlencode(FORM).encode()
+        writer.write(
+            b"POST /twiml HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert raw.split(b" ", 2)[1] == b"411"
+
+
+def test_a_wss_public_url_is_the_https_one() -> None:
+    settings = load_settings(public_url="wss://gw.example.com/")
+    assert settings.public_twiml_url() == "https://gw.example.com/twiml"
+    assert settings.public_media_url() == "wss://gw.example.com/media"
+
+
+async def test_a_media_flood_is_limited_but_stop_and_key_presses_are_never_dropped() -> None:
+    server = fakeredis.FakeServer()
+    async with edge(server, max_messages_per_second=10) as port:  # a burst of 20 frames
+        sid, call = "MZ" + "a" * 32, "CA" + "b" * 32
+        payload = base64.b64encode(b"\xff" * 160).decode()
+        fmt = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+        async with connect(f"ws://127.0.0.1:{port}/media") as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1"}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "sequenceNumber": "1",
+                        "streamSid": sid,
+                        "start": {"streamSid": sid, "callSid": call, "mediaFormat": fmt},
+                    }
+                )
+            )
+            for n in range(200):
+                media = {
+                    "track": "inbound",
+                    "chunk": str(n + 1),
+                    "timestamp": str(20 * n),
+                    "payload": payload,
+                }
+                await ws.send(
+                    json.dumps(
+                        {
+                            "event": "media",
+                            "sequenceNumber": str(n + 2),
+                            "streamSid": sid,
+                            "media": media,
+                        }
+                    )
+                )
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "dtmf",
+                        "sequenceNumber": "202",
+                        "streamSid": sid,
+                        "dtmf": {"track": "inbound_track", "digit": "7"},
+                    }
+                )
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": "203",
+                        "streamSid": sid,
+                        "stop": {"accountSid": "AC1", "callSid": call},
+                    }
+                )
+            )
+        redis = fakeredis.FakeAsyncRedis(server=server)
+        keys = CallKeys.for_call(call)
+
+        async def ended() -> list:  # type: ignore[type-arg]
+            entries = [decode_inbound(f) for _, f in await redis.xrange(keys.in_pcmu)]
+            return entries if entries and isinstance(entries[-1], StreamEnd) else []
+
+        inbound = await wait_for(ended, timeout=10)
+    frames = [e for e in inbound if isinstance(e, InboundFrame)]
+    assert 15 <= len(frames) <= 40  # the flood was cut to the bucket
+    assert inbound[-1].reason == "stop"
+    controls = [decode_control(f) for _, f in await redis.xrange(keys.ctl)]
+    assert DtmfPressed("7") in controls

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from shared.audio import mulaw_decode, mulaw_encode
 from sim.openai_realtime import RealtimeEmulator
@@ -219,18 +220,21 @@ async def test_bad_input_never_takes_the_edge_down_or_touches_another_call(rig: 
         "[]",
         '{"event":"media"}',
         '{"event":"nope"}',
-        json.dumps(
-            {
-                "event": "start",
-                "start": {
-                    "callSid": "CA{evil}",
-                    "streamSid": "MZ1",
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-            }
-        ),
         json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "@@@"}}),
     ]
+    evil_start = {
+        "event": "start",
+        "start": {
+            "callSid": "CA{evil}",
+            "streamSid": "MZ1",
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    }
+    async with connect(url) as ws:  # a start that cannot be taken: hung up, not left silent
+        await ws.send(json.dumps(evil_start))
+        with pytest.raises(ConnectionClosed) as hung_up:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert hung_up.value.rcvd is not None and hung_up.value.rcvd.code == 1008
     async with connect(url) as ws:
         for message in junk:
             await ws.send(message)

@@ -209,6 +209,7 @@ def test_bad_starts_are_refused_and_leave_the_stream_new(
         s.receive(start(**inner))
     assert err.value.reason == reason
     assert (s.state, s.stream_sid, s.call_sid) == ("new", "", "")
+    assert s.start_refused  # the shell hangs up such a stream
     assert isinstance(s.receive(start())[0], tw.StreamStarted)
 
 
@@ -216,7 +217,15 @@ def test_start_for_another_stream_is_refused() -> None:
     s = tw.TwilioMediaSession()
     with pytest.raises(tw.StreamMismatch):
         s.receive(start(outer={"streamSid": "MZ" + "f" * 32}))
-    assert s.state == "new"
+    assert s.state == "new" and s.start_refused
+
+
+def test_a_second_start_does_not_mark_the_stream_refused() -> None:
+    s = tw.TwilioMediaSession()
+    s.receive(start())
+    with pytest.raises(tw.OutOfOrder):
+        s.receive(start())
+    assert s.state == "started" and not s.start_refused
 
 
 @pytest.mark.parametrize(

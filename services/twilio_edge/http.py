@@ -27,6 +27,7 @@ class EdgeConnection(ServerConnection):
         self._sniff: bytearray | None = bytearray()
         self.http_body: bytes = b""
         self.body_too_large = False
+        self.length_required = False  # a chunked body, which a webhook never sends
         self._discard = False
 
     def data_received(self, data: bytes) -> None:
@@ -50,15 +51,19 @@ class EdgeConnection(ServerConnection):
         kept = []
         for line in lines:
             name, sep, value = line.partition(b":")
-            if sep and name.strip().lower() == b"content-length":
+            header = name.strip().lower() if sep else b""
+            if header == b"content-length":
                 try:
                     length = int(value.strip())
                 except ValueError:
                     length = MAX_BODY_BYTES + 1
                 continue
+            if header == b"transfer-encoding":
+                self.length_required = True
+                continue
             kept.append(line)
-        if length > MAX_BODY_BYTES:
-            self.body_too_large = True
+        if length > MAX_BODY_BYTES or self.length_required:
+            self.body_too_large = not self.length_required
             self._pass_through(b"\r\n".join(kept))
             self._discard = True
             return
@@ -73,12 +78,26 @@ class EdgeConnection(ServerConnection):
         self._sniff = None
         super().data_received(data)
 
-    def form(self) -> dict[str, str]:
+    def form(self) -> Form:
         """The POST body as form fields (Twilio's webhook parameters)."""
         try:
-            return dict(parse_qsl(self.http_body.decode("utf-8"), keep_blank_values=True))
+            return Form(parse_qsl(self.http_body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
-            return {}
+            return Form([])
+
+
+class Form(dict[str, str]):
+    """Form fields, each name's last value as a dict, keeping every value of a repeated name
+    too: Twilio's signature covers them all (``RequestValidator`` reads ``getlist``)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        super().__init__(pairs)
+        self._all: dict[str, list[str]] = {}
+        for name, value in pairs:
+            self._all.setdefault(name, []).append(value)
+
+    def getlist(self, name: str) -> list[str]:
+        return self._all.get(name, [])
 
 
 def respond(

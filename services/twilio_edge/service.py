@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -100,16 +101,24 @@ class CallBridge:
     async def run(self) -> None:
         try:
             async for message in self.ws:
-                if not self.bucket.allow(time.monotonic()):
-                    reject("edge_rate_limited")
-                    continue
                 try:
                     events = self.session.receive(message)
                 except tw.TwilioProtocolError as exc:
                     reject(f"twilio_{exc.reason}")
                     log.warning("rejected a Twilio message: %s", exc)
+                    if self.session.start_refused:
+                        # The call cannot be carried: say so to Twilio rather than leave it
+                        # connected to silence.
+                        await self.ws.close(1008, f"start refused: {exc.reason}"[:100])
+                        break
                     continue
                 for event in events:
+                    # Only audio is rate-limited: a stop, mark or key press is never dropped.
+                    if isinstance(event, tw.InboundMedia) and not self.bucket.allow(
+                        time.monotonic()
+                    ):
+                        reject("edge_rate_limited")
+                        continue
                     await self._on_event(event)
         except ConnectionClosed:
             pass
@@ -255,6 +264,17 @@ class CallBridge:
             await self.ws.close(1000, command.reason[:100])
 
 
+# A Host header the edge will build a URL from: a name or address, and a port.
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def _one_header(request: Request, name: str) -> str | None:
+    """A header's value; ``None`` when it is missing or repeated (a request cannot be trusted to
+    mean either of two values)."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
 class Edge:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
@@ -264,17 +284,31 @@ class Edge:
         self.validator = RequestValidator(token.get_secret_value()) if token else None
         self.bridges: set[CallBridge] = set()
 
-    def _public_url(self, path: str) -> str:
-        base = (
-            self.settings.public_url
-            or f"http://{self.settings.edge_host}:{self.settings.edge_port}"
+    def _base_url(self, request: Request) -> str | None:
+        """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
+        (its Host, and the scheme a TLS-terminating proxy reports), which is the URL Twilio
+        signed. ``None`` when the Host header is not a host name."""
+        if self.settings.public_url:
+            return self.settings.public_url
+        host = _one_header(request, "Host")
+        if host is None or not _HOST_RE.fullmatch(host):
+            return None
+        proto = (_one_header(request, "X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+        return f"{'https' if proto == 'https' else 'http'}://{host}"
+
+    def _signed_url(self, base: str, request: Request) -> str:
+        """What Twilio signed for this request: the public URL of its path, with its query."""
+        parts = urlsplit(request.path)
+        path = "/media" if parts.path == "/media" else "/twiml"
+        url = self.settings.public_media_url(base) if path == "/media" else (
+            self.settings.public_twiml_url(base)
         )
-        return base.rstrip("/") + path
+        return f"{url}?{parts.query}" if parts.query else url
 
     def _signed(self, url: str, params: dict[str, str], request: Request) -> bool:
         if self.validator is None:
             return True
-        signature = request.headers.get("X-Twilio-Signature", "")
+        signature = _one_header(request, "X-Twilio-Signature") or ""
         ok = bool(signature) and self.validator.validate(url, params, signature)
         if not ok:
             reject("bad_signature" if signature else "missing_signature")
@@ -285,7 +319,11 @@ class Edge:
         if path == "/media":
             if request.method != "GET":
                 return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "use a WebSocket GET\n")
-            if not self._signed(self.settings.public_media_url(), {}, request):
+            base = self._base_url(request)
+            if base is None:
+                reject("edge_bad_host")
+                return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
+            if not self._signed(self._signed_url(base, request), {}, request):
                 return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
             if len(self.bridges) >= self.settings.max_calls:
                 reject("edge_max_calls")
@@ -304,25 +342,30 @@ class Edge:
         return respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     def _twiml(self, conn: ServerConnection, request: Request) -> Response:
+        base = self._base_url(request)
+        if base is None:
+            reject("edge_bad_host")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
         if request.method == "POST":
             assert isinstance(conn, EdgeConnection)
             if conn.body_too_large:
                 reject("edge_body_too_large")
                 return respond(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large\n")
+            if conn.length_required:
+                reject("edge_body_chunked")
+                return respond(http.HTTPStatus.LENGTH_REQUIRED, "send a Content-Length\n")
             params = conn.form()
-            signed_url = self._public_url(request.path)
         elif request.method == "GET":
             params = {}
-            signed_url = self._public_url(request.path)
         else:
             return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "GET or POST\n")
-        if not self._signed(signed_url, params, request):
+        if not self._signed(self._signed_url(base, request), params, request):
             return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
         fields = (
             params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
         )
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
-        twiml = tw.connect_stream_twiml(self.settings.public_media_url(), parameters)
+        twiml = tw.connect_stream_twiml(self.settings.public_media_url(base), parameters)
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
 
     async def handle(self, ws: ServerConnection) -> None:
