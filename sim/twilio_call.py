@@ -272,17 +272,25 @@ async def fetch_twiml(
     request = urllib.request.Request(url, urlencode(form).encode(), headers, method="POST")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an env proxy
 
-    def post() -> bytes:
+    def post() -> tuple[str, bytes]:
         with opener.open(request, timeout=timeout_s) as response:
-            return bytes(response.read())
+            return response.headers.get_content_type(), bytes(response.read())
 
     try:
-        body = await asyncio.to_thread(post)
+        content_type, body = await asyncio.to_thread(post)
     except urllib.error.HTTPError as exc:
         raise WebhookError(f"webhook {url} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WebhookError(f"webhook {url} unreachable: {exc}") from None
+    if content_type not in TWIML_CONTENT_TYPES:
+        # Twilio's error 12300: it reads TwiML only from an XML (or HTML) response.
+        raise WebhookError(f"webhook {url} answered Content-Type {content_type!r}, not TwiML")
     return body.decode("utf-8", errors="replace")
+
+
+TWIML_CONTENT_TYPES = frozenset({"text/xml", "application/xml", "text/html"})
+DTMF_DIGITS = frozenset("0123456789*#")
+_LOOPBACK = ("127.", "localhost", "::1")
 
 
 def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
@@ -296,7 +304,13 @@ def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
     if stream is None or not url:
         raise WebhookError(f"TwiML has no <Response><Connect><Stream url>: {twiml[:120]!r}")
     parts = urlsplit(url)
-    if parts.scheme not in ("wss", "ws") or not parts.hostname or parts.query:
+    # Twilio dials only wss:// (error 31922) and takes no query string (parameters go in
+    # <Parameter>). ws:// passes only for a loopback host: a local run without TLS, which Twilio
+    # could not reach anyway.
+    secure = parts.scheme == "wss" or (
+        parts.scheme == "ws" and (parts.hostname or "").startswith(_LOOPBACK)
+    )
+    if not secure or not parts.hostname or parts.query:
         raise WebhookError(f"Stream url must be wss:// with no query string: {url!r}")
     params: dict[str, str] = {}
     for p in stream.findall("Parameter"):
@@ -481,6 +495,8 @@ async def place_call(
     account_sid = account_sid or new_sid("AC")
     params: dict[str, str] = {}
     stream_url = media_url
+    if any(digit not in DTMF_DIGITS for _, digit in dtmf or ()):
+        raise ValueError(f"Twilio sends one digit of 0-9, * or # a press: {dtmf!r}")
     if twiml_url:
         form = {
             "AccountSid": account_sid,
@@ -727,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         dtmf = [(float(t), d) for t, _, d in (x.partition(":") for x in args.dtmf)]
     except ValueError:
         parser.error("--param takes k=v and --dtmf SECONDS:DIGIT")
+    if any(digit not in DTMF_DIGITS for _, digit in dtmf):
+        parser.error("--dtmf takes SECONDS:DIGIT, one of 0-9, * or #")
     public = args.public_url.rstrip("/") if args.public_url else None
     twiml_signed = f"{public}/twiml" if public and args.twiml_url else None
     signed = None

@@ -173,10 +173,36 @@ def test_parse_connect_stream() -> None:
         "<Response><Say>hi</Say></Response>",
         "<Response><Start><Stream url='wss://h/m'/></Start></Response>",  # one-way, not Connect
         "<Response><Connect><Stream url='wss://h/m?x=1'/></Connect></Response>",
+        "<Response><Connect><Stream url='ws://gw.example.com/m'/></Connect></Response>",  # 31922
         "not xml",
     ):
         with pytest.raises(sim.WebhookError):
             sim.parse_connect_stream(bad)
+    # Local runs without TLS: ws:// on loopback only.
+    local = "<Response><Connect><Stream url='ws://127.0.0.1:8080/media'/></Connect></Response>"
+    assert sim.parse_connect_stream(local)[0] == "ws://127.0.0.1:8080/media"
+
+
+async def test_twiml_must_come_as_xml_and_key_presses_are_single_digits() -> None:
+    async def webhook(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = tw.connect_stream_twiml(PUBLIC_WSS, {}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(webhook, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(sim.WebhookError, match="Content-Type"):
+            await sim.fetch_twiml(f"http://127.0.0.1:{port}/twiml", {})
+    for bad in ("12", "x", ""):
+        with pytest.raises(ValueError, match="digit"):
+            await place_call("ws://127.0.0.1:9/media", silence(100), dtmf=[(0.1, bad)])
 
 
 def test_speech_is_deterministic_loud_and_speech_like() -> None:
