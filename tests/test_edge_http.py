@@ -291,3 +291,39 @@ async def test_a_media_flood_is_limited_but_stop_and_key_presses_are_never_dropp
     assert inbound[-1].reason == "stop"
     controls = [decode_control(f) for _, f in await redis.xrange(keys.ctl)]
     assert DtmfPressed("7") in controls
+
+
+async def test_a_second_stream_on_the_same_call_is_refused_not_fed_the_first_ones_replies() -> None:
+    server = fakeredis.FakeServer()
+    call = "CA" + "c" * 32
+    fmt = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+    def start(sid: str) -> str:
+        inner = {"streamSid": sid, "callSid": call, "mediaFormat": fmt}
+        return json.dumps(
+            {"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": inner}
+        )
+
+    async with edge(server) as port:
+        url = f"ws://127.0.0.1:{port}/media"
+        async with connect(url) as ws:
+            await ws.send(start("MZ" + "1" * 32))
+            await ws.send(
+                json.dumps(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": "2",
+                        "streamSid": "MZ" + "1" * 32,
+                        "stop": {},
+                    }
+                )
+            )
+        redis = fakeredis.FakeAsyncRedis(server=server)
+        keys = CallKeys.for_call(call)
+        await wait_for(lambda: redis.hget(keys.meta, b"ended"), timeout=10)
+        async with connect(url) as ws:
+            await ws.send(start("MZ" + "2" * 32))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert (await redis.hget(keys.meta, b"stream_sid")) == b"MZ" + b"1" * 32

@@ -157,7 +157,20 @@ class CallBridge:
             reject("twilio_bad_call_sid")
             await self.ws.close(1008, "bad callSid")
             return
-        self.keys = keys = CallKeys.for_call(event.call_sid)
+        keys = CallKeys.for_call(event.call_sid)
+        earlier = await self._earlier_stream(keys)
+        if earlier is not None and earlier != event.stream_sid:
+            # The pipeline keys a call's audio by CallSid, so a second stream (a <Connect
+            # action> that connects again) would replay the first one's replies and hang-up.
+            reject("edge_second_stream")
+            log.warning(
+                "refused a second Media Stream on call %s (the first was %s)",
+                event.call_sid,
+                earlier,
+            )
+            await self.ws.close(1008, "this call already had a media stream")
+            return
+        self.keys = keys
         self.stream_sid = event.stream_sid
         self.call_cm = call_context(event.call_sid, event.stream_sid)
         self.call_cm.__enter__()
@@ -190,6 +203,15 @@ class CallBridge:
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
         self.playback = OutboundPlayback(event.stream_sid)
         self.reader = asyncio.create_task(self._play_replies(keys))
+
+    async def _earlier_stream(self, keys: CallKeys) -> str | None:
+        """The StreamSid an earlier stream of this call left in its keys (``None``: none, or
+        Redis cannot say now, in which case the call goes ahead as the common case)."""
+        try:
+            value = await self.edge.redis.hget(keys.meta, b"stream_sid")
+        except RETRYABLE:
+            return None
+        return value.decode("ascii", "replace") if value else None
 
     async def _end(self, reason: str) -> None:
         if self.ended or self.keys is None:
