@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     edge_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
     public_url: str = ""
     twilio_auth_token: SecretStr | None = None
+    # The secret of a Twilio SharedKey, for webhooks a Webhook Rule signs with it (HMAC-SHA256).
+    twilio_shared_key_secret: SecretStr | None = None
     max_calls: int = Field(200, ge=1, le=100_000)
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
@@ -231,7 +233,8 @@ def _describe(error: ValidationError) -> str:
     value = first.get("input")
     if not name:
         return message
-    shown = "<hidden>" if name in {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN"} else repr(value)
+    hidden = {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET"}
+    shown = "<hidden>" if name in hidden else repr(value)
     return f"{name}={shown} is not allowed: {message}"
 
 

@@ -26,6 +26,11 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
+from twilio.request_validator import (  # type: ignore[import-untyped]
+    RequestValidator,
+    get_signature_algorithm,
+)
+
 MAX_PAYLOAD_BYTES: Final = 1600  # 200 ms of mu-law; Twilio sends 160 (20 ms)
 MAX_MARK_NAME: Final = 256  # ours are "<item_id>:<end_ms>", a few dozen characters
 MAX_CUSTOM_PARAMETERS: Final = 32
@@ -382,3 +387,46 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
         f"<Response><Connect><Stream url={_xml_text(stream_url)}>{params}</Stream></Connect>"
         "</Response>"
     )
+
+
+# --- request signatures -------------------------------------------------------------------------
+
+SIGNATURE_SETTINGS_HEADER: Final = "X-Twilio-Webhooks-Signature-Settings"
+
+
+class TwilioSignatures:
+    """Which secret and algorithm verify a request Twilio signed.
+
+    Twilio signs with the account's Auth Token (HMAC-SHA1) unless a Webhook Rule matches the URL:
+    then it signs with that rule's SharedKey and names the key and algorithm in
+    ``X-Twilio-Webhooks-Signature-Settings``. The signed string is the same either way (the URL,
+    then the sorted POST parameters), so the ``twilio`` package's ``RequestValidator`` checks
+    both; only the secret and the hash differ.
+    """
+
+    def __init__(self, auth_token: str | None, shared_key_secret: str | None) -> None:
+        self._token = RequestValidator(auth_token) if auth_token else None
+        self._shared = RequestValidator(shared_key_secret) if shared_key_secret else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._token is not None or self._shared is not None
+
+    def refusal(
+        self, url: str, params: Any, signature: str | None, settings_header: str | None
+    ) -> str | None:
+        """Why the request is refused (a metric label), or ``None`` when it verifies (or no
+        secret is configured). ``params`` may keep repeated names (``getlist``)."""
+        if not self.enabled:
+            return None
+        if not signature:
+            return "missing_signature"
+        if settings_header:
+            if self._shared is None:
+                return "shared_key_not_configured"
+            validator, algorithm = self._shared, get_signature_algorithm(settings_header)
+        else:
+            if self._token is None:
+                return "auth_token_not_configured"
+            validator, algorithm = self._token, None
+        return None if validator.validate(url, params, signature, algorithm) else "bad_signature"

@@ -327,3 +327,37 @@ async def test_a_second_stream_on_the_same_call_is_refused_not_fed_the_first_one
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert (await redis.hget(keys.meta, b"stream_sid")) == b"MZ" + b"1" * 32
+
+
+async def test_a_shared_key_signature_is_checked_with_its_secret_and_algorithm() -> None:
+    """A Webhook Rule makes Twilio sign with a SharedKey (HMAC-SHA256) and name it in
+    X-Twilio-Webhooks-Signature-Settings; without the header the Auth Token (SHA-1) applies."""
+    secret = "shared-key-secret-0123456789"
+    settings_header = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
+    body = urlencode(FORM).encode()
+    url = f"{PUBLIC}/twiml"
+    sha256 = RequestValidator(secret).compute_signature(url, FORM, "HMAC_SHA256")
+    shared = {"X-Twilio-Webhooks-Signature-Settings": settings_header}
+    async with edge(twilio_auth_token=TOKEN, twilio_shared_key_secret=secret) as port:
+        good = {**shared, "X-Twilio-Signature": sha256}
+        assert (await http(port, "POST", "/twiml", body, good))[0] == 200
+        # The same secret with SHA-1, or the Auth Token's signature under the header: refused.
+        sha1 = RequestValidator(secret).compute_signature(url, FORM)
+        assert (await http(port, "POST", "/twiml", body, {**shared, "X-Twilio-Signature": sha1}))[
+            0
+        ] == 403
+        token_sig = RequestValidator(TOKEN).compute_signature(url, FORM)
+        with_token = {**shared, "X-Twilio-Signature": token_sig}
+        assert (await http(port, "POST", "/twiml", body, with_token))[0] == 403
+        # No header: the Auth Token, as before.
+        assert (await http(port, "POST", "/twiml", body, {"X-Twilio-Signature": token_sig}))[
+            0
+        ] == 200
+        # An algorithm the validator does not know: refused.
+        odd = {"X-Twilio-Webhooks-Signature-Settings": "key=k,algorithm=HMAC_MD5"}
+        assert (await http(port, "POST", "/twiml", body, {**odd, "X-Twilio-Signature": sha256}))[
+            0
+        ] == 403
+    # The edge has no SharedKey secret: a request signed with one is refused, not trusted.
+    async with edge(twilio_auth_token=TOKEN) as port:
+        assert (await http(port, "POST", "/twiml", body, good))[0] == 403

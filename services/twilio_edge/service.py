@@ -18,7 +18,6 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -302,8 +301,11 @@ class Edge:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
-        token = settings.twilio_auth_token
-        self.validator = RequestValidator(token.get_secret_value()) if token else None
+        token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
+        self.signatures = tw.TwilioSignatures(
+            token.get_secret_value() if token else None,
+            shared.get_secret_value() if shared else None,
+        )
         self.bridges: set[CallBridge] = set()
 
     def _base_url(self, request: Request) -> str | None:
@@ -328,13 +330,22 @@ class Edge:
         return f"{url}?{parts.query}" if parts.query else url
 
     def _signed(self, url: str, params: dict[str, str], request: Request) -> bool:
-        if self.validator is None:
-            return True
-        signature = _one_header(request, "X-Twilio-Signature") or ""
-        ok = bool(signature) and self.validator.validate(url, params, signature)
-        if not ok:
-            reject("bad_signature" if signature else "missing_signature")
-        return ok
+        refusal = self.signatures.refusal(
+            url,
+            params,
+            _one_header(request, "X-Twilio-Signature"),
+            _one_header(request, tw.SIGNATURE_SETTINGS_HEADER),
+        )
+        if refusal is not None:
+            reject(refusal)
+            if refusal.endswith("_not_configured"):
+                log.error(
+                    "a request was signed with a secret this edge does not have (%s): set %s",
+                    refusal,
+                    "TWILIO_SHARED_KEY_SECRET" if refusal.startswith("shared") else
+                    "TWILIO_AUTH_TOKEN",
+                )
+        return refusal is None
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -429,7 +440,7 @@ async def run_edge(
     redis = redis or connect(settings)
     await prepare(redis)
     edge = Edge(settings, redis)
-    if edge.validator is None:
+    if not edge.signatures.enabled:
         log.warning(
             "TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media"
         )
