@@ -71,6 +71,7 @@ def test_secret_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"REALTIME_BETA_HEADER": "yes please"}, "REALTIME_BETA_HEADER"),
         ({"REALTIME_URL": "https://api.openai.com"}, "REALTIME_URL"),
         ({"EDGE_PORT": "70000"}, "EDGE_PORT"),
+        ({"PUBLIC_URL": "https://gw.example.com/?a=1"}, "without a query"),
         ({"REALTIME_TURN_DETECTION": "maybe"}, "REALTIME_TURN_DETECTION"),
     ],
 )
