@@ -4,9 +4,11 @@
 [--beta-disabled]`` serves ``/v1/realtime?model=...`` like the live API, so the gateway and the
 official ``openai`` client reach it by URL alone. Per connection it speaks the GA dialect, or the
 beta dialect when the ``OpenAI-Beta: realtime=v1`` header is sent, and refuses what the live API
-refused (:mod:`sim.realtime_rules`) with errors of the live API's shape. It runs server VAD on the
-input audio's energy and answers with real speech-like audio: the caller's own committed words
-echoed back, or a synthetic voice when there is nothing to echo (a greeting).
+refused (:mod:`sim.realtime_rules`) with errors of the live API's shape. Input and output audio
+each have their own format (PCM16 at the session's rate, or G.711 mu-law / A-law at 8 kHz). It
+runs server VAD on the decoded input's energy and answers with real speech-like audio in the
+output format: the caller's own committed words echoed back, or a synthetic voice when there is
+nothing to echo (a greeting). A text-only session or response streams text and no audio.
 """
 
 from __future__ import annotations
@@ -31,11 +33,22 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from shared.audio import (
+    AudioFormatError,
+    Int16Array,
+    StreamResampler,
+    mulaw_decode,
+    mulaw_encode,
+)
 from sim.realtime_rules import (
     CLIENT_EVENTS,
+    PCM_24K,
     Rejection,
+    WireFormat,
+    beta_format,
     check_response,
     check_session,
+    ga_format,
     unknown_parameter,
 )
 from sim.realtime_voice import synthetic_voice
@@ -56,13 +69,105 @@ def _http(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
     return Response(status.value, status.phrase, headers, data)
 
 
+# --- wire audio -----------------------------------------------------------------------------------
+# G.711 A-law as two lookup tables, bit-exact with CPython's audioop (alaw2lin / lin2alaw), as
+# shared.audio does for mu-law: the emulator must hear (VAD) and speak the format it was given.
+
+_ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+
+
+def _alaw_decode_table() -> Int16Array:
+    codes = np.arange(256, dtype=np.int32) ^ 0x55  # even bits are sent inverted
+    mantissa = (codes & 0x0F) << 4
+    segment = (codes & 0x70) >> 4
+    magnitude = np.where(
+        segment == 0, mantissa + 8, (mantissa + 0x108) << np.maximum(segment - 1, 0)
+    )
+    return np.where(codes & 0x80, magnitude, -magnitude).astype(np.int16)
+
+
+def _alaw_encode_table() -> np.ndarray[Any, np.dtype[np.uint8]]:
+    # Indexed by the uint16 view of a sample; A-law codes 13-bit samples (the 3 low bits go).
+    value = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16).astype(np.int32)
+    value >>= 3
+    mask = np.where(value >= 0, 0xD5, 0x55)
+    value = np.where(value >= 0, value, -value - 1)
+    segment = np.searchsorted(_ALAW_SEGMENT_ENDS, value)  # 8: beyond the last, saturate
+    quantised = (value >> np.where(segment < 2, 1, segment)) & 0x0F
+    code = np.where(segment >= 8, 0x7F, (np.minimum(segment, 7) << 4) | quantised) ^ mask
+    return (code & 0xFF).astype(np.uint8)
+
+
+_ALAW_DECODE = _alaw_decode_table()
+_ALAW_ENCODE = _alaw_encode_table()
+
+
+def alaw_decode(data: bytes | bytearray | memoryview) -> Int16Array:
+    """A-law bytes -> int16 samples (one per byte), as ``audioop.alaw2lin(data, 2)``."""
+    return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
+
+
+def alaw_encode(samples: Int16Array) -> bytes:
+    """int16 samples -> A-law bytes, as ``audioop.lin2alaw(pcm, 2)``."""
+    return _ALAW_ENCODE.take(samples.view(np.uint16)).tobytes()
+
+
+def decode(fmt: WireFormat, data: bytes | bytearray) -> Int16Array:
+    """Wire bytes of ``fmt`` -> int16 samples at ``fmt.rate`` (a trailing odd PCM byte is
+    dropped: half a sample is not audio)."""
+    if fmt.encoding == "g711_ulaw":
+        return mulaw_decode(data)
+    if fmt.encoding == "g711_alaw":
+        return alaw_decode(data)
+    return np.frombuffer(bytes(data[: len(data) // 2 * 2]), dtype="<i2").astype(np.int16)
+
+
+def encode(fmt: WireFormat, samples: Int16Array) -> bytes:
+    """int16 samples at ``fmt.rate`` -> wire bytes of ``fmt``."""
+    if fmt.encoding == "g711_ulaw":
+        return mulaw_encode(samples)
+    if fmt.encoding == "g711_alaw":
+        return alaw_encode(samples)
+    return samples.astype("<i2").tobytes()
+
+
+def _at_rate(samples: Int16Array, src: int, dst: int) -> Int16Array | None:
+    """``samples`` resampled from ``src`` to ``dst`` Hz, or None when the shared resampler has
+    no such pair (then the emulator answers with its own voice instead of an echo)."""
+    if src == dst:
+        return samples
+    try:
+        return StreamResampler(src, dst).process(samples)
+    except AudioFormatError:
+        return None
+
+
+def _dbfs(samples: Int16Array) -> float:
+    rms = np.sqrt(np.mean(samples.astype(np.float64) ** 2)) if samples.size else 0.0
+    return float(20 * np.log10(max(float(rms), 1e-9) / 32768))
+
+
+# --- records --------------------------------------------------------------------------------------
+
+
 @dataclass
 class ResponseRecord:
+    """One response: what it was asked for (format, modalities, voice) and what it sent."""
+
     id: str
     item_id: str
     instructions: str | None
+    format: WireFormat = PCM_24K
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
+    voice: Any = "alloy"
     status: str = "in_progress"
-    audio: bytearray = field(default_factory=bytearray)
+    cancel_reason: str | None = None
+    audio: bytearray = field(default_factory=bytearray)  # wire bytes of ``format``
+
+    @property
+    def speaks(self) -> bool:
+        """Whether the response carries audio; a text-only one streams text deltas alone."""
+        return "audio" in self.modalities
 
 
 @dataclass
@@ -70,6 +175,26 @@ class _Item:
     id: str
     role: str
     audio_ms: float = 0.0
+    has_audio: bool = False  # whether content part 0 is audio (what truncate may cut)
+
+
+# Event name stems and content part types per dialect.
+_STREAM = {
+    "ga": {
+        "audio": "response.output_audio",
+        "transcript": "response.output_audio_transcript",
+        "text": "response.output_text",
+    },
+    "beta": {
+        "audio": "response.audio",
+        "transcript": "response.audio_transcript",
+        "text": "response.text",
+    },
+}
+_ITEM_CONTENT = {
+    "ga": {"audio": "output_audio", "text": "output_text"},
+    "beta": {"audio": "audio", "text": "text"},
+}
 
 
 class EmulatedSession:
@@ -101,9 +226,11 @@ class EmulatedSession:
         self._record = record
         # session state
         self.instructions = ""
-        self.voice = "alloy"
-        self.rate = 24000
-        self.bytes_per_sample = 2
+        self.voice: Any = "alloy"
+        self.input_format = PCM_24K
+        self.output_format = PCM_24K
+        self.modalities: list[str] = ["audio"] if dialect == "ga" else ["audio", "text"]
+        self.noise_reduction: Any = None
         self.turn_detection: dict[str, Any] | None = {
             "type": "server_vad",
             "threshold": 0.5,
@@ -123,9 +250,14 @@ class EmulatedSession:
         self.speaking = False
         self.silence_ms = 0.0
         self.speech_item: str | None = None
-        self._vad_carry = bytearray()
+        self._vad_carry = bytearray()  # input not yet a whole VAD window, in input_format
         if record:
             record.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def rate(self) -> int:
+        """The sample rate of the caller's audio as the session was told it (input format)."""
+        return self.input_format.rate
 
     # --- recording and waiting ---------------------------------------------------------------
     def _log(self, direction: str, event: dict[str, Any]) -> None:
@@ -211,23 +343,27 @@ class EmulatedSession:
 
     # --- session shape -------------------------------------------------------------------------
     def session_object(self) -> dict[str, Any]:
+        """The effective configuration, echoing what the client set (formats in its words)."""
         if self.dialect == "ga":
-            fmt = {"type": "audio/pcm", "rate": self.rate}
             return {
                 "type": "realtime",
                 "object": "realtime.session",
                 "id": self.id,
                 "model": self.model,
-                "output_modalities": ["audio"],
+                "output_modalities": list(self.modalities),
                 "instructions": self.instructions,
                 "audio": {
                     "input": {
-                        "format": fmt,
+                        "format": self.input_format.ga(),
                         "turn_detection": self.turn_detection,
                         "transcription": self.transcription,
-                        "noise_reduction": None,
+                        "noise_reduction": self.noise_reduction,
                     },
-                    "output": {"format": fmt, "voice": self.voice, "speed": 1.0},
+                    "output": {
+                        "format": self.output_format.ga(),
+                        "voice": self.voice,
+                        "speed": 1.0,
+                    },
                 },
                 "tools": [],
                 "tool_choice": "auto",
@@ -237,11 +373,12 @@ class EmulatedSession:
             "id": self.id,
             "object": "realtime.session",
             "model": self.model,
-            "modalities": ["audio", "text"],
+            "modalities": list(self.modalities),
             "instructions": self.instructions,
             "voice": self.voice,
-            "input_audio_format": "pcm16",
-            "output_audio_format": "pcm16",
+            "input_audio_format": self.input_format.beta(),
+            "output_audio_format": self.output_format.beta(),
+            "input_audio_noise_reduction": self.noise_reduction,
             "turn_detection": self.turn_detection,
             "input_audio_transcription": self.transcription,
             "tools": [],
@@ -250,29 +387,66 @@ class EmulatedSession:
             "max_response_output_tokens": "inf",
         }
 
+    def _set_input_format(self, fmt: WireFormat) -> None:
+        if fmt != self.input_format:
+            self._vad_carry.clear()  # bytes of the old format are no window of the new one
+        self.input_format = fmt
+
     def _apply_session(self, s: dict[str, Any]) -> None:
+        """Take a validated session.update's values (only those present change)."""
         self.instructions = s.get("instructions", self.instructions)
         if self.dialect == "ga":
-            audio = s.get("audio") or {}
-            inp, out = audio.get("input") or {}, audio.get("output") or {}
-            if "format" in inp:
-                fmt = inp["format"]
-                self.rate = int(fmt.get("rate") or 8000)
-                self.bytes_per_sample = 2 if fmt["type"] == "audio/pcm" else 1
-            if "turn_detection" in inp:
-                self.turn_detection = _turn_defaults(inp["turn_detection"])
-            if "transcription" in inp:
-                self.transcription = inp["transcription"]
-            self.voice = out.get("voice", self.voice)
+            self._apply_ga_session(s)
         else:
-            if "input_audio_format" in s:
-                self.bytes_per_sample = 2 if s["input_audio_format"] == "pcm16" else 1
-                self.rate = 24000 if s["input_audio_format"] == "pcm16" else 8000
-            if "turn_detection" in s:
-                self.turn_detection = _turn_defaults(s["turn_detection"])
-            if "input_audio_transcription" in s:
-                self.transcription = s["input_audio_transcription"]
-            self.voice = s.get("voice", self.voice)
+            self._apply_beta_session(s)
+
+    def _apply_ga_session(self, s: dict[str, Any]) -> None:
+        audio = s.get("audio") or {}
+        inp, out = audio.get("input") or {}, audio.get("output") or {}
+        if "format" in inp:
+            self._set_input_format(ga_format(inp["format"], "session.audio.input.format"))
+        if "format" in out:
+            self.output_format = ga_format(out["format"], "session.audio.output.format")
+        if "turn_detection" in inp:
+            self.turn_detection = _turn_defaults(inp["turn_detection"])
+        if "transcription" in inp:
+            self.transcription = inp["transcription"]
+        if "noise_reduction" in inp:
+            self.noise_reduction = inp["noise_reduction"]
+        self.voice = out.get("voice", self.voice)
+        self.modalities = list(s.get("output_modalities") or self.modalities)
+
+    def _apply_beta_session(self, s: dict[str, Any]) -> None:
+        if "input_audio_format" in s:
+            self._set_input_format(beta_format(s["input_audio_format"], "input_audio_format"))
+        if "output_audio_format" in s:
+            self.output_format = beta_format(s["output_audio_format"], "output_audio_format")
+        if "turn_detection" in s:
+            self.turn_detection = _turn_defaults(s["turn_detection"])
+        if "input_audio_transcription" in s:
+            self.transcription = s["input_audio_transcription"]
+        if "input_audio_noise_reduction" in s:
+            self.noise_reduction = s["input_audio_noise_reduction"]
+        self.voice = s.get("voice", self.voice)
+        self.modalities = list(s.get("modalities") or self.modalities)
+
+    def _response_settings(self, r: dict[str, Any]) -> tuple[WireFormat, list[str], Any]:
+        """A validated response.create's format, modalities and voice, the session's where it
+        names none: a response may override them for itself alone."""
+        if self.dialect == "ga":
+            out = (r.get("audio") or {}).get("output") or {}
+            fmt = ga_format(out["format"], "") if "format" in out else self.output_format
+            return (
+                fmt,
+                list(r.get("output_modalities") or self.modalities),
+                out.get("voice", self.voice),
+            )
+        fmt = (
+            beta_format(r["output_audio_format"], "")
+            if "output_audio_format" in r
+            else self.output_format
+        )
+        return fmt, list(r.get("modalities") or self.modalities), r.get("voice", self.voice)
 
     # --- client events -------------------------------------------------------------------------
     async def handle(self, raw: str | bytes) -> None:
@@ -332,7 +506,7 @@ class EmulatedSession:
         await self._vad(data)
 
     def _buffer_ms(self) -> float:
-        return len(self.buffer) / self.bytes_per_sample / self.rate * 1000
+        return self.input_format.ms(len(self.buffer))
 
     async def _on_input_audio_buffer_commit(self, e: dict[str, Any]) -> None:
         ms = self._buffer_ms()
@@ -350,9 +524,8 @@ class EmulatedSession:
         audio = bytes(self.buffer)
         self.buffer.clear()
         self.last_user_audio = audio
-        self.items[item_id] = _Item(
-            item_id, "user", len(audio) / self.bytes_per_sample / self.rate * 1000
-        )
+        seconds = self.input_format.ms(len(audio)) / 1000
+        self.items[item_id] = _Item(item_id, "user", seconds * 1000, has_audio=True)
         await self.send(
             {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": None}
         )
@@ -371,8 +544,7 @@ class EmulatedSession:
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item_id,
                     "content_index": 0,
-                    "transcript": "caller audio of "
-                    f"{len(audio) / self.bytes_per_sample / self.rate:.2f} s",
+                    "transcript": f"caller audio of {seconds:.2f} s",
                     **(
                         {"usage": {"type": "duration", "seconds": 1.0}}
                         if self.dialect == "ga"
@@ -408,14 +580,14 @@ class EmulatedSession:
                 "is finished before creating a new one.",
                 None,
             )
-        self._start_response((e.get("response") or {}).get("instructions"))
+        self._start_response(e.get("response") or {})
 
     async def _on_response_cancel(self, e: dict[str, Any]) -> None:
         if self.active is None:
             raise Rejection(
                 "response_cancel_not_active", "Cancellation failed: no active response found.", None
             )
-        await self._cancel()
+        await self._cancel("client_cancelled")
 
     async def _on_conversation_item_create(self, e: dict[str, Any]) -> None:
         item = e.get("item")
@@ -447,7 +619,9 @@ class EmulatedSession:
                         f"item.content[{i}].type",
                     )
         item_id = item.get("id") or _id("item")
-        self.items[item_id] = _Item(item_id, item.get("role", ""))
+        self.items[item_id] = _Item(
+            item_id, item.get("role", ""), has_audio=_opens_with_audio(item)
+        )
         await self._item_created(
             {"object": "realtime.item", "status": "completed", **item, "id": item_id}
         )
@@ -462,8 +636,9 @@ class EmulatedSession:
             )
         if item.role != "assistant":
             raise Rejection("invalid_value", "Only assistant messages can be truncated.", "item_id")
+        _check_content_index(item, e)
         end = e.get("audio_end_ms")
-        if not isinstance(end, int) or end < 0 or end > item.audio_ms + 1:
+        if not isinstance(end, int) or isinstance(end, bool) or end < 0 or end > item.audio_ms + 1:
             raise Rejection(
                 "invalid_value",
                 f"Audio content of {item.audio_ms:.0f}ms is already shorter than {end}ms",
@@ -475,7 +650,7 @@ class EmulatedSession:
             {
                 "type": "conversation.item.truncated",
                 "item_id": item.id,
-                "content_index": e.get("content_index", 0),
+                "content_index": 0,
                 "audio_end_ms": end,
             }
         )
@@ -496,68 +671,81 @@ class EmulatedSession:
 
     # --- VAD -----------------------------------------------------------------------------------
     async def _vad(self, data: bytes) -> None:
-        td = self.turn_detection
-        if not td or self.bytes_per_sample != 2:
-            self.audio_ms += len(data) / self.bytes_per_sample / self.rate * 1000
+        """Server VAD on the energy of each 20 ms window of input, decoded from its format."""
+        fmt, td = self.input_format, self.turn_detection
+        if not td:
+            self.audio_ms += fmt.ms(len(data))
             return
         self._vad_carry += data
-        window = self.rate * VAD_WINDOW_MS // 1000 * 2
+        window = fmt.nbytes(VAD_WINDOW_MS)
         while len(self._vad_carry) >= window:
-            chunk = np.frombuffer(bytes(self._vad_carry[:window]), dtype=np.int16).astype(
-                np.float64
-            )
+            level = _dbfs(decode(fmt, self._vad_carry[:window]))
             del self._vad_carry[:window]
             self.audio_ms += VAD_WINDOW_MS
-            level = 20 * np.log10(max(np.sqrt(np.mean(chunk**2)), 1e-9) / 32768)
             if level > VAD_THRESHOLD_DBFS:
                 self.silence_ms = 0.0
                 if not self.speaking:
-                    self.speaking = True
-                    self.speech_item = _id("item")
-                    start = max(
-                        0.0, self.audio_ms - VAD_WINDOW_MS - td.get("prefix_padding_ms", 300)
-                    )
-                    await self.send(
-                        {
-                            "type": "input_audio_buffer.speech_started",
-                            "audio_start_ms": int(start),
-                            "item_id": self.speech_item,
-                        }
-                    )
-                    if self.active is not None and td.get("interrupt_response", True):
-                        await self._cancel()
+                    await self._speech_started(td)
             elif self.speaking:
                 self.silence_ms += VAD_WINDOW_MS
                 if self.silence_ms >= td.get("silence_duration_ms", 500):
-                    self.speaking = False
-                    item_id = self.speech_item or _id("item")
-                    await self.send(
-                        {
-                            "type": "input_audio_buffer.speech_stopped",
-                            "audio_end_ms": int(self.audio_ms),
-                            "item_id": item_id,
-                        }
-                    )
-                    await self._commit(item_id)
-                    if td.get("create_response", True) and self.active is None:
-                        self._start_response(None)
+                    await self._speech_stopped(td)
+
+    async def _speech_started(self, td: dict[str, Any]) -> None:
+        self.speaking = True
+        self.speech_item = _id("item")
+        start = max(0.0, self.audio_ms - VAD_WINDOW_MS - td.get("prefix_padding_ms", 300))
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "audio_start_ms": int(start),
+                "item_id": self.speech_item,
+            }
+        )
+        if self.active is not None and td.get("interrupt_response", True):
+            await self._cancel("turn_detected")
+
+    async def _speech_stopped(self, td: dict[str, Any]) -> None:
+        self.speaking = False
+        item_id = self.speech_item or _id("item")
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": int(self.audio_ms),
+                "item_id": item_id,
+            }
+        )
+        await self._commit(item_id)
+        if td.get("create_response", True) and self.active is None:
+            self._start_response({})
 
     # --- responses ---------------------------------------------------------------------------
-    def _start_response(self, instructions: str | None) -> None:
-        record = ResponseRecord(_id("resp"), _id("item"), instructions)
+    def _start_response(self, request: dict[str, Any]) -> None:
+        """Start answering a (validated) response.create's ``response``; {} for server VAD's."""
+        fmt, modalities, voice = self._response_settings(request)
+        record = ResponseRecord(
+            _id("resp"), _id("item"), request.get("instructions"), fmt, modalities, voice
+        )
         self.responses.append(record)
         self.active = record
-        self.items[record.item_id] = _Item(record.item_id, "assistant")
+        self.items[record.item_id] = _Item(record.item_id, "assistant", has_audio=record.speaks)
         self.active_task = asyncio.create_task(self._respond(record))
 
-    def _reply_audio(self, record: ResponseRecord) -> tuple[bytes, str]:
-        echo = self.last_user_audio
-        self.last_user_audio = b""
-        if echo and record.instructions is None and self.bytes_per_sample == 2:
-            seconds = len(echo) / 2 / self.rate
-            return echo, f"echo of {seconds:.2f} s of audio"
+    def _reply(self, record: ResponseRecord) -> tuple[bytes, str]:
+        """The reply's audio in the response's format (none for a text-only one) and its
+        transcript: the caller's last committed audio echoed back when it can be brought to
+        the output rate, else the emulator's voice saying the instructions or a greeting."""
+        echo, self.last_user_audio = self.last_user_audio, b""
+        fmt = record.format
+        if echo and record.instructions is None:
+            samples = _at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
+            if samples is not None:
+                seconds = self.input_format.ms(len(echo)) / 1000
+                audio = encode(fmt, samples) if record.speaks else b""
+                return audio, f"echo of {seconds:.2f} s of audio"
         text = record.instructions or "How can I help you today?"
-        return synthetic_voice(text, self.rate).tobytes(), text[:200]
+        audio = encode(fmt, synthetic_voice(text, fmt.rate)) if record.speaks else b""
+        return audio, text[:200]
 
     def _response_object(
         self, record: ResponseRecord, output: list[dict[str, Any]]
@@ -571,22 +759,18 @@ class EmulatedSession:
             "usage": None,
         }
         if record.status == "cancelled":
-            obj["status_details"] = {"type": "cancelled", "reason": "turn_detected"}
+            obj["status_details"] = {"type": "cancelled", "reason": record.cancel_reason}
         if self.dialect == "ga":
-            obj["output_modalities"] = ["audio"]
-            obj["audio"] = {
-                "output": {"format": {"type": "audio/pcm", "rate": self.rate}, "voice": self.voice}
-            }
+            obj["output_modalities"] = list(record.modalities)
+            obj["audio"] = {"output": {"format": record.format.ga(), "voice": record.voice}}
         else:
-            obj["modalities"] = ["audio", "text"]
-            obj["output_audio_format"] = "pcm16"
-            obj["voice"] = self.voice
+            obj["modalities"] = list(record.modalities)
+            obj["output_audio_format"] = record.format.beta()
+            obj["voice"] = record.voice
         return obj
 
     async def _respond(self, record: ResponseRecord) -> None:
-        ga = self.dialect == "ga"
-        audio_ev = "response.output_audio" if ga else "response.audio"
-        text_ev = "response.output_audio_transcript" if ga else "response.audio_transcript"
+        """Stream one response: its audio (with a transcript) or, text-only, its text."""
         ids = {
             "response_id": record.id,
             "item_id": record.item_id,
@@ -601,7 +785,8 @@ class EmulatedSession:
             "status": "in_progress",
             "content": [],
         }
-        audio, transcript = self._reply_audio(record)
+        audio, transcript = self._reply(record)
+        kind = "audio" if record.speaks else "text"
         try:
             await self.send(
                 {"type": "response.created", "response": self._response_object(record, [])}
@@ -614,52 +799,90 @@ class EmulatedSession:
                     "item": item,
                 }
             )
-            await self._item_created(item) if not ga else await self.send(
-                {"type": "conversation.item.added", "previous_item_id": None, "item": item}
+            added = (
+                "conversation.item.added" if self.dialect == "ga" else "conversation.item.created"
             )
-            part = {"type": "audio", "transcript": ""}
-            await self.send({"type": "response.content_part.added", **ids, "part": part})
-            step = self.rate * self.emulator.reply_chunk_ms // 1000 * 2
-            words = transcript.split()
-            for n, pos in enumerate(range(0, len(audio), step)):
-                chunk = audio[pos : pos + step]
-                record.audio += chunk
-                self.items[record.item_id].audio_ms = len(record.audio) / 2 / self.rate * 1000
-                if self.emulator.record_dir and self._record:
-                    with open(self._record / "output.pcm", "ab") as f:
-                        f.write(chunk)
-                await self.send(
-                    {"type": f"{audio_ev}.delta", **ids, "delta": base64.b64encode(chunk).decode()}
-                )
-                if n < len(words):
-                    await self.send({"type": f"{text_ev}.delta", **ids, "delta": words[n] + " "})
-                await asyncio.sleep(0.005)  # bursty, faster than real time, interruptible
-            await self.send({"type": f"{audio_ev}.done", **ids})
-            await self.send({"type": f"{text_ev}.done", **ids, "transcript": transcript})
-            done_part = {"type": "audio", "transcript": transcript}
-            await self.send({"type": "response.content_part.done", **ids, "part": done_part})
-            item = {
-                **item,
-                "status": "completed",
-                "content": [{"type": "output_audio" if ga else "audio", "transcript": transcript}],
-            }
-            await self.send(
-                {
-                    "type": "response.output_item.done",
-                    "response_id": record.id,
-                    "output_index": 0,
-                    "item": item,
-                }
+            await self.send({"type": added, "previous_item_id": None, "item": item})
+            empty = (
+                {"type": "audio", "transcript": ""}
+                if record.speaks
+                else {"type": "text", "text": ""}
             )
-            record.status = "completed"
-            self.active = None
-            await self.send(
-                {"type": "response.done", "response": self._response_object(record, [item])}
-            )
+            await self.send({"type": "response.content_part.added", **ids, "part": empty})
+            if record.speaks:
+                await self._stream_audio(record, ids, audio, transcript)
+            else:
+                await self._stream_text(ids, transcript)
+            await self._finish(record, ids, item, kind, transcript)
         except ConnectionClosed:
             self.active = None
 
-    async def _cancel(self) -> None:
+    async def _stream_audio(
+        self, record: ResponseRecord, ids: dict[str, Any], audio: bytes, transcript: str
+    ) -> None:
+        names = _STREAM[self.dialect]
+        step = record.format.nbytes(self.emulator.reply_chunk_ms)
+        words = transcript.split()
+        for n, pos in enumerate(range(0, len(audio), step)):
+            chunk = audio[pos : pos + step]
+            record.audio += chunk
+            self.items[record.item_id].audio_ms = record.format.ms(len(record.audio))
+            if self.emulator.record_dir and self._record:
+                with open(self._record / "output.pcm", "ab") as f:  # wire bytes, as sent
+                    f.write(chunk)
+            delta = base64.b64encode(chunk).decode()
+            await self.send({"type": f"{names['audio']}.delta", **ids, "delta": delta})
+            if n < len(words):
+                await self.send(
+                    {"type": f"{names['transcript']}.delta", **ids, "delta": words[n] + " "}
+                )
+            await asyncio.sleep(0.005)  # bursty, faster than real time, interruptible
+        await self.send({"type": f"{names['audio']}.done", **ids})
+        await self.send({"type": f"{names['transcript']}.done", **ids, "transcript": transcript})
+
+    async def _stream_text(self, ids: dict[str, Any], text: str) -> None:
+        name = _STREAM[self.dialect]["text"]
+        for word in text.split():
+            await self.send({"type": f"{name}.delta", **ids, "delta": word + " "})
+            await asyncio.sleep(0.005)  # interruptible, like the audio
+        await self.send({"type": f"{name}.done", **ids, "text": text})
+
+    async def _finish(
+        self,
+        record: ResponseRecord,
+        ids: dict[str, Any],
+        item: dict[str, Any],
+        kind: str,
+        transcript: str,
+    ) -> None:
+        """Close the content part and the item (GA: ``conversation.item.done`` too, the item
+        being final), then the response."""
+        field_ = "transcript" if kind == "audio" else "text"
+        part = {"type": kind, field_: transcript}
+        await self.send({"type": "response.content_part.done", **ids, "part": part})
+        content = {"type": _ITEM_CONTENT[self.dialect][kind], field_: transcript}
+        item = {**item, "status": "completed", "content": [content]}
+        await self.send(
+            {
+                "type": "response.output_item.done",
+                "response_id": record.id,
+                "output_index": 0,
+                "item": item,
+            }
+        )
+        if self.dialect == "ga":
+            await self.send(
+                {"type": "conversation.item.done", "previous_item_id": None, "item": item}
+            )
+        record.status = "completed"
+        self.active = None
+        await self.send(
+            {"type": "response.done", "response": self._response_object(record, [item])}
+        )
+
+    async def _cancel(self, reason: str) -> None:
+        """End the active response as cancelled: ``client_cancelled`` for a response.cancel,
+        ``turn_detected`` for server VAD's barge-in."""
         record, task = self.active, self.active_task
         if record is None:
             return
@@ -668,7 +891,36 @@ class EmulatedSession:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         record.status = "cancelled"
+        record.cancel_reason = reason
         await self.send({"type": "response.done", "response": self._response_object(record, [])})
+
+
+def _opens_with_audio(item: dict[str, Any]) -> bool:
+    """Whether a client-created item's content part 0 is audio (``input_audio``, ``audio``,
+    ``output_audio``): the only part a truncation may cut."""
+    parts = item.get("content")
+    first = parts[0] if isinstance(parts, list) and parts else None
+    return isinstance(first, dict) and "audio" in str(first.get("type"))
+
+
+def _check_content_index(item: _Item, e: dict[str, Any]) -> None:
+    """Truncation cuts an item's audio, its content part 0: another index, or an item with no
+    audio (a text-only reply), is refused."""
+    if "content_index" not in e:
+        raise Rejection(
+            "missing_required_parameter",
+            "Missing required parameter: 'content_index'.",
+            "content_index",
+        )
+    index = e["content_index"]
+    if type(index) is int and index == 0 and item.has_audio:
+        return
+    raise Rejection(
+        "invalid_value",
+        f"Invalid 'content_index': {index!r}. Item '{item.id}' has no audio content part at "
+        "that index.",
+        "content_index",
+    )
 
 
 def _turn_defaults(td: Any) -> dict[str, Any] | None:
