@@ -15,6 +15,8 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
+from sim.openai_realtime import RealtimeEmulator
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -159,3 +161,10 @@ async def port_open(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RealtimeEmulator]:
+    """An OpenAI Realtime emulator on a free loopback port, for one test."""
+    async with RealtimeEmulator() as emu:
+        yield emu

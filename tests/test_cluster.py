@@ -8,7 +8,7 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +127,6 @@ def cluster(tmp_path: Path) -> Iterator[ClusterNodes]:
     nodes.create()
     yield nodes
     nodes.stop()
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    async with RealtimeEmulator() as emu:
-        yield emu
 
 
 def sids_on(client: RedisCluster, port: int, count: int, on: bool = True) -> list[str]:

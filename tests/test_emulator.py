@@ -8,7 +8,6 @@ import base64
 import collections.abc
 import json
 import typing
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -43,14 +42,6 @@ BETA_SESSION = {
     "output_audio_format": "pcm16",
     "voice": "alloy",
 }
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    emu = RealtimeEmulator()
-    await emu.start()
-    yield emu
-    await emu.stop()
 
 
 class Raw:

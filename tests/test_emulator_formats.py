@@ -4,7 +4,6 @@ dialects: what it echoes, what its VAD hears, what it sends, and how long that l
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -22,14 +21,6 @@ CODECS = {"ulaw": (mulaw_encode, mulaw_decode), "alaw": (alaw_encode, alaw_decod
 GA_NAMES = {"ulaw": "audio/pcmu", "alaw": "audio/pcma"}
 BETA_NAMES = {"ulaw": "g711_ulaw", "alaw": "g711_alaw"}
 PCM24 = {"type": "audio/pcm", "rate": 24000}
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    emu = RealtimeEmulator()
-    await emu.start()
-    yield emu
-    await emu.stop()
 
 
 def ga_session(inp: dict[str, Any], out: dict[str, Any], vad: bool = False) -> dict[str, Any]:
