@@ -118,6 +118,24 @@ async def test_other_rates_are_refused(emulator: RealtimeEmulator, rate: Any) ->
     assert (e["code"], e["param"]) == ("invalid_value", "session.audio.input.format.rate")
 
 
+@pytest.mark.parametrize(
+    ("fmt", "code"),
+    [
+        ({"type": "audio/pcm"}, "missing_required_parameter"),  # the report: rate is required
+        ({"type": "audio/pcm", "rate": 16000}, "invalid_value"),  # the report: >= 24000
+    ],
+)
+async def test_the_output_format_follows_the_same_rate_rules(
+    emulator: RealtimeEmulator, fmt: dict[str, Any], code: str
+) -> None:
+    update = {"type": "session.update", "session": ga_session(PCM24, fmt)}
+    e = await error_for(emulator, update)
+    assert (e["code"], e["param"]) == (code, "session.audio.output.format.rate")
+    response = {"type": "response.create", "response": {"audio": {"output": {"format": fmt}}}}
+    e = await error_for(emulator, response)
+    assert (e["code"], e["param"]) == (code, "response.audio.output.format.rate")
+
+
 # --- G.711 input: VAD, commits --------------------------------------------------------------------
 
 
