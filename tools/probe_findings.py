@@ -259,6 +259,14 @@ NEGATIVE_CHECKS: tuple[NegativeCheck, ...] = (
         "`response.modalities` is rejected in this dialect.",
     ),
     NegativeCheck(
+        "beta_session_audio",
+        BETA,
+        "session.update",
+        (("session.audio", {"output": {"voice": "alloy"}}),),
+        "`session.audio` can be rejected by some models with `Unknown parameter`.",
+        "Unknown parameter",
+    ),
+    NegativeCheck(
         "beta_modalities_audio_only",
         BETA,
         "session.update",
