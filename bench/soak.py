@@ -1,5 +1,6 @@
-"""Memory over many calls: 500 calls, in waves of concurrent short calls, through the real
-processes; RSS of each service after a warm-up and at the end (``python -m bench.soak``).
+"""Memory over many calls: 500 calls (``SOAK_CALLS``), in waves of concurrent short calls
+(``SOAK_WAVE``), through the real processes; RSS of each service after a warm-up, every 250 calls
+and at the end (``python -m bench.soak``).
 
 Writes ``bench/results/soak.json``. A service whose RSS grows by more than a few MB between
 call 50 and call 500 keeps something per call that it should not.
@@ -19,6 +20,7 @@ from sim.speech import speech
 from sim.twilio_call import place_call
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SERIES_EVERY = 250  # calls between RSS samples
 
 
 async def wave(url: str, n: int) -> int:
@@ -44,6 +46,9 @@ def main() -> None:
             done += n
             if done == 50 or (done < 50 and done + per_wave > 50):
                 out["rss_mb_after_50"] = procs.rss_mb()
+            if done % SERIES_EVERY < per_wave or done == total:
+                # The growth curve: a plateau is allocator high-water, a slope is a leak.
+                out.setdefault("rss_mb_series", {})[done] = procs.rss_mb()
         out["rss_mb_after_all"] = procs.rss_mb()
         out["answered"] = answered
         out["wall_s"] = time.monotonic() - t0
@@ -58,6 +63,8 @@ def main() -> None:
             f"  {name:<12} RSS after 50 calls {before:6.1f} MB, after {total}: {after:6.1f} MB "
             f"({after - before:+.1f})"
         )
+    for done, rss in out.get("rss_mb_series", {}).items():
+        print(f"  after {done:5d} calls: " + ", ".join(f"{k} {v:.1f}" for k, v in rss.items()))
     print(
         f"  redis keys {out['redis_keys']}, "
         f"call keys without expiry {out['call_keys_without_expiry']}"
