@@ -136,6 +136,9 @@ _MS = (
 
 ACTIVE_CALLS = Gauge("gateway_active_calls", "Calls this process is serving now")
 CALLS = Counter("gateway_calls_total", "Calls this process served, by outcome", ["outcome"])
+STREAM_EVENTS = Counter(
+    "gateway_stream_events_total", "Twilio's Media Stream status callbacks, by event", ["event"]
+)
 FRAMES = Counter(
     "gateway_frames_total", "Audio entries handled, by direction (in: caller->model)", ["direction"]
 )

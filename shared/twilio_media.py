@@ -57,6 +57,7 @@ REASONS: Final = frozenset(
         "out_of_order",
         "after_stop",
         "stream_sid_mismatch",
+        "bad_stream_event",
     }
 )
 """Every ``TwilioProtocolError.reason``: a closed set, safe as a metric label."""
@@ -366,12 +367,16 @@ def _xml_text(value: str) -> str:
     return quoteattr(_XML_ILLEGAL.sub("\ufffd", value))
 
 
-def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+def connect_stream_twiml(
+    stream_url: str, parameters: dict[str, str], status_callback: str | None = None
+) -> str:
     """TwiML connecting the call to a bidirectional Media Stream, passing ``parameters``.
 
     Twilio gives the ``<Parameter>``s back in ``start.customParameters``; the ``url`` itself
     must carry no query string (Twilio does not pass one on), so this raises ValueError for one,
-    as for a URL that is not ``ws://``/``wss://``.
+    as for a URL that is not ``ws://``/``wss://``. ``status_callback``: where Twilio POSTs the
+    stream's events (:func:`stream_status`), the only word the edge gets of a stream that never
+    reached it (a failed handshake).
     """
     parts = urlsplit(stream_url)
     if parts.scheme not in ("wss", "ws") or not parts.hostname:
@@ -382,11 +387,39 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
         f"<Parameter name={_xml_text(name)} value={_xml_text(value)}/>"
         for name, value in parameters.items()
     )
+    callback = (
+        f" statusCallback={_xml_text(status_callback)} statusCallbackMethod=\"POST\""
+        if status_callback
+        else ""
+    )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={_xml_text(stream_url)}>{params}</Stream></Connect>"
-        "</Response>"
+        f"<Response><Connect><Stream url={_xml_text(stream_url)}{callback}>{params}</Stream>"
+        "</Connect></Response>"
     )
+
+
+STREAM_EVENTS: Final = frozenset({"stream-started", "stream-stopped", "stream-error"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One of Twilio's Media Stream status callbacks (``StreamEvent`` and its sids)."""
+
+    event: str  # one of STREAM_EVENTS: a safe metric label
+    call_sid: str
+    stream_sid: str
+    error: str  # ``StreamError``, for stream-error (bounded)
+
+
+def stream_status(form: dict[str, str]) -> StreamStatus:
+    """The status callback a form carries; raises MalformedMessage for anything else."""
+    event = form.get("StreamEvent", "")
+    if event not in STREAM_EVENTS:
+        raise MalformedMessage("bad_stream_event", f"StreamEvent={_show(event)}")
+    call_sid = _token(form.get("CallSid"), "CallSid")
+    stream_sid = _token(form.get("StreamSid"), "StreamSid")
+    return StreamStatus(event, call_sid, stream_sid, form.get("StreamError", "")[:500])
 
 
 # --- request signatures -------------------------------------------------------------------------

@@ -321,6 +321,78 @@ def parse_connect_stream(twiml: str) -> tuple[str, dict[str, str]]:
     return url, params
 
 
+class StatusCallbacks:
+    """The ``<Stream statusCallback>`` POSTs Twilio makes: stream-started, stream-stopped, or
+    stream-error when the stream cannot connect. Signed like the webhook over the URL the TwiML
+    names; sent to that path on the webhook's own host (the public host is this machine here).
+    Twilio does not wait for them, and neither does the call; ``answered`` has each one's HTTP
+    status (0: unreachable)."""
+
+    def __init__(
+        self,
+        url: str | None,
+        dial: str | None,
+        auth_token: str | None,
+        sids: tuple[str, str, str],
+    ) -> None:
+        self.url, self.dial, self.auth_token, self.sids = url, dial, auth_token, sids
+        self.answered: list[tuple[str, int]] = []
+        self._posts: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_twiml(
+        cls, twiml: str, webhook: str | None, auth_token: str | None, sids: tuple[str, str, str]
+    ) -> StatusCallbacks:
+        url = dial = None
+        if twiml and webhook:
+            root = ET.fromstring(twiml)
+            stream = root.find("./Connect/Stream")
+            url = stream.get("statusCallback") if stream is not None else None
+            if url:
+                hook, target = urlsplit(webhook), urlsplit(url)
+                dial = f"{hook.scheme}://{hook.netloc}{target.path}"
+        return cls(url, dial, auth_token, sids)
+
+    def post(self, event: str, error: str = "") -> None:
+        if self.url and self.dial:
+            self._posts.append(asyncio.create_task(self._post(event, error)))
+
+    async def sent(self) -> None:
+        await asyncio.gather(*self._posts)
+
+    async def _post(self, event: str, error: str) -> None:
+        assert self.url and self.dial
+        account_sid, call_sid, stream_sid = self.sids
+        form = {
+            "AccountSid": account_sid,
+            "CallSid": call_sid,
+            "StreamSid": stream_sid,
+            "StreamEvent": event,
+            "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if error:
+            form["StreamError"] = error[:300]
+        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+        if self.auth_token:
+            validator = RequestValidator(self.auth_token)
+            headers["X-Twilio-Signature"] = validator.compute_signature(self.url, form)
+        request = urllib.request.Request(
+            self.dial, urlencode(form).encode(), headers, method="POST"
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def send() -> int:
+            try:
+                with opener.open(request, timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except (urllib.error.URLError, OSError):
+                return 0
+
+        self.answered.append((event, await asyncio.to_thread(send)))
+
+
 # --- the call -----------------------------------------------------------------------------------
 
 
@@ -364,6 +436,8 @@ class CallResult:
     played_after_barge_ms: float | None = None  # reply audio talked over until that clear
     violations: list[str] = field(default_factory=list)
     closed_by_gateway: bool = False
+    # (StreamEvent, HTTP status) of each <Stream statusCallback> POST, when the TwiML named one
+    status_callbacks: list[tuple[str, int]] = field(default_factory=list)
     close_code: int | None = None
     duration_s: float = 0.0
 
@@ -495,6 +569,7 @@ async def place_call(
     account_sid = account_sid or new_sid("AC")
     params: dict[str, str] = {}
     stream_url = media_url
+    twiml = ""
     if any(digit not in DTMF_DIGITS for _, digit in dtmf or ()):
         raise ValueError(f"Twilio sends one digit of 0-9, * or # a press: {dtmf!r}")
     if twiml_url:
@@ -532,125 +607,137 @@ async def place_call(
     barge_cleared = False  # a clear has come since the caller began talking over the reply
     hanging_up = False
 
-    async with websockets.connect(
-        media_url,
-        additional_headers=headers,
-        user_agent_header=_WS_USER_AGENT,
-        compression=None,  # Twilio does not negotiate permessage-deflate
-        proxy=None,
-        max_size=1 << 22,
-    ) as ws:
-        await ws.send(outbox.connected())
-        await ws.send(outbox.start(account_sid, call_sid, params))
-        t0 = time.monotonic()
+    status = StatusCallbacks.from_twiml(
+        twiml, twiml_url, auth_token, (account_sid, call_sid, stream_sid)
+    )
+    try:
+        async with websockets.connect(
+            media_url,
+            additional_headers=headers,
+            user_agent_header=_WS_USER_AGENT,
+            compression=None,  # Twilio does not negotiate permessage-deflate
+            proxy=None,
+            max_size=1 << 22,
+        ) as ws:
+            await ws.send(outbox.connected())
+            await ws.send(outbox.start(account_sid, call_sid, params))
+            status.post("stream-started")
+            t0 = time.monotonic()
 
-        def now() -> float:
-            return time.monotonic() - t0
+            def now() -> float:
+                return time.monotonic() - t0
 
-        async def echo_marks(names: list[str], at: float) -> None:
-            for name in names:
-                await ws.send(outbox.mark(name))
-                result.marks_returned.append((name, at))
+            async def echo_marks(names: list[str], at: float) -> None:
+                for name in names:
+                    await ws.send(outbox.mark(name))
+                    result.marks_returned.append((name, at))
 
-        async def receive() -> None:
-            try:
-                async for raw in ws:
-                    await on_message(raw)
-            except ConnectionClosed:
-                pass  # the gateway went away: the pacing loop notices and records it
-
-        async def on_message(raw: str | bytes) -> None:
-            nonlocal last_received, barge_cleared
-            t = now()
-            if not hanging_up:
+            async def receive() -> None:
                 try:
-                    message = parse_gateway_message(raw, stream_sid)
-                except Violation as exc:
-                    result.violations.append(f"{t:.3f}s: {exc}")
-                    return
-                if isinstance(message, GatewayMedia):
-                    playback.add_audio(message.payload, t)
-                    received.extend(message.payload)
-                    result.frames_received += 1
-                    last_received = t
-                    if result.first_reply_at is None and t >= speech_end:
-                        result.first_reply_at = t
-                elif isinstance(message, GatewayMark):
-                    playback.add_mark(message.name)
-                    result.marks_received.append((message.name, t))
-                else:
-                    result.clears.append(t)
-                    if result.reply_heard_at_clear_ms is None:
-                        result.reply_heard_at_clear_ms = playback.played_bytes / 8
-                    if result.barge_in_at is not None:
-                        barge_cleared = True
-                    await echo_marks(playback.clear(), t)
+                    async for raw in ws:
+                        await on_message(raw)
+                except ConnectionClosed:
+                    pass  # the gateway went away: the pacing loop notices and records it
 
-        receiver = asyncio.create_task(receive())
-        pending_dtmf = sorted(dtmf or [])
-        reply_playing_since: float | None = None  # playback clock, after the caller spoke
-        talked_over = 0  # reply bytes played during the barge-in, before its clear
-        after_clear = 0
-        last_played = 0.0
-        k = 0
-        try:
-            while not receiver.done():
-                delay = t0 + k * FRAME_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if receiver.done():
-                    break
-                at = k * FRAME_S  # the playback clock: frame k's window
-                played, marks = playback.tick(at)
-                await echo_marks(marks, now())
-                if played:
-                    last_played = at + len(played) / BYTES_PER_S
-                    if at >= speech_end and reply_playing_since is None:
-                        reply_playing_since = at
-                    if result.clears:
-                        after_clear += len(played)
-                    if caller.barge_started and not barge_cleared:
-                        talked_over += len(played)
-                barging = caller.barge_started
-                await ws.send(outbox.media(k, caller.frame(k, at, reply_playing_since)))
-                result.frames_sent += 1
-                if k * FRAME_BYTES < len(speech_bytes):
-                    result.speech_frames += 1
-                if caller.barge_started and not barging:
-                    result.barge_in_at = now()
+            async def on_message(raw: str | bytes) -> None:
+                nonlocal last_received, barge_cleared
                 t = now()
-                while pending_dtmf and pending_dtmf[0][0] <= t:
-                    await ws.send(outbox.dtmf(pending_dtmf.pop(0)[1]))
-                k += 1
-                if t >= max_duration_s:
-                    break
-                # Hang up? Not while the caller still has something to say.
-                if caller.speaking(k):
-                    continue
-                at = k * FRAME_S
-                waiting = wait_for_reply and result.frames_received == 0
-                if barge_in and not caller.barge_started and result.first_reply_at is not None:
-                    waiting = True  # the reply has come; the caller is yet to interrupt it
-                barge_end = (result.barge_in_at or 0.0) + barge_s
-                quiet_since = max(audio_end, last_received, last_played, barge_end)
-                if playback.idle and not waiting and at - quiet_since >= hold_after_s:
-                    break
-            hanging_up = True
-            if stop and not receiver.done():
-                await ws.send(outbox.stop(account_sid, call_sid))
-        except ConnectionClosed:
-            pass
-        finally:
-            hanging_up = True
-            if receiver.done() or ws.close_code is not None:
-                result.closed_by_gateway = True
-                result.close_code = ws.close_code
-            result.duration_s = now()
-            await ws.close()
-            receiver.cancel()
-            (outcome,) = await asyncio.gather(receiver, return_exceptions=True)
-            if isinstance(outcome, Exception):
-                raise outcome  # a bug in the simulator, not something the gateway did
+                if not hanging_up:
+                    try:
+                        message = parse_gateway_message(raw, stream_sid)
+                    except Violation as exc:
+                        result.violations.append(f"{t:.3f}s: {exc}")
+                        return
+                    if isinstance(message, GatewayMedia):
+                        playback.add_audio(message.payload, t)
+                        received.extend(message.payload)
+                        result.frames_received += 1
+                        last_received = t
+                        if result.first_reply_at is None and t >= speech_end:
+                            result.first_reply_at = t
+                    elif isinstance(message, GatewayMark):
+                        playback.add_mark(message.name)
+                        result.marks_received.append((message.name, t))
+                    else:
+                        result.clears.append(t)
+                        if result.reply_heard_at_clear_ms is None:
+                            result.reply_heard_at_clear_ms = playback.played_bytes / 8
+                        if result.barge_in_at is not None:
+                            barge_cleared = True
+                        await echo_marks(playback.clear(), t)
+
+            receiver = asyncio.create_task(receive())
+            pending_dtmf = sorted(dtmf or [])
+            reply_playing_since: float | None = None  # playback clock, after the caller spoke
+            talked_over = 0  # reply bytes played during the barge-in, before its clear
+            after_clear = 0
+            last_played = 0.0
+            k = 0
+            try:
+                while not receiver.done():
+                    delay = t0 + k * FRAME_S - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if receiver.done():
+                        break
+                    at = k * FRAME_S  # the playback clock: frame k's window
+                    played, marks = playback.tick(at)
+                    await echo_marks(marks, now())
+                    if played:
+                        last_played = at + len(played) / BYTES_PER_S
+                        if at >= speech_end and reply_playing_since is None:
+                            reply_playing_since = at
+                        if result.clears:
+                            after_clear += len(played)
+                        if caller.barge_started and not barge_cleared:
+                            talked_over += len(played)
+                    barging = caller.barge_started
+                    await ws.send(outbox.media(k, caller.frame(k, at, reply_playing_since)))
+                    result.frames_sent += 1
+                    if k * FRAME_BYTES < len(speech_bytes):
+                        result.speech_frames += 1
+                    if caller.barge_started and not barging:
+                        result.barge_in_at = now()
+                    t = now()
+                    while pending_dtmf and pending_dtmf[0][0] <= t:
+                        await ws.send(outbox.dtmf(pending_dtmf.pop(0)[1]))
+                    k += 1
+                    if t >= max_duration_s:
+                        break
+                    # Hang up? Not while the caller still has something to say.
+                    if caller.speaking(k):
+                        continue
+                    at = k * FRAME_S
+                    waiting = wait_for_reply and result.frames_received == 0
+                    if barge_in and not caller.barge_started and result.first_reply_at is not None:
+                        waiting = True  # the reply has come; the caller is yet to interrupt it
+                    barge_end = (result.barge_in_at or 0.0) + barge_s
+                    quiet_since = max(audio_end, last_received, last_played, barge_end)
+                    if playback.idle and not waiting and at - quiet_since >= hold_after_s:
+                        break
+                hanging_up = True
+                if stop and not receiver.done():
+                    await ws.send(outbox.stop(account_sid, call_sid))
+            except ConnectionClosed:
+                pass
+            finally:
+                hanging_up = True
+                if receiver.done() or ws.close_code is not None:
+                    result.closed_by_gateway = True
+                    result.close_code = ws.close_code
+                result.duration_s = now()
+                await ws.close()
+                receiver.cancel()
+                (outcome,) = await asyncio.gather(receiver, return_exceptions=True)
+                if isinstance(outcome, Exception):
+                    raise outcome  # a bug in the simulator, not something the gateway did
+    except (OSError, InvalidHandshake) as exc:
+        status.post("stream-error", f"the stream could not connect: {exc}")
+        await status.sent()
+        raise
+    status.post("stream-stopped")
+    await status.sent()
+    result.status_callbacks = status.answered
 
     result.heard = bytes(playback.heard)
     result.received_audio = bytes(received)

@@ -81,7 +81,10 @@ async def test_twiml_post_and_get_connect_a_stream_with_parameters() -> None:
         status, body = await http(port, "POST", "/twiml", urlencode(FORM).encode())
         assert status == 200
         text = body.decode()
-        assert '<Stream url="wss://gw.example.com/media">' in text
+        assert (
+            '<Stream url="wss://gw.example.com/media" statusCallback='
+            '"https://gw.example.com/stream-status" statusCallbackMethod="POST">'
+        ) in text
         for name in ("From", "To", "CallSid"):
             assert f'<Parameter name="{name}" value="{FORM[name]}"/>' in text
         status, body = await http(port, "GET", "/twiml?" + urlencode(FORM))
@@ -361,3 +364,35 @@ async def test_a_shared_key_signature_is_checked_with_its_secret_and_algorithm()
     # The edge has no SharedKey secret: a request signed with one is refused, not trusted.
     async with edge(twilio_auth_token=TOKEN) as port:
         assert (await http(port, "POST", "/twiml", body, good))[0] == 403
+
+
+async def test_stream_status_callbacks_are_signed_counted_and_checked() -> None:
+    validator = RequestValidator(TOKEN)
+    url = f"{PUBLIC}/stream-status"
+    form = {
+        "AccountSid": "AC" + "0" * 32,
+        "CallSid": "CA" + "d" * 32,
+        "StreamSid": "MZ" + "d" * 32,
+        "StreamEvent": "stream-error",
+        "StreamError": "Stream - WebSocket - Handshake Error",
+        "Timestamp": "2026-11-25T17:00:00Z",
+    }
+    async with edge(twilio_auth_token=TOKEN) as port:
+        body = urlencode(form).encode()
+        sig = validator.compute_signature(url, form)
+        before = (await http(port, "GET", "/metrics"))[1]
+        assert (await http(port, "POST", "/stream-status", body, {"X-Twilio-Signature": sig}))[
+            0
+        ] == 204
+        after = (await http(port, "GET", "/metrics"))[1]
+        line = b'gateway_stream_events_total{event="stream-error"} '
+        count = float(after.split(line)[1].split(b"\n")[0])
+        assert count == (float(before.split(line)[1].split(b"\n")[0]) if line in before else 0) + 1
+        assert (await http(port, "POST", "/stream-status", body))[0] == 403
+        bad = {**form, "StreamEvent": "stream-exploded"}
+        bad_sig = validator.compute_signature(url, bad)
+        status, _ = await http(
+            port, "POST", "/stream-status", urlencode(bad).encode(), {"X-Twilio-Signature": bad_sig}
+        )
+        assert status == 400
+        assert (await http(port, "GET", "/stream-status"))[0] == 405

@@ -99,10 +99,23 @@ async def test_signed_call_secrets_logs_and_metrics(
             40,
         )
         assert result.frames_received > 0
+        # Twilio's stream status callbacks reached the edge, signed, and were taken.
+        assert result.status_callbacks == [("stream-started", 204), ("stream-stopped", 204)]
         # An unsigned call is refused.
         with pytest.raises(Exception) as refused:
             await place_call(stack.media_url, speech("Hi."), hold_after_s=0.1)
         assert "403" in str(refused.value)
+        # A stream whose handshake fails never reaches /media; Twilio's stream-error does.
+        with pytest.raises(Exception) as failed:
+            await place_call(
+                stack.media_url,
+                speech("Hi."),
+                twiml_url=f"http://127.0.0.1:{edge_port}/twiml",
+                auth_token=TWILIO_CANARY,
+                twiml_signed_url=f"{PUBLIC}/twiml",
+                signed_url=f"{PUBLIC.replace('https', 'wss')}/elsewhere",
+            )
+        assert "403" in str(failed.value)
         session = await emulator.wait_for_session(1)
         await session.wait_closed(timeout=10)
 
@@ -124,6 +137,8 @@ async def test_signed_call_secrets_logs_and_metrics(
         )
         assert _value(after[w_port], "gateway_first_reply_seconds_count") > 0
         assert _value(after[edge_port], "gateway_rejected_total", reason="missing_signature") >= 1
+        assert _value(after[edge_port], "gateway_stream_events_total", event="stream-error") == 1
+        assert _value(after[edge_port], "gateway_stream_events_total", event="stream-started") == 1
         assert _value(after[w_port], "gateway_calls_total") >= 1
 
         # Logs: one JSON object a line, the CallSid on the call's lines, no secret anywhere.

@@ -257,6 +257,7 @@ def test_after_stop_everything_is_an_error() -> None:
 def test_every_reason_is_exercised_here() -> None:
     covered = {reason for reason, _, _ in BAD} | {reason for reason, _ in BAD_START}
     covered |= {"media_before_start", "before_start", "after_stop"}
+    covered |= {"bad_stream_event"}  # status callbacks: see the test at the end
     assert covered == tw.REASONS
 
 
@@ -494,3 +495,33 @@ def test_valid_streams_yield_the_expected_events(
     assert got == expected
     assert s.sequence_gaps == gaps and s.rejected == 0 and s.state == "stopped"
     assert s.frames_in == sum(isinstance(e, tw.InboundMedia) for e in expected)
+
+
+def test_the_stream_can_name_a_status_callback_and_its_posts_are_read() -> None:
+    from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+
+    xml = tw.connect_stream_twiml("wss://h/media", {}, status_callback="https://h/stream-status")
+    reference = VoiceResponse()
+    connect = Connect()
+    connect.append(
+        Stream(
+            url="wss://h/media",
+            status_callback="https://h/stream-status",
+            status_callback_method="POST",
+        )
+    )
+    reference.append(connect)
+    # What Twilio's own TwiML builder writes, element for element.
+    ours, theirs = ET.fromstring(xml), ET.fromstring(str(reference))
+    assert [(e.tag, e.attrib) for e in ours.iter()] == [(e.tag, e.attrib) for e in theirs.iter()]
+    ok = tw.stream_status(
+        {"StreamEvent": "stream-started", "CallSid": "CA1", "StreamSid": "MZ1", "AccountSid": "AC"}
+    )
+    assert (ok.event, ok.call_sid, ok.stream_sid, ok.error) == ("stream-started", "CA1", "MZ1", "")
+    for bad in (
+        {"StreamEvent": "other", "CallSid": "CA1", "StreamSid": "MZ1"},
+        {"StreamEvent": "stream-error", "CallSid": "CA{1}", "StreamSid": "MZ1"},
+        {"StreamEvent": "stream-stopped", "CallSid": "CA1"},
+    ):
+        with pytest.raises(tw.MalformedMessage):
+            tw.stream_status(bad)

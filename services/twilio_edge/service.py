@@ -31,6 +31,7 @@ from shared.observability import (
     CALLS,
     FRAMES,
     HOP_LATENCY,
+    STREAM_EVENTS,
     call_context,
     metrics_text,
     reject,
@@ -289,6 +290,9 @@ class CallBridge:
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
+STREAM_STATUS_PATH = "/stream-status"
+
+
 def _one_header(request: Request, name: str) -> str | None:
     """A header's value; ``None`` when it is missing or repeated (a request cannot be trusted to
     mean either of two values)."""
@@ -323,10 +327,10 @@ class Edge:
     def _signed_url(self, base: str, request: Request) -> str:
         """What Twilio signed for this request: the public URL of its path, with its query."""
         parts = urlsplit(request.path)
-        path = "/media" if parts.path == "/media" else "/twiml"
-        url = self.settings.public_media_url(base) if path == "/media" else (
-            self.settings.public_twiml_url(base)
-        )
+        if parts.path == "/media":
+            url = self.settings.public_media_url(base)
+        else:
+            url = base.rstrip("/") + parts.path
         return f"{url}?{parts.query}" if parts.query else url
 
     def _signed(self, url: str, params: dict[str, str], request: Request) -> bool:
@@ -364,6 +368,8 @@ class Edge:
             return None
         if path == "/twiml":
             return self._twiml(conn, request)
+        if path == STREAM_STATUS_PATH:
+            return self._stream_status(conn, request)
         if path == "/healthz":
             ok = await self.healthy()
             return respond(
@@ -398,8 +404,41 @@ class Edge:
             params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
         )
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
-        twiml = tw.connect_stream_twiml(self.settings.public_media_url(base), parameters)
+        twiml = tw.connect_stream_twiml(
+            self.settings.public_media_url(base),
+            parameters,
+            status_callback=base.rstrip("/") + STREAM_STATUS_PATH,
+        )
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
+
+    def _stream_status(self, conn: ServerConnection, request: Request) -> Response:
+        """Twilio's word on a stream: counted by event, and a stream-error logged, since a
+        stream that failed its handshake never reaches ``/media`` to say so itself."""
+        base = self._base_url(request)
+        if base is None:
+            reject("edge_bad_host")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
+        if request.method != "POST":
+            return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST\n")
+        assert isinstance(conn, EdgeConnection)
+        if conn.body_too_large or conn.length_required:
+            reject("edge_body_too_large" if conn.body_too_large else "edge_body_chunked")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad body\n")
+        form = conn.form()
+        if not self._signed(self._signed_url(base, request), form, request):
+            return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+        try:
+            status = tw.stream_status(form)
+        except tw.TwilioProtocolError as exc:
+            reject(f"twilio_{exc.reason}")
+            return respond(http.HTTPStatus.BAD_REQUEST, "not a stream status callback\n")
+        STREAM_EVENTS.labels(status.event).inc()
+        with call_context(status.call_sid, status.stream_sid):
+            if status.event == "stream-error":
+                log.warning("Twilio reports a stream error: %s", status.error)
+            else:
+                log.info("Twilio reports %s", status.event)
+        return respond(http.HTTPStatus.NO_CONTENT, b"")
 
     async def handle(self, ws: ServerConnection) -> None:
         bridge = CallBridge(self, ws)
