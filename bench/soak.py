@@ -52,8 +52,9 @@ def main() -> None:
         out["rss_mb_after_all"] = procs.rss_mb()
         out["answered"] = answered
         out["wall_s"] = time.monotonic() - t0
-        keys = st["redis"].dbsize()
-        no_ttl = [k for k in st["redis"].scan_iter("call:*") if st["redis"].ttl(k) < 0]
+        redis = st["redis_nodes"][0]
+        keys = redis.dbsize()
+        no_ttl = [k for k in redis.scan_iter("call:*") if redis.ttl(k) < 0]
         out["redis_keys"] = keys
         out["call_keys_without_expiry"] = len(no_ttl)
     print(f"{answered}/{total} calls answered in {out['wall_s']:.0f} s")
