@@ -65,7 +65,14 @@ from shared.realtime_dialect import (
     SessionUpdated,
     Switch,
 )
-from shared.redis_io import RETRYABLE, BatchedStreamWriter, connect, expire_all, prepare
+from shared.redis_io import (
+    RETRYABLE,
+    BatchedStreamWriter,
+    connect,
+    expire_all,
+    outlasting_cancel,
+    prepare,
+)
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     META_WORKER_CURSOR,
@@ -269,8 +276,12 @@ class RealtimeWorker:
         backoff = Backoff()
         while True:
             try:
-                reply = await self.redis.xread(
-                    {keys.ctl: cursors.control, keys.in_pcm: cursors.inbound}, count=64, block=1000
+                reply = await outlasting_cancel(
+                    self.redis.xread(
+                        {keys.ctl: cursors.control, keys.in_pcm: cursors.inbound},
+                        count=64,
+                        block=1000,
+                    )
                 )
             except RETRYABLE as exc:
                 log.warning("redis unavailable (%s)", exc)

@@ -44,6 +44,7 @@ from shared.redis_io import (
     connect,
     ensure_group,
     expire_all,
+    outlasting_cancel,
     prepare,
 )
 from shared.settings import Settings, settings_or_exit
@@ -238,7 +239,7 @@ class CallBridge:
         backoff = Backoff()
         while True:
             try:
-                reply = await redis.xread(cursors, count=64, block=1000)
+                reply = await outlasting_cancel(redis.xread(cursors, count=64, block=1000))
             except RETRYABLE as exc:
                 log.warning("redis unavailable for replies: %s", exc)
                 await asyncio.sleep(backoff.next_delay())
