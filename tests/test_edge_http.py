@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -25,6 +26,8 @@ from shared.streams import (
     decode_control,
     decode_inbound,
 )
+from sim.speech import speech
+from sim.twilio_call import place_call
 from tests.conftest import wait_for
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -396,3 +399,34 @@ async def test_stream_status_callbacks_are_signed_counted_and_checked() -> None:
         )
         assert status == 400
         assert (await http(port, "GET", "/stream-status"))[0] == 405
+
+
+class LifecycleDownRedis(fakeredis.FakeAsyncRedis):
+    """Redis refusing the lifecycle write of the first call (a failover, a full pool)."""
+
+    failures = 1
+
+    async def xadd(self, name, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        key = name if isinstance(name, bytes) else str(name).encode()
+        if key.startswith(b"gw:calls") and self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("Too many connections")
+        return await super().xadd(name, *args, **kwargs)
+
+
+async def test_a_call_redis_cannot_register_is_hung_up_and_the_next_one_served() -> None:
+    settings = load_settings(edge_host="127.0.0.1", edge_port=0)
+    client = LifecycleDownRedis(server=fakeredis.FakeServer())
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=client))
+    url = f"ws://127.0.0.1:{await asyncio.wait_for(port, 10)}/media"
+    try:
+        first = await place_call(url, speech("Hi."), hold_after_s=0.2, wait_for_reply=False)
+        assert first.closed_by_gateway and first.close_code == 1011
+        second = await place_call(url, speech("Hi."), hold_after_s=0.2, wait_for_reply=False)
+        assert not second.closed_by_gateway
+        assert await client.hget(CallKeys.for_call(second.call_sid).meta, b"stream_sid")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

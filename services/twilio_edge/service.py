@@ -197,9 +197,21 @@ class CallBridge:
             },
         )
         pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
-        await pipe.execute()
         lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
-        await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+        try:
+            await pipe.execute()
+            await redis.xadd(
+                lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True
+            )
+        except RETRYABLE as exc:
+            # No stage can learn of the call: tell Twilio now (1011) rather than take audio
+            # nobody will carry.
+            reject("edge_redis_unavailable")
+            log.error("cannot register the call in redis (%s); hanging up", exc)
+            self.keys = None
+            self.call_cm.__exit__(None, None, None)
+            await self.ws.close(1011, "gateway storage unavailable")
+            return
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
         self.playback = OutboundPlayback(event.stream_sid)
