@@ -76,6 +76,20 @@ async def in_process_stack(
         await emulator.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_edge(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[int]:
+    """The edge alone, as a task of this event loop over ``redis``, on a free loopback port
+    (``settings.edge_port`` 0); yields the port and stops it after."""
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=redis))
+    try:
+        yield await asyncio.wait_for(port, 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 @dataclass
 class ProcessStack:
     """Real processes over a real redis-server, as supervisord runs them."""

@@ -16,7 +16,6 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from services.twilio_edge.service import run_edge
 from shared.settings import load_settings
 from shared.streams import (
     CallKeys,
@@ -29,6 +28,7 @@ from shared.streams import (
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.conftest import wait_for
+from tests.stack import running_edge
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 PUBLIC = "https://gw.example.com"
@@ -39,15 +39,9 @@ async def edge(server: fakeredis.FakeServer | None = None, **over: object) -> As
     settings = load_settings(
         **{"edge_host": "127.0.0.1", "edge_port": 0, "public_url": PUBLIC, **over}
     )
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     redis = fakeredis.FakeAsyncRedis(server=server or fakeredis.FakeServer())
-    task = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=redis))
-    try:
-        yield await asyncio.wait_for(port, 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    async with running_edge(settings, redis) as port:
+        yield port
 
 
 async def http(
@@ -417,16 +411,10 @@ class LifecycleDownRedis(fakeredis.FakeAsyncRedis):
 async def test_a_call_redis_cannot_register_is_hung_up_and_the_next_one_served() -> None:
     settings = load_settings(edge_host="127.0.0.1", edge_port=0)
     client = LifecycleDownRedis(server=fakeredis.FakeServer())
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=client))
-    url = f"ws://127.0.0.1:{await asyncio.wait_for(port, 10)}/media"
-    try:
+    async with running_edge(settings, client) as port:
+        url = f"ws://127.0.0.1:{port}/media"
         first = await place_call(url, speech("Hi."), hold_after_s=0.2, wait_for_reply=False)
         assert first.closed_by_gateway and first.close_code == 1011
         second = await place_call(url, speech("Hi."), hold_after_s=0.2, wait_for_reply=False)
         assert not second.closed_by_gateway
         assert await client.hget(CallKeys.for_call(second.call_sid).meta, b"stream_sid")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)

@@ -14,12 +14,12 @@ import asyncio
 import fakeredis
 import pytest
 
-from services.twilio_edge.service import run_edge
 from shared.redis_io import MAX_CONNECTIONS, connect, outlasting_cancel
 from shared.settings import load_settings
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.conftest import RedisServer, wait_for
+from tests.stack import running_edge
 
 
 @pytest.mark.redis_server
@@ -28,12 +28,9 @@ async def test_an_edge_keeps_no_connection_of_calls_that_ended(redis_server: Red
     client = connect(settings)
     await client.flushall()
     assert client.connection_pool.max_connections == MAX_CONNECTIONS
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    edge = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=client))
-    url = f"ws://127.0.0.1:{await asyncio.wait_for(port, 10)}/media"
     audio = speech("Hi there.")
-    try:
+    async with running_edge(settings, client) as port:
+        url = f"ws://127.0.0.1:{port}/media"
         for _ in range(4):  # waves of short calls that end together, no reply ever coming
             results = await asyncio.gather(
                 *(
@@ -50,10 +47,7 @@ async def test_an_edge_keeps_no_connection_of_calls_that_ended(redis_server: Red
 
         # The reads of ended calls finish within their BLOCK (1 s) and give their connection back.
         await wait_for(lambda: held() <= 2, timeout=5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(edge, 10)
-        await client.aclose()
+    await client.aclose()
 
 
 async def test_a_cancelled_caller_does_not_cancel_its_command() -> None:
@@ -95,11 +89,8 @@ async def test_a_call_reader_ends_with_its_call_even_if_the_client_swallows_the_
     holding a connection and a round trip a second, for the life of the process."""
     settings = load_settings(edge_host="127.0.0.1", edge_port=0)
     client = CancelSwallowingRedis(server=fakeredis.FakeServer())
-    stop = asyncio.Event()
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    edge = asyncio.create_task(run_edge(settings, stop, port.set_result, redis=client))
-    url = f"ws://127.0.0.1:{await asyncio.wait_for(port, 10)}/media"
-    try:
+    async with running_edge(settings, client) as port:
+        url = f"ws://127.0.0.1:{port}/media"
         await asyncio.gather(
             *(
                 place_call(url, speech("Hi."), hold_after_s=0.1, wait_for_reply=False)
@@ -108,11 +99,6 @@ async def test_a_call_reader_ends_with_its_call_even_if_the_client_swallows_the_
         )
 
         def readers() -> list[asyncio.Task[object]]:
-            return [
-                t for t in asyncio.all_tasks() if "_play_replies" in t.get_coro().__qualname__
-            ]
+            return [t for t in asyncio.all_tasks() if "_play_replies" in t.get_coro().__qualname__]
 
         await wait_for(lambda: not readers(), timeout=5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(edge, 10)
