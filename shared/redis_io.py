@@ -63,12 +63,14 @@ MAX_CONNECTIONS = 2**16
 async def outlasting_cancel(command: Awaitable[T]) -> T:
     """Await a Redis command whose caller may be cancelled, without cancelling the command.
 
-    redis-py 8 loses a connection from its pool when the task running a command is cancelled at
-    the wrong moment (between taking the connection and giving it back), and a call's blocking
-    read is cancelled at every call's end: measured, a few connections a wave of 25 calls, so
-    that within a few hundred calls the process could reach Redis no more. Here the command
-    runs to its end in a task of its own (a blocking read: at most its BLOCK) and gives its
-    connection back; the caller's cancellation goes on at once, and the result is dropped.
+    A call's blocking read is cancelled at every call's end, and redis-py (through Python
+    3.11's ``asyncio.wait_for``) can swallow a cancel that lands as the read completes: the
+    reader then went on reading for a call that was over, holding its connection, and within a
+    few hundred calls an edge held 91 of redis-py's default 100 (tests/test_redis_pool.py).
+    Here the command runs to its end in a task of its own (a blocking read: at most its BLOCK)
+    and gives its connection back, while the caller's cancellation is certain and immediate.
+    For the reads every call cancels (the edge's replies, the worker's input); the
+    transcoder's call tasks, cancelled only when a claim moves, check ``task.cancelling()``.
     """
     task = asyncio.ensure_future(command)
     try:

@@ -34,7 +34,6 @@ from shared.redis_io import (
     is_duplicate_id,
     is_transient,
     last_entry_id,
-    outlasting_cancel,
     prepare,
 )
 from shared.settings import Settings, settings_or_exit
@@ -139,9 +138,7 @@ class _CallPump:
         if self._prefetched is not None:
             reply, self._prefetched = self._prefetched, None
         else:
-            reply = await outlasting_cancel(
-                self.redis.xread(self.cursors, count=READ_COUNT, block=BLOCK_MS)
-            )
+            reply = await self.redis.xread(self.cursors, count=READ_COUNT, block=BLOCK_MS)
         if not reply:
             return False
         self.last_input = time.monotonic()
@@ -170,7 +167,7 @@ class _CallPump:
         read_ahead = not self.done
         if read_ahead:
             pipe.xread(following, count=READ_COUNT, block=BLOCK_MS)
-        results = await outlasting_cancel(pipe.execute(raise_on_error=False))
+        results = await pipe.execute(raise_on_error=False)
         if read_ahead:
             *results, ahead = results
         for result in results:
