@@ -589,9 +589,23 @@ class DialectNegotiator:
 
     def on_close(self, code: int, reason: str) -> NegotiationStep:
         """The server closed before accepting: 4000 is the beta shape being disabled."""
-        if self.accepted is None and code == BETA_SHAPE_DISABLED_CLOSE:
-            return self._mismatch(f"closed {code} {reason}".strip())
+        refusal = close_refusal(code, reason)
+        if self.accepted is None and refusal:
+            return self._mismatch(refusal)
         return None
+
+
+def close_refusal(code: int, reason: str) -> str | None:
+    """Why a close before the session was accepted refuses the combo for good (4000: the beta
+    shape disabled, PROTOCOLS), or ``None`` for a close worth reconnecting after."""
+    return f"closed {code} {reason}".strip() if code == BETA_SHAPE_DISABLED_CLOSE else None
+
+
+def refuses_update(error: ServerError) -> bool:
+    """An error during the handshake, after the session.update and before session.updated,
+    answers that update (nothing else has been sent): any but the report's benign ones refuses
+    it (a bad voice, say), and the same update would be refused on every reconnect."""
+    return error.kind is not ErrorKind.BENIGN
 
 
 def dialect_from_settings(

@@ -422,7 +422,25 @@ def stream_status(form: dict[str, str]) -> StreamStatus:
     return StreamStatus(event, call_sid, stream_sid, form.get("StreamError", "")[:500])
 
 
-# --- request signatures -------------------------------------------------------------------------
+# --- request signatures ----------------------------------------------------------------------
+
+# A Host header a URL may be built from: a name or address, and a port.
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def public_base_url(
+    public_url: str, host: str | None, forwarded_proto: str | None
+) -> str | None:
+    """The edge's base URL as Twilio used it, which is what it signed: ``PUBLIC_URL`` when set,
+    else the request's Host with the scheme a TLS-terminating proxy reports. ``None`` when the
+    Host (missing, repeated, or not a host name) cannot say."""
+    if public_url:
+        return public_url
+    if host is None or not _HOST_RE.fullmatch(host):
+        return None
+    proto = (forwarded_proto or "").split(",")[0].strip().lower()
+    return f"{'https' if proto == 'https' else 'http'}://{host}"
+
 
 SIGNATURE_SETTINGS_HEADER: Final = "X-Twilio-Webhooks-Signature-Settings"
 

@@ -280,3 +280,15 @@ def test_garbage_raises_only_the_protocol_error(message: str | bytes) -> None:
             dialect(combo).parse(message)
         except rd.RealtimeProtocolError:
             pass
+
+
+def test_what_ends_a_handshake_for_good() -> None:
+    assert (
+        rd.close_refusal(4000, "beta_api_shape_disabled") == "closed 4000 beta_api_shape_disabled"
+    )
+    assert rd.close_refusal(1006, "") is None  # a lost connection: reconnect
+    ga = dialect(rd.Combo.GA)
+    bad_voice = ga.parse(_err("invalid_value", "Invalid value: 'nobody'.", "session.voice"))
+    empty = ga.parse(_err("input_audio_buffer_commit_empty", "buffer too small"))
+    assert isinstance(bad_voice, rd.ServerError) and rd.refuses_update(bad_voice)
+    assert isinstance(empty, rd.ServerError) and not rd.refuses_update(empty)

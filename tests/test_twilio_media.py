@@ -525,3 +525,12 @@ def test_the_stream_can_name_a_status_callback_and_its_posts_are_read() -> None:
     ):
         with pytest.raises(tw.MalformedMessage):
             tw.stream_status(bad)
+
+
+def test_the_public_base_url_is_what_twilio_signed() -> None:
+    assert tw.public_base_url("https://gw.example.com", "x", None) == "https://gw.example.com"
+    assert tw.public_base_url("", "127.0.0.1:8080", None) == "http://127.0.0.1:8080"
+    assert tw.public_base_url("", "voice.example.org", "https, http") == "https://voice.example.org"
+    assert tw.public_base_url("", "[::1]:8080", "http") == "http://[::1]:8080"
+    for bad in (None, "", "bad host<>", "a/b"):
+        assert tw.public_base_url("", bad, "https") is None

@@ -51,11 +51,9 @@ from shared.observability import (
     serve_metrics,
 )
 from shared.realtime_dialect import (
-    BETA_SHAPE_DISABLED_CLOSE,
     Accepted,
     Combo,
     DialectNegotiator,
-    ErrorKind,
     Failed,
     RealtimeDialect,
     RealtimeProtocolError,
@@ -64,6 +62,8 @@ from shared.realtime_dialect import (
     SessionCreated,
     SessionUpdated,
     Switch,
+    close_refusal,
+    refuses_update,
 )
 from shared.redis_io import (
     RETRYABLE,
@@ -484,10 +484,8 @@ class RealtimeWorker:
                     return step.reason
                 if isinstance(step, Failed):
                     raise SessionRefused(step.reason) from None
-            elif code == BETA_SHAPE_DISABLED_CLOSE:
-                # The configured combo is gone for good (PROTOCOLS: the beta shape disabled):
-                # reconnecting with it would only be refused again.
-                raise SessionRefused(f"closed {code} {reason}".strip()) from None
+            elif refusal := close_refusal(code, reason):
+                raise SessionRefused(refusal) from None  # the configured combo is gone for good
             raise
 
     async def _handshake_events(
@@ -517,10 +515,7 @@ class RealtimeWorker:
                 return None
             if isinstance(event, ServerError):
                 REALTIME_ERRORS.labels(label(event.code or "unknown")).inc()
-                # Nothing but the session.update has been sent: any error that is not one of the
-                # report's benign ones refuses it (a bad voice, say), and the same update would
-                # be refused again on every reconnect.
-                if sent and event.kind is not ErrorKind.BENIGN:
+                if sent and refuses_update(event):
                     raise SessionRefused(f"{event.code}: {event.message}")
 
     async def healthy(self) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import re
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -299,10 +298,6 @@ class CallBridge:
             await self.ws.close(1000, command.reason[:100])
 
 
-# A Host header the edge will build a URL from: a name or address, and a port.
-_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
-
-
 STREAM_STATUS_PATH = "/stream-status"
 
 
@@ -329,13 +324,11 @@ class Edge:
         """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
         (its Host, and the scheme a TLS-terminating proxy reports), which is the URL Twilio
         signed. ``None`` when the Host header is not a host name."""
-        if self.settings.public_url:
-            return self.settings.public_url
-        host = _one_header(request, "Host")
-        if host is None or not _HOST_RE.fullmatch(host):
-            return None
-        proto = (_one_header(request, "X-Forwarded-Proto") or "").split(",")[0].strip().lower()
-        return f"{'https' if proto == 'https' else 'http'}://{host}"
+        return tw.public_base_url(
+            self.settings.public_url,
+            _one_header(request, "Host"),
+            _one_header(request, "X-Forwarded-Proto"),
+        )
 
     def _signed_url(self, base: str, request: Request) -> str:
         """What Twilio signed for this request: the public URL of its path, with its query."""
