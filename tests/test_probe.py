@@ -225,16 +225,19 @@ def _unauthorized(conn: ServerConnection, _: Request) -> Response:
     return conn.respond(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided\n")
 
 
+# The per-step timeout must expire only where the test wants it to: a 401 answers at once, so it
+# gets room a loaded CI runner cannot exhaust (300 ms once ran out before the 401 was read); the
+# silent server must finish its handshake inside the timeout and only then stay quiet.
 @pytest.mark.parametrize(
-    ("kind", "expected"),
+    ("kind", "expected", "timeout_ms"),
     [
-        ("http-401", "HTTP 401 from 127.0.0.1"),
-        ("silent", "no session.created"),
-        ("no-handshake", "no WebSocket handshake"),
+        ("http-401", "HTTP 401 from 127.0.0.1", 8000),
+        ("silent", "no session.created", 1000),
+        ("no-handshake", "no WebSocket handshake", 300),
     ],
 )
 async def test_http_errors_and_silent_servers_are_findings(
-    tmp_path: Path, kind: str, expected: str
+    tmp_path: Path, kind: str, expected: str, timeout_ms: int
 ) -> None:
     if kind == "no-handshake":  # accepts TCP, never answers the upgrade
         server: Any = await asyncio.start_server(_never_upgrade, "127.0.0.1", 0)
@@ -247,12 +250,12 @@ async def test_http_errors_and_silent_servers_are_findings(
     try:
         settings = load_settings(
             runs=1,
-            timeout_ms=300,
+            timeout_ms=timeout_ms,
             realtime_model="gpt-realtime",
             realtime_url=url,
             openai_api_key="sk-test-not-real",
         )
-        findings = await asyncio.wait_for(run_probe(settings, tmp_path), 10)
+        findings = await asyncio.wait_for(run_probe(settings, tmp_path), 60)
     finally:
         server.close()
         await server.wait_closed()
