@@ -194,7 +194,6 @@ def test_each_service_command_starts_and_stops_on_sigterm(
 ) -> None:
     import signal
     import sys
-    import time
     import urllib.request
 
     port = free_port()
@@ -207,15 +206,13 @@ def test_each_service_command_starts_and_stops_on_sigterm(
         stderr=subprocess.STDOUT,
     )
     try:
-        t0 = time.monotonic()
-        # The service says it is ready on its log; then /healthz must answer.
-        wait_for_line(proc, b"ready" if "twilio" not in module else b"edge listening", timeout=15)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:  # noqa: S310
+        # The service says it is ready on its log; then /healthz must answer. How fast it gets
+        # there depends on the runner, so the bounds only catch a hang.
+        wait_for_line(proc, b"ready" if "twilio" not in module else b"edge listening", timeout=30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:  # noqa: S310
             assert r.status == 200
-        ready_s = time.monotonic() - t0
-        assert ready_s < 5
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(5) == 0
+        assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
