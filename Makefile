@@ -45,6 +45,7 @@ probe: venv
 
 lint: venv
 	$(VENV)/bin/ruff check shared services sim tests bench tools
+	$(VENV)/bin/ruff format --check shared services sim tests bench tools
 	$(VENV)/bin/mypy
 
 clean:

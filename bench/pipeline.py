@@ -159,17 +159,30 @@ async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> l
     return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
 
-def _start_stages(procs: Procs, env: dict[str, str], info: dict, py: str,  # type: ignore[type-arg]
-                  transcoders: int, workers: int, edge_port: int) -> None:
+def _start_stages(
+    procs: Procs,
+    env: dict[str, str],
+    info: dict,
+    py: str,  # type: ignore[type-arg]
+    transcoders: int,
+    workers: int,
+    edge_port: int,
+) -> None:
     for i in range(transcoders):
         port = free_port()
-        procs.start(f"transcoder{i}", [py, "-m", "services.transcoder"],
-                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"))
+        procs.start(
+            f"transcoder{i}",
+            [py, "-m", "services.transcoder"],
+            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"),
+        )
         info["metrics_ports"][f"transcoder{i}"] = port
     for i in range(workers):
         port = free_port()
-        procs.start(f"worker{i}", [py, "-m", "services.realtime_worker"],
-                    dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"))
+        procs.start(
+            f"worker{i}",
+            [py, "-m", "services.realtime_worker"],
+            dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"),
+        )
         info["metrics_ports"][f"worker{i}"] = port
     procs.start("edge", [py, "-m", "services.twilio_edge"], env)
     wait_port(edge_port)
@@ -198,16 +211,47 @@ def _start_cluster(procs: Procs, workdir: Path, env: dict[str, str]) -> list[int
     for i, port in enumerate(ports):
         d = workdir / f"node{port}"
         d.mkdir()
-        procs.start(f"redis{i}", ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                  "--save", "", "--appendonly", "no", "--dir", str(d)], env)
+        procs.start(
+            f"redis{i}",
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(d),
+            ],
+            env,
+        )
         wait_port(port)
-    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "redis-cli",
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ],
+        check=True,
+        capture_output=True,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
-               for p in ports):
+        if all(
+            b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
+            for p in ports
+        ):
             return ports
         time.sleep(0.1)
     raise RuntimeError("the cluster did not come up")
@@ -333,7 +377,8 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             for name in [k for k in services if k.startswith("redis")]:
                 del services[name]
             services["redis"] = {
-                "cpu_ms_per_call_s": (sum(redis_cpu_s(c) for c in nodes) - rcpu0) * 1000
+                "cpu_ms_per_call_s": (sum(redis_cpu_s(c) for c in nodes) - rcpu0)
+                * 1000
                 / max(call_seconds, 1e-9),
                 "rss_mb": sum(rss1.get(k, 0.0) for k in rss1 if k.startswith("redis")),
                 "rss_mb_per_call": 0.0,

@@ -140,9 +140,7 @@ def is_client_fault(exc: BaseException) -> bool:
 def is_transient(error: object) -> bool:
     """A reply or error that means "not now" (retry), not "never": what a pipeline's per-command
     results are checked with."""
-    return isinstance(error, RETRYABLE) or (
-        isinstance(error, Exception) and is_client_fault(error)
-    )
+    return isinstance(error, RETRYABLE) or (isinstance(error, Exception) and is_client_fault(error))
 
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

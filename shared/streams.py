@@ -43,6 +43,7 @@ TRANSCODER_GROUP = b"transcoder"
 WORKER_GROUP = b"worker"
 LIFECYCLE_MAXLEN = 100_000
 
+
 def lifecycle_streams(partitions: int) -> list[bytes]:
     """Every lifecycle partition's key; each carries its own hash tag (its own cluster slot)."""
     if partitions <= 1:

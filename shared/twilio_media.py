@@ -388,7 +388,7 @@ def connect_stream_twiml(
         for name, value in parameters.items()
     )
     callback = (
-        f" statusCallback={_xml_text(status_callback)} statusCallbackMethod=\"POST\""
+        f' statusCallback={_xml_text(status_callback)} statusCallbackMethod="POST"'
         if status_callback
         else ""
     )
@@ -428,9 +428,7 @@ def stream_status(form: dict[str, str]) -> StreamStatus:
 _HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
-def public_base_url(
-    public_url: str, host: str | None, forwarded_proto: str | None
-) -> str | None:
+def public_base_url(public_url: str, host: str | None, forwarded_proto: str | None) -> str | None:
     """The edge's base URL as Twilio used it, which is what it signed: ``PUBLIC_URL`` when set,
     else the request's Host with the scheme a TLS-terminating proxy reports. ``None`` when the
     Host (missing, repeated, or not a host name) cannot say."""

@@ -59,10 +59,27 @@ class ClusterNodes:
         d = self.root / str(port)
         d.mkdir(exist_ok=True)
         proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-             "--save", "", "--appendonly", "no", "--dir", str(d)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(d),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         wait_for_line(proc, b"Ready to accept connections", timeout=10)
         assert proc.stdout is not None
@@ -73,9 +90,18 @@ class ClusterNodes:
         for port in self.ports:
             self.start_node(port)
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
 
     def kill(self, port: int) -> None:
@@ -139,17 +165,28 @@ def sids_on(client: RedisCluster, port: int, count: int, on: bool = True) -> lis
     return found
 
 
-@pytest.mark.parametrize("combo", [{"REALTIME_SCHEMA": "audio", "REALTIME_BETA_HEADER": "0"},
-                                   {"REALTIME_SCHEMA": "flat", "REALTIME_BETA_HEADER": "1"}],
-                         ids=["comboA", "comboB"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        {"REALTIME_SCHEMA": "audio", "REALTIME_BETA_HEADER": "0"},
+        {"REALTIME_SCHEMA": "flat", "REALTIME_BETA_HEADER": "1"},
+    ],
+    ids=["comboA", "comboB"],
+)
 async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
     cluster: ClusterNodes, emulator: RealtimeEmulator, tmp_path: Path, combo: dict[str, str]
 ) -> None:
     await wait_for(lambda: cluster_ok(cluster.ports), timeout=20)
     await wait_for(lambda: replicas_in_sync(cluster.ports), timeout=20)
     edge_port = free_port()
-    env = process_env(f"redis://127.0.0.1:{cluster.ports[0]}/0", edge_port, emulator.port,
-                      REDIS_CLUSTER="1", LIFECYCLE_PARTITIONS="8", **combo)
+    env = process_env(
+        f"redis://127.0.0.1:{cluster.ports[0]}/0",
+        edge_port,
+        emulator.port,
+        REDIS_CLUSTER="1",
+        LIFECYCLE_PARTITIONS="8",
+        **combo,
+    )
     stack = ProcessStack(env, edge_port, emulator.port, tmp_path)
     stack.start("transcoder", "services.transcoder", {"CONSUMER_NAME": "t0"})
     stack.start("worker", "services.realtime_worker", {"CONSUMER_NAME": "w0"})
@@ -166,9 +203,14 @@ async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
         victim = masters[1]
         sids = sids_on(client, victim, 3) + sids_on(client, victim, 3, on=False)
         audio = {sid: caller_audio(i) for i, sid in enumerate(sids)}
-        calls = {sid: asyncio.create_task(place_call(
-            stack.media_url, audio[sid], call_sid=sid, hold_after_s=1.0, max_duration_s=45))
-            for sid in sids}
+        calls = {
+            sid: asyncio.create_task(
+                place_call(
+                    stack.media_url, audio[sid], call_sid=sid, hold_after_s=1.0, max_duration_s=45
+                )
+            )
+            for sid in sids
+        }
         # Kill the master once every model session has heard a second of its caller.
         await wait_for(lambda: _all_hearing(emulator, 6, seconds=1.0), timeout=20)
         cluster.kill(victim)
@@ -180,11 +222,17 @@ async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
         heard = [pcm24_to_8k(bytes(s.input_audio)) for s in emulator.sessions]
         print(f"\nfailover: master {victim} killed; per call (on it?, model heard, reply delay ms)")
         for sid, r in results.items():
-            print(sid in sids[:3], round(max(similarity(audio[sid], h) for h in heard), 3),
-                  r.reply_delay_ms and round(r.reply_delay_ms))
+            print(
+                sid in sids[:3],
+                round(max(similarity(audio[sid], h) for h in heard), 3),
+                r.reply_delay_ms and round(r.reply_delay_ms),
+            )
         for sid, r in results.items():
             assert r.frames_received > 0 and not r.violations, (
-                sid in sids[:3], r.violations[:2], await _stream_state(client, sid))
+                sid in sids[:3],
+                r.violations[:2],
+                await _stream_state(client, sid),
+            )
             best = max(similarity(audio[sid], h) for h in heard)
             # On the failed master, what it had taken but not yet passed to its replica may be
             # lost (a few frames at most); elsewhere nothing may be.
@@ -216,8 +264,10 @@ async def _stream_state(client: RedisCluster, sid: str) -> dict[str, object]:
     for key in keys.all():
         try:
             last = await client.xrevrange(key, count=1) if key != keys.meta else []
-            state[key.decode().rsplit(":", 1)[1]] = (await client.xlen(key) if last else 0,
-                                                     last[0][0] if last else None)
+            state[key.decode().rsplit(":", 1)[1]] = (
+                await client.xlen(key) if last else 0,
+                last[0][0] if last else None,
+            )
         except RedisError as exc:
             state[key.decode()] = repr(exc)
     return state

@@ -133,6 +133,7 @@ async def test_batched_writer_outlives_a_client_fault_and_keeps_the_batch() -> N
     def flaky_pipeline(transaction: bool = True):  # type: ignore[no-untyped-def]
         pipe = real_pipeline(transaction=transaction)
         if next(faults, False):
+
             async def broken(raise_on_error: bool = True):  # type: ignore[no-untyped-def]
                 raise AttributeError("'NoneType' object has no attribute 'writelines'")
 
@@ -237,7 +238,9 @@ async def test_batched_writer_a_failing_node_holds_back_only_its_own_streams() -
     writer.add(b"b:u", {b"n": 2}, entry_id=b"1000-2")
     await asyncio.wait_for(writer.flush(), 10)
     assert [(i, f[b"n"]) for i, f in await client.xrange(b"b:u")] == [
-        (b"1000-1", b"1"), (b"1000-2", b"2")]
+        (b"1000-1", b"1"),
+        (b"1000-2", b"2"),
+    ]
     assert writer.failures == 0
     task.cancel()
     await client.aclose()
@@ -282,7 +285,10 @@ async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
 
     closed = SimpleNamespace(is_closing=lambda: True)  # a transport without writelines
     conn._writer = asyncio.streams.StreamWriter(
-        closed, None, None, asyncio.get_running_loop()  # type: ignore[arg-type]
+        closed,
+        None,
+        None,
+        asyncio.get_running_loop(),  # type: ignore[arg-type]
     )
     with pytest.raises(AttributeError) as fault:
         await conn._send_packed_command([b"PING"])
@@ -303,4 +309,7 @@ async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
 def test_inbound_ids_increase_from_the_call_start() -> None:
     ids = s.InboundIds(1_700_000_000_123)
     assert [ids.next() for _ in range(3)] == [
-        b"1700000000123-1", b"1700000000123-2", b"1700000000123-3"]
+        b"1700000000123-1",
+        b"1700000000123-2",
+        b"1700000000123-3",
+    ]

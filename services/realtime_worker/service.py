@@ -119,7 +119,10 @@ class RealtimeWorker:
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
         claims = stage_claims(
-            redis, WORKER_GROUP, settings.consumer_name, settings.owner_idle_ms,
+            redis,
+            WORKER_GROUP,
+            settings.consumer_name,
+            settings.owner_idle_ms,
             settings.lifecycle_partitions,
         )
         self.owned = OwnedCalls(claims, self.run_call)

@@ -54,7 +54,10 @@ class Transcoder:
         self.settings = settings
         self.redis = redis
         claims = stage_claims(
-            redis, TRANSCODER_GROUP, settings.consumer_name, settings.owner_idle_ms,
+            redis,
+            TRANSCODER_GROUP,
+            settings.consumer_name,
+            settings.owner_idle_ms,
             settings.lifecycle_partitions,
         )
         self.owned = OwnedCalls(claims, self.run_call)

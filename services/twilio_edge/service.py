@@ -199,9 +199,7 @@ class CallBridge:
         lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
         try:
             await pipe.execute()
-            await redis.xadd(
-                lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True
-            )
+            await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
         except RETRYABLE as exc:
             # No stage can learn of the call: tell Twilio now (1011) rather than take audio
             # nobody will carry.
@@ -352,8 +350,9 @@ class Edge:
                 log.error(
                     "a request was signed with a secret this edge does not have (%s): set %s",
                     refusal,
-                    "TWILIO_SHARED_KEY_SECRET" if refusal.startswith("shared") else
-                    "TWILIO_AUTH_TOKEN",
+                    "TWILIO_SHARED_KEY_SECRET"
+                    if refusal.startswith("shared")
+                    else "TWILIO_AUTH_TOKEN",
                 )
         return refusal is None
 
