@@ -265,6 +265,7 @@ class BatchedStreamWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._unfinished: dict[bytes, int] = {}  # per stream: writes queued, held or in flight
+        self._dropping: set[bytes] = set()  # streams refusing audio until their backlog clears
         self._progress: asyncio.Event | None = None  # set after a round, for stream flushes
         self._node_of = getattr(redis, "get_node_from_key", None)  # a cluster client's
         self.batches = 0
@@ -279,18 +280,37 @@ class BatchedStreamWriter:
         maxlen: int | None = -1,
         expire_s: int | None = None,
         entry_id: bytes | None = None,
-    ) -> None:
+        droppable: bool = False,
+    ) -> bool:
         """Queue one XADD (``maxlen=None`` for no trim, -1 for the default); never blocks.
 
         ``entry_id``: for a stream this writer alone appends to, increasing IDs of its own make
         a write sent again (after a connection lost mid-pipeline) land once: Redis refuses the
         repeat, which counts as written.
+
+        ``droppable`` (a call's live audio): while Redis is away, a trimmed stream's writes wait
+        here, and a caller keeps sending 50 frames a second, so without a bound a long outage
+        ends in an out-of-memory kill that takes every call down. A stream holding as many
+        unwritten entries as its ``maxlen`` (what Redis would keep of them anyway) refuses more
+        droppable writes, counted as ``redis_backlog_full``; returns whether it was queued.
+        Ends, marks and other control entries are never dropped.
         """
+        limit = self._maxlen if maxlen == -1 else maxlen
+        waiting = self._unfinished.get(stream, 0)
+        if droppable and limit is not None and waiting >= limit:
+            reject("redis_backlog_full")
+            if stream not in self._dropping:
+                self._dropping.add(stream)
+                log.warning(
+                    "redis writes backed up: %d entries of %r waiting; dropping its new audio",
+                    waiting,
+                    stream,
+                )
+            return False
         self._idle.clear()
-        self._unfinished[stream] = self._unfinished.get(stream, 0) + 1
-        self._queue.put_nowait(
-            _Write(stream, fields, self._maxlen if maxlen == -1 else maxlen, expire_s, entry_id)
-        )
+        self._unfinished[stream] = waiting + 1
+        self._queue.put_nowait(_Write(stream, fields, limit, expire_s, entry_id))
+        return True
 
     async def flush(self, *streams: bytes) -> None:
         """Wait until everything queued so far for ``streams`` is in Redis (or given up); with
@@ -310,6 +330,7 @@ class BatchedStreamWriter:
             self._unfinished[write.stream] = left
         else:
             self._unfinished.pop(write.stream, None)
+            self._dropping.discard(write.stream)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -246,6 +246,44 @@ async def test_batched_writer_a_failing_node_holds_back_only_its_own_streams() -
     await client.aclose()
 
 
+async def test_a_long_outage_bounds_each_streams_waiting_audio_and_keeps_its_control() -> None:
+    import asyncio
+
+    from shared.observability import REJECTED
+
+    def dropped() -> float:
+        return REJECTED.labels("redis_backlog_full")._value.get()  # type: ignore[attr-defined]
+
+    client = TwoNodeRedis(server=fakeredis.FakeServer())
+    client.b_down = 10**9  # node b is away for as long as the test wants
+    writer = BatchedStreamWriter(client, maxlen=100)
+    task = asyncio.create_task(writer.run())
+    before = dropped()
+    queued = [writer.add(b"b:audio", {b"n": i}, droppable=True) for i in range(250)]
+    # Only as many as the stream keeps wait; the rest are refused and counted, not kept.
+    assert queued == [True] * 100 + [False] * 150
+    assert dropped() - before == 150
+    # The stream's end still gets in line, and another call's stream has its own allowance.
+    assert writer.add(b"b:audio", {b"n": b"end"}, droppable=True) is False
+    assert writer.add(b"b:audio", {b"n": b"end"}) is True
+    assert all(writer.add(b"b:other", {b"n": i}, droppable=True) for i in range(100))
+    # Streams on a node that is up are not held back at all.
+    assert writer.add(b"a:audio", {b"n": 1}, droppable=True)
+    await asyncio.wait_for(writer.flush(b"a:audio"), 5)
+    assert await client.xlen(b"a:audio") == 1
+
+    client.b_down = 0  # Redis is back: what waited lands, in order, and audio flows again
+    await asyncio.wait_for(writer.flush(), 10)
+    kept = [f[b"n"] for _, f in await client.xrange(b"b:audio")]
+    assert kept == [str(i).encode() for i in range(100)] + [b"end"]
+    assert await client.xlen(b"b:other") == 100
+    assert writer.add(b"b:audio", {b"n": 1}, droppable=True)
+    await asyncio.wait_for(writer.flush(), 5)
+    assert dropped() - before == 151 and writer.failures == 0
+    task.cancel()
+    await client.aclose()
+
+
 async def test_a_cluster_client_fault_is_a_lost_connection_and_our_own_bug_is_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

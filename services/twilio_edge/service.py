@@ -138,7 +138,11 @@ class CallBridge:
                 self._in_expiry_set = True
                 expire = self.edge.settings.call_max_seconds
             self.edge.writer.add(
-                self.keys.in_pcmu, frame.encode(), expire_s=expire, entry_id=self.in_ids.next()
+                self.keys.in_pcmu,
+                frame.encode(),
+                expire_s=expire,
+                entry_id=self.in_ids.next(),
+                droppable=True,
             )
             self.in_frames.inc()
         elif isinstance(event, tw.MarkPlayed):
