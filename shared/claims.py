@@ -178,13 +178,21 @@ class OwnedCalls:
         self.run_call = run_call
         self.tasks: dict[str, asyncio.Task[None]] = {}  # by CallSid
         self.owned: dict[str, tuple[CallClaims, bytes]] = {}
+        self._successors: dict[str, tuple[CallClaims, Claim]] = {}  # waiting for a task to stop
         self._stopping = False
         self._setup_done = 0
         self.ready = asyncio.Event()
 
     def _start(self, claims: CallClaims, claim: Claim) -> None:
         sid = claim.call.call_sid
-        if sid in self.tasks:
+        running = self.tasks.get(sid)
+        if running is not None:
+            if self.owned[sid][1] != claim.entry_id:
+                # A new lifecycle entry for a call in hand: the edge announced it again because
+                # Redis lost it. The old task's streams and claim are gone; the new one starts
+                # once the old one has stopped, rather than when this claim would go idle.
+                self._successors[sid] = (claims, claim)
+                running.cancel()
             return
         if claim.recovered:
             RECOVERED.inc()
@@ -212,6 +220,9 @@ class OwnedCalls:
         finally:
             self.tasks.pop(sid, None)
             self.owned.pop(sid, None)
+            successor = self._successors.pop(sid, None)
+            if successor is not None and not self._stopping:
+                self._start(*successor)
 
     def _entries(self, claims: CallClaims) -> dict[bytes, str]:
         return {entry: sid for sid, (c, entry) in self.owned.items() if c is claims}

@@ -159,6 +159,9 @@ RECONNECTS = Counter("gateway_reconnects_total", "Reconnects by target", ["targe
 RECOVERED = Counter(
     "gateway_calls_recovered_total", "Calls taken over from a dead or restarted instance"
 )
+REANNOUNCED = Counter(
+    "gateway_calls_reannounced_total", "Calls the edge registered again after Redis lost them"
+)
 REJECTED = Counter("gateway_rejected_total", "Inputs rejected, by reason", ["reason"])
 
 _LABEL_RE = re.compile(r"^[a-z0-9_.]{1,48}$")

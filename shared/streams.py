@@ -417,6 +417,9 @@ def decode_lifecycle(fields: Fields) -> CallStarted:
 META_ENDED = b"ended"  # set (to the reason) by the first stage that sees the call end
 META_STARTED = b"started"
 META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
+# Set by the edge when it registered a call again after Redis lost it: the call is well under
+# way (no greeting) and what was said before is gone.
+META_REANNOUNCED = b"reannounced"
 
 
 class InboundIds:

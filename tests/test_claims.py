@@ -93,3 +93,30 @@ async def test_owned_calls_runs_releases_and_survives_a_lost_group(real_redis) -
     assert await asyncio.wait_for(done.get(), 10) == f"CA{2:032d}"
     runner.cancel()
     await owned.stop(hand_over=False)
+
+
+async def test_a_call_announced_again_replaces_its_running_task(real_redis) -> None:  # type: ignore[no-untyped-def]
+    """The edge registers a call again when Redis lost it: the new entry's task takes over as
+    soon as the old one stops, not after the new claim has gone idle."""
+    runs: asyncio.Queue[bytes] = asyncio.Queue()
+    cancelled: list[bytes] = []
+
+    async def run_call(claim: Claim) -> None:
+        await runs.put(claim.entry_id)
+        try:
+            await asyncio.Event().wait()  # a call in progress
+        except asyncio.CancelledError:
+            cancelled.append(claim.entry_id)
+            raise
+
+    owned = OwnedCalls(CallClaims(real_redis, b"g", "a", idle_ms=60_000), run_call)
+    runner = asyncio.create_task(owned.run())
+    await asyncio.wait_for(owned.ready.wait(), 5)
+    first_id = await real_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    assert await asyncio.wait_for(runs.get(), 5) == first_id
+    again_id = await real_redis.xadd(LIFECYCLE_STREAM, _started(1))  # same CallSid
+    assert await asyncio.wait_for(runs.get(), 5) == again_id
+    assert cancelled == [first_id] and len(owned.tasks) == 1
+    assert owned.owned[f"CA{1:032d}"][1] == again_id
+    runner.cancel()
+    await owned.stop(hand_over=False)

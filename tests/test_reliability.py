@@ -8,6 +8,7 @@ import base64
 import json
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,13 +36,15 @@ class Rig:
     ) -> None:
         self.stack, self.emulator, self.redis_server = stack, emulator, redis_server
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, **env: str) -> None:
         module = {
             "t": "services.transcoder",
             "w": "services.realtime_worker",
             "e": "services.twilio_edge",
         }[name[0]]
-        self.stack.start(name, module, {"CONSUMER_NAME": name, "REALTIME_RESTORE_SECONDS": "4"})
+        self.stack.start(
+            name, module, {"CONSUMER_NAME": name, "REALTIME_RESTORE_SECONDS": "4", **env}
+        )
 
     def alive(self) -> None:
         for name, proc in self.stack.procs.items():
@@ -206,6 +209,34 @@ async def test_redis_restarted_empty_services_recover(rig: Rig) -> None:
             break
         await asyncio.sleep(0.5)  # the services are reconnecting with backoff
     assert result is not None and result.frames_received > 0
+    rig.alive()
+
+
+async def test_a_call_in_progress_goes_on_after_redis_restarts_empty(rig: Rig) -> None:
+    # The edge still holds Twilio's socket: it registers the call again and the stages take it
+    # up afresh, with a new session and no second greeting, instead of leaving it silent.
+    rig.stack.kill("w0", signal.SIGTERM)
+    rig.start("w0", REALTIME_GREETING="Hello, how can I help?")
+    _, second, audio = two_turns()
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40)
+    )
+    s1 = await rig.emulator.wait_for_session(1, timeout=15)
+    await s1.wait_for_event("input_audio_buffer.speech_stopped", timeout=15)
+    rig.redis_server.stop()
+    rig.redis_server.start()  # same port, no data
+    s2 = await rig.emulator.wait_for_session(2, timeout=15)
+    result = await asyncio.wait_for(call, 60)
+    await s2.wait_closed(timeout=15)
+    assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.95
+    assert len(s2.responses) >= 1 and result.frames_received > 0
+    greetings = [e for e in s1.client_events if e["type"] == "response.create"]
+    assert len(greetings) == 1
+    assert not [e for e in s2.client_events if e["type"] == "response.create"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{rig.stack.edge_port}/metrics") as r:  # noqa: S310
+        metrics = r.read().decode()
+    assert "gateway_calls_reannounced_total 1.0" in metrics
+    assert len(rig.emulator.sessions) == 2  # one session at a time, not one per stage instance
     rig.alive()
 
 

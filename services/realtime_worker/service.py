@@ -75,6 +75,7 @@ from shared.redis_io import (
 )
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
+    META_REANNOUNCED,
     META_WORKER_CURSOR,
     WORKER_GROUP,
     CallEvent,
@@ -169,7 +170,9 @@ class RealtimeWorker:
             rate=config.rate,
         )
         cursors = _Cursors(meta.get(META_WORKER_CURSOR, b"0-0"), meta.get(META_CTL_CURSOR, b"0-0"))
-        if recovered or META_WORKER_CURSOR in meta:
+        if META_REANNOUNCED in meta:  # Redis lost the call mid-way: no greeting, no past
+            core.restore([], greeted=True)
+        elif recovered or META_WORKER_CURSOR in meta:
             core.restore(await self._transcript(keys), META_GREETED in meta)
         expiry_set: set[bytes] = set()
         outcome = "completed"

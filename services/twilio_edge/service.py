@@ -30,6 +30,7 @@ from shared.observability import (
     CALLS,
     FRAMES,
     HOP_LATENCY,
+    REANNOUNCED,
     STREAM_EVENTS,
     call_context,
     metrics_text,
@@ -49,6 +50,7 @@ from shared.redis_io import (
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
+    META_REANNOUNCED,
     TRANSCODER_GROUP,
     WORKER_GROUP,
     CallKeys,
@@ -72,6 +74,9 @@ from shared.streams import (
 log = logging.getLogger("gateway.edge")
 
 _TWIML_TYPE = "text/xml; charset=utf-8"
+
+
+LOSS_CHECK_S = 1.0  # how often a call checks that Redis still knows it
 
 
 def _now_us() -> int:
@@ -186,24 +191,8 @@ class CallBridge:
             _now_us(),
         )
         self.in_ids = InboundIds(started.started_us // 1000)
-        # The call's keys first, its lifecycle entry after, in two round trips: on a cluster the
-        # two live on different nodes and one pipeline would run them concurrently, so a stage
-        # could claim the call before its keys exist and dismiss it as expired.
-        redis = self.edge.redis
-        pipe = redis.pipeline(transaction=False)
-        pipe.hset(
-            keys.meta,
-            mapping={
-                b"call_sid": event.call_sid,
-                b"stream_sid": event.stream_sid,
-                b"started_us": started.started_us,
-            },
-        )
-        pipe.expire(keys.meta, self.edge.settings.call_max_seconds)
-        lifecycle = lifecycle_stream_for(event.call_sid, self.edge.settings.lifecycle_partitions)
         try:
-            await pipe.execute()
-            await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+            await self._register(keys, started)
         except RETRYABLE as exc:
             # No stage can learn of the call: tell Twilio now (1011) rather than take audio
             # nobody will carry.
@@ -216,7 +205,41 @@ class CallBridge:
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
         self.playback = OutboundPlayback(event.stream_sid)
-        self.reader = asyncio.create_task(self._play_replies(keys))
+        self.reader = asyncio.create_task(self._play_replies(keys, started))
+
+    async def _register(self, keys: CallKeys, started: CallStarted, again: bool = False) -> None:
+        """Write the call's keys, then its lifecycle entry, in two round trips: on a cluster the
+        two live on different nodes and one pipeline would run them concurrently, so a stage
+        could claim the call before its keys exist and dismiss it as expired."""
+        redis = self.edge.redis
+        meta: dict[bytes, bytes | int | str] = {
+            b"call_sid": started.call_sid,
+            b"stream_sid": started.stream_sid,
+            b"started_us": started.started_us,
+        }
+        if again:
+            meta[META_REANNOUNCED] = b"1"
+        pipe = redis.pipeline(transaction=False)
+        pipe.hset(keys.meta, mapping=meta)
+        age_s = max(0, _now_us() - started.started_us) // 1_000_000
+        pipe.expire(keys.meta, max(1, self.edge.settings.call_max_seconds - age_s))
+        await pipe.execute()
+        lifecycle = lifecycle_stream_for(started.call_sid, self.edge.settings.lifecycle_partitions)
+        await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+
+    async def _still_known(self, keys: CallKeys, started: CallStarted) -> None:
+        """Register the call again if Redis has lost it (restarted empty, a failover to a replica
+        that had not got the call, an eviction). The edge holds the one thing Redis cannot
+        give back, Twilio's socket: announced again, the call is taken up by the stages afresh,
+        with a new OpenAI session, instead of leaving the caller talking to silence."""
+        if self.ended or await self.edge.redis.exists(keys.meta):
+            return
+        if _now_us() - started.started_us >= self.edge.settings.call_max_seconds * 1e6:
+            return  # its keys expired with its time: the stages end it
+        self._in_expiry_set = False  # the new in.pcmu needs its expiry
+        await self._register(keys, started, again=True)
+        REANNOUNCED.inc()
+        log.warning("redis had lost this call; registered it again")
 
     async def _earlier_stream(self, keys: CallKeys) -> str | None:
         """The StreamSid an earlier stream of this call left in its keys (``None``: none, or
@@ -244,15 +267,19 @@ class CallBridge:
         log.info("call ended", extra={"reason": reason})
         self.call_cm.__exit__(None, None, None)
 
-    async def _play_replies(self, keys: CallKeys) -> None:
+    async def _play_replies(self, keys: CallKeys, started: CallStarted) -> None:
         """Move reply audio and worker commands to Twilio, commands first within a batch."""
         cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
         redis = self.edge.redis
         hop = HOP_LATENCY.labels("openai_to_edge")
         backoff = Backoff()
+        check_at = time.monotonic() + LOSS_CHECK_S
         while True:
             try:
                 reply = await outlasting_cancel(redis.xread(cursors, count=64, block=1000))
+                if time.monotonic() >= check_at:
+                    check_at = time.monotonic() + LOSS_CHECK_S
+                    await outlasting_cancel(self._still_known(keys, started))
             except RETRYABLE as exc:
                 log.warning("redis unavailable for replies: %s", exc)
                 await asyncio.sleep(backoff.next_delay())
