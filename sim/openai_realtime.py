@@ -956,13 +956,19 @@ class RealtimeEmulator:
         api_key: str | None = None,
         beta_disabled: bool = False,
         reply_chunk_ms: int = 100,
+        keep_sessions: int | None = None,
     ) -> None:
+        """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
+        tests that inspect them). A long-running stand-in keeps only the newest, or it would
+        hold every call's audio for as long as it runs (0.6 MB a call in the soak)."""
         self.host, self.port = host, port
         self.record_dir = Path(record_dir) if record_dir else None
         self.api_key = api_key
         self.beta_disabled = beta_disabled
         self.reply_chunk_ms = reply_chunk_ms
         self.sessions: list[EmulatedSession] = []
+        self.keep_sessions = keep_sessions
+        self.opened = 0  # sessions ever opened; numbers the record directories
         self._server: Any = None
         self._new_session = asyncio.Condition()
 
@@ -1046,8 +1052,8 @@ class RealtimeEmulator:
         beta = request.headers.get("OpenAI-Beta", "").replace(" ", "") == "realtime=v1"
         model = parse_qs(urlsplit(request.path).query)["model"][0]
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() != "authorization"}
-        n = len(self.sessions) + 1
-        record = self.record_dir / f"{n:04d}" if self.record_dir else None
+        self.opened += 1
+        record = self.record_dir / f"{self.opened:04d}" if self.record_dir else None
         session = EmulatedSession(self, ws, "beta" if beta else "ga", model, headers, record)
         async with self._new_session:
             self.sessions.append(session)
@@ -1076,6 +1082,15 @@ class RealtimeEmulator:
                 session.active_task.cancel()
             session.closed = True
             await session._notify()
+            self._forget_old_sessions()
+
+    def _forget_old_sessions(self) -> None:
+        if self.keep_sessions is None:
+            return
+        excess = sum(1 for s in self.sessions if s.closed) - self.keep_sessions
+        if excess > 0:
+            ended = [s for s in self.sessions if s.closed][:excess]
+            self.sessions = [s for s in self.sessions if s not in ended]
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -1085,6 +1100,7 @@ async def _main(args: argparse.Namespace) -> None:
         record_dir=args.record_dir,
         api_key=args.api_key,
         beta_disabled=args.beta_disabled,
+        keep_sessions=args.keep_sessions,
     )
     await emulator.start()
     print(
@@ -1100,6 +1116,9 @@ def main() -> None:
     parser.add_argument("--record-dir")
     parser.add_argument("--api-key")
     parser.add_argument("--beta-disabled", action="store_true")
+    parser.add_argument(
+        "--keep-sessions", type=int, default=100, help="ended sessions kept in memory"
+    )
     try:
         asyncio.run(_main(parser.parse_args()))
     except KeyboardInterrupt:

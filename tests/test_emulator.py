@@ -729,3 +729,14 @@ async def test_truncate_checks_the_content_index(
         else:
             err = (await r.next("error"))["error"]
             assert (err["code"], err["param"]) == ("invalid_value", "content_index")
+
+
+async def test_a_long_running_emulator_keeps_only_its_newest_ended_sessions() -> None:
+    async with RealtimeEmulator(keep_sessions=2) as emulator:
+        for _ in range(4):
+            async with await raw(emulator) as ws:
+                await Raw(ws).next("session.created")
+            session = emulator.sessions[-1]
+            await session.wait_closed(timeout=5)
+        assert emulator.opened == 4 and len(emulator.sessions) == 2
+        assert emulator.sessions[-1] is session
