@@ -415,7 +415,10 @@ def decode_lifecycle(fields: Fields) -> CallStarted:
 # --- call meta (a hash) ------------------------------------------------------------------------
 
 META_ENDED = b"ended"  # set (to the reason) by the first stage that sees the call end
-META_STARTED = b"started"
+# Written by the edge alone, when it registers the call: other stages update the hash too (and
+# a stage that has not yet noticed Redis restarting empty recreates it), so the call is lost
+# exactly when this field is.
+META_STARTED_US = b"started_us"
 META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
 # Set by the edge when it registered a call again after Redis lost it: the call is well under
 # way (no greeting) and what was said before is gone.

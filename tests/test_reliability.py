@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.audio import mulaw_decode, mulaw_encode
+from shared.streams import META_WORKER_CURSOR, CallKeys
 from sim.openai_realtime import RealtimeEmulator
 from sim.speech import silence, speech
 from sim.twilio_call import place_call
@@ -218,13 +219,19 @@ async def test_a_call_in_progress_goes_on_after_redis_restarts_empty(rig: Rig) -
     rig.stack.kill("w0", signal.SIGTERM)
     rig.start("w0", REALTIME_GREETING="Hello, how can I help?")
     _, second, audio = two_turns()
+    sid = "CA" + "7" * 32
     call = asyncio.create_task(
-        place_call(rig.stack.media_url, audio, hold_after_s=1.0, max_duration_s=40)
+        place_call(rig.stack.media_url, audio, call_sid=sid, hold_after_s=1.0, max_duration_s=40)
     )
     s1 = await rig.emulator.wait_for_session(1, timeout=15)
     await s1.wait_for_event("input_audio_buffer.speech_stopped", timeout=15)
     rig.redis_server.stop()
     rig.redis_server.start()  # same port, no data
+    # A stage that has not yet noticed saves its cursor, recreating the call's hash: the call
+    # is still lost, and must still be found so.
+    admin = aioredis.from_url(rig.redis_server.url)
+    await admin.hset(CallKeys.for_call(sid).meta, META_WORKER_CURSOR, b"1-1")
+    await admin.aclose()
     s2 = await rig.emulator.wait_for_session(2, timeout=15)
     result = await asyncio.wait_for(call, 60)
     await s2.wait_closed(timeout=15)

@@ -51,6 +51,7 @@ from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
     META_REANNOUNCED,
+    META_STARTED_US,
     TRANSCODER_GROUP,
     WORKER_GROUP,
     CallKeys,
@@ -215,11 +216,13 @@ class CallBridge:
         meta: dict[bytes, bytes | int | str] = {
             b"call_sid": started.call_sid,
             b"stream_sid": started.stream_sid,
-            b"started_us": started.started_us,
+            META_STARTED_US: started.started_us,
         }
-        if again:
-            meta[META_REANNOUNCED] = b"1"
         pipe = redis.pipeline(transaction=False)
+        if again:
+            # What a stage wrote after the loss (a cursor into streams that are gone) goes too.
+            meta[META_REANNOUNCED] = b"1"
+            pipe.delete(keys.meta)
         pipe.hset(keys.meta, mapping=meta)
         age_s = max(0, _now_us() - started.started_us) // 1_000_000
         pipe.expire(keys.meta, max(1, self.edge.settings.call_max_seconds - age_s))
@@ -232,7 +235,7 @@ class CallBridge:
         that had not got the call, an eviction). The edge holds the one thing Redis cannot
         give back, Twilio's socket: announced again, the call is taken up by the stages afresh,
         with a new OpenAI session, instead of leaving the caller talking to silence."""
-        if self.ended or await self.edge.redis.exists(keys.meta):
+        if self.ended or await self.edge.redis.hexists(keys.meta, META_STARTED_US):
             return
         if _now_us() - started.started_us >= self.edge.settings.call_max_seconds * 1e6:
             return  # its keys expired with its time: the stages end it
