@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sim.speech import speech
 from sim.twilio_call import place_call
+from tools.local_redis import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTES_PER_FRAME_24K = 960  # 20 ms of PCM16 at 24 kHz
@@ -211,27 +212,7 @@ def _start_cluster(procs: Procs, workdir: Path, env: dict[str, str]) -> list[int
     for i, port in enumerate(ports):
         d = workdir / f"node{port}"
         d.mkdir()
-        procs.start(
-            f"redis{i}",
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(d),
-            ],
-            env,
-        )
+        procs.start(f"redis{i}", redis_server_argv(port, d, cluster=True), env)
         wait_port(port)
     subprocess.run(
         [
@@ -306,23 +287,7 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
             wait_port(edge_port)
             info["metrics_ports"] = {"bridge": edge_port}
         else:
-            procs.start(
-                "redis",
-                [
-                    "redis-server",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                base_env,
-            )
+            procs.start("redis", redis_server_argv(redis_port, workdir), base_env)
             wait_port(redis_port)
             env = dict(
                 base_env,

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sim.openai_realtime import RealtimeEmulator
+from tools.local_redis import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,19 +64,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server not installed"
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            redis_server_argv(self.port, self.workdir, binary=binary),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

@@ -25,6 +25,7 @@ from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
 from tests.conftest import free_port, port_open, wait_for, wait_for_line
 from tests.stack import ProcessStack, process_env
+from tools.local_redis import redis_server_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -59,25 +60,7 @@ class ClusterNodes:
         d = self.root / str(port)
         d.mkdir(exist_ok=True)
         proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(d),
-            ],
+            redis_server_argv(port, d, cluster=True, node_timeout_ms=2000),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
