@@ -343,7 +343,8 @@ async def test_messages_are_shaped_and_paced_like_twilios() -> None:
     # 50 frames a second against the monotonic clock: frame k near t0 + k x 20 ms, no drift.
     arrivals = np.array([t for t, _ in gw.of("media")])
     offsets = arrivals - arrivals[0] - 0.02 * np.arange(arrivals.size)
-    assert offsets.min() > -0.03 and offsets.max() < 0.15, (offsets.min(), offsets.max())
+    # A stall of a loaded runner may delay a frame; the schedule catches up (no drift).
+    assert offsets.min() > -0.03 and offsets.max() < 0.3, (offsets.min(), offsets.max())
     assert abs((arrivals[-1] - arrivals[0]) / (arrivals.size - 1) - 0.02) < 0.002
     # No reply came: the call hung up 0.4 s after the caller's audio ended.
     assert result.frames_received == 0 and result.reply_delay_ms is None
@@ -377,7 +378,7 @@ async def test_an_echo_is_heard_as_sent_and_each_mark_returns_after_its_audio() 
     # Each mark came back after its chunk had finished playing, and within a window or two.
     for (name, back_at), chunk in zip(result.marks_returned, result.reply_chunks, strict=True):
         assert chunk.finished_at is not None and chunk.finished_at <= back_at + 0.005, name
-        assert back_at - chunk.finished_at < 0.1
+        assert back_at - chunk.finished_at < 0.25
         assert chunk.played_at is not None and chunk.played_at >= chunk.received_at - 0.03
     returned = gw.of("mark")
     assert [m["mark"]["name"] for _, m in returned] == [n for n, _ in result.marks_returned]
@@ -403,16 +404,17 @@ async def test_marks_wait_for_playback_and_clear_drops_the_rest_at_once() -> Non
         )
         m2_at = await gw.wait_for(returned_mark("m2"))
     m1_at = next(t for t, m in gw.messages if returned_mark("m1")(m))
-    assert 0.39 <= m1_at - sent["m1"] < 0.6  # only once its 400 ms had played
-    assert m2_at - sent["clear"] < 0.1  # at once on clear, not 2 s later
+    # Bounds far from the wrong answers (at once; 2 s later) so a loaded runner cannot trip them.
+    assert 0.39 <= m1_at - sent["m1"] < 0.9  # only once its 400 ms had played
+    assert m2_at - sent["clear"] < 0.5  # at once on clear, not 2 s later
     assert [n for n, _ in result.marks_returned] == ["m1", "m2"]
     assert len(result.clears) == 1 and result.reply_heard_at_clear_ms is not None
-    assert 400 <= result.reply_heard_at_clear_ms <= 480
+    assert 400 <= result.reply_heard_at_clear_ms <= 600
     # The cleared audio never played: about 400 ms of reply heard, not 2.4 s.
     first, second = result.reply_chunks
     assert first.finished_at is not None and first.cleared_bytes == 0
     assert second.cleared_bytes >= 16000 - 80 * 8 and second.finished_at is None
-    assert 400 <= result.heard.count(0x00) / 8 <= 480
+    assert 400 <= result.heard.count(0x00) / 8 <= 600
     assert result.played_after_clear_ms == 0
 
 
@@ -465,11 +467,11 @@ async def test_barge_in_speaks_over_the_reply_until_the_clear() -> None:
             15,
         )
     assert result.barge_in_at is not None and result.reply_delay_ms is not None
-    assert result.clear_after_barge_ms is not None and result.clear_after_barge_ms < 150
-    assert result.played_after_barge_ms is not None and result.played_after_barge_ms <= 160
+    assert result.clear_after_barge_ms is not None and result.clear_after_barge_ms < 400
+    assert result.played_after_barge_ms is not None and result.played_after_barge_ms <= 400
     # 500 ms of reply had played; after the clear only silence (nothing else was sent).
     assert result.reply_heard_at_clear_ms is not None
-    assert 500 <= result.reply_heard_at_clear_ms <= 700
+    assert 500 <= result.reply_heard_at_clear_ms <= 1000  # of a 3 s reply
     assert result.heard.count(0x00) / 8 == pytest.approx(result.reply_heard_at_clear_ms, abs=25)
     assert [n for n, _ in result.marks_returned] == [f"r:{i}" for i in range(15)]
     cut = [n for n, t in result.marks_returned if t >= result.clears[0]]
