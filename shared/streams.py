@@ -423,6 +423,26 @@ META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
 # Set by the edge when it registered a call again after Redis lost it: the call is well under
 # way (no greeting) and what was said before is gone.
 META_REANNOUNCED = b"reannounced"
+META_STREAM_SID = b"stream_sid"
+
+
+def call_meta(started: CallStarted, *, reannounced: bool = False) -> dict[bytes, bytes | int]:
+    """The fields the edge writes when it registers a call (again, after Redis lost it)."""
+    meta: dict[bytes, bytes | int] = {
+        b"call_sid": started.call_sid.encode(),
+        META_STREAM_SID: started.stream_sid.encode(),
+        META_STARTED_US: started.started_us,
+    }
+    if reannounced:
+        meta[META_REANNOUNCED] = b"1"
+    return meta
+
+
+def call_ttl_s(started_us: int, now_us: int, call_max_seconds: int) -> int | None:
+    """How long a call's keys may still live: what is left of ``CALL_MAX_SECONDS`` since its
+    start, or None once that is spent and the call is not to be registered again."""
+    left = call_max_seconds - max(0, now_us - started_us) // 1_000_000
+    return left if left > 0 else None
 
 
 class InboundIds:

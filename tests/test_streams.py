@@ -351,3 +351,25 @@ def test_inbound_ids_increase_from_the_call_start() -> None:
         b"1700000000123-2",
         b"1700000000123-3",
     ]
+
+
+def test_a_calls_registration_names_its_start_and_whether_it_was_lost() -> None:
+    from shared.streams import (
+        META_REANNOUNCED,
+        META_STARTED_US,
+        META_STREAM_SID,
+        CallStarted,
+        call_meta,
+        call_ttl_s,
+    )
+
+    started = CallStarted("CA" + "1" * 32, "MZ1", "AC1", {}, 5_000_000)
+    first = call_meta(started)
+    assert first[META_STARTED_US] == 5_000_000 and first[META_STREAM_SID] == b"MZ1"
+    assert META_REANNOUNCED not in first
+    assert call_meta(started, reannounced=True)[META_REANNOUNCED] == b"1"
+    # Keys live for what is left of the call's time; once spent, it is not registered again.
+    assert call_ttl_s(5_000_000, 5_000_000, 3600) == 3600
+    assert call_ttl_s(5_000_000, 5_000_000 + 3_599_500_000, 3600) == 1
+    assert call_ttl_s(5_000_000, 5_000_000 + 3_600_000_000, 3600) is None
+    assert call_ttl_s(5_000_000, 0, 3600) == 3600  # a clock that stepped back

@@ -50,8 +50,8 @@ from shared.redis_io import (
 from shared.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
-    META_REANNOUNCED,
     META_STARTED_US,
+    META_STREAM_SID,
     TRANSCODER_GROUP,
     WORKER_GROUP,
     CallKeys,
@@ -65,6 +65,8 @@ from shared.streams import (
     OutboundChunk,
     StreamEnd,
     StreamEntryError,
+    call_meta,
+    call_ttl_s,
     decode_command,
     decode_outbound,
     lifecycle_stream_for,
@@ -212,23 +214,18 @@ class CallBridge:
         """Write the call's keys, then its lifecycle entry, in two round trips: on a cluster the
         two live on different nodes and one pipeline would run them concurrently, so a stage
         could claim the call before its keys exist and dismiss it as expired."""
-        redis = self.edge.redis
-        meta: dict[bytes, bytes | int | str] = {
-            b"call_sid": started.call_sid,
-            b"stream_sid": started.stream_sid,
-            META_STARTED_US: started.started_us,
-        }
-        pipe = redis.pipeline(transaction=False)
-        if again:
-            # What a stage wrote after the loss (a cursor into streams that are gone) goes too.
-            meta[META_REANNOUNCED] = b"1"
+        settings = self.edge.settings
+        ttl = call_ttl_s(started.started_us, _now_us(), settings.call_max_seconds) or 1
+        pipe = self.edge.redis.pipeline(transaction=False)
+        if again:  # what a stage wrote after the loss (a cursor into streams that are gone) goes
             pipe.delete(keys.meta)
-        pipe.hset(keys.meta, mapping=meta)
-        age_s = max(0, _now_us() - started.started_us) // 1_000_000
-        pipe.expire(keys.meta, max(1, self.edge.settings.call_max_seconds - age_s))
+        pipe.hset(keys.meta, mapping=call_meta(started, reannounced=again))
+        pipe.expire(keys.meta, ttl)
         await pipe.execute()
-        lifecycle = lifecycle_stream_for(started.call_sid, self.edge.settings.lifecycle_partitions)
-        await redis.xadd(lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True)
+        lifecycle = lifecycle_stream_for(started.call_sid, settings.lifecycle_partitions)
+        await self.edge.redis.xadd(
+            lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True
+        )
 
     async def _still_known(self, keys: CallKeys, started: CallStarted) -> None:
         """Register the call again if Redis has lost it (restarted empty, a failover to a replica
@@ -237,7 +234,7 @@ class CallBridge:
         with a new OpenAI session, instead of leaving the caller talking to silence."""
         if self.ended or await self.edge.redis.hexists(keys.meta, META_STARTED_US):
             return
-        if _now_us() - started.started_us >= self.edge.settings.call_max_seconds * 1e6:
+        if call_ttl_s(started.started_us, _now_us(), self.edge.settings.call_max_seconds) is None:
             return  # its keys expired with its time: the stages end it
         self._in_expiry_set = False  # the new in.pcmu needs its expiry
         await self._register(keys, started, again=True)
@@ -248,7 +245,7 @@ class CallBridge:
         """The StreamSid an earlier stream of this call left in its keys (``None``: none, or
         Redis cannot say now, in which case the call goes ahead as the common case)."""
         try:
-            value = await self.edge.redis.hget(keys.meta, b"stream_sid")
+            value = await self.edge.redis.hget(keys.meta, META_STREAM_SID)
         except RETRYABLE:
             return None
         return value.decode("ascii", "replace") if value else None
