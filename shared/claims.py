@@ -251,7 +251,8 @@ class OwnedCalls:
                         if self._setup_done == len(self.partitions):
                             self.ready.set()
                 t0 = time.monotonic()
-                for claim in await claims.new(block_ms):
+                arrived = await claims.new(block_ms)
+                for claim in arrived:
                     self._start(claims, claim)
                 now = time.monotonic()
                 if now >= next_refresh:
@@ -264,9 +265,11 @@ class OwnedCalls:
                             task.cancel()
                     for claim in await claims.take_over():
                         self._start(claims, claim)
-                elif now - t0 < block_ms / 2000:
-                    # A server that answers a blocking read at once (fakeredis does) must not
-                    # turn this control loop into a busy loop; real Redis never gets here.
+                elif not arrived and now - t0 < block_ms / 2000:
+                    # An empty answer long before the block ran out: a server that does not
+                    # block (fakeredis) must not turn this loop into a busy loop. Real Redis
+                    # answers early only with entries, and a call that arrives is taken up
+                    # at once, never after a nap.
                     await asyncio.sleep(block_ms / 1000)
                 backoff.reset()
             except RETRYABLE as exc:

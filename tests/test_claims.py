@@ -120,3 +120,38 @@ async def test_a_call_announced_again_replaces_its_running_task(real_redis) -> N
     assert owned.owned[f"CA{1:032d}"][1] == again_id
     runner.cancel()
     await owned.stop(hand_over=False)
+
+
+async def test_a_call_announced_right_after_another_is_taken_up_without_a_nap(
+    real_redis, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Real Redis answers a blocking read early only with entries: the loop must go straight
+    back to reading, not nap for its block (which made every call of a busy minute wait up to
+    0.8 s for its stages)."""
+    import shared.claims as claims_module
+
+    naps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args: object) -> None:
+        if delay > 0:
+            naps.append(delay)
+        await real_sleep(delay, *args)
+
+    monkeypatch.setattr(claims_module.asyncio, "sleep", recording_sleep)
+    runs: asyncio.Queue[str] = asyncio.Queue()
+
+    async def run_call(claim: Claim) -> None:
+        await runs.put(claim.call.call_sid)
+        await asyncio.Event().wait()
+
+    owned = OwnedCalls(CallClaims(real_redis, b"g", "a", idle_ms=60_000), run_call)
+    runner = asyncio.create_task(owned.run())
+    await asyncio.wait_for(owned.ready.wait(), 5)
+    await real_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    assert await asyncio.wait_for(runs.get(), 5) == f"CA{1:032d}"
+    await real_redis.xadd(LIFECYCLE_STREAM, _started(2))
+    assert await asyncio.wait_for(runs.get(), 5) == f"CA{2:032d}"
+    assert naps == []
+    runner.cancel()
+    await owned.stop(hand_over=False)
