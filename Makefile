@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server test test-cluster run smoke demo bench probe lint clean
+.PHONY: venv redis-server espeak-ng test test-cluster run smoke demo bench probe lint clean
 
 venv: $(STAMP)
 
@@ -15,14 +15,24 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e '.[test,bench,dev]'
 	@touch $(STAMP)
 
-# redis-server (and redis-cli, which builds the test cluster) from Debian's packages when missing.
+# Debian packages a target needs, installed with apt-get when their command is missing.
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+  $$SUDO apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=300 install -y -qq
+
+# redis-server (and redis-cli, which builds the test cluster).
 redis-server:
 	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
 	  echo "installing redis-server and redis-tools with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	  $(APT_INSTALL) redis-server redis-tools >/dev/null; }
 
-test: venv redis-server
+# espeak-ng: the simulators' caller voice when present. The suite installs it so that it is the
+# same everywhere; its tests of the synthetic voice and of espeak-ng's each name their engine.
+espeak-ng:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng with apt-get"; \
+	  $(APT_INSTALL) espeak-ng >/dev/null; }
+
+test: venv redis-server espeak-ng
 	$(PY) -m pytest -q
 
 test-cluster: venv redis-server

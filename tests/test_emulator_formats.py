@@ -4,19 +4,26 @@ dialects: what it echoes, what its VAD hears, what it sends, and how long that l
 from __future__ import annotations
 
 import base64
+import shutil
 from typing import Any
 
 import numpy as np
 import pytest
 
 from shared.audio import mulaw_decode, mulaw_encode
-from sim.openai_realtime import RealtimeEmulator, alaw_decode, alaw_encode
+from sim.openai_realtime import (
+    VAD_THRESHOLD_DBFS,
+    VAD_WINDOW_MS,
+    RealtimeEmulator,
+    _dbfs,
+    alaw_decode,
+    alaw_encode,
+)
 from sim.speech import silence, speech
 from tests.test_emulator import BETA_SERVER, GA_SERVER, Raw, error_for, raw
 
 audioop = pytest.importorskip("audioop")  # audioop-lts on 3.13+
 
-SPEECH_8K = speech("hello there, can you hear me")
 CODECS = {"ulaw": (mulaw_encode, mulaw_decode), "alaw": (alaw_encode, alaw_decode)}
 GA_NAMES = {"ulaw": "audio/pcmu", "alaw": "audio/pcma"}
 BETA_NAMES = {"ulaw": "g711_ulaw", "alaw": "g711_alaw"}
@@ -139,11 +146,32 @@ async def test_the_output_format_follows_the_same_rate_rules(
 # --- G.711 input: VAD, commits --------------------------------------------------------------------
 
 
+def speech_end_ms(samples: np.ndarray, rate: int = 8000) -> float:
+    """Where the speech in a clip ends for an energy VAD: the end of its last window above the
+    emulator's threshold. A recorded voice (espeak-ng's) ends in silence, so the clip's length
+    is not the speech's."""
+    window = rate * VAD_WINDOW_MS // 1000
+    loud = [
+        i
+        for i in range(samples.size // window)
+        if _dbfs(samples[i * window : (i + 1) * window]) > VAD_THRESHOLD_DBFS
+    ]
+    return (loud[-1] + 1) * VAD_WINDOW_MS if loud else 0.0
+
+
+def voice(engine: str) -> np.ndarray:
+    if engine == "espeak" and shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (make test installs it)")
+    return speech("hello there, can you hear me", engine=engine)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["synthetic", "espeak"])
 @pytest.mark.parametrize("codec", ["ulaw", "alaw"])
 @pytest.mark.parametrize("beta", [False, True])
 async def test_server_vad_hears_g711_input(
-    emulator: RealtimeEmulator, codec: str, beta: bool
+    emulator: RealtimeEmulator, codec: str, beta: bool, engine: str
 ) -> None:
+    spoken = voice(engine)
     encode = CODECS[codec][0]
     if beta:
         session = beta_session(BETA_NAMES[codec], "pcm16", vad=True)
@@ -152,14 +180,14 @@ async def test_server_vad_hears_g711_input(
     async with await raw(emulator, beta) as ws:
         r = Raw(ws)
         await r.session(session)
-        await append(r, encode(SPEECH_8K) + encode(silence(1000)), frame=160)
+        await append(r, encode(spoken) + encode(silence(1000)), frame=160)
         started = await r.next("input_audio_buffer.speech_started")
         stopped = await r.next("input_audio_buffer.speech_stopped")
         committed = await r.next("input_audio_buffer.committed")
         await r.next("response.done")
     assert started["item_id"] == stopped["item_id"] == committed["item_id"]
-    # The speech lasts len(SPEECH_8K) / 8 ms; it stops once 500 ms of silence followed it.
-    speech_ms = len(SPEECH_8K) / 8
+    # It stops once 500 ms of silence followed the speech.
+    speech_ms = speech_end_ms(spoken)
     assert speech_ms + 400 <= stopped["audio_end_ms"] <= speech_ms + 700
 
 
