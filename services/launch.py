@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import settings_or_exit
+from shared.settings import Settings, settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROCESSES = 8
@@ -154,7 +154,7 @@ def program(name: str, number: int) -> None:
 def stack() -> None:
     env = default_environment(dict(os.environ))
     os.environ.update(env)
-    settings = settings_or_exit("make run")
+    settings = settings_or_exit("make run", checks=(Settings.unsigned_edge,))
     (ROOT / "run").mkdir(exist_ok=True)
     target = "OpenAI" if settings.openai_api_key else "the local OpenAI Realtime emulator"
     print(f"voice gateway: calls go to {target} at {settings.realtime_url}")

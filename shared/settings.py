@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -88,6 +89,9 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     # The secret of a Twilio SharedKey, for webhooks a Webhook Rule signs with it (HMAC-SHA256).
     twilio_shared_key_secret: SecretStr | None = None
+    # auto: verify when a secret is set, and refuse to start against the live API without one;
+    # on: a secret is required whatever the model; off: accept unsigned requests (a warning).
+    twilio_signatures: Literal["auto", "on", "off"] = "auto"
     max_calls: int = Field(200, ge=1, le=100_000)
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
@@ -196,6 +200,33 @@ class Settings(BaseSettings):
             )
         return None
 
+    def unsigned_edge(self) -> str | None:
+        """Why the edge must not start (``None`` when it may): open to unsigned requests while
+        the model is the live API, anyone who finds its address could talk to the model on the
+        operator's account. ``TWILIO_SIGNATURES=off`` says that this is wanted."""
+        has_secret = bool(self.twilio_auth_token or self.twilio_shared_key_secret)
+        if has_secret or self.twilio_signatures == "off":
+            return None
+        if self.twilio_signatures == "on":
+            return (
+                "TWILIO_SIGNATURES=on needs TWILIO_AUTH_TOKEN or TWILIO_SHARED_KEY_SECRET "
+                "to verify Twilio's signatures"
+            )
+        if self.openai_api_key and not self.uses_emulator:
+            return (
+                "OPENAI_API_KEY is set and REALTIME_URL is not a local emulator, but neither "
+                "TWILIO_AUTH_TOKEN nor TWILIO_SHARED_KEY_SECRET is: anyone could reach the model "
+                "through /twiml and /media; set one, or TWILIO_SIGNATURES=off to accept "
+                "unsigned requests"
+            )
+        return None
+
+    @property
+    def verifies_signatures(self) -> bool:
+        """Whether the edge checks Twilio's signatures (a secret is set and they are not off)."""
+        has_secret = bool(self.twilio_auth_token or self.twilio_shared_key_secret)
+        return has_secret and self.twilio_signatures != "off"
+
     # --- Derived values ---------------------------------------------------------------------------
     @property
     def pcm_rate(self) -> int:
@@ -246,15 +277,23 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(_describe(exc)) from None
 
 
-def settings_or_exit(service: str, *, any_combo: bool = False) -> Settings:
+def settings_or_exit(
+    service: str,
+    *,
+    any_combo: bool = False,
+    checks: tuple[Callable[[Settings], str | None], ...] = (),
+) -> Settings:
     """The settings for a service's ``main``: one line on stderr and exit code 2 when they are
     bad. Only the smoke test (``any_combo``) may run a schema/header pair outside the report's
-    two combos."""
+    two combos. ``checks`` are the service's own start-up rules (e.g.
+    :meth:`Settings.unsigned_edge`), each returning why it must not start."""
     try:
         settings = load_settings()
-        problem = None if any_combo else settings.unverified_combo()
-        if problem:
-            raise ConfigError(problem)
+        rules = checks if any_combo else (Settings.unverified_combo, *checks)
+        for rule in rules:
+            problem = rule(settings)
+            if problem:
+                raise ConfigError(problem)
         return settings
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)

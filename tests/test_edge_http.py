@@ -112,6 +112,14 @@ async def test_signed_webhook_accepted_unsigned_or_wrong_refused() -> None:
         ] == 403
 
 
+async def test_signatures_off_accepts_unsigned_requests_even_with_a_token() -> None:
+    """TWILIO_SIGNATURES=off: the operator said explicitly that unsigned requests are wanted."""
+    async with edge(twilio_auth_token=TOKEN, twilio_signatures="off") as port:
+        assert (await http(port, "POST", "/twiml", urlencode(FORM).encode()))[0] == 200
+        async with connect(f"ws://127.0.0.1:{port}/media"):
+            pass
+
+
 async def test_signed_media_handshake_accepted_unsigned_refused() -> None:
     validator = RequestValidator(TOKEN)
     async with edge(twilio_auth_token=TOKEN) as port:

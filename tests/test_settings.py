@@ -145,3 +145,69 @@ def test_every_service_exits_2_with_one_line_and_no_traceback(module: str) -> No
     assert len(lines) == 1, proc.stderr
     assert "REALTIME_SCHEMA='bogus'" in lines[0] and "Traceback" not in proc.stderr
     assert "'audio', 'flat' or 'auto'" in lines[0]
+
+
+# --- secure by default: the edge and Twilio's signatures ----------------------------------------
+
+LIVE_KEY = "sk-canary-live-123456"
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({"OPENAI_API_KEY": LIVE_KEY}, True),  # the live API, no secret: anyone could talk to it
+        ({"OPENAI_API_KEY": LIVE_KEY, "TWILIO_AUTH_TOKEN": "0123456789abcdef"}, False),
+        ({"OPENAI_API_KEY": LIVE_KEY, "TWILIO_SHARED_KEY_SECRET": "0123456789abcdef"}, False),
+        ({"OPENAI_API_KEY": LIVE_KEY, "TWILIO_SIGNATURES": "off"}, False),  # said explicitly
+        ({}, False),  # no key: the emulator, open as make run has it
+        (
+            {"OPENAI_API_KEY": LIVE_KEY, "REALTIME_URL": "ws://127.0.0.1:8765/v1/realtime"},
+            False,
+        ),  # a key with the local emulator
+        ({"TWILIO_SIGNATURES": "on"}, True),  # a secret asked for whatever the model
+    ],
+)
+def test_the_edge_refuses_to_start_open_to_the_live_api(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], refused: bool
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    problem = load_settings().unsigned_edge()
+    assert (problem is not None) == refused, problem
+    if problem:
+        assert "TWILIO_AUTH_TOKEN" in problem and "TWILIO_SHARED_KEY_SECRET" in problem
+
+
+def test_signatures_off_disables_verification_even_with_a_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "0123456789abcdef")
+    assert load_settings().verifies_signatures
+    monkeypatch.setenv("TWILIO_SIGNATURES", "off")
+    assert not load_settings().verifies_signatures
+    monkeypatch.setenv("TWILIO_SIGNATURES", "sometimes")
+    with pytest.raises(ConfigError, match="TWILIO_SIGNATURES"):
+        load_settings()
+
+
+def test_the_edge_process_exits_2_naming_the_variables_when_open_to_the_live_api() -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_"))
+    }
+    env.update(OPENAI_API_KEY=LIVE_KEY, REDIS_URL="redis://127.0.0.1:1/0", EDGE_PORT="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.twilio_edge"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for name in ("OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET"):
+        assert name in lines[0]
+    assert "TWILIO_SIGNATURES=off" in lines[0] and LIVE_KEY not in proc.stderr + proc.stdout

@@ -343,9 +343,10 @@ class Edge:
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
         token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
+        verify = settings.verifies_signatures
         self.signatures = tw.TwilioSignatures(
-            token.get_secret_value() if token else None,
-            shared.get_secret_value() if shared else None,
+            token.get_secret_value() if token and verify else None,
+            shared.get_secret_value() if shared and verify else None,
         )
         self.bridges: set[CallBridge] = set()
 
@@ -517,7 +518,10 @@ async def run_edge(
     edge = Edge(settings, redis)
     if not edge.signatures.enabled:
         log.warning(
-            "TWILIO_AUTH_TOKEN is not set: accepting unsigned requests on /twiml and /media"
+            "accepting unsigned requests on /twiml and /media (%s)",
+            "TWILIO_SIGNATURES=off"
+            if settings.twilio_signatures == "off"
+            else "no TWILIO_AUTH_TOKEN or TWILIO_SHARED_KEY_SECRET; the model is a local emulator",
         )
     await edge.prepare()
     writer = asyncio.create_task(edge.writer.run())
@@ -552,5 +556,5 @@ async def run_edge(
 
 
 def main(settings: Settings | None = None) -> None:
-    settings = settings or settings_or_exit("twilio_edge")
+    settings = settings or settings_or_exit("twilio_edge", checks=(Settings.unsigned_edge,))
     run_service("twilio_edge", settings, lambda stop: run_edge(settings, stop))
