@@ -27,9 +27,9 @@ from websockets.http11 import Request, Response
 from services.twilio_edge.http import respond
 from shared import twilio_media as tw
 from shared.audio import StreamResampler, mulaw_decode, mulaw_encode
-from shared.observability import FRAMES, HOP_LATENCY, metrics_text
+from shared.runtime.observability import FRAMES, HOP_LATENCY, metrics_text
 from shared.realtime_dialect import AudioDelta, RealtimeDialect, SessionConfig, SessionCreated
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 
 
 class DirectBridge:

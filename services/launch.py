@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROCESSES = 8

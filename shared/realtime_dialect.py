@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")

@@ -9,7 +9,7 @@ One call crosses three processes that meet only here::
 
 * ``gw:calls`` (lifecycle): one ``CallStarted`` per call, written by the edge. Each stage reads it
   through its own consumer group, so each call is owned by exactly one instance of each stage
-  (see :mod:`shared.claims`).
+  (see :mod:`shared.runtime.claims`).
 * ``call:{CA..}:in.pcmu``: the caller's audio as Twilio sent it (raw mu-law bytes, one entry per
   20 ms frame), then one ``end`` entry when the call stops. Edge -> transcoder.
 * ``call:{CA..}:in.pcm``: the same frames as PCM16 24 kHz, **under the same entry IDs**.

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from services.realtime_worker.service import run_worker
 from services.transcoder.service import run_transcoder
 from services.twilio_edge.service import run_edge
-from shared.settings import Settings, load_settings
+from shared.runtime.settings import Settings, load_settings
 from sim.openai_realtime import RealtimeEmulator
 from tests.conftest import ROOT, free_port
 

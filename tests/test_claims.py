@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.claims import CallClaims, Claim, OwnedCalls
+from shared.runtime.claims import CallClaims, Claim, OwnedCalls
 from shared.streams import LIFECYCLE_STREAM, CallStarted
 
 
@@ -128,7 +128,7 @@ async def test_a_call_announced_right_after_another_is_taken_up_without_a_nap(
     """Real Redis answers a blocking read early only with entries: the loop must go straight
     back to reading, not nap for its block (which made every call of a busy minute wait up to
     0.8 s for its stages)."""
-    import shared.claims as claims_module
+    import shared.runtime.claims as claims_module
 
     naps: list[float] = []
     real_sleep = asyncio.sleep

@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 from shared.streams import (
     CallKeys,
     DtmfPressed,

@@ -19,7 +19,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 from tests.conftest import free_port
 from tools.probe import JSON_NAME, MARKDOWN_NAME, amain, exit_code, models_of, run_probe
 from tools.probe_findings import (

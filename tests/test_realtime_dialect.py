@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter
 
 from shared import realtime_dialect as rd
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 
 openai_types = pytest.importorskip("openai.types.realtime")
 beta_types = pytest.importorskip("openai.types.beta.realtime")

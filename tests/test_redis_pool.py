@@ -14,8 +14,8 @@ import asyncio
 import fakeredis
 import pytest
 
-from shared.redis_io import MAX_CONNECTIONS, connect, outlasting_cancel
-from shared.settings import load_settings
+from shared.runtime.redis_io import MAX_CONNECTIONS, connect, outlasting_cancel
+from shared.runtime.settings import load_settings
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.conftest import RedisServer, wait_for

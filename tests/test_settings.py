@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from shared.settings import ConfigError, load_settings
+from shared.runtime.settings import ConfigError, load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from shared.settings import load_settings
+from shared.runtime.settings import load_settings
 from sim.openai_realtime import RealtimeEmulator
 from tools.smoke import smoke
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from redis.exceptions import ResponseError
 
 from shared import streams as s
-from shared.redis_io import BatchedStreamWriter, is_duplicate_id, last_entry_id
+from shared.runtime.redis_io import BatchedStreamWriter, is_duplicate_id, last_entry_id
 from tests.conftest import free_port
 
 
@@ -249,7 +249,7 @@ async def test_batched_writer_a_failing_node_holds_back_only_its_own_streams() -
 async def test_a_long_outage_bounds_each_streams_waiting_audio_and_keeps_its_control() -> None:
     import asyncio
 
-    from shared.observability import REJECTED
+    from shared.runtime.observability import REJECTED
 
     def dropped() -> float:
         return REJECTED.labels("redis_backlog_full")._value.get()  # type: ignore[attr-defined]
@@ -291,7 +291,7 @@ async def test_a_cluster_client_fault_is_a_lost_connection_and_our_own_bug_is_no
     from redis.asyncio.connection import Connection
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from shared.redis_io import _cluster_class, is_client_fault
+    from shared.runtime.redis_io import _cluster_class, is_client_fault
 
     async def faulty_send(*args: object, **kwargs: object) -> None:
         # What redis-py does when a node's connection was closed under it mid-failover.
@@ -316,7 +316,7 @@ async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
 
     from redis.asyncio.connection import Connection
 
-    from shared.redis_io import is_client_fault
+    from shared.runtime.redis_io import is_client_fault
 
     conn = Connection()
     from types import SimpleNamespace

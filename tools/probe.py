@@ -24,7 +24,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 from tools.probe_findings import NEGATIVE_CHECKS, ProbeFindings, recommend, summarise_all
 from tools.probe_report import render_json, render_markdown, render_table
 

@@ -29,7 +29,7 @@ from shared.realtime_dialect import (
     SessionUpdated,
     dialect_from_settings,
 )
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 
 
 def caller_speech(ms: int, rate: int) -> bytes:

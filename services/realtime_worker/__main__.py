@@ -1,6 +1,6 @@
 """`python -m services.realtime_worker`: settings are checked before anything heavy is imported."""
 
-from shared.settings import settings_or_exit
+from shared.runtime.settings import settings_or_exit
 
 settings = settings_or_exit("realtime_worker")
 

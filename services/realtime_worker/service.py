@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared.backoff import Backoff
-from shared.claims import Claim, OwnedCalls, stage_claims
+from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.conversation import (
     Action,
     CallConversation,
@@ -36,7 +36,7 @@ from shared.conversation import (
     WriteEvent,
     WriteOutbound,
 )
-from shared.observability import (
+from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
     FIRST_REPLY,
@@ -65,7 +65,7 @@ from shared.realtime_dialect import (
     close_refusal,
     refuses_update,
 )
-from shared.redis_io import (
+from shared.runtime.redis_io import (
     RETRYABLE,
     BatchedStreamWriter,
     connect,
@@ -73,7 +73,7 @@ from shared.redis_io import (
     outlasting_cancel,
     prepare,
 )
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
     META_REANNOUNCED,
     META_WORKER_CURSOR,

@@ -1,6 +1,6 @@
 """`python -m services.transcoder`: settings are checked before anything heavy is imported."""
 
-from shared.settings import settings_or_exit
+from shared.runtime.settings import settings_or_exit
 
 settings = settings_or_exit("transcoder")
 

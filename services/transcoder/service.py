@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
-from shared.claims import Claim, OwnedCalls, stage_claims
-from shared.observability import (
+from shared.runtime.claims import Claim, OwnedCalls, stage_claims
+from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
     FRAMES,
@@ -28,7 +28,7 @@ from shared.observability import (
     run_service,
     serve_metrics,
 )
-from shared.redis_io import (
+from shared.runtime.redis_io import (
     RETRYABLE,
     connect,
     is_duplicate_id,
@@ -36,7 +36,7 @@ from shared.redis_io import (
     last_entry_id,
     prepare,
 )
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
 from shared.transcode import CallTranscoder
 

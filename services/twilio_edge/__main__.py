@@ -1,6 +1,6 @@
 """`python -m services.twilio_edge`: settings are checked before anything heavy is imported."""
 
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 
 settings = settings_or_exit("twilio_edge", checks=(Settings.unsigned_edge,))
 

@@ -2,7 +2,7 @@
 
 Per Media Stream (:class:`CallBridge`): Twilio's messages go through the pure
 :class:`~shared.twilio_media.TwilioMediaSession`; caller frames are queued on the shared
-:class:`~shared.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per round trip);
+:class:`~shared.runtime.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per round trip);
 a reader task per call moves the reply (``out.pcmu``) and the worker's commands (``cmd``) to
 Twilio through :class:`~shared.playback.OutboundPlayback`.
 """
@@ -25,7 +25,7 @@ from services.twilio_edge.http import EdgeConnection, respond
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
-from shared.observability import (
+from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
     FRAMES,
@@ -38,7 +38,7 @@ from shared.observability import (
     run_service,
 )
 from shared.playback import OutboundPlayback
-from shared.redis_io import (
+from shared.runtime.redis_io import (
     RETRYABLE,
     BatchedStreamWriter,
     connect,
@@ -47,7 +47,7 @@ from shared.redis_io import (
     outlasting_cancel,
     prepare,
 )
-from shared.settings import Settings, settings_or_exit
+from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
     META_STARTED_US,

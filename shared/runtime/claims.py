@@ -26,8 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.backoff import Backoff
-from shared.observability import RECOVERED, reject
-from shared.redis_io import RETRYABLE, ensure_group, is_nogroup
+from shared.runtime.observability import RECOVERED, reject
+from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
 from shared.streams import (
     LIFECYCLE_STREAM,
     CallStarted,

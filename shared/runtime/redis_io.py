@@ -29,8 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import Backoff
-from shared.observability import reject
-from shared.settings import Settings
+from shared.runtime.observability import reject
+from shared.runtime.settings import Settings
 
 T = TypeVar("T")
 
@@ -143,7 +143,8 @@ def is_transient(error: object) -> bool:
     return isinstance(error, RETRYABLE) or (isinstance(error, Exception) and is_client_fault(error))
 
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# The repository: shared/runtime/ is two levels below it.
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 
 
 @functools.cache
