@@ -27,8 +27,8 @@ from websockets.http11 import Request, Response
 from services.twilio_edge.http import respond
 from shared import twilio_media as tw
 from shared.audio import StreamResampler, mulaw_decode, mulaw_encode
-from shared.runtime.observability import FRAMES, HOP_LATENCY, metrics_text
 from shared.realtime_dialect import AudioDelta, RealtimeDialect, SessionConfig, SessionCreated
+from shared.runtime.observability import FRAMES, HOP_LATENCY, metrics_text
 from shared.runtime.settings import load_settings
 
 

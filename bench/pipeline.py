@@ -185,11 +185,14 @@ def _start_stages(
             dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"),
         )
         info["metrics_ports"][f"worker{i}"] = port
-    procs.start("edge", [py, "-m", "services.twilio_edge"], env)
+    edge_metrics = free_port()
+    procs.start(
+        "edge", [py, "-m", "services.twilio_edge"], dict(env, METRICS_PORT=str(edge_metrics))
+    )
+    info["metrics_ports"]["edge"] = edge_metrics
     wait_port(edge_port)
     for port in info["metrics_ports"].values():
         wait_port(port)
-    info["metrics_ports"]["edge"] = edge_port
 
 
 def _cluster_port() -> int:
@@ -295,6 +298,7 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
                 REALTIME_URL=realtime_url,
                 EDGE_HOST="127.0.0.1",
                 EDGE_PORT=str(edge_port),
+                METRICS_HOST="127.0.0.1",
                 LOG_LEVEL="WARNING",
             )
             _start_stages(procs, env, info, py, transcoders, workers, edge_port)

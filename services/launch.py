@@ -14,7 +14,7 @@ what supervisord's own configuration cannot express:
   ``TRANSCODER_PROCESSES`` / ``WORKER_PROCESSES`` (default 2 each, at most 8), with a stable
   ``CONSUMER_NAME`` (a restarted instance takes its own calls back at once) and its own
   ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 10 * stage + N; base 9100).
-* ``edge``: the Twilio edge.
+* ``edge``: the Twilio edge, its ``METRICS_PORT`` ``METRICS_PORT_BASE`` + 20.
 
 This module imports no service: it only prepares the environment and ``exec``s.
 """
@@ -22,6 +22,7 @@ This module imports no service: it only prepares the environment and ``exec``s.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
@@ -32,6 +33,7 @@ from shared.runtime.settings import Settings, settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PROCESSES = 8
+DEFAULT_PROCESSES = 2
 DEFAULT_EMULATOR_PORT = 8765
 _LOCAL = {"127.0.0.1", "localhost", "::1"}
 _STAGES = {"transcoder": ("services.transcoder", 0), "worker": ("services.realtime_worker", 1)}
@@ -135,10 +137,12 @@ def program(name: str, number: int) -> None:
             env,
         )
     elif name == "edge":
+        base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
+        env.setdefault("METRICS_PORT", str(base + 10 * len(_STAGES)))
         _exec([python, "-m", "services.twilio_edge"], env)
     elif name in _STAGES:
         module, stage_index = _STAGES[name]
-        count = _env_int(f"{name.upper()}_PROCESSES", 2, 0, MAX_PROCESSES)
+        count = _env_int(f"{name.upper()}_PROCESSES", DEFAULT_PROCESSES, 0, MAX_PROCESSES)
         if number >= count:
             print(f"{name} {number}: not needed ({name.upper()}_PROCESSES={count})")
             return
@@ -170,7 +174,28 @@ def stack() -> None:
     supervisord = (
         shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
     )
-    _exec([supervisord, "-n", "-c", str(ROOT / "supervisord.conf")], env)
+    _exec([supervisord, "-n", "-c", str(_configuration())], env)
+
+
+def _configuration() -> Path:
+    """supervisord.conf with each stage's ``numprocs`` set to its ``*_PROCESSES``, so that
+    exactly the configured instances start (instead of eight each, most of them exiting "not
+    needed"). The copy sits beside the original, so its ``%(here)s`` is the same folder; the
+    original runs the default two of each when started by hand."""
+    text = (ROOT / "supervisord.conf").read_text()
+    for name in _STAGES:
+        count = _env_int(f"{name.upper()}_PROCESSES", DEFAULT_PROCESSES, 0, MAX_PROCESSES)
+        section = f"[program:{name}]"
+        head, found, rest = text.partition(section)
+        if not found:
+            continue
+        body, sep, tail = rest.partition("\n[")
+        # supervisord needs one at least; a stage set to 0 has its one say "not needed".
+        body = re.sub(r"(?m)^numprocs=\d+$", f"numprocs={max(count, 1)}", body)
+        text = head + found + body + sep + tail
+    path = ROOT / ".supervisord.conf"
+    path.write_text(text)
+    return path
 
 
 def main(argv: list[str]) -> None:

@@ -100,6 +100,8 @@ class ProcessStack:
     record_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    # The edge serves /metrics on METRICS_PORT, not on the public port Twilio reaches.
+    edge_metrics_port: int = field(default_factory=free_port)
 
     @property
     def media_url(self) -> str:
@@ -109,6 +111,8 @@ class ProcessStack:
         log = self.record_dir / f"{name}.log"
         self.logs[name] = log
         env = {**self.env, **(extra_env or {})}
+        if module == "services.twilio_edge":
+            env.setdefault("METRICS_PORT", str(self.edge_metrics_port))
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", module],
             cwd=ROOT,
@@ -143,6 +147,7 @@ def process_env(redis_url: str, edge_port: int, emulator_port: int, **extra: str
         REDIS_URL=redis_url,
         EDGE_HOST="127.0.0.1",
         EDGE_PORT=str(edge_port),
+        METRICS_HOST="127.0.0.1",
         REALTIME_URL=f"ws://127.0.0.1:{emulator_port}/v1/realtime",
         OWNER_IDLE_MS="1000",
         PYTHONUNBUFFERED="1",

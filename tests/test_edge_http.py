@@ -27,7 +27,7 @@ from shared.streams import (
 )
 from sim.speech import speech
 from sim.twilio_call import place_call
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.stack import running_edge
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -88,12 +88,17 @@ async def test_twiml_post_and_get_connect_a_stream_with_parameters() -> None:
         assert status == 200 and b"+15550001111" in body
 
 
-async def test_healthz_metrics_and_unknown_paths() -> None:
-    async with edge() as port:
+async def test_healthz_on_both_ports_metrics_only_on_the_metrics_port() -> None:
+    """Twilio reaches the public port, and so can anyone: call volumes, rejection reasons and
+    latencies are for the operator's METRICS_PORT alone."""
+    metrics_port = free_port()
+    async with edge(metrics_port=metrics_port, metrics_host="127.0.0.1") as port:
         assert (await http(port, "GET", "/healthz"))[0] == 200
-        status, body = await http(port, "GET", "/metrics")
-        assert status == 200 and b"gateway_rejected_total" in body
+        assert (await http(port, "GET", "/metrics"))[0] == 404
         assert (await http(port, "GET", "/nope"))[0] == 404
+        assert (await http(metrics_port, "GET", "/healthz"))[0] == 200
+        status, body = await http(metrics_port, "GET", "/metrics")
+        assert status == 200 and b"gateway_rejected_total" in body
 
 
 async def test_signed_webhook_accepted_unsigned_or_wrong_refused() -> None:
@@ -382,14 +387,17 @@ async def test_stream_status_callbacks_are_signed_counted_and_checked() -> None:
         "StreamError": "Stream - WebSocket - Handshake Error",
         "Timestamp": "2026-11-25T17:00:00Z",
     }
-    async with edge(twilio_auth_token=TOKEN) as port:
+    metrics_port = free_port()
+    async with edge(
+        twilio_auth_token=TOKEN, metrics_port=metrics_port, metrics_host="127.0.0.1"
+    ) as port:
         body = urlencode(form).encode()
         sig = validator.compute_signature(url, form)
-        before = (await http(port, "GET", "/metrics"))[1]
+        before = (await http(metrics_port, "GET", "/metrics"))[1]
         assert (await http(port, "POST", "/stream-status", body, {"X-Twilio-Signature": sig}))[
             0
         ] == 204
-        after = (await http(port, "GET", "/metrics"))[1]
+        after = (await http(metrics_port, "GET", "/metrics"))[1]
         line = b'gateway_stream_events_total{event="stream-error"} '
         count = float(after.split(line)[1].split(b"\n")[0])
         assert count == (float(before.split(line)[1].split(b"\n")[0]) if line in before else 0) + 1

@@ -64,6 +64,7 @@ async def test_signed_call_secrets_logs_and_metrics(
         LOG_LEVEL="DEBUG",
     )
     stack = ProcessStack(env, edge_port, emulator.port, tmp_path)
+    e_port = stack.edge_metrics_port  # the edge's /metrics is not on the public port
     stack.start(
         "transcoder", "services.transcoder", {"METRICS_PORT": str(t_port), "CONSUMER_NAME": "t"}
     )
@@ -78,14 +79,15 @@ async def test_signed_call_secrets_logs_and_metrics(
                 return all(
                     [
                         (await _http_get(p, "/healthz"))[0] == 200
-                        for p in (edge_port, t_port, w_port)
+                        for p in (edge_port, e_port, t_port, w_port)
                     ]
                 )
             except OSError:
                 return False
 
         await wait_for(up, timeout=20)
-        before = {p: (await _http_get(p, "/metrics"))[1] for p in (edge_port, w_port, t_port)}
+        before = {p: (await _http_get(p, "/metrics"))[1] for p in (e_port, w_port, t_port)}
+        assert (await _http_get(edge_port, "/metrics"))[0] == 404
         # A call placed as Twilio does: webhook, then the signed stream.
         result = await asyncio.wait_for(
             place_call(
@@ -124,21 +126,19 @@ async def test_signed_call_secrets_logs_and_metrics(
             return _value((await _http_get(w_port, "/metrics"))[1], "gateway_calls_total") >= 1
 
         await wait_for(worker_counted_the_call, timeout=10)
-        after = {p: (await _http_get(p, "/metrics"))[1] for p in (edge_port, w_port, t_port)}
+        after = {p: (await _http_get(p, "/metrics"))[1] for p in (e_port, w_port, t_port)}
 
         # Metrics parse as Prometheus text and moved.
-        assert _value(after[edge_port], "gateway_frames_total", direction="edge_in") > _value(
-            before[edge_port], "gateway_frames_total", direction="edge_in"
+        assert _value(after[e_port], "gateway_frames_total", direction="edge_in") > _value(
+            before[e_port], "gateway_frames_total", direction="edge_in"
         )
         assert _value(after[t_port], "gateway_frames_total", direction="in") > 0
         assert _value(after[w_port], "gateway_hop_latency_seconds_count", hop="edge_to_openai") > 0
-        assert (
-            _value(after[edge_port], "gateway_hop_latency_seconds_count", hop="openai_to_edge") > 0
-        )
+        assert _value(after[e_port], "gateway_hop_latency_seconds_count", hop="openai_to_edge") > 0
         assert _value(after[w_port], "gateway_first_reply_seconds_count") > 0
-        assert _value(after[edge_port], "gateway_rejected_total", reason="missing_signature") >= 1
-        assert _value(after[edge_port], "gateway_stream_events_total", event="stream-error") == 1
-        assert _value(after[edge_port], "gateway_stream_events_total", event="stream-started") == 1
+        assert _value(after[e_port], "gateway_rejected_total", reason="missing_signature") >= 1
+        assert _value(after[e_port], "gateway_stream_events_total", event="stream-error") == 1
+        assert _value(after[e_port], "gateway_stream_events_total", event="stream-started") == 1
         assert _value(after[w_port], "gateway_calls_total") >= 1
 
         # Logs: one JSON object a line, the CallSid on the call's lines, no secret anywhere.

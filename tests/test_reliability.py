@@ -240,7 +240,7 @@ async def test_a_call_in_progress_goes_on_after_redis_restarts_empty(rig: Rig) -
     greetings = [e for e in s1.client_events if e["type"] == "response.create"]
     assert len(greetings) == 1
     assert not [e for e in s2.client_events if e["type"] == "response.create"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{rig.stack.edge_port}/metrics") as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{rig.stack.edge_metrics_port}/metrics") as r:  # noqa: S310
         metrics = r.read().decode()
     assert "gateway_calls_reannounced_total 1.0" in metrics
     assert len(rig.emulator.sessions) == 2  # one session at a time, not one per stage instance
@@ -295,7 +295,7 @@ async def test_bad_input_never_takes_the_edge_down_or_touches_another_call(rig: 
     result = await asyncio.wait_for(good, 40)
     assert result.frames_received > 0 and result.violations == []
     rig.alive()
-    metrics = await _metrics(rig.stack.edge_port)
+    metrics = await _metrics(rig.stack.edge_metrics_port)
     assert 'gateway_rejected_total{reason="twilio_not_json"}' in metrics
 
 

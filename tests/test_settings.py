@@ -192,9 +192,7 @@ def test_signatures_off_disables_verification_even_with_a_token(
 
 def test_the_edge_process_exits_2_naming_the_variables_when_open_to_the_live_api() -> None:
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_"))
     }
     env.update(OPENAI_API_KEY=LIVE_KEY, REDIS_URL="redis://127.0.0.1:1/0", EDGE_PORT="0")
     proc = subprocess.run(

@@ -16,7 +16,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 import websockets
@@ -24,7 +26,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared.backoff import Backoff
-from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.conversation import (
     Action,
     CallConversation,
@@ -35,20 +36,6 @@ from shared.conversation import (
     WriteCommand,
     WriteEvent,
     WriteOutbound,
-)
-from shared.runtime.observability import (
-    ACTIVE_CALLS,
-    CALLS,
-    FIRST_REPLY,
-    FRAMES,
-    HOP_LATENCY,
-    REALTIME_ERRORS,
-    RECONNECTS,
-    call_context,
-    label,
-    reject,
-    run_service,
-    serve_metrics,
 )
 from shared.realtime_dialect import (
     Accepted,
@@ -65,13 +52,26 @@ from shared.realtime_dialect import (
     close_refusal,
     refuses_update,
 )
+from shared.runtime.claims import Claim, OwnedCalls, stage_claims
+from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
+from shared.runtime.observability import (
+    ACTIVE_CALLS,
+    CALLS,
+    FIRST_REPLY,
+    FRAMES,
+    HOP_LATENCY,
+    REALTIME_ERRORS,
+    RECONNECTS,
+    call_context,
+    label,
+    reject,
+)
 from shared.runtime.redis_io import (
     RETRYABLE,
     BatchedStreamWriter,
-    connect,
+    answers,
     expire_all,
     outlasting_cancel,
-    prepare,
 )
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
@@ -237,7 +237,7 @@ class RealtimeWorker:
         expiry_set: set[bytes],
     ) -> str:
         """Run one session until the call ends (its reason) or the socket drops ("socket_lost")."""
-        await self._perform(ws, keys, core.session_ready(_now_us()), expiry_set)
+        await self._perform(ws, keys, core.session_ready(wall_clock_us()), expiry_set)
         model = asyncio.create_task(self._from_model(ws, keys, core, expiry_set))
         caller = asyncio.create_task(self._from_caller(ws, keys, core, cursors, expiry_set))
         try:
@@ -265,7 +265,9 @@ class RealtimeWorker:
             if isinstance(event, ServerError):
                 REALTIME_ERRORS.labels(label(event.code or "unknown")).inc()
                 log.info("realtime error %s: %s", event.code, event.message[:200])
-            ended = await self._perform(ws, keys, core.server_event(event, _now_us()), expiry_set)
+            ended = await self._perform(
+                ws, keys, core.server_event(event, wall_clock_us()), expiry_set
+            )
             if ended:
                 return ended
         return "socket_lost"
@@ -341,7 +343,7 @@ class RealtimeWorker:
         await self._perform(ws, keys, core.caller_audio(entry.audio), expiry_set)
         self.frames_in.inc()
         if entry.stamp_us >= core.ready_us:
-            self.hop_in.observe(max(0, _now_us() - entry.stamp_us) / 1e6)
+            self.hop_in.observe(max(0, wall_clock_us() - entry.stamp_us) / 1e6)
         return None
 
     # --- actions ----------------------------------------------------------------------------------
@@ -524,53 +526,29 @@ class RealtimeWorker:
                 if sent and refuses_update(event):
                     raise SessionRefused(f"{event.code}: {event.message}")
 
+    # --- the stage's lifecycle ------------------------------------------------------------------
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [self.writer.run(), self.owned.run()]
+
     async def healthy(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
-        except (*RETRYABLE, TimeoutError):
-            return False
+        return await answers(self.redis)
 
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
+    async def stop(self) -> None:
+        await self.owned.stop(hand_over=True)
+        await asyncio.wait_for(self.writer.flush(), 1.0)
 
 
 async def run_worker(
     settings: Settings, stop: asyncio.Event, redis: aioredis.Redis | None = None
 ) -> None:
-    own_redis = redis is None
-    redis = redis or connect(settings)
-    await prepare(redis)
-    worker = RealtimeWorker(settings, redis)
-    metrics = None
-    if settings.metrics_port:
-        metrics = await serve_metrics(settings.metrics_host, settings.metrics_port, worker.healthy)
-    writer = asyncio.create_task(worker.writer.run())
-    runner = asyncio.create_task(worker.owned.run())
-    log.info(
-        "realtime worker ready",
-        extra={"consumer": settings.consumer_name, "realtime_url": settings.realtime_url},
-    )
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({runner, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (runner, writer):  # neither ends by design: a crash is a bug, let supervisord
-        if task in done:  # restart us rather than serve calls with no way to write
-            stopper.cancel()
-            task.result()
-            raise RuntimeError(f"{task.get_name()} stopped")
-    log.info("stopping: handing calls over")
-    runner.cancel()
-    try:
-        await asyncio.wait_for(worker.owned.stop(hand_over=True), 3.0)
-        await asyncio.wait_for(worker.writer.flush(), 1.0)
-    except TimeoutError:
-        log.warning("shutdown timed out; remaining work is left to other workers")
-    writer.cancel()
-    stopper.cancel()
-    if metrics:
-        metrics.close()
-    if own_redis:
-        await redis.aclose()
+    async def build(client: aioredis.Redis) -> RealtimeWorker:
+        log.info(
+            "realtime worker ready",
+            extra={"consumer": settings.consumer_name, "realtime_url": settings.realtime_url},
+        )
+        return RealtimeWorker(settings, client)
+
+    await serve_stage("realtime_worker", settings, stop, build, redis)
 
 
 def main(settings: Settings | None = None) -> None:

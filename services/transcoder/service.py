@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,22 +20,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
 from shared.runtime.claims import Claim, OwnedCalls, stage_claims
+from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
     FRAMES,
     call_context,
     reject,
-    run_service,
-    serve_metrics,
 )
 from shared.runtime.redis_io import (
     RETRYABLE,
-    connect,
+    answers,
     is_duplicate_id,
     is_transient,
     last_entry_id,
-    prepare,
 )
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
@@ -61,6 +60,12 @@ class Transcoder:
             settings.lifecycle_partitions,
         )
         self.owned = OwnedCalls(claims, self.run_call)
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [self.owned.run()]
+
+    async def stop(self) -> None:
+        await self.owned.stop(hand_over=True)
 
     async def run_call(self, claim: Claim) -> None:
         call = claim.call
@@ -101,10 +106,7 @@ class Transcoder:
         return "completed"
 
     async def healthy(self) -> bool:
-        try:
-            return bool(await self.redis.ping())
-        except RETRYABLE:
-            return False
+        return await answers(self.redis)
 
 
 class _CallPump:
@@ -194,29 +196,11 @@ class _CallPump:
 async def run_transcoder(
     settings: Settings, stop: asyncio.Event, redis: aioredis.Redis | None = None
 ) -> None:
-    own_redis = redis is None
-    redis = redis or connect(settings)
-    await prepare(redis)
-    transcoder = Transcoder(settings, redis)
-    metrics = None
-    if settings.metrics_port:
-        metrics = await serve_metrics(
-            settings.metrics_host, settings.metrics_port, transcoder.healthy
-        )
-    runner = asyncio.create_task(transcoder.owned.run())
-    log.info("transcoder ready", extra={"consumer": settings.consumer_name})
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if runner in done:
-        runner.result()  # a crash of the control loop is a real bug: let supervisord restart us
-    log.info("stopping: handing calls over")
-    runner.cancel()
-    await asyncio.wait_for(transcoder.owned.stop(hand_over=True), 4.0)
-    stopper.cancel()
-    if metrics:
-        metrics.close()
-    if own_redis:
-        await redis.aclose()
+    async def build(client: aioredis.Redis) -> Transcoder:
+        log.info("transcoder ready", extra={"consumer": settings.consumer_name})
+        return Transcoder(settings, client)
+
+    await serve_stage("transcoder", settings, stop, build, redis)
 
 
 def main(settings: Settings | None = None) -> None:

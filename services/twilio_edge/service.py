@@ -2,7 +2,8 @@
 
 Per Media Stream (:class:`CallBridge`): Twilio's messages go through the pure
 :class:`~shared.twilio_media.TwilioMediaSession`; caller frames are queued on the shared
-:class:`~shared.runtime.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per round trip);
+:class:`~shared.runtime.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per
+round trip);
 a reader task per call moves the reply (``out.pcmu``) and the worker's commands (``cmd``) to
 Twilio through :class:`~shared.playback.OutboundPlayback`.
 """
@@ -13,18 +14,22 @@ import asyncio
 import http
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, respond
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
+from shared.playback import OutboundPlayback
+from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
 from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
@@ -33,19 +38,15 @@ from shared.runtime.observability import (
     REANNOUNCED,
     STREAM_EVENTS,
     call_context,
-    metrics_text,
     reject,
-    run_service,
 )
-from shared.playback import OutboundPlayback
 from shared.runtime.redis_io import (
     RETRYABLE,
     BatchedStreamWriter,
-    connect,
+    answers,
     ensure_group,
     expire_all,
     outlasting_cancel,
-    prepare,
 )
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
@@ -80,10 +81,6 @@ _TWIML_TYPE = "text/xml; charset=utf-8"
 
 
 LOSS_CHECK_S = 1.0  # how often a call checks that Redis still knows it
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class CallBridge:
@@ -140,7 +137,7 @@ class CallBridge:
         if isinstance(event, tw.InboundMedia):
             if self.keys is None:
                 return
-            frame = InboundFrame(event.payload, event.sequence, event.timestamp_ms, _now_us())
+            frame = InboundFrame(event.payload, event.sequence, event.timestamp_ms, wall_clock_us())
             expire = None
             if not self._in_expiry_set:
                 self._in_expiry_set = True
@@ -191,7 +188,7 @@ class CallBridge:
             event.stream_sid,
             event.account_sid,
             dict(event.custom_parameters),
-            _now_us(),
+            wall_clock_us(),
         )
         self.in_ids = InboundIds(started.started_us // 1000)
         try:
@@ -215,7 +212,7 @@ class CallBridge:
         two live on different nodes and one pipeline would run them concurrently, so a stage
         could claim the call before its keys exist and dismiss it as expired."""
         settings = self.edge.settings
-        ttl = call_ttl_s(started.started_us, _now_us(), settings.call_max_seconds) or 1
+        ttl = call_ttl_s(started.started_us, wall_clock_us(), settings.call_max_seconds) or 1
         pipe = self.edge.redis.pipeline(transaction=False)
         if again:  # what a stage wrote after the loss (a cursor into streams that are gone) goes
             pipe.delete(keys.meta)
@@ -234,7 +231,10 @@ class CallBridge:
         with a new OpenAI session, instead of leaving the caller talking to silence."""
         if self.ended or await self.edge.redis.hexists(keys.meta, META_STARTED_US):
             return
-        if call_ttl_s(started.started_us, _now_us(), self.edge.settings.call_max_seconds) is None:
+        if (
+            call_ttl_s(started.started_us, wall_clock_us(), self.edge.settings.call_max_seconds)
+            is None
+        ):
             return  # its keys expired with its time: the stages end it
         self._in_expiry_set = False  # the new in.pcmu needs its expiry
         await self._register(keys, started, again=True)
@@ -307,7 +307,7 @@ class CallBridge:
                         for message in messages:
                             await self.ws.send(message)
                         if messages:
-                            hop.observe(max(0, _now_us() - chunk.stamp_us) / 1e6)
+                            hop.observe(max(0, wall_clock_us() - chunk.stamp_us) / 1e6)
                             self.out_frames.inc()
             except ConnectionClosed:
                 return
@@ -349,6 +349,7 @@ class Edge:
             shared.get_secret_value() if shared and verify else None,
         )
         self.bridges: set[CallBridge] = set()
+        self.server: Server | None = None
 
     def _base_url(self, request: Request) -> str | None:
         """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
@@ -413,8 +414,6 @@ class Edge:
                 http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
                 "ok\n" if ok else "redis unreachable\n",
             )
-        if path == "/metrics":
-            return respond(http.HTTPStatus.OK, metrics_text(), "text/plain; version=0.0.4")
         return respond(http.HTTPStatus.NOT_FOUND, "not found\n")
 
     def _twiml(self, conn: ServerConnection, request: Request) -> Response:
@@ -486,10 +485,45 @@ class Edge:
             self.bridges.discard(bridge)
 
     async def healthy(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
-        except (*RETRYABLE, TimeoutError):
-            return False
+        return await answers(self.redis)
+
+    async def listen(self) -> int:
+        """Open the public port (``EDGE_PORT``); returns the port bound."""
+        self.server = await serve(
+            self.handle,
+            self.settings.edge_host,
+            self.settings.edge_port,
+            process_request=self.process_request,
+            create_connection=EdgeConnection,
+            max_size=self.settings.max_message_bytes,
+            compression=None,  # Twilio does not negotiate it; mu-law barely compresses anyway
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        return int(next(iter(self.server.sockets)).getsockname()[1])
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        # Without the writer no call's audio reaches Redis: it never ends by design.
+        return [self.writer.run()]
+
+    async def stop(self) -> None:
+        """Close every stream (1001) and the port, then flush the audio still unwritten.
+
+        A connection that has not finished its handshake (a load balancer's spare, a slow
+        client, a port scan) is dropped after a moment rather than waited for: websockets would
+        give it its whole opening timeout, which is longer than a clean stop may take.
+        """
+        if self.server is not None:
+            log.info("stopping: closing streams")
+            self.server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.server.wait_closed()), 0.5)
+            except TimeoutError:
+                for conn in list(self.server.all_connections):
+                    if conn.protocol.state is CONNECTING:
+                        conn.transport.abort()
+                await self.server.wait_closed()
+        await asyncio.wait_for(self.writer.flush(), 3.0)
 
     async def prepare(self) -> None:
         """Create both stages' groups so a call accepted before they start is not missed."""
@@ -512,47 +546,25 @@ async def run_edge(
     redis: aioredis.Redis | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
-    own_redis = redis is None
-    redis = redis or connect(settings)
-    await prepare(redis)
-    edge = Edge(settings, redis)
-    if not edge.signatures.enabled:
-        log.warning(
-            "accepting unsigned requests on /twiml and /media (%s)",
-            "TWILIO_SIGNATURES=off"
-            if settings.twilio_signatures == "off"
-            else "no TWILIO_AUTH_TOKEN or TWILIO_SHARED_KEY_SECRET; the model is a local emulator",
-        )
-    await edge.prepare()
-    writer = asyncio.create_task(edge.writer.run())
-    async with serve(
-        edge.handle,
-        settings.edge_host,
-        settings.edge_port,
-        process_request=edge.process_request,
-        create_connection=EdgeConnection,
-        max_size=settings.max_message_bytes,
-        compression=None,  # Twilio does not negotiate it; mu-law barely compresses anyway
-        ping_interval=20,
-        ping_timeout=20,
-    ) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
+
+    async def build(client: aioredis.Redis) -> Edge:
+        edge = Edge(settings, client)
+        if not edge.signatures.enabled:
+            log.warning(
+                "accepting unsigned requests on /twiml and /media (%s)",
+                "TWILIO_SIGNATURES=off"
+                if settings.twilio_signatures == "off"
+                else "no TWILIO_AUTH_TOKEN or TWILIO_SHARED_KEY_SECRET; the model is a local "
+                "emulator",
+            )
+        await edge.prepare()
+        port = await edge.listen()
         log.info("edge listening", extra={"port": port, "twiml_url": settings.public_twiml_url()})
         if on_listening:
             on_listening(port)
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopper, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if writer.done():  # never by design: without it no call's audio reaches Redis
-            stopper.cancel()
-            writer.result()
-            raise RuntimeError("the stream writer stopped")
-        log.info("stopping: closing streams")
-        server.close(close_connections=True)
-        await server.wait_closed()
-    await asyncio.wait_for(edge.writer.flush(), 3.0)
-    writer.cancel()
-    if own_redis:
-        await redis.aclose()
+        return edge
+
+    await serve_stage("twilio_edge", settings, stop, build, redis)
 
 
 def main(settings: Settings | None = None) -> None:

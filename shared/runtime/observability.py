@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -180,12 +179,33 @@ def metrics_text() -> bytes:
     return generate_latest()
 
 
-async def serve_metrics(
-    host: str, port: int, healthy: Callable[[], Awaitable[bool]]
-) -> asyncio.AbstractServer:
-    """A minimal HTTP server for ``/metrics`` and ``/healthz`` on the event loop (no thread)."""
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on the event loop (no thread). Closing it also drops the
+    connections still open: one that never sends a request (a load balancer's spare, a port
+    scan) must not hold a service's clean stop."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, healthy: Callable[[], Awaitable[bool]]) -> None:
+        self._healthy = healthy
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> MetricsServer:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             parts = head.split(b" ", 2)
@@ -193,7 +213,7 @@ async def serve_metrics(
             if path == b"/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics_text()
             elif path == b"/healthz":
-                ok = await healthy()
+                ok = await self._healthy()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "text/plain", b"ok\n" if ok else b"unhealthy\n"
             else:
@@ -207,42 +227,12 @@ async def serve_metrics(
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
 
-
-class Stopwatch:
-    """Monotonic milliseconds since construction (for log lines and figures)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-
-    def ms(self) -> float:
-        return (time.monotonic() - self.t0) * 1000.0
-
-
-def run_service(
-    service: str, settings: Any, serve: Callable[[asyncio.Event], Awaitable[None]]
-) -> None:
-    """A service's process: JSON logs, secrets registered, SIGTERM/SIGINT set ``stop``, and the
-    event loop on uvloop (a dependency: the loop's own overhead per message is a large share of a
-    20 ms frame's cost)."""
-    setup_logging(service, settings.log_level)
-    register_settings_secrets(settings)
-
-    async def main() -> None:
-        import signal
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(stop)
-
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - plain asyncio still works
-        asyncio.run(main())
-        return
-    uvloop.run(main())
+async def serve_metrics(
+    host: str, port: int, healthy: Callable[[], Awaitable[bool]]
+) -> MetricsServer:
+    """Start a :class:`MetricsServer` on ``host:port``."""
+    return await MetricsServer(healthy).start(host, port)

@@ -144,7 +144,7 @@ def is_transient(error: object) -> bool:
 
 
 # The repository: shared/runtime/ is two levels below it.
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
+_PROJECT_ROOT = os.sep.join(os.path.abspath(__file__).split(os.sep)[:-3]) + os.sep
 
 
 @functools.cache
@@ -195,6 +195,14 @@ async def prepare(redis: aioredis.Redis) -> None:
         except RETRYABLE as exc:
             log.warning("redis cluster not reachable yet (%s)", exc)
             await asyncio.sleep(backoff.next_delay())
+
+
+async def answers(redis: aioredis.Redis, timeout_s: float = 1.0) -> bool:
+    """Whether Redis answers a PING within ``timeout_s``: every stage's ``/healthz``."""
+    try:
+        return bool(await asyncio.wait_for(redis.ping(), timeout_s))
+    except (*RETRYABLE, TimeoutError):
+        return False
 
 
 def is_duplicate_id(error: BaseException) -> bool:

@@ -1,0 +1,143 @@
+"""The one lifecycle every stage shares, from process start to a clean stop.
+
+A stage (edge, transcoder, worker, ...) is built once Redis answers, runs a few long-lived loops
+and, on SIGTERM, stops cleanly: it hands its calls over and flushes what it still has to write.
+What is the same for every stage lives here, once: the Redis client, the wait for it at start
+(which a SIGTERM ends at once: a stage that never got going has nothing to hand over), the
+metrics and health server on ``METRICS_PORT``, the rule that a loop ending by itself is a bug,
+and the bound on a clean stop (:data:`STOP_GRACE_S`, inside the 5 s the README promises and
+supervisord's ``stopwaitsecs``), after which whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+import redis.asyncio as aioredis
+
+from shared.runtime.observability import register_settings_secrets, serve_metrics, setup_logging
+from shared.runtime.redis_io import connect, prepare
+from shared.runtime.settings import Settings
+
+log = logging.getLogger("gateway.lifecycle")
+
+STOP_GRACE_S = 4.0  # a clean stop's bound; the process is gone well within 5 s of SIGTERM
+T = TypeVar("T")
+
+
+def wall_clock_us() -> int:
+    """Microseconds since the epoch: the clock that entries carry from one process to another
+    (every stage reads the same one on a box; across hosts it is as good as their NTP)."""
+    return time.time_ns() // 1000
+
+
+class Stage(Protocol):
+    """What a service is once built: its loops, its health, its clean stop."""
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        """The stage's long-lived work; none of it ends by design."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+    async def stop(self) -> None:
+        """Stop taking work, hand calls over, flush writes (bounded by the lifecycle)."""
+        ...
+
+
+async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None (and ``work`` cancelled) once ``stop`` is set first."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def serve_stage(
+    name: str,
+    settings: Settings,
+    stop: asyncio.Event,
+    build: Callable[[aioredis.Redis], Awaitable[Stage]],
+    redis: aioredis.Redis | None = None,
+) -> None:
+    """Run one stage until ``stop``: ``build`` gets the prepared Redis client and returns the
+    stage, ready to serve (it may wait for Redis; a stop meanwhile ends the process at once)."""
+    own_redis = redis is None
+    client = redis or connect(settings)
+    metrics = None
+    try:
+
+        async def started() -> Stage:
+            await prepare(client)
+            return await build(client)
+
+        stage = await until_stopped(started(), stop)
+        if stage is None:
+            log.info("%s: stopped before it was ready", name)
+            return
+        if settings.metrics_port:
+            metrics = await serve_metrics(
+                settings.metrics_host, settings.metrics_port, stage.healthy
+            )
+        tasks = [asyncio.ensure_future(loop) for loop in stage.loops()]
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        crashed = [task for task in tasks if task in done]
+        if crashed:
+            # A loop that ends is a bug (a call's audio would have nowhere to go): cancel the
+            # rest and let the supervisor restart the process.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            crashed[0].result()
+            raise RuntimeError(f"{name}: a loop of the stage ended")
+        log.info("%s: stopping", name)
+        try:
+            await asyncio.wait_for(stage.stop(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("%s: clean stop took over %.1fs; the rest is left", name, STOP_GRACE_S)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=0.5)
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if own_redis:
+            await client.aclose()
+
+
+def run_service(
+    service: str, settings: Settings, serve: Callable[[asyncio.Event], Awaitable[None]]
+) -> None:
+    """A service's process: JSON logs, secrets registered, SIGTERM/SIGINT set ``stop``, and the
+    event loop on uvloop (a dependency: the loop's own overhead per message is a large share of a
+    20 ms frame's cost)."""
+    setup_logging(service, settings.log_level)
+    register_settings_secrets(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - plain asyncio still works
+        asyncio.run(main())
+        return
+    uvloop.run(main())
