@@ -47,6 +47,15 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
             f"x{_ratio(hout['p99'], base['openai_to_edge_ms']['p99']):.1f} out-p99 vs direct)"
         )
     print(line, flush=True)
+    pickup = run.get("pickup") or {}
+    if pickup.get("calls"):
+        print(
+            f"           pickup: socket opened p50/max {pickup['session_open_p50_ms']:.0f}/"
+            f"{pickup['session_open_max_ms']:.0f} ms after start, first frame at the socket "
+            f"{pickup['first_frame_p50_ms']:.0f}/{pickup['first_frame_max_ms']:.0f} ms after "
+            f"the edge had it ({pickup['calls']:.0f} calls)",
+            flush=True,
+        )
     for name, svc in sorted(run["services"].items()):
         print(
             f"           {name:<12} cpu {svc['cpu_ms_per_call_s']:7.2f} ms/call-s  "

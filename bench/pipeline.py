@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -144,6 +145,32 @@ def recorded_input_frames(record_dir: Path) -> float:
     return total / BYTES_PER_FRAME_24K
 
 
+PICKUP_TAG = "bench call "
+
+
+def pickup_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: ignore[type-arg]
+    """How long each call waited for its stages, in ms (p50 and max over the calls):
+    ``session_open``, from the call's start to its Realtime socket opening (a greeting cannot
+    begin before it), and ``first_frame``, from the first caller frame at the edge (sent with
+    the start) to that frame's append on the socket. Both on this machine's wall clock."""
+    by_tag = {}
+    for path in record_dir.rglob("timing.json"):
+        timing = json.loads(path.read_text())
+        by_tag[timing.get("instructions", "")] = timing
+    opened, first = [], []
+    for i, call in enumerate(calls):
+        timing = by_tag.get(f"{PICKUP_TAG}{i}")
+        if isinstance(call, BaseException) or timing is None or call.started_wall is None:
+            continue
+        opened.append((timing["connected_at"] - call.started_wall) * 1000)
+        first.append((timing["first_append_at"] - call.started_wall) * 1000)
+    out: dict[str, float] = {"calls": float(len(first))}
+    for name, values in (("session_open", opened), ("first_frame", first)):
+        out[f"{name}_p50_ms"] = float(np.median(values)) if values else float("nan")
+        out[f"{name}_max_ms"] = float(max(values)) if values else float("nan")
+    return out
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -155,7 +182,15 @@ async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> l
 
     async def one(i: int):  # type: ignore[no-untyped-def]
         await asyncio.sleep(i * (1.0 / max(n, 1)))  # spread call starts over a second
-        return await place_call(media_url, audio, hold_after_s=hold_s, max_duration_s=60)
+        # Per-call instructions name the call, so its Realtime session can be found in the
+        # emulator's record (for the pickup delay).
+        return await place_call(
+            media_url,
+            audio,
+            hold_after_s=hold_s,
+            max_duration_s=60,
+            custom_parameters={"instructions": f"{PICKUP_TAG}{i}"},
+        )
 
     return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
@@ -365,6 +400,7 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             "frames_duplicated": max(0.0, received - frames_sent),
             "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
             "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
+            "pickup": pickup_delays(st["record"], results),
             "reply_delay_ms_p50": float(
                 np.median(
                     [r.reply_delay_ms for r in ok if r.reply_delay_ms is not None] or [np.nan]

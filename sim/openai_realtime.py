@@ -21,6 +21,7 @@ import http
 import itertools
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,7 @@ class EmulatedSession:
         self.model = model
         self.headers = headers
         self.id = _id("sess")
+        self.connected_at = time.time()
         self.client_events: list[dict[str, Any]] = []
         self.server_events: list[dict[str, Any]] = []
         self.input_audio = bytearray()
@@ -498,6 +500,15 @@ class EmulatedSession:
             raise Rejection(
                 "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio"
             )
+        if not self.input_audio and self._record:
+            # When the session opened and first heard the caller, on the wall clock: another
+            # process (a benchmark) compares them with when the call started.
+            timing = {
+                "connected_at": self.connected_at,
+                "first_append_at": time.time(),
+                "instructions": self.instructions,
+            }
+            (self._record / "timing.json").write_text(json.dumps(timing))
         self.input_audio += data
         self.buffer += data
         if self._record:

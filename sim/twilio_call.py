@@ -417,6 +417,9 @@ class CallResult:
     account_sid: str = ""
     stream_url: str = ""  # the URL the handshake was signed over (the TwiML's, if fetched)
     custom_parameters: dict[str, str] = field(default_factory=dict)  # as sent in start
+    # Wall clock (time.time()) when start was sent, frame 0's slot: for delays measured by
+    # another process on this machine (the emulator's record of the call's session).
+    started_wall: float | None = None
     frames_sent: int = 0
     speech_frames: int = 0  # of which carried the caller's audio (first turn)
     frames_received: int = 0
@@ -621,6 +624,7 @@ async def place_call(
         ) as ws:
             await ws.send(outbox.connected())
             await ws.send(outbox.start(account_sid, call_sid, params))
+            result.started_wall = time.time()
             status.post("stream-started")
             t0 = time.monotonic()
 

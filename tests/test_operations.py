@@ -196,8 +196,8 @@ def test_each_service_command_starts_and_stops_on_sigterm(
     import sys
     import urllib.request
 
-    port = free_port()
-    env = process_env(redis_server.url, port, 9, METRICS_PORT=str(port))
+    edge_port, port = free_port(), free_port()
+    env = process_env(redis_server.url, edge_port, 9, METRICS_PORT=str(port))
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
         cwd=ROOT,
@@ -209,8 +209,10 @@ def test_each_service_command_starts_and_stops_on_sigterm(
         # The service says it is ready on its log; then /healthz must answer. How fast it gets
         # there depends on the runner, so the bounds only catch a hang.
         wait_for_line(proc, b"ready" if "twilio" not in module else b"edge listening", timeout=30)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:  # noqa: S310
-            assert r.status == 200
+        ports = [port, edge_port] if "twilio" in module else [port]
+        for p in ports:  # the metrics port, and the edge's public port too
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/healthz", timeout=10) as r:  # noqa: S310
+                assert r.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

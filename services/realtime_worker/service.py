@@ -69,7 +69,6 @@ from shared.runtime.observability import (
 from shared.runtime.redis_io import (
     RETRYABLE,
     BatchedStreamWriter,
-    answers,
     expire_all,
     outlasting_cancel,
 )
@@ -529,9 +528,6 @@ class RealtimeWorker:
     # --- the stage's lifecycle ------------------------------------------------------------------
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self.writer.run(), self.owned.run()]
-
-    async def healthy(self) -> bool:
-        return await answers(self.redis)
 
     async def stop(self) -> None:
         await self.owned.stop(hand_over=True)

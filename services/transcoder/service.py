@@ -30,7 +30,6 @@ from shared.runtime.observability import (
 )
 from shared.runtime.redis_io import (
     RETRYABLE,
-    answers,
     is_duplicate_id,
     is_transient,
     last_entry_id,
@@ -104,9 +103,6 @@ class Transcoder:
                 log.warning("no input for %.0fs; giving the call up", CALL_SILENT_LIMIT_S)
                 return "abandoned"
         return "completed"
-
-    async def healthy(self) -> bool:
-        return await answers(self.redis)
 
 
 class _CallPump:

@@ -409,7 +409,7 @@ class Edge:
         if path == STREAM_STATUS_PATH:
             return self._stream_status(conn, request)
         if path == "/healthz":
-            ok = await self.healthy()
+            ok = await answers(self.redis)
             return respond(
                 http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
                 "ok\n" if ok else "redis unreachable\n",
@@ -483,9 +483,6 @@ class Edge:
             await bridge.run()
         finally:
             self.bridges.discard(bridge)
-
-    async def healthy(self) -> bool:
-        return await answers(self.redis)
 
     async def listen(self) -> int:
         """Open the public port (``EDGE_PORT``); returns the port bound."""

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import redis.asyncio as aioredis
 
 from shared.runtime.observability import register_settings_secrets, serve_metrics, setup_logging
-from shared.runtime.redis_io import connect, prepare
+from shared.runtime.redis_io import answers, connect, prepare
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("gateway.lifecycle")
@@ -37,13 +37,12 @@ def wall_clock_us() -> int:
 
 
 class Stage(Protocol):
-    """What a service is once built: its loops, its health, its clean stop."""
+    """What a service is once built: its loops and its clean stop. (Its health is the
+    lifecycle's: whether Redis answers.)"""
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         """The stage's long-lived work; none of it ends by design."""
         ...
-
-    async def healthy(self) -> bool: ...
 
     async def stop(self) -> None:
         """Stop taking work, hand calls over, flush writes (bounded by the lifecycle)."""
@@ -78,6 +77,11 @@ async def serve_stage(
     client = redis or connect(settings)
     metrics = None
     try:
+        if settings.metrics_port:
+            # Up from the start, before Redis answers: /healthz then says 503, not "no one".
+            metrics = await serve_metrics(
+                settings.metrics_host, settings.metrics_port, lambda: answers(client)
+            )
 
         async def started() -> Stage:
             await prepare(client)
@@ -87,10 +91,6 @@ async def serve_stage(
         if stage is None:
             log.info("%s: stopped before it was ready", name)
             return
-        if settings.metrics_port:
-            metrics = await serve_metrics(
-                settings.metrics_host, settings.metrics_port, stage.healthy
-            )
         tasks = [asyncio.ensure_future(loop) for loop in stage.loops()]
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
