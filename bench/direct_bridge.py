@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from services.twilio_edge.http import respond
 from shared import twilio_media as tw
 from shared.audio import StreamResampler, mulaw_decode, mulaw_encode
-from shared.realtime_dialect import AudioDelta, RealtimeDialect, SessionConfig, SessionCreated
+from shared.realtime_dialect import AudioDelta, RealtimeDialect, SessionCreated
 from shared.runtime.observability import FRAMES, HOP_LATENCY, metrics_text
 from shared.runtime.settings import load_settings
 
@@ -35,7 +35,7 @@ from shared.runtime.settings import load_settings
 class DirectBridge:
     def __init__(self, realtime_url: str) -> None:
         self.settings = load_settings(realtime_url=realtime_url)
-        self.config = SessionConfig.from_settings(self.settings, None)
+        self.config = self.settings.session_config()
         self.hop_in = HOP_LATENCY.labels("edge_to_openai")
         self.hop_out = HOP_LATENCY.labels("openai_to_edge")
 

@@ -1,6 +1,6 @@
 """The OpenAI Realtime dialects, as the dialect report verified them: pure, no sockets.
 
-Two combos reliably return audio (``../shared/seeds``, the dialect report):
+Two combos reliably return audio (the dialect report, summarised in docs/realtime.md):
 
 * **Combo A** (``REALTIME_SCHEMA=audio``, no beta header; the GA dialect): ``session.type``,
   ``session.audio.{input,output}.format {type: audio/pcm, rate: 24000}``, voice under
@@ -13,8 +13,8 @@ Two combos reliably return audio (``../shared/seeds``, the dialect report):
 
 :class:`RealtimeDialect` builds every client event the gateway sends in the shape of one combo
 and normalises what the server sends (both event names for audio and transcripts become one
-event each; errors become typed values). :class:`DialectNegotiator` implements
-``REALTIME_SCHEMA=auto``. Nothing outside this module knows which dialect is in use.
+event each; errors become typed values). Opening a session, and ``REALTIME_SCHEMA=auto``'s
+choice between the combos, is :mod:`shared.realtime_handshake`'s.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-from shared.runtime.settings import Settings
 
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
@@ -53,43 +51,36 @@ class Combo(enum.Enum):
 # --- configuration -----------------------------------------------------------------------------
 
 _VOICE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-# Per-call overrides a Twilio <Parameter> may carry (validated; anything else is ignored).
-OVERRIDABLE = {"voice", "instructions"}
+MAX_CALL_INSTRUCTIONS = 4000
 
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
+    """What a session is configured with (both dialects say it in their own shape)."""
+
     voice: str
     instructions: str
     turn_detection: TurnDetection
     rate: int = 24000
     transcription_model: str | None = None
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, overrides: Mapping[str, str] | None = None
-    ) -> SessionConfig:
-        """The settings' session, with a call's validated ``voice``/``instructions`` overrides.
+    def with_overrides(self, overrides: Mapping[str, str]) -> SessionConfig:
+        """This session with a call's ``voice``/``instructions`` (Twilio ``<Parameter>``s);
+        other parameters are not the session's and are left alone.
 
         Raises ValueError naming the bad override (the worker then ignores all overrides).
         """
-        voice, instructions = settings.realtime_voice, settings.realtime_instructions
-        for key, value in (overrides or {}).items():
+        voice, instructions = self.voice, self.instructions
+        for key, value in overrides.items():
             if key == "voice":
                 if not _VOICE_RE.fullmatch(value):
                     raise ValueError(f"voice={value[:40]!r} is not a voice name")
                 voice = value
             elif key == "instructions":
-                if len(value) > 4000:
-                    raise ValueError("instructions longer than 4000 characters")
+                if len(value) > MAX_CALL_INSTRUCTIONS:
+                    raise ValueError(f"instructions longer than {MAX_CALL_INSTRUCTIONS} characters")
                 instructions = value
-        return cls(
-            voice=voice,
-            instructions=instructions,
-            turn_detection=settings.realtime_turn_detection,
-            rate=settings.pcm_rate,
-            transcription_model=settings.realtime_transcription_model or None,
-        )
+        return replace(self, voice=voice, instructions=instructions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +239,7 @@ _BETA_ONLY = (
     "response.output_audio_format",
 )
 # The close code the live API ends a beta-header session with once the beta shape is disabled
-# (PROTOCOLS, known hazards), after an error with code beta_api_shape_disabled.
+# (docs/realtime.md, known hazards), after an error with code beta_api_shape_disabled.
 BETA_SHAPE_DISABLED_CLOSE = 4000
 _PARAM_RE = re.compile(r"Unknown parameter: '([^']+)'")
 
@@ -533,85 +524,10 @@ _HANDLERS: dict[str, Any] = {
 }
 
 
-# --- REALTIME_SCHEMA=auto --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    combo: Combo
-
-
-@dataclass(frozen=True, slots=True)
-class Switch:
-    to: Combo
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    reason: str
-
-
-NegotiationStep = Accepted | Switch | Failed | None
-
-
-class DialectNegotiator:
-    """Try one combo; on a dialect-mismatch rejection of the session, try the other, once."""
-
-    def __init__(self, first: Combo, config: SessionConfig) -> None:
-        self.config = config
-        self.tried: list[Combo] = [first]
-        self.reasons: list[str] = []
-        self.current = RealtimeDialect.for_combo(first, config)
-        self.accepted: Combo | None = None
-
-    def _mismatch(self, reason: str) -> NegotiationStep:
-        self.reasons.append(f"{self.current.combo.name}: {reason}")
-        other = self.current.combo.other()
-        if other in self.tried:
-            return Failed("; ".join(self.reasons))
-        self.tried.append(other)
-        self.current = RealtimeDialect.for_combo(other, self.config)
-        return Switch(other, reason)
-
-    def on_event(self, event: ServerEvent) -> NegotiationStep:
-        if self.accepted is not None:
-            return None
-        if isinstance(event, SessionUpdated):
-            self.accepted = self.current.combo
-            return Accepted(self.accepted)
-        if isinstance(event, ServerError):
-            if event.kind is ErrorKind.DIALECT_MISMATCH:
-                return self._mismatch(f"{event.code}: {event.message}")
-            if event.kind is ErrorKind.FATAL:
-                return Failed(f"{event.code}: {event.message}")
-        return None
-
-    def on_close(self, code: int, reason: str) -> NegotiationStep:
-        """The server closed before accepting: 4000 is the beta shape being disabled."""
-        refusal = close_refusal(code, reason)
-        if self.accepted is None and refusal:
-            return self._mismatch(refusal)
-        return None
+# --- refusals ----------------------------------------------------------------------------------
 
 
 def close_refusal(code: int, reason: str) -> str | None:
     """Why a close before the session was accepted refuses the combo for good (4000: the beta
-    shape disabled, PROTOCOLS), or ``None`` for a close worth reconnecting after."""
+    shape disabled, docs/realtime.md), or ``None`` for a close worth reconnecting after."""
     return f"closed {code} {reason}".strip() if code == BETA_SHAPE_DISABLED_CLOSE else None
-
-
-def refuses_update(error: ServerError) -> bool:
-    """An error during the handshake, after the session.update and before session.updated,
-    answers that update (nothing else has been sent): any but the report's benign ones refuses
-    it (a bad voice, say), and the same update would be refused on every reconnect."""
-    return error.kind is not ErrorKind.BENIGN
-
-
-def dialect_from_settings(
-    settings: Settings, overrides: Mapping[str, str] | None = None
-) -> RealtimeDialect | DialectNegotiator:
-    config = SessionConfig.from_settings(settings, overrides)
-    if settings.realtime_schema == "auto":
-        return DialectNegotiator(Combo.GA, config)
-    return RealtimeDialect(settings.realtime_schema, settings.realtime_beta_header, config)

@@ -112,6 +112,12 @@ class CallKeys:
             meta=key("meta"),
         )
 
+    def capped(self, key: bytes) -> bool:
+        """Whether writes to ``key`` are trimmed to ``STREAM_MAXLEN``: every stream but
+        ``events``, the call's record, which is never trimmed by count, only expired with the
+        call (``CALL_RETENTION_SECONDS`` after its end)."""
+        return key != self.events
+
     def all(self) -> tuple[bytes, ...]:
         return (
             self.in_pcmu,
@@ -414,12 +420,14 @@ def decode_lifecycle(fields: Fields) -> CallStarted:
 
 # --- call meta (a hash) ------------------------------------------------------------------------
 
-META_ENDED = b"ended"  # set (to the reason) by the first stage that sees the call end
+META_ENDED = b"ended"  # set by the edge (to the reason) when its stream ends
 # Written by the edge alone, when it registers the call: other stages update the hash too (and
 # a stage that has not yet noticed Redis restarting empty recreates it), so the call is lost
 # exactly when this field is.
 META_STARTED_US = b"started_us"
 META_WORKER_CURSOR = b"worker_in"  # last in.pcm entry the worker sent to OpenAI
+META_CONTROL_CURSOR = b"worker_ctl"  # last ctl entry the worker acted on
+META_GREETED = b"greeted"  # the greeting was asked for once: a new session does not greet again
 # Set by the edge when it registered a call again after Redis lost it: the call is well under
 # way (no greeting) and what was said before is gone.
 META_REANNOUNCED = b"reannounced"
@@ -443,6 +451,28 @@ def call_ttl_s(started_us: int, now_us: int, call_max_seconds: int) -> int | Non
     start, or None once that is spent and the call is not to be registered again."""
     left = call_max_seconds - max(0, now_us - started_us) // 1_000_000
     return left if left > 0 else None
+
+
+class KeyExpiry:
+    """Which of a call's keys have had their expiry set by this writer: each key gets it with
+    its first write (``CALL_MAX_SECONDS`` while the call runs), so that no key of a call that
+    dies half-way lives for ever, and later writes pay nothing for it."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set: set[bytes] = set()
+
+    def first_write(self, key: bytes) -> bool:
+        """True the first time ``key`` is written (the write must then set its expiry)."""
+        if key in self._set:
+            return False
+        self._set.add(key)
+        return True
+
+    def forget(self, key: bytes) -> None:
+        """``key`` is gone (Redis lost it): its next write sets the expiry again."""
+        self._set.discard(key)
 
 
 class InboundIds:

@@ -35,6 +35,7 @@ from tools.probe_findings import (
     summarise_all,
 )
 from tools.probe_report import code, dotted, render_json, render_markdown
+from tools.run_settings import RunSettings
 
 AUDIO_TYPES = {"response.output_audio.delta", "response.audio.delta"}
 
@@ -249,13 +250,12 @@ async def test_http_errors_and_silent_servers_are_findings(
     url = f"ws://127.0.0.1:{port}/v1/realtime"
     try:
         settings = load_settings(
-            runs=1,
-            timeout_ms=timeout_ms,
             realtime_model="gpt-realtime",
             realtime_url=url,
             openai_api_key="sk-test-not-real",
         )
-        findings = await asyncio.wait_for(run_probe(settings, tmp_path), 60)
+        runs = RunSettings(runs=1, timeout_ms=timeout_ms)
+        findings = await asyncio.wait_for(run_probe(settings, tmp_path, runs=runs), 60)
     finally:
         server.close()
         await server.wait_closed()
@@ -275,14 +275,12 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
     await emulator.start()
     try:
         settings = load_settings(
-            runs=1,
-            timeout_ms=4000,
-            audio_ms=600,
             realtime_model="gpt-realtime",
             realtime_url=emulator.url,
             openai_api_key="sk-test-not-real",
         )
-        findings = await run_probe(settings, tmp_path, url=emulator.url)
+        runs = RunSettings(runs=1, timeout_ms=4000, audio_ms=600)
+        findings = await run_probe(settings, tmp_path, url=emulator.url, runs=runs)
     finally:
         await emulator.stop()
     report, markdown = _load(tmp_path)

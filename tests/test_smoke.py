@@ -11,6 +11,7 @@ import pytest
 
 from shared.runtime.settings import load_settings
 from sim.openai_realtime import RealtimeEmulator
+from tools.run_settings import RunSettings
 from tools.smoke import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,9 +32,9 @@ async def test_smoke_verdicts(
 ) -> None:
     async with RealtimeEmulator() as emu:
         settings = load_settings(
-            realtime_url=emu.url, realtime_schema=schema, realtime_beta_header=header, runs=2
+            realtime_url=emu.url, realtime_schema=schema, realtime_beta_header=header
         )
-        code = await smoke(settings, "sk-test")
+        code = await smoke(settings, RunSettings(runs=2), "sk-test")
     out = capsys.readouterr().out
     assert (code == 0) is ok
     assert needle in out
@@ -45,12 +46,12 @@ async def test_a_disabled_beta_shape_fails_flat_and_auto_still_works(
 ) -> None:
     async with RealtimeEmulator(beta_disabled=True) as emu:
         settings = load_settings(
-            realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True, runs=1
+            realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True
         )
-        assert await smoke(settings, "sk-test") == 1
+        assert await smoke(settings, RunSettings(runs=1), "sk-test") == 1
         assert "beta_api_shape_disabled" in capsys.readouterr().out
-        auto = load_settings(realtime_url=emu.url, realtime_schema="auto", runs=1)
-        assert await smoke(auto, "sk-test") == 0
+        auto = load_settings(realtime_url=emu.url, realtime_schema="auto")
+        assert await smoke(auto, RunSettings(runs=1), "sk-test") == 0
 
 
 def test_make_smoke_without_a_key_starts_the_emulator() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from shared.runtime.settings import Settings, settings_or_exit
 from tools.probe_findings import NEGATIVE_CHECKS, ProbeFindings, recommend, summarise_all
 from tools.probe_report import render_json, render_markdown, render_table
+from tools.run_settings import RunSettings, run_settings_or_exit
 
 MARKDOWN_NAME = "dialect-report.md"
 JSON_NAME = "dialect-report.json"
@@ -63,26 +64,28 @@ async def run_probe(
     api_key: str | None = None,
     emulator: bool | None = None,
     concurrency: int = 4,
+    runs: RunSettings | None = None,
 ) -> ProbeFindings:
-    """Probe ``url`` (default ``REALTIME_URL``) with ``settings`` and write the report files."""
+    """Probe ``url`` (default ``REALTIME_URL``) with ``settings`` and write the report files;
+    ``runs`` (default: ``RUNS``, ``AUDIO_MS``, ``TIMEOUT_MS`` from the environment)."""
     # Imported here so `--help` and a configuration error do not need the dialect layer.
-    from shared.realtime_dialect import SessionConfig
     from tools.probe_io import Target, probe
 
+    runs = runs or RunSettings()
     if api_key is None and settings.openai_api_key is not None:
         api_key = settings.openai_api_key.get_secret_value()
     target = Target(
         url=url or settings.realtime_url,
         models=models_of(settings.realtime_model),
         api_key=api_key or EMULATOR_KEY,
-        runs=settings.runs,
-        audio_ms=settings.audio_ms,
-        timeout_ms=settings.timeout_ms,
+        runs=runs.runs,
+        audio_ms=runs.audio_ms,
+        timeout_ms=runs.timeout_ms,
         concurrency=concurrency,
     )
     findings = await probe(
         target,
-        SessionConfig.from_settings(settings),
+        settings.session_config(),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         emulator=settings.uses_emulator if emulator is None else emulator,
         voice=settings.realtime_voice,
@@ -91,11 +94,11 @@ async def run_probe(
     return findings
 
 
-def _announce(settings: Settings, url: str, out_dir: Path) -> None:
+def _announce(settings: Settings, runs: RunSettings, url: str, out_dir: Path) -> None:
     models = models_of(settings.realtime_model)
     print(
-        f"probe: {url}, models {', '.join(models)}: 4 combinations x {settings.runs} run(s) and "
-        f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={settings.timeout_ms}; "
+        f"probe: {url}, models {', '.join(models)}: 4 combinations x {runs.runs} run(s) and "
+        f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={runs.timeout_ms}; "
         f"report into {out_dir.resolve()}",
         flush=True,
     )
@@ -110,6 +113,7 @@ async def amain(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="connections at once (4)")
     args = parser.parse_args(argv)
     settings = settings_or_exit("probe")
+    runs = run_settings_or_exit("probe")
     out_dir = Path(args.out or os.environ.get("PROBE_OUT") or ".")
     concurrency = max(1, args.concurrency)
     if settings.openai_api_key is None:
@@ -119,15 +123,20 @@ async def amain(argv: list[str] | None = None) -> int:
         await emulator.start()
         print(f"probe: no OPENAI_API_KEY: probing the local emulator started at {emulator.url}")
         try:
-            _announce(settings, emulator.url, out_dir)
+            _announce(settings, runs, emulator.url, out_dir)
             findings = await run_probe(
-                settings, out_dir, url=emulator.url, emulator=True, concurrency=concurrency
+                settings,
+                out_dir,
+                url=emulator.url,
+                emulator=True,
+                concurrency=concurrency,
+                runs=runs,
             )
         finally:
             await emulator.stop()
     else:
-        _announce(settings, settings.realtime_url, out_dir)
-        findings = await run_probe(settings, out_dir, concurrency=concurrency)
+        _announce(settings, runs, settings.realtime_url, out_dir)
+        findings = await run_probe(settings, out_dir, concurrency=concurrency, runs=runs)
     print(render_table(findings))
     print(f"wrote {out_dir / MARKDOWN_NAME} and {out_dir / JSON_NAME}")
     return exit_code(findings)

@@ -22,14 +22,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from shared.audio import StreamResampler
 from shared.realtime_dialect import (
     AudioDelta,
-    DialectNegotiator,
+    ErrorKind,
     RealtimeDialect,
     ServerError,
     SessionCreated,
-    SessionUpdated,
-    dialect_from_settings,
 )
+from shared.realtime_handshake import Ready, RealtimeHandshake, Refused, SendText, SwitchDialect
 from shared.runtime.settings import Settings, settings_or_exit
+from tools.run_settings import RunSettings, run_settings_or_exit
 
 
 def caller_speech(ms: int, rate: int) -> bytes:
@@ -60,27 +60,31 @@ class RunResult:
     failure: str = ""
 
 
-async def one_run(settings: Settings, api_key: str) -> RunResult:
-    plan = dialect_from_settings(settings)
-    dialect: RealtimeDialect = plan.current if isinstance(plan, DialectNegotiator) else plan
+async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunResult:
+    """One run: a session opened by the gateway's own handshake core, then speech, a commit and
+    a response; decided by the first audio delta (either event name)."""
+    config = settings.session_config()
+    handshake = RealtimeHandshake.for_schema(
+        config, settings.realtime_schema, settings.realtime_beta_header
+    )
     t0 = time.monotonic()
     errors: Counter[str] = Counter()
-    timeout = settings.timeout_ms / 1000
-    for _attempt in range(2):
-        request = dialect.connect_request(settings.realtime_url, settings.realtime_model, api_key)
-        label = f"{dialect.schema}/beta_header={'1' if dialect.beta_header else '0'}"
-        result = RunResult(False, label, errors=errors)
+    timeout = runs.timeout_ms / 1000
+    result = RunResult(False, _label(handshake.dialect), errors=errors)
+    for _attempt in range(2):  # a second attempt only after a dialect switch (auto)
+        request = handshake.connect_request(settings.realtime_url, settings.realtime_model, api_key)
+        result = RunResult(False, _label(handshake.dialect), errors=errors)
         try:
             async with asyncio.timeout(timeout):
                 async with websockets.connect(
                     request.url, additional_headers=request.headers, max_size=1 << 24
                 ) as ws:
-                    switched = await _converse(ws, dialect, plan, settings, result, t0)
-            if switched is None:
+                    switched = await _converse(ws, handshake, settings, runs, result, t0)
+            if not switched:
                 return result
-            dialect = switched
+            handshake = handshake.next_attempt()
         except TimeoutError:
-            result.failure = result.failure or f"timed out after {settings.timeout_ms} ms"
+            result.failure = result.failure or f"timed out after {runs.timeout_ms} ms"
             return result
         except InvalidStatus as exc:
             result.failure = f"HTTP {exc.response.status_code} at handshake"
@@ -89,55 +93,70 @@ async def one_run(settings: Settings, api_key: str) -> RunResult:
             result.failure = f"cannot connect to {settings.realtime_url}: {exc}"
             return result
         except ConnectionClosed as exc:
-            result.failure = result.failure or f"connection closed: {exc}"
-            if isinstance(plan, DialectNegotiator) and exc.rcvd is not None:
-                step = plan.on_close(exc.rcvd.code, exc.rcvd.reason)
-                if step is not None and hasattr(step, "to"):
-                    dialect = plan.current
-                    continue
+            code = exc.rcvd.code if exc.rcvd else 1006
+            step = handshake.closed(code, exc.rcvd.reason if exc.rcvd else "")
+            if isinstance(step, SwitchDialect):
+                handshake = handshake.next_attempt()
+                continue
+            result.failure = result.failure or (
+                step.reason if isinstance(step, Refused) else f"connection closed: {exc}"
+            )
             return result
     return result
 
 
-async def _converse(ws, dialect, plan, settings, result, t0):  # type: ignore[no-untyped-def]
-    """One session; the dialect to switch to under ``auto``, or None when the run is decided."""
-    sent_audio = False
+def _label(dialect: RealtimeDialect) -> str:
+    return f"{dialect.schema}/beta_header={'1' if dialect.beta_header else '0'}"
+
+
+async def _converse(  # type: ignore[no-untyped-def]
+    ws, handshake: RealtimeHandshake, settings: Settings, runs: RunSettings, result, t0: float
+) -> bool:
+    """One session; True when the handshake says to try the other dialect (auto)."""
+    dialect = handshake.dialect
     async for message in ws:
+        if not handshake.done:
+            event = dialect.parse(message)
+            if isinstance(event, SessionCreated):
+                result.session_ms = (time.monotonic() - t0) * 1000
+            if isinstance(event, ServerError):
+                result.errors[event.code or "unknown"] += 1
+            for step in handshake.event(event):
+                if isinstance(step, SendText):
+                    await ws.send(step.text)
+                elif isinstance(step, SwitchDialect):
+                    return True
+                elif isinstance(step, Refused):
+                    result.failure = f"server error {step.reason}"
+                    return False
+                elif isinstance(step, Ready):
+                    pcm = caller_speech(runs.audio_ms, settings.pcm_rate)
+                    chunk = settings.pcm_rate // 50 * 2
+                    for i in range(0, len(pcm), chunk):
+                        await ws.send(dialect.append_audio(pcm[i : i + chunk]))
+                    await ws.send(json.dumps(dialect.commit()))
+                    await ws.send(json.dumps(dialect.response_create()))
+            continue
         event = dialect.parse(message)
         if isinstance(event, ServerError):
             result.errors[event.code or "unknown"] += 1
-            if isinstance(plan, DialectNegotiator):
-                step = plan.on_event(event)
-                if step is not None and hasattr(step, "to"):
-                    return plan.current
-            if event.kind.name in ("DIALECT_MISMATCH", "FATAL") or event.code in ("invalid_value",):
+            if (
+                event.kind in (ErrorKind.DIALECT_MISMATCH, ErrorKind.FATAL)
+                or event.code == "invalid_value"
+            ):
                 result.failure = f"server error {event.code}: {event.message}"
-                return None
-            continue
-        if isinstance(event, SessionCreated):
-            result.session_ms = (time.monotonic() - t0) * 1000
-            await ws.send(json.dumps(dialect.session_update()))
-        elif isinstance(event, SessionUpdated) and not sent_audio:
-            if isinstance(plan, DialectNegotiator):
-                plan.on_event(event)
-            sent_audio = True
-            pcm = caller_speech(settings.audio_ms, settings.pcm_rate)
-            step = settings.pcm_rate // 50 * 2
-            for i in range(0, len(pcm), step):
-                await ws.send(dialect.append_audio(pcm[i : i + step]))
-            await ws.send(json.dumps(dialect.commit()))
-            await ws.send(json.dumps(dialect.response_create()))
+                return False
         elif isinstance(event, AudioDelta):
             result.first_delta_ms = (time.monotonic() - t0) * 1000
             result.ok = True
-            return None
-    return None
+            return False
+    return False
 
 
-async def smoke(settings: Settings, api_key: str) -> int:
+async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
     streak = 0
-    for run in range(1, settings.runs + 1):
-        r = await one_run(settings, api_key)
+    for run in range(1, runs.runs + 1):
+        r = await one_run(settings, runs, api_key)
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
         fmt = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
         print(
@@ -149,17 +168,17 @@ async def smoke(settings: Settings, api_key: str) -> int:
         streak = streak + 1 if r.ok else 0
         if not r.ok:
             break
-    ok = streak >= settings.runs
+    ok = streak >= runs.runs
     print(
-        f"summary: {streak}/{settings.runs} consecutive runs returned audio -> "
+        f"summary: {streak}/{runs.runs} consecutive runs returned audio -> "
         f"{'PASS' if ok else 'FAIL'}"
     )
     return 0 if ok else 1
 
 
-async def main_async(settings: Settings) -> int:
+async def main_async(settings: Settings, runs: RunSettings) -> int:
     if settings.openai_api_key is not None:
-        return await smoke(settings, settings.openai_api_key.get_secret_value())
+        return await smoke(settings, runs, settings.openai_api_key.get_secret_value())
     from sim.openai_realtime import RealtimeEmulator
 
     emulator = RealtimeEmulator(host="127.0.0.1", port=0)
@@ -170,14 +189,15 @@ async def main_async(settings: Settings) -> int:
             flush=True,
         )
         local = settings.model_copy(update={"realtime_url": emulator.url})
-        return await smoke(local, "sk-local-emulator")
+        return await smoke(local, runs, "sk-local-emulator")
     finally:
         await emulator.stop()
 
 
 def main() -> None:
     settings = settings_or_exit("smoke", any_combo=True)
-    sys.exit(asyncio.run(main_async(settings)))
+    runs = run_settings_or_exit("smoke")
+    sys.exit(asyncio.run(main_async(settings, runs)))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from shared.runtime.redis_io import (
     last_entry_id,
 )
 from shared.runtime.settings import Settings, settings_or_exit
-from shared.streams import TRANSCODER_GROUP, CallKeys, StreamEntryError
+from shared.streams import TRANSCODER_GROUP, CallKeys, KeyExpiry, StreamEntryError
 from shared.transcode import CallTranscoder
 
 log = logging.getLogger("gateway.transcoder")
@@ -117,7 +117,7 @@ class _CallPump:
         self.cursors: dict[bytes, bytes] = {}
         self.maxlen = settings.stream_maxlen
         self.expire_s = settings.call_max_seconds
-        self.expiry_set: set[bytes] = set()
+        self.expiry = KeyExpiry()
         self.last_input = time.monotonic()
         # The next batch, read in the round trip that wrote the last one (None: read it now).
         self._prefetched: list[Any] | None = None
@@ -156,8 +156,7 @@ class _CallPump:
                     continue
                 pipe.xadd(target, out, id=entry_id, maxlen=self.maxlen, approximate=True)
             self.direction[stream].inc(len(entries))
-            if target not in self.expiry_set:
-                self.expiry_set.add(target)
+            if self.expiry.first_write(target):
                 pipe.expire(target, self.expire_s)
         following = dict(self.cursors)
         for stream, entries in reply:

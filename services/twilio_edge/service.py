@@ -51,6 +51,7 @@ from shared.runtime.redis_io import (
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
+    META_ENDED,
     META_STARTED_US,
     META_STREAM_SID,
     TRANSCODER_GROUP,
@@ -62,6 +63,7 @@ from shared.streams import (
     HangUp,
     InboundFrame,
     InboundIds,
+    KeyExpiry,
     MarkPlayed,
     OutboundChunk,
     StreamEnd,
@@ -96,7 +98,7 @@ class CallBridge:
         self.ended = False
         self.in_frames = FRAMES.labels("edge_in")
         self.out_frames = FRAMES.labels("edge_out")
-        self._in_expiry_set = False
+        self.expiry = KeyExpiry()
         self.in_ids = InboundIds(0)  # replaced at start
         settings = edge.settings
         self.bucket = TokenBucket(
@@ -138,10 +140,8 @@ class CallBridge:
             if self.keys is None:
                 return
             frame = InboundFrame(event.payload, event.sequence, event.timestamp_ms, wall_clock_us())
-            expire = None
-            if not self._in_expiry_set:
-                self._in_expiry_set = True
-                expire = self.edge.settings.call_max_seconds
+            first = self.expiry.first_write(self.keys.in_pcmu)
+            expire = self.edge.settings.call_max_seconds if first else None
             self.edge.writer.add(
                 self.keys.in_pcmu,
                 frame.encode(),
@@ -236,7 +236,7 @@ class CallBridge:
             is None
         ):
             return  # its keys expired with its time: the stages end it
-        self._in_expiry_set = False  # the new in.pcmu needs its expiry
+        self.expiry.forget(keys.in_pcmu)  # the new in.pcmu needs its expiry
         await self._register(keys, started, again=True)
         REANNOUNCED.inc()
         log.warning("redis had lost this call; registered it again")
@@ -258,7 +258,7 @@ class CallBridge:
         self.edge.writer.add(keys.in_pcmu, StreamEnd(reason).encode(), entry_id=self.in_ids.next())
         try:
             await self.edge.writer.flush(keys.in_pcmu, keys.ctl)
-            await self.edge.redis.hset(keys.meta, b"ended", reason)
+            await self.edge.redis.hset(keys.meta, META_ENDED, reason)
             await expire_all(self.edge.redis, keys.all(), self.edge.settings.call_retention_seconds)
         except RETRYABLE as exc:
             log.warning("could not mark the call ended in redis: %s", exc)

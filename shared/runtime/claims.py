@@ -1,6 +1,6 @@
 """Which instance of a stage serves which call: per-call streams, calls assigned by consumer group.
 
-Why this pattern (STYLE.md "Ownership across processes", pattern 1) rather than partitioned
+Why this pattern (the README's "Who serves which call") rather than partitioned
 streams: a call's frames must be handled in order by one transcoder and one worker, each holding
 per-call state (resampler history, the OpenAI socket). With a consumer group on the lifecycle
 stream, Redis itself hands each new call to exactly one instance; the instance owns the call while
@@ -87,7 +87,8 @@ class CallClaims:
         return claims, junk
 
     async def _read(self, start: bytes, block_ms: int | None, recovered: bool) -> list[Claim]:
-        # Always with COUNT: BLOCK without COUNT misbehaves on some servers (PROTOCOLS.md).
+        # Always with COUNT: BLOCK without COUNT misbehaves on some servers (fakeredis moves
+        # entries to the pending list without returning them; docs/realtime.md, hazards).
         reply: Any = await self.redis.xreadgroup(
             self.group,  # type: ignore[arg-type]  # bytes work; the stubs say str
             self.consumer,

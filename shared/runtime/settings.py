@@ -19,9 +19,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.audio import AudioFormatError, resampling_ratio
+from shared.realtime_dialect import SessionConfig, TurnDetection
 
 Schema = Literal["audio", "flat", "auto"]
-TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 
 EXIT_CONFIG_ERROR = 2
 FLAT_PCM_RATE = 24000  # the beta dialect's pcm16: 16-bit mono at 24 kHz, no rate to set
@@ -47,10 +47,9 @@ class Settings(BaseSettings):
     realtime_schema: Schema = "audio"
     realtime_audio_rate: int = Field(24000, gt=0)
     realtime_commit_frames: int = Field(50, ge=5, le=3000)
-    runs: int = Field(10, ge=1, le=10_000)
-    audio_ms: int = Field(600, ge=100, le=60_000)
-    timeout_ms: int = Field(8000, ge=100, le=600_000)
     openai_api_key: SecretStr | None = None
+    # How long the worker gives a new Realtime session to connect and accept its update.
+    realtime_open_timeout_ms: int = Field(8000, ge=100, le=600_000)
 
     # --- What the model is told and how it speaks ---------------------------------------------
     realtime_voice: str = Field("alloy", min_length=1, max_length=64)
@@ -221,6 +220,15 @@ class Settings(BaseSettings):
             )
         return None
 
+    def keyless_worker(self) -> str | None:
+        """Why the worker must not start (``None`` when it may): the live API needs a key."""
+        if self.openai_api_key is None and not self.uses_emulator:
+            return (
+                f"OPENAI_API_KEY is required when REALTIME_URL ({self.realtime_url}) is not the "
+                "local emulator"
+            )
+        return None
+
     @property
     def verifies_signatures(self) -> bool:
         """Whether the edge checks Twilio's signatures (a secret is set and they are not off)."""
@@ -228,6 +236,16 @@ class Settings(BaseSettings):
         return has_secret and self.twilio_signatures != "off"
 
     # --- Derived values ---------------------------------------------------------------------------
+    def session_config(self) -> SessionConfig:
+        """The Realtime session these settings describe (before any call's overrides)."""
+        return SessionConfig(
+            voice=self.realtime_voice,
+            instructions=self.realtime_instructions,
+            turn_detection=self.realtime_turn_detection,
+            rate=self.pcm_rate,
+            transcription_model=self.realtime_transcription_model or None,
+        )
+
     @property
     def pcm_rate(self) -> int:
         """The rate of the PCM16 the pipeline carries to and from OpenAI: REALTIME_AUDIO_RATE in
@@ -255,7 +273,8 @@ class Settings(BaseSettings):
         return f"{base.rstrip('/')}/twiml"
 
 
-def _describe(error: ValidationError) -> str:
+def describe_error(error: ValidationError) -> str:
+    """One line: the variable, its value (hidden for a secret) and what is allowed."""
     first = error.errors()[0]
     loc = first.get("loc") or ()
     name = str(loc[0]).upper() if loc else ""
@@ -274,7 +293,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(describe_error(exc)) from None
 
 
 def settings_or_exit(

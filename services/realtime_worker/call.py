@@ -1,0 +1,335 @@
+"""One call in the realtime worker, as the edge has :class:`CallBridge`: its Realtime socket, its
+keys, its conversation core and its cursors.
+
+The call does not read Redis for its caller's frames: :mod:`services.realtime_worker.feed` reads
+them and hands them over (:meth:`RealtimeCall.on_entries`), so how entries are read can change
+in that one place. The model's events come from the socket, one session at a time; when the
+socket drops, the call gets a new session (capped, jittered backoff) with the transcript so far,
+and frames that arrived meanwhile wait in Redis for it. Past ``REALTIME_RESTORE_SECONDS`` the
+caller is told goodbye by a hang-up rather than left in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from services.realtime_worker.session import SessionRefused, open_session
+from shared.backoff import Backoff
+from shared.conversation import (
+    Action,
+    CallConversation,
+    EndCall,
+    Measure,
+    Role,
+    SendToModel,
+    WriteCommand,
+    WriteEvent,
+    WriteOutbound,
+)
+from shared.realtime_dialect import RealtimeProtocolError, ServerError, SessionConfig
+from shared.realtime_handshake import RealtimeHandshake
+from shared.runtime.lifecycle import wall_clock_us
+from shared.runtime.observability import FIRST_REPLY, REALTIME_ERRORS, RECONNECTS, label, reject
+from shared.runtime.redis_io import RETRYABLE, expire_all
+from shared.streams import (
+    META_CONTROL_CURSOR,
+    META_GREETED,
+    META_REANNOUNCED,
+    META_WORKER_CURSOR,
+    CallEvent,
+    CallKeys,
+    CallStarted,
+    HangUp,
+    InboundFrame,
+    KeyExpiry,
+    StreamEnd,
+    StreamEntryError,
+    decode_control,
+    decode_event,
+    decode_inbound,
+)
+
+if TYPE_CHECKING:
+    from services.realtime_worker.service import RealtimeWorker
+
+log = logging.getLogger("gateway.worker")
+
+CURSOR_SAVE_INTERVAL_S = 0.2
+Entries = Sequence[tuple[bytes, dict[bytes, bytes]]]
+
+
+@dataclass
+class Cursors:
+    """Where the call is in its two input streams; saved in the call's meta now and then, so a
+    worker that takes the call over goes on from there."""
+
+    inbound: bytes
+    control: bytes
+    saved_at: float = 0.0
+
+
+class RealtimeCall:
+    """One call's conversation with the model, across its Realtime sessions."""
+
+    def __init__(
+        self,
+        worker: RealtimeWorker,
+        call: CallStarted,
+        meta: dict[bytes, bytes],
+        config: SessionConfig,
+    ) -> None:
+        self.worker = worker
+        self.call = call
+        self.keys = CallKeys.for_call(call.call_sid)
+        self.meta = meta
+        self.config = config
+        settings = worker.settings
+        self.handshake = RealtimeHandshake.for_schema(
+            config, settings.realtime_schema, settings.realtime_beta_header, worker.preferred_combo
+        )
+        self.core = CallConversation(
+            dialect=self.handshake.dialect,
+            turn_detection=config.turn_detection,
+            commit_frames=settings.realtime_commit_frames,
+            greeting=settings.realtime_greeting,
+            rate=config.rate,
+        )
+        self.cursors = Cursors(
+            meta.get(META_WORKER_CURSOR, b"0-0"), meta.get(META_CONTROL_CURSOR, b"0-0")
+        )
+        self.expiry = KeyExpiry()
+        self.ws: ClientConnection | None = None  # the live session's socket
+
+    # --- the call, session after session ----------------------------------------------------------
+    async def run(self, recovered: bool) -> str:
+        """Serve the call until it ends; returns the outcome. Cancelled (claim lost, shutdown):
+        the cursors are saved and the call is left as it is for the next owner."""
+        if META_REANNOUNCED in self.meta:  # Redis lost the call mid-way: no greeting, no past
+            self.core.restore([], greeted=True)
+        elif recovered or META_WORKER_CURSOR in self.meta:
+            self.core.restore(await self._transcript(), META_GREETED in self.meta)
+        try:
+            outcome = await self._sessions()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.save_cursors())
+            raise
+        await self._finish(outcome)
+        return outcome
+
+    async def _sessions(self) -> str:
+        settings = self.worker.settings
+        restore_deadline: float | None = None
+        backoff = Backoff(base_s=0.2, cap_s=2.0)
+        while True:  # one iteration per Realtime session
+            try:
+                attempt = self.handshake.next_attempt()  # each connection its own handshake
+                ws, dialect = await open_session(settings, attempt, self.worker.api_key)
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
+                    log.error("OpenAI refused our credentials (%s)", exc.response.status_code)
+                    return "realtime_auth"
+                now = time.monotonic()
+                restore_deadline = restore_deadline or now + settings.realtime_restore_seconds
+                if now >= restore_deadline:
+                    return "realtime_unavailable"
+                RECONNECTS.labels("openai").inc()
+                delay = backoff.next_delay()
+                log.warning("realtime connect failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            except SessionRefused as exc:
+                log.error("realtime session refused: %s", exc)
+                return "realtime_refused"
+            backoff.reset()
+            restore_deadline = None
+            # Under auto, the next session (and the worker's next call) starts where this worked.
+            self.worker.preferred_combo = dialect.combo
+            self.handshake = RealtimeHandshake.for_schema(
+                self.config,
+                settings.realtime_schema,
+                settings.realtime_beta_header,
+                dialect.combo,
+            )
+            self.core.dialect = dialect
+            self._write(WriteEvent(CallEvent("session", {"combo": dialect.combo.name})))
+            if META_GREETED not in self.meta and self.core.greeting:
+                self.meta[META_GREETED] = b"1"
+                await self.worker.redis.hset(self.keys.meta, META_GREETED, b"1")
+            try:
+                outcome = await self._converse(ws)
+            finally:
+                self.ws = None
+                await ws.close()
+            if outcome != "socket_lost":
+                return outcome
+            RECONNECTS.labels("openai").inc()
+            log.warning("realtime socket lost; opening a new session with the transcript")
+            restore_deadline = time.monotonic() + settings.realtime_restore_seconds
+
+    async def _converse(self, ws: ClientConnection) -> str:
+        """One session, until the call ends (its reason) or the socket drops ("socket_lost")."""
+        self.ws = ws
+        await self._perform(self.core.session_ready(wall_clock_us()))
+        from services.realtime_worker.feed import feed  # the one place entries are read
+
+        model = asyncio.create_task(self._from_model(ws))
+        caller = asyncio.create_task(feed(self.worker.redis, self))
+        try:
+            done, _ = await asyncio.wait({model, caller}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this call's task is cancelled: no half of it may outlive it
+            for task in (model, caller):
+                task.cancel()
+            await asyncio.gather(model, caller, return_exceptions=True)
+        try:
+            return done.pop().result()
+        except ConnectionClosed:
+            return "socket_lost"
+
+    async def _from_model(self, ws: ClientConnection) -> str:
+        async for message in ws:
+            try:
+                event = self.core.dialect.parse(message)
+            except RealtimeProtocolError as exc:
+                reject("realtime_bad_event")
+                log.warning("unparseable realtime event: %s", exc)
+                continue
+            if isinstance(event, ServerError):
+                REALTIME_ERRORS.labels(label(event.code or "unknown")).inc()
+                log.info("realtime error %s: %s", event.code, event.message[:200])
+            ended = await self._perform(self.core.server_event(event, wall_clock_us()))
+            if ended:
+                return ended
+        return "socket_lost"
+
+    # --- entries from the caller's side (fed by the reader) --------------------------------------
+    def streams(self) -> dict[bytes, bytes]:
+        """What the reader reads for this call: its streams and where it is in each."""
+        return {self.keys.ctl: self.cursors.control, self.keys.in_pcm: self.cursors.inbound}
+
+    async def on_entries(self, stream: bytes, entries: Entries) -> str | None:
+        """Act on entries read from one of :meth:`streams`; the call's end reason if they end
+        it. The cursor moves past each entry acted on."""
+        for entry_id, fields in entries:
+            if stream == self.keys.in_pcm:
+                self.cursors.inbound = entry_id
+                ended = await self._caller_frame(fields)
+                if ended:
+                    return ended
+            else:
+                self.cursors.control = entry_id
+                try:
+                    control = decode_control(fields)
+                except StreamEntryError as exc:
+                    reject(f"worker_{exc.reason}")
+                    continue
+                await self._perform(self.core.control(control))
+        return None
+
+    async def _caller_frame(self, fields: dict[bytes, bytes]) -> str | None:
+        try:
+            entry = decode_inbound(fields)
+        except StreamEntryError as exc:
+            reject(f"worker_{exc.reason}")
+            return None
+        if isinstance(entry, StreamEnd):
+            return entry.reason or "caller_hung_up"
+        assert isinstance(entry, InboundFrame)
+        if not entry.audio or len(entry.audio) % 2:
+            reject("worker_bad_audio_size")
+            return None
+        await self._perform(self.core.caller_audio(entry.audio))
+        self.worker.frames_in.inc()
+        if entry.stamp_us >= self.core.ready_us:
+            self.worker.hop_in.observe(max(0, wall_clock_us() - entry.stamp_us) / 1e6)
+        return None
+
+    # --- actions ----------------------------------------------------------------------------------
+    async def _perform(self, actions: list[Action]) -> str | None:
+        """Carry out the core's actions in order; the reason if one of them ends the call."""
+        for action in actions:
+            if isinstance(action, SendToModel):
+                assert self.ws is not None
+                await self.ws.send(action.text)
+            elif isinstance(action, EndCall):
+                return action.reason
+            elif isinstance(action, Measure):
+                FIRST_REPLY.observe(action.seconds)
+            else:
+                self._write(action)
+        return None
+
+    def _write(self, action: WriteOutbound | WriteCommand | WriteEvent) -> None:
+        keys = self.keys
+        if isinstance(action, WriteOutbound):
+            stream, fields = keys.out_pcm, action.chunk.encode()
+            self.worker.frames_out.inc()
+        elif isinstance(action, WriteCommand):
+            stream, fields = keys.cmd, action.command.encode()
+        else:
+            stream, fields = keys.events, action.event.encode()
+            event = action.event
+            if event.kind == "transcript":
+                log.info(
+                    "transcript",
+                    extra={"role": event.data.get("role"), "text": event.data.get("text")},
+                )
+        first = self.expiry.first_write(stream)
+        self.worker.writer.add(
+            stream,
+            fields,
+            maxlen=-1 if keys.capped(stream) else None,
+            expire_s=self.worker.settings.call_max_seconds if first else None,
+        )
+
+    async def save_cursors(self) -> None:
+        try:
+            await self.worker.redis.hset(
+                self.keys.meta,
+                mapping={
+                    META_WORKER_CURSOR: self.cursors.inbound,
+                    META_CONTROL_CURSOR: self.cursors.control,
+                },
+            )
+            self.cursors.saved_at = time.monotonic()
+        except RETRYABLE as exc:
+            log.warning("could not save cursors: %s", exc)
+
+    async def save_cursors_now_and_then(self) -> None:
+        if time.monotonic() - self.cursors.saved_at >= CURSOR_SAVE_INTERVAL_S:
+            await self.save_cursors()
+
+    async def _finish(self, outcome: str) -> None:
+        """The call is over for the worker: tell the other stages and leave only expiring keys."""
+        keys, worker = self.keys, self.worker
+        if outcome.startswith("realtime_"):
+            # The caller would otherwise sit in silence: end the call for them.
+            self._write(WriteCommand(HangUp(outcome)))
+        self._write(WriteEvent(CallEvent("ended", {"reason": outcome})))
+        worker.writer.add(keys.out_pcm, StreamEnd(outcome).encode())
+        try:
+            await self.save_cursors()
+            await asyncio.wait_for(worker.writer.flush(keys.out_pcm, keys.cmd, keys.events), 5.0)
+            await expire_all(worker.redis, keys.all(), worker.settings.call_retention_seconds)
+        except (*RETRYABLE, TimeoutError) as exc:
+            log.warning("could not finish the call cleanly in redis: %s", exc)
+        log.info("call finished", extra={"outcome": outcome})
+
+    async def _transcript(self) -> list[tuple[Role, str]]:
+        transcript: list[tuple[Role, str]] = []
+        for _, fields in await self.worker.redis.xrange(self.keys.events):
+            try:
+                event = decode_event(fields)
+            except StreamEntryError:
+                continue
+            if event.kind == "transcript" and event.data.get("text"):
+                role: Role = "user" if event.data.get("role") == "caller" else "assistant"
+                transcript.append((role, event.data["text"]))
+        return transcript
