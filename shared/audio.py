@@ -102,7 +102,6 @@ _PHASE_TAPS = TAPS // RATIO  # 32: taps per phase, the same at every supported r
 # multiple of 2**-24 below 2**17: 41 bits, which float64 (53) holds exactly, in any order of
 # summation or chunking.
 _TAP_GRID = 2.0**24
-GROUP_DELAY_MS = (TAPS - 1) / 2 / 24000 * 1000  # 1.98 ms: the impulse response's centre
 TELEPHONE_RATE = 8000
 
 

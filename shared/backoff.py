@@ -1,7 +1,9 @@
-"""Capped exponential backoff with full jitter, as a pure value (the caller sleeps).
+"""Capped exponential backoff with equal jitter, as a pure value (the caller sleeps).
 
-Used for every reconnect in the gateway (Redis, OpenAI): full jitter spreads the reconnects of
-many calls that lost the same server at the same moment, and the cap keeps recovery prompt.
+Used for every reconnect in the gateway (Redis, OpenAI). Equal jitter (a delay drawn between half
+the ceiling and the ceiling) spreads the reconnects of many calls that lost the same server at the
+same moment, like full jitter, but never retries at once: a server that just failed is not
+hammered by the lucky draws. The cap keeps recovery prompt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self) -> float:
-        """The delay before the next attempt; each call counts one failed attempt."""
+        """The delay before the next attempt, in [ceiling/2, ceiling] with the ceiling doubling
+        from ``base_s`` up to ``cap_s``; each call counts one failed attempt."""
         ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
         self.attempt += 1
         return self.rng.uniform(ceiling / 2, ceiling)

@@ -37,7 +37,6 @@ from shared.streams import (
     Command,
     Control,
     DtmfPressed,
-    HangUp,
     MarkPlayed,
     OutboundChunk,
 )
@@ -223,9 +222,7 @@ class CallConversation:
             return []
         response_id = self.item_response.get(item, "")
         self.cancelled.add(response_id)
-        heard_ms = self.heard.heard(item)
-        # Nothing more of this item will play: what was sent is now what was heard.
-        self.heard.sent_ms[item] = float(heard_ms)
+        heard_ms = self.heard.cut(item)
         return [
             WriteCommand(ClearPlayback(response_id)),
             _send(self.dialect.truncate(item, heard_ms)),
@@ -256,6 +253,3 @@ class CallConversation:
         self.transcript = list(transcript)
         self.greeted = greeted or bool(transcript)
 
-
-def hang_up(reason: str) -> WriteCommand:
-    return WriteCommand(HangUp(reason))

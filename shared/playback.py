@@ -88,6 +88,13 @@ class HeardTracker:
     def heard(self, item_id: str) -> int:
         return self.heard_ms.get(item_id, 0)
 
+    def cut(self, item_id: str) -> int:
+        """A barge-in stopped ``item_id``: nothing more of it will play, so what was sent is now
+        what was heard. Returns that, in ms."""
+        heard_ms = self.heard(item_id)
+        self.sent_ms[item_id] = float(heard_ms)
+        return heard_ms
+
     def playing(self, tolerance_ms: float = 3.0) -> str | None:
         """The item the caller is still hearing (sent but not yet all heard), if any."""
         item = self.last_item

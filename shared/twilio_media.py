@@ -126,7 +126,7 @@ class DtmfReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class MarkPlayed:
+class MarkReturned:
     """Twilio played everything sent before this mark (or a ``clear`` discarded it)."""
 
     name: str
@@ -138,7 +138,7 @@ class StreamStopped:
     sequence: int
 
 
-Event = StreamConnected | StreamStarted | InboundMedia | DtmfReceived | MarkPlayed | StreamStopped
+Event = StreamConnected | StreamStarted | InboundMedia | DtmfReceived | MarkReturned | StreamStopped
 
 
 class StreamState(StrEnum):
@@ -240,7 +240,7 @@ class TwilioMediaSession:
         if event == "mark":
             mark = _object(self._ours(data, "mark").get("mark"), "mark")
             name = _text(mark.get("name"), "mark.name", MAX_MARK_NAME)
-            return [MarkPlayed(name, self.last_sequence)]
+            return [MarkReturned(name, self.last_sequence)]
         if event == "dtmf":
             dtmf = _object(self._ours(data, "dtmf").get("dtmf"), "dtmf")
             digit = dtmf.get("digit")

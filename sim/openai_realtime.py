@@ -286,7 +286,7 @@ class EmulatedSession:
         timeout: float = 5.0,
         predicate: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
-        return await self._wait(
+        found: dict[str, Any] = await self._wait(
             lambda: next(
                 (
                     e
@@ -297,6 +297,7 @@ class EmulatedSession:
             ),
             timeout,
         )
+        return found
 
     async def wait_for_client_event(
         self,
@@ -304,7 +305,7 @@ class EmulatedSession:
         timeout: float = 5.0,
         predicate: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
-        return await self._wait(
+        found: dict[str, Any] = await self._wait(
             lambda: next(
                 (
                     e
@@ -315,6 +316,7 @@ class EmulatedSession:
             ),
             timeout,
         )
+        return found
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         await self._wait(lambda: self.closed, timeout)
@@ -481,6 +483,7 @@ class EmulatedSession:
                     "type",
                 )
             unknown_parameter(event, tree, "")
+            assert isinstance(kind, str)  # a tree was found for it
             await getattr(self, "_on_" + kind.replace(".", "_"))(event)
         except Rejection as rejection:
             await self.error(rejection, event_id)

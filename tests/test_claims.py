@@ -19,8 +19,8 @@ async def test_each_call_goes_to_exactly_one_instance(any_redis) -> None:  # typ
     await b.ensure_group()  # idempotent (BUSYGROUP)
     for n in range(6):
         await any_redis.xadd(LIFECYCLE_STREAM, _started(n))
-    got_a = await a.new(block_ms=100)
-    got_b = await b.new(block_ms=100)
+    got_a = await a.take_unassigned(block_ms=100)
+    got_b = await b.take_unassigned(block_ms=100)
     sids = [c.call.call_sid for c in got_a + got_b]
     assert sorted(sids) == [f"CA{n:032d}" for n in range(6)]
 
@@ -29,9 +29,9 @@ async def test_a_restarted_instance_rereads_its_own_calls(any_redis) -> None:  #
     a = CallClaims(any_redis, b"g", "a", idle_ms=1000)
     await a.ensure_group()
     await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
-    [first] = await a.new(block_ms=100)
+    [first] = await a.take_unassigned(block_ms=100)
     again = CallClaims(any_redis, b"g", "a", idle_ms=1000)  # same consumer name after restart
-    [mine] = await again.mine()
+    [mine] = await again.pending_mine()
     assert mine.entry_id == first.entry_id and mine.recovered
 
 
@@ -40,7 +40,7 @@ async def test_a_silent_owner_loses_its_call_to_another_instance(any_redis) -> N
     b = CallClaims(any_redis, b"g", "b", idle_ms=50)
     await a.ensure_group()
     await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
-    [claim] = await a.new(block_ms=100)
+    [claim] = await a.take_unassigned(block_ms=100)
     # Make the claim look idle without sleeping: hand it over.
     await a.hand_over([claim.entry_id])
     taken = await b.take_over()
@@ -53,7 +53,7 @@ async def test_refresh_keeps_a_live_owner(any_redis) -> None:  # type: ignore[no
     b = CallClaims(any_redis, b"g", "b", idle_ms=60_000)
     await a.ensure_group()
     await any_redis.xadd(LIFECYCLE_STREAM, _started(1))
-    [claim] = await a.new(block_ms=100)
+    [claim] = await a.take_unassigned(block_ms=100)
     assert await a.refresh([claim.entry_id]) == set()
     assert await b.take_over() == []
 
@@ -63,7 +63,7 @@ async def test_undecodable_lifecycle_entries_are_acknowledged_and_skipped(any_re
     await a.ensure_group()
     await any_redis.xadd(LIFECYCLE_STREAM, {b"k": b"nonsense"})
     await any_redis.xadd(LIFECYCLE_STREAM, _started(2))
-    got = await a.new(block_ms=100)
+    got = await a.take_unassigned(block_ms=100)
     assert [c.call.call_sid for c in got] == [f"CA{2:032d}"]
     assert (await any_redis.xpending(LIFECYCLE_STREAM, b"g"))["pending"] == 1
 

@@ -77,7 +77,7 @@ def test_a_normal_stream_yields_each_event() -> None:
     assert s.receive(other("dtmf", 3, {"track": "inbound_track", "digit": "#"})) == [
         tw.DtmfReceived("#", 3)
     ]
-    assert s.receive(other("mark", 4, {"name": "item_1:100"})) == [tw.MarkPlayed("item_1:100", 4)]
+    assert s.receive(other("mark", 4, {"name": "item_1:100"})) == [tw.MarkReturned("item_1:100", 4)]
     assert s.receive(other("stop", 5, {"accountSid": ACCOUNT, "callSid": CALL})) == [
         tw.StreamStopped(5)
     ]
@@ -474,7 +474,7 @@ def valid_streams(draw: st.DrawFn) -> tuple[list[str], list[tw.Event], int]:
         elif kind == "mark":
             name = draw(st.text(max_size=40))
             messages.append(other("mark", seq, {"name": name}))
-            events.append(tw.MarkPlayed(name, seq))
+            events.append(tw.MarkReturned(name, seq))
         else:
             digit = draw(st.sampled_from(sorted("0123456789*#ABCD")))
             messages.append(other("dtmf", seq, {"track": "inbound_track", "digit": digit}))

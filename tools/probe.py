@@ -71,7 +71,7 @@ async def run_probe(
     # Imported here so `--help` and a configuration error do not need the dialect layer.
     from tools.probe_io import Target, probe
 
-    runs = runs or RunSettings()
+    runs = runs or RunSettings()  # type: ignore[call-arg]  # read from the environment
     if api_key is None and settings.openai_api_key is not None:
         api_key = settings.openai_api_key.get_secret_value()
     target = Target(

@@ -24,7 +24,7 @@ class RunSettings(BaseSettings):
 
 def run_settings_or_exit(tool: str) -> RunSettings:
     try:
-        return RunSettings()
+        return RunSettings()  # type: ignore[call-arg]  # read from the environment
     except ValidationError as exc:
         print(f"{tool}: configuration error: {describe_error(exc)}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None

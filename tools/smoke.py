@@ -153,15 +153,18 @@ async def _converse(  # type: ignore[no-untyped-def]
     return False
 
 
+def _ms(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "-"
+
+
 async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
     streak = 0
     for run in range(1, runs.runs + 1):
         r = await one_run(settings, runs, api_key)
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
-        fmt = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
         print(
-            f"run {run:>3} {r.combo:<22} session.created {fmt(r.session_ms):>6} ms  "
-            f"first delta {fmt(r.first_delta_ms):>6} ms  errors {errs}"
+            f"run {run:>3} {r.combo:<22} session.created {_ms(r.session_ms):>6} ms  "
+            f"first delta {_ms(r.first_delta_ms):>6} ms  errors {errs}"
             + ("" if r.ok else f"  FAILED: {r.failure}"),
             flush=True,
         )

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -324,7 +324,8 @@ class RealtimeCall:
 
     async def _transcript(self) -> list[tuple[Role, str]]:
         transcript: list[tuple[Role, str]] = []
-        for _, fields in await self.worker.redis.xrange(self.keys.events):
+        entries: Any = await self.worker.redis.xrange(self.keys.events)
+        for _, fields in entries:
             try:
                 event = decode_event(fields)
             except StreamEntryError:

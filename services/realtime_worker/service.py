@@ -61,7 +61,9 @@ class RealtimeWorker:
     async def run_call(self, claim: Claim) -> None:
         started = claim.call
         with call_context(started.call_sid, started.stream_sid):
-            meta = await self.redis.hgetall(CallKeys.for_call(started.call_sid).meta)
+            meta: dict[bytes, bytes] = await self.redis.hgetall(  # type: ignore[assignment]
+                CallKeys.for_call(started.call_sid).meta
+            )  # a bytes client: bytes keys and values
             if not meta:
                 log.info("call's keys are gone (expired); nothing to do")
                 return

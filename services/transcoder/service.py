@@ -136,10 +136,15 @@ class _CallPump:
 
     async def step(self) -> bool:
         """Convert one batch of input; ``False`` when none came within ``BLOCK_MS``."""
+        reply: Any
         if self._prefetched is not None:
             reply, self._prefetched = self._prefetched, None
         else:
-            reply = await self.redis.xread(self.cursors, count=READ_COUNT, block=BLOCK_MS)
+            reply = await self.redis.xread(
+                self.cursors,  # type: ignore[arg-type]  # bytes keys work; the stubs say str
+                count=READ_COUNT,
+                block=BLOCK_MS,
+            )
         if not reply:
             return False
         self.last_input = time.monotonic()
@@ -154,7 +159,7 @@ class _CallPump:
                     reject(f"transcoder_{exc.reason}")
                     log.warning("skipping undecodable entry %r: %s", entry_id, exc)
                     continue
-                pipe.xadd(target, out, id=entry_id, maxlen=self.maxlen, approximate=True)
+                pipe.xadd(target, out, id=entry_id, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             self.direction[stream].inc(len(entries))
             if self.expiry.first_write(target):
                 pipe.expire(target, self.expire_s)
@@ -166,7 +171,7 @@ class _CallPump:
         # Redis's side of TCP too). Not once the call is over, or its end would wait BLOCK_MS.
         read_ahead = not self.done
         if read_ahead:
-            pipe.xread(following, count=READ_COUNT, block=BLOCK_MS)
+            pipe.xread(following, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
         results = await pipe.execute(raise_on_error=False)
         if read_ahead:
             *results, ahead = results

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING
 
-from services.twilio_edge.http import EdgeConnection, respond
+from services.twilio_edge.http import EdgeConnection, Form, respond
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
@@ -37,6 +37,7 @@ from shared.runtime.observability import (
     HOP_LATENCY,
     REANNOUNCED,
     STREAM_EVENTS,
+    bind_call,
     call_context,
     reject,
 )
@@ -150,7 +151,7 @@ class CallBridge:
                 droppable=True,
             )
             self.in_frames.inc()
-        elif isinstance(event, tw.MarkPlayed):
+        elif isinstance(event, tw.MarkReturned):
             if self.keys is not None:
                 self.edge.writer.add(self.keys.ctl, MarkPlayed(event.name).encode())
         elif isinstance(event, tw.DtmfReceived):
@@ -181,8 +182,7 @@ class CallBridge:
             return
         self.keys = keys
         self.stream_sid = event.stream_sid
-        self.call_cm = call_context(event.call_sid, event.stream_sid)
-        self.call_cm.__enter__()
+        bind_call(event.call_sid, event.stream_sid)  # this task serves this call alone
         started = CallStarted(
             event.call_sid,
             event.stream_sid,
@@ -199,13 +199,12 @@ class CallBridge:
             reject("edge_redis_unavailable")
             log.error("cannot register the call in redis (%s); hanging up", exc)
             self.keys = None
-            self.call_cm.__exit__(None, None, None)
             await self.ws.close(1011, "gateway storage unavailable")
             return
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(event.custom_parameters)})
-        self.playback = OutboundPlayback(event.stream_sid)
-        self.reader = asyncio.create_task(self._play_replies(keys, started))
+        playback = OutboundPlayback(event.stream_sid)
+        self.reader = asyncio.create_task(self._play_replies(keys, started, playback))
 
     async def _register(self, keys: CallKeys, started: CallStarted, again: bool = False) -> None:
         """Write the call's keys, then its lifecycle entry, in two round trips: on a cluster the
@@ -216,12 +215,15 @@ class CallBridge:
         pipe = self.edge.redis.pipeline(transaction=False)
         if again:  # what a stage wrote after the loss (a cursor into streams that are gone) goes
             pipe.delete(keys.meta)
-        pipe.hset(keys.meta, mapping=call_meta(started, reannounced=again))
+        pipe.hset(keys.meta, mapping=call_meta(started, reannounced=again))  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
         pipe.expire(keys.meta, ttl)
         await pipe.execute()
         lifecycle = lifecycle_stream_for(started.call_sid, settings.lifecycle_partitions)
         await self.edge.redis.xadd(
-            lifecycle, started.encode(), maxlen=LIFECYCLE_MAXLEN, approximate=True
+            lifecycle,
+            started.encode(),  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+            maxlen=LIFECYCLE_MAXLEN,
+            approximate=True,
         )
 
     async def _still_known(self, keys: CallKeys, started: CallStarted) -> None:
@@ -245,7 +247,7 @@ class CallBridge:
         """The StreamSid an earlier stream of this call left in its keys (``None``: none, or
         Redis cannot say now, in which case the call goes ahead as the common case)."""
         try:
-            value = await self.edge.redis.hget(keys.meta, META_STREAM_SID)
+            value: bytes | None = await self.edge.redis.hget(keys.meta, META_STREAM_SID)  # type: ignore[assignment]  # a bytes client
         except RETRYABLE:
             return None
         return value.decode("ascii", "replace") if value else None
@@ -265,9 +267,10 @@ class CallBridge:
         ACTIVE_CALLS.dec()
         CALLS.labels(reason).inc()
         log.info("call ended", extra={"reason": reason})
-        self.call_cm.__exit__(None, None, None)
 
-    async def _play_replies(self, keys: CallKeys, started: CallStarted) -> None:
+    async def _play_replies(
+        self, keys: CallKeys, started: CallStarted, playback: OutboundPlayback
+    ) -> None:
         """Move reply audio and worker commands to Twilio, commands first within a batch."""
         cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
         redis = self.edge.redis
@@ -276,7 +279,9 @@ class CallBridge:
         check_at = time.monotonic() + LOSS_CHECK_S
         while True:
             try:
-                reply = await outlasting_cancel(redis.xread(cursors, count=64, block=1000))
+                reply: Any = await outlasting_cancel(
+                    redis.xread(cursors, count=64, block=1000)  # type: ignore[arg-type]  # bytes keys work
+                )
                 if time.monotonic() >= check_at:
                     check_at = time.monotonic() + LOSS_CHECK_S
                     await outlasting_cancel(self._still_known(keys, started))
@@ -290,11 +295,11 @@ class CallBridge:
                 await asyncio.sleep(backoff.next_delay())
                 continue
             backoff.reset()
-            by_stream = dict(reply) if reply else {}
+            by_stream: dict[bytes, Any] = dict(reply) if reply else {}
             try:
                 for entry_id, fields in by_stream.get(keys.cmd, []):
                     cursors[keys.cmd] = entry_id
-                    await self._command(fields)
+                    await self._command(fields, playback)
                 for entry_id, fields in by_stream.get(keys.out_pcmu, []):
                     cursors[keys.out_pcmu] = entry_id
                     try:
@@ -303,7 +308,7 @@ class CallBridge:
                         reject(f"edge_{exc.reason}")
                         continue
                     if isinstance(chunk, OutboundChunk):
-                        messages = self.playback.chunk(chunk)
+                        messages = playback.chunk(chunk)
                         for message in messages:
                             await self.ws.send(message)
                         if messages:
@@ -312,14 +317,14 @@ class CallBridge:
             except ConnectionClosed:
                 return
 
-    async def _command(self, fields: dict[bytes, bytes]) -> None:
+    async def _command(self, fields: dict[bytes, bytes], playback: OutboundPlayback) -> None:
         try:
             command = decode_command(fields)
         except StreamEntryError as exc:
             reject(f"edge_{exc.reason}")
             return
         if isinstance(command, ClearPlayback):
-            for message in self.playback.clear(command.response_id):
+            for message in playback.clear(command.response_id):
                 await self.ws.send(message)
             log.info("cleared playback (barge-in)", extra={"response_id": command.response_id})
         elif isinstance(command, HangUp):
@@ -431,7 +436,7 @@ class Edge:
                 return respond(http.HTTPStatus.LENGTH_REQUIRED, "send a Content-Length\n")
             params = conn.form()
         elif request.method == "GET":
-            params = {}
+            params = Form([])
         else:
             return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "GET or POST\n")
         if not self._signed(self._signed_url(base, request), params, request):

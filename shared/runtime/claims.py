@@ -102,11 +102,11 @@ class CallClaims:
             await self.redis.xack(self.stream, self.group, *junk)
         return claims
 
-    async def mine(self) -> list[Claim]:
+    async def pending_mine(self) -> list[Claim]:
         """Calls pending under this consumer's name: ours from before a restart."""
         return await self._read(b"0", None, recovered=True)
 
-    async def new(self, block_ms: int) -> list[Claim]:
+    async def take_unassigned(self, block_ms: int) -> list[Claim]:
         """Wait up to ``block_ms`` for calls not yet given to any instance of this stage."""
         return await self._read(b">", block_ms, recovered=False)
 
@@ -243,7 +243,7 @@ class OwnedCalls:
             try:
                 if need_setup:
                     await claims.ensure_group()
-                    for claim in await claims.mine():
+                    for claim in await claims.pending_mine():
                         self._start(claims, claim)
                     need_setup = False
                     if first_setup:
@@ -252,7 +252,7 @@ class OwnedCalls:
                         if self._setup_done == len(self.partitions):
                             self.ready.set()
                 t0 = time.monotonic()
-                arrived = await claims.new(block_ms)
+                arrived = await claims.take_unassigned(block_ms)
                 for claim in arrived:
                     self._start(claims, claim)
                 now = time.monotonic()

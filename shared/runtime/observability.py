@@ -95,6 +95,14 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
+def bind_call(call_sid: str | None, stream_sid: str | None = None) -> None:
+    """Tag every later log line of the current task, and of the tasks it starts, with the call's
+    SIDs: for a task that serves one call from start to end (a context variable set in a task
+    lives and dies with it)."""
+    call_sid_var.set(call_sid)
+    stream_sid_var.set(stream_sid)
+
+
 @contextlib.contextmanager
 def call_context(call_sid: str | None, stream_sid: str | None = None) -> Iterator[None]:
     """Tag every log line inside with the call's SIDs."""
@@ -196,7 +204,8 @@ class MetricsServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        sockets: Any = getattr(self._server, "sockets", ())  # asyncio.Server's; not the ABC's
+        return int(sockets[0].getsockname()[1])
 
     def close(self) -> None:
         if self._server is not None:
