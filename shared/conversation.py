@@ -11,11 +11,20 @@ nothing here knows which dialect is in use.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.call_actions import (
+    Action,
+    EndCall,
+    Measure,
+    SendToModel,
+    WriteCommand,
+    WriteEvent,
+    WriteOutbound,
+    send,
+)
 from shared.playback import HeardTracker
 from shared.realtime_dialect import (
     AudioDelta,
@@ -34,56 +43,17 @@ from shared.realtime_dialect import (
 from shared.streams import (
     CallEvent,
     ClearPlayback,
-    Command,
     Control,
     DtmfPressed,
     MarkPlayed,
     OutboundChunk,
+    ToolResult,
 )
+from shared.tool_calls import CallTools
 
 Role = Literal["user", "assistant"]
 # The live API refuses to commit less than 100 ms (input_audio_buffer_commit_empty).
 MIN_COMMIT_MS = 100
-
-
-@dataclass(frozen=True, slots=True)
-class SendToModel:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOutbound:
-    chunk: OutboundChunk
-
-
-@dataclass(frozen=True, slots=True)
-class WriteCommand:
-    command: Command
-
-
-@dataclass(frozen=True, slots=True)
-class WriteEvent:
-    event: CallEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Measure:
-    """A figure for the metrics: ``name`` is ``first_reply`` (seconds)."""
-
-    name: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class EndCall:
-    reason: str
-
-
-Action = SendToModel | WriteOutbound | WriteCommand | WriteEvent | Measure | EndCall
-
-
-def _send(event: dict[str, object]) -> SendToModel:
-    return SendToModel(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
 
 
 @dataclass
@@ -111,6 +81,8 @@ class CallConversation:
     # When the current session became ready: frames the caller sent before it waited in Redis
     # for the session, which is start-up (or recovery) time, not the pipeline's hop delay.
     ready_us: int = 0
+    # The call's function calls (None: the agent has no tools).
+    tools: CallTools | None = None
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
@@ -119,13 +91,15 @@ class CallConversation:
         self.ready_us = now_us
         self.active_response = None
         self.frames_since_commit = self.bytes_since_commit = 0
+        if self.tools is not None:
+            self.tools.new_session()
         if self.transcript:
-            actions.extend(_send(e) for e in self.dialect.context_items(self.transcript))
+            actions.extend(send(e) for e in self.dialect.context_items(self.transcript))
         elif self.greeting and not self.greeted:
             self.greeted = True
             self.speech_stopped_us = now_us
             actions.append(
-                _send(
+                send(
                     self.dialect.response_create(
                         instructions=f"Greet the caller now. Say exactly: {self.greeting}"
                     )
@@ -143,9 +117,9 @@ class CallConversation:
         self.bytes_since_commit += len(pcm)
         if self.frames_since_commit >= self.commit_frames:
             if self.bytes_since_commit * 1000 >= MIN_COMMIT_MS * self.rate * 2:
-                actions.append(_send(self.dialect.commit()))
+                actions.append(send(self.dialect.commit()))
                 if self.active_response is None:
-                    actions.append(_send(self.dialect.response_create()))
+                    actions.append(send(self.dialect.response_create()))
             self.frames_since_commit = self.bytes_since_commit = 0
         return actions
 
@@ -153,18 +127,21 @@ class CallConversation:
         if isinstance(control, MarkPlayed):
             self.heard.mark(control.name)
             return []
+        if isinstance(control, ToolResult):
+            # Delivered to the model by tick(), once no response is active.
+            return self.tools.result(control) if self.tools is not None else []
         if isinstance(control, DtmfPressed):
             digit = control.digit
             actions: list[Action] = [
                 WriteEvent(CallEvent("dtmf", {"digit": digit})),
-                _send(
+                send(
                     self.dialect.user_text_item(
                         f"[The caller pressed the key {digit} on the phone keypad.]"
                     )
                 ),
             ]
             if self.active_response is None:
-                actions.append(_send(self.dialect.response_create()))
+                actions.append(send(self.dialect.response_create()))
             return actions
         return []
 
@@ -179,11 +156,16 @@ class CallConversation:
             return []
         if isinstance(event, ResponseCreated):
             self.active_response = event.response_id
+            if self.tools is not None:
+                self.tools.awaiting_response = False
             return []
         if isinstance(event, ResponseDone):
             if self.active_response == event.response_id:
                 self.active_response = None
-            return []
+            if self.tools is None:
+                return []
+            actions = self.tools.response_done(event.calls, event.status, self.heard, now_us)
+            return actions + self.tick(now_us)
         if isinstance(event, InputCommitted):
             self.frames_since_commit = self.bytes_since_commit = 0
             return []
@@ -225,7 +207,7 @@ class CallConversation:
         heard_ms = self.heard.cut(item)
         return [
             WriteCommand(ClearPlayback(response_id)),
-            _send(self.dialect.truncate(item, heard_ms)),
+            send(self.dialect.truncate(item, heard_ms)),
         ]
 
     def _transcript(self, role: Role, text: str, item_id: str) -> list[Action]:
@@ -248,8 +230,19 @@ class CallConversation:
             actions.append(EndCall(f"realtime_{code}"))
         return actions
 
+    def tick(self, now_us: int) -> list[Action]:
+        """What is due now (called after each batch of the caller's entries, and when a
+        response ends): tool outputs to deliver, a call the model ended to hang up once its
+        last words were heard, a word to the caller while a slow tool runs."""
+        tools = self.tools
+        if tools is None:
+            return []
+        busy = self.active_response is not None or tools.awaiting_response
+        actions: list[Action] = [] if busy else tools.deliver(self.dialect)
+        busy = busy or tools.awaiting_response
+        return actions + tools.due(self.heard, now_us, busy, self.dialect)
+
     def restore(self, transcript: Sequence[tuple[Role, str]], greeted: bool) -> None:
         """After a worker restart: what the previous owner had (read back from Redis)."""
         self.transcript = list(transcript)
         self.greeted = greeted or bool(transcript)
-

@@ -95,6 +95,11 @@ class HeardTracker:
         self.sent_ms[item_id] = float(heard_ms)
         return heard_ms
 
+    def unheard_ms(self) -> float:
+        """How much of the last reply item was sent but not yet heard (what is left to play)."""
+        item = self.last_item
+        return max(0.0, self.sent_ms.get(item, 0.0) - self.heard(item)) if item else 0.0
+
     def playing(self, tolerance_ms: float = 3.0) -> str | None:
         """The item the caller is still hearing (sent but not yet all heard), if any."""
         item = self.last_item

@@ -24,7 +24,7 @@ import enum
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -67,6 +67,13 @@ class SessionConfig:
     turn_detection: TurnDetection
     rate: int = 24000
     transcription_model: str | None = None
+    # The turn detector's knobs (threshold, silence_duration_ms, eagerness, ...): each dialect
+    # sends those it has (the beta one has no idle_timeout_ms).
+    turn_knobs: Mapping[str, Any] = field(default_factory=dict)
+    # near_field / far_field; "off" turns it off (null); None leaves the server's default.
+    noise_reduction: str | None = None
+    # session.tools, in the flat shape both dialects share (``Tool.declaration``).
+    tools: tuple[Mapping[str, Any], ...] = ()
 
     def with_overrides(self, overrides: Mapping[str, str]) -> SessionConfig:
         """This session with a call's ``voice``/``instructions`` (Twilio ``<Parameter>``s);
@@ -170,9 +177,23 @@ class ResponseCreated:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A function the model called, as ``response.done`` lists it among the response's output."""
+
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it (not yet checked)
+    item_id: str = ""
+    status: str = "completed"
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: str
+    # The response's function calls; run only when the response completed (a cancelled or
+    # interrupted response's calls are not run).
+    calls: tuple[FunctionCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +287,27 @@ def classify_error(
 # --- the dialect -------------------------------------------------------------------------------
 
 
-def _turn_detection(kind: TurnDetection) -> dict[str, Any] | None:
-    return None if kind == "none" else {"type": kind}
+_BETA_TURN_KNOBS = {
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "create_response",
+    "interrupt_response",
+    "eagerness",
+}
+
+
+def _turn_detection(
+    kind: TurnDetection, knobs: Mapping[str, Any], *, ga: bool
+) -> dict[str, Any] | None:
+    if kind == "none":
+        return None
+    shown = {k: v for k, v in knobs.items() if ga or k in _BETA_TURN_KNOBS}
+    return {"type": kind, **shown}
+
+
+def _noise_reduction(kind: str) -> dict[str, Any] | None:
+    return None if kind == "off" else {"type": kind}
 
 
 class RealtimeDialect:
@@ -313,10 +353,12 @@ class RealtimeDialect:
             fmt = {"type": "audio/pcm", "rate": c.rate}
             audio_in: dict[str, Any] = {
                 "format": fmt,
-                "turn_detection": _turn_detection(c.turn_detection),
+                "turn_detection": _turn_detection(c.turn_detection, c.turn_knobs, ga=True),
             }
             if c.transcription_model:
                 audio_in["transcription"] = {"model": c.transcription_model}
+            if c.noise_reduction is not None:
+                audio_in["noise_reduction"] = _noise_reduction(c.noise_reduction)
             session: dict[str, Any] = {
                 "type": "realtime",
                 "output_modalities": ["audio"],
@@ -330,13 +372,23 @@ class RealtimeDialect:
                 "voice": c.voice,
                 "input_audio_format": "pcm16",
                 "output_audio_format": "pcm16",
-                "turn_detection": _turn_detection(c.turn_detection),
+                "turn_detection": _turn_detection(c.turn_detection, c.turn_knobs, ga=False),
             }
             if c.transcription_model:
                 session["input_audio_transcription"] = {"model": c.transcription_model}
+            if c.noise_reduction is not None:
+                session["input_audio_noise_reduction"] = _noise_reduction(c.noise_reduction)
+        if c.tools:
+            # The same flat function shape in both dialects (no nested "function" key).
+            session["tools"] = [dict(tool) for tool in c.tools]
+            session["tool_choice"] = "auto"
         return {"type": "session.update", "session": session}
 
-    def response_create(self, instructions: str | None = None) -> dict[str, Any]:
+    def response_create(
+        self, instructions: str | None = None, *, out_of_band: bool = False
+    ) -> dict[str, Any]:
+        """A response; ``out_of_band``: one that does not enter the conversation
+        (``conversation: "none"``), e.g. a word to the caller while a tool runs."""
         c = self.config
         if self.combo is Combo.GA:
             response: dict[str, Any] = {
@@ -352,7 +404,30 @@ class RealtimeDialect:
             }
         if instructions:
             response["instructions"] = instructions
+        if out_of_band:
+            response["conversation"] = "none"
         return {"type": "response.create", "response": response}
+
+    @staticmethod
+    def function_call_output(call_id: str, output: str) -> dict[str, Any]:
+        """The answer to the model's function call ``call_id`` (then ask for a response)."""
+        return {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+        }
+
+    @staticmethod
+    def system_text_item(text: str) -> dict[str, Any]:
+        """A note to the model from the gateway, e.g. a tool's result for a call the session
+        did not make (it went with a session that is gone)."""
+        return {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "system",
+                "content": [{"type": "input_text", "text": text}],
+            },
+        }
 
     # audio (hot path: 50 per second per call)
     @staticmethod
@@ -476,6 +551,23 @@ def _session_created(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
     return SessionCreated(session, seen)
 
 
+def _response_done(response: dict[str, Any]) -> ServerEvent:
+    output = response.get("output")
+    calls = []
+    for item in output if isinstance(output, list) else []:
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            calls.append(
+                FunctionCall(
+                    _s(item, "call_id"),
+                    _s(item, "name"),
+                    _s(item, "arguments"),
+                    _s(item, "id"),
+                    _s(item, "status") or "completed",
+                )
+            )
+    return ResponseDone(_s(response, "id"), _s(response, "status"), tuple(calls))
+
+
 def _response(d: dict[str, Any]) -> dict[str, Any]:
     response = d.get("response")
     return response if isinstance(response, dict) else {}
@@ -511,7 +603,7 @@ _HANDLERS: dict[str, _Handler] = {
     ),
     "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
     "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
-    "response.done": lambda _, d: ResponseDone(_s(_response(d), "id"), _s(_response(d), "status")),
+    "response.done": lambda _, d: _response_done(_response(d)),
     "error": _error,
 }
 

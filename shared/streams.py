@@ -289,7 +289,33 @@ class DtmfPressed:
         return {b"k": b"dtmf", b"d": self.digit.encode()}
 
 
-Control = MarkPlayed | DtmfPressed
+ToolOutcome = Literal["ok", "error", "invalid_arguments", "timeout", "limit"]
+_TOOL_OUTCOMES = {"ok", "error", "invalid_arguments", "timeout", "limit"}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool's answer for the call's worker (written to the call's ``ctl`` by the tool runner):
+    ``output`` is the text the model gets as the call's ``function_call_output``."""
+
+    call_id: str
+    name: str
+    output: str
+    outcome: ToolOutcome
+    duration_ms: int
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": b"tool_result",
+            b"i": self.call_id.encode(),
+            b"n": self.name.encode(),
+            b"o": self.output.encode(),
+            b"r": self.outcome.encode(),
+            b"t": self.duration_ms,
+        }
+
+
+Control = MarkPlayed | DtmfPressed | ToolResult
 
 
 def decode_control(fields: Fields) -> Control:
@@ -298,7 +324,82 @@ def decode_control(fields: Fields) -> Control:
         return MarkPlayed(_str(fields, b"n"))
     if kind == b"dtmf":
         return DtmfPressed(_str(fields, b"d"))
+    if kind == b"tool_result":
+        outcome = _str(fields, b"r")
+        if outcome not in _TOOL_OUTCOMES:
+            raise StreamEntryError("bad_field", f"tool outcome {outcome[:20]!r}")
+        return ToolResult(
+            _str(fields, b"i"),
+            _str(fields, b"n"),
+            _str(fields, b"o", ""),
+            outcome,  # type: ignore[arg-type]
+            _int(fields, b"t"),
+        )
     raise StreamEntryError("unknown_kind", repr(kind[:20]))
+
+
+# --- tool calls (worker -> tool runner) ------------------------------------------------------
+
+TOOL_CALLS_STREAM = b"gw:tools"
+TOOL_RUNNER_GROUP = b"tool_runner"
+TOOL_CALLS_MAXLEN = 100_000
+MAX_TOOL_ARGUMENTS_BYTES = 16 * 1024  # the model's arguments, as JSON text
+MAX_TOOL_OUTPUT_BYTES = 64 * 1024  # a tool's answer, as the model gets it
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call of the model's for the tool runner (``gw:tools``, one consumer group: any
+    instance may run any call; one that dies has its pending calls taken over)."""
+
+    call_sid: str
+    stream_sid: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+    caller: str = ""  # From
+    called: str = ""  # To
+    parameters: Mapping[str, str] = field(default_factory=dict)  # the call's <Parameter>s
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": b"tool_call",
+            b"c": self.call_sid.encode(),
+            b"s": self.stream_sid.encode(),
+            b"i": self.call_id.encode(),
+            b"n": self.name.encode(),
+            b"a": self.arguments.encode(),
+            b"f": self.caller.encode(),
+            b"t": self.called.encode(),
+            b"p": json.dumps(dict(self.parameters), separators=(",", ":")).encode(),
+        }
+
+
+def decode_tool_call(fields: Fields) -> ToolCall:
+    kind = _kind(fields)
+    if kind != b"tool_call":
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    call_sid = _str(fields, b"c")
+    if not valid_call_sid(call_sid):
+        raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
+    try:
+        params = json.loads(fields.get(b"p", b"{}"))
+    except ValueError:
+        raise StreamEntryError("bad_field", "p is not JSON") from None
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+    ):
+        raise StreamEntryError("bad_field", "p is not a string map")
+    return ToolCall(
+        call_sid,
+        _str(fields, b"s", ""),
+        _str(fields, b"i"),
+        _str(fields, b"n"),
+        _str(fields, b"a", ""),
+        _str(fields, b"f", ""),
+        _str(fields, b"t", ""),
+        params,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +437,9 @@ def decode_command(fields: Fields) -> Command:
 
 # --- events (transcripts, errors, session changes) ------------------------------------------
 
-EventKind = Literal["transcript", "error", "session", "ended", "dtmf"]
+EventKind = Literal[
+    "transcript", "error", "session", "ended", "dtmf", "tool_call", "tool_result", "barge_in"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +460,16 @@ class CallEvent:
         return out
 
 
-_EVENT_KINDS = {"transcript", "error", "session", "ended", "dtmf"}
+_EVENT_KINDS = {
+    "transcript",
+    "error",
+    "session",
+    "ended",
+    "dtmf",
+    "tool_call",
+    "tool_result",
+    "barge_in",
+}
 
 
 def decode_event(fields: Fields) -> CallEvent:
@@ -432,6 +544,11 @@ META_GREETED = b"greeted"  # the greeting was asked for once: a new session does
 # way (no greeting) and what was said before is gone.
 META_REANNOUNCED = b"reannounced"
 META_STREAM_SID = b"stream_sid"
+# How the model ended the call, for the edge that answers Twilio's <Connect action> request:
+# "hang_up", or "transfer" with META_TRANSFER_TO the destination. Unset: the stream ended
+# without the model asking (the caller hung up, a fault).
+META_DISPOSITION = b"disposition"
+META_TRANSFER_TO = b"transfer_to"
 
 
 def call_meta(started: CallStarted, *, reannounced: bool = False) -> dict[bytes, bytes | int]:
