@@ -128,7 +128,7 @@ def load_agent_file(path: str) -> Agent:
         raise AgentFileError(f"AGENT_FILE={path}: cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise AgentFileError(f"AGENT_FILE={path}: not valid TOML ({exc})") from None
-    return parse_agent(data, path)
+    return parse_agent(data, f"AGENT_FILE={path}")
 
 
 def parse_agent(data: Mapping[str, Any], source: str = "agent file") -> Agent:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from twilio.request_validator import (  # type: ignore[import-untyped]
     RequestValidator,
@@ -367,8 +367,18 @@ def _xml_text(value: str) -> str:
     return quoteattr(_XML_ILLEGAL.sub("\ufffd", value))
 
 
+_XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
+
+
+def _xml_body(value: str) -> str:
+    return escape(_XML_ILLEGAL.sub("\ufffd", value))
+
+
 def connect_stream_twiml(
-    stream_url: str, parameters: dict[str, str], status_callback: str | None = None
+    stream_url: str,
+    parameters: dict[str, str],
+    status_callback: str | None = None,
+    action: str | None = None,
 ) -> str:
     """TwiML connecting the call to a bidirectional Media Stream, passing ``parameters``.
 
@@ -376,7 +386,9 @@ def connect_stream_twiml(
     must carry no query string (Twilio does not pass one on), so this raises ValueError for one,
     as for a URL that is not ``ws://``/``wss://``. ``status_callback``: where Twilio POSTs the
     stream's events (:func:`stream_status`), the only word the edge gets of a stream that never
-    reached it (a failed handshake).
+    reached it (a failed handshake). ``action``: the URL Twilio requests when the stream ends
+    (``<Connect action>``), whose answer (:func:`after_stream_twiml`) says what happens to the
+    caller next.
     """
     parts = urlsplit(stream_url)
     if parts.scheme not in ("wss", "ws") or not parts.hostname:
@@ -392,11 +404,30 @@ def connect_stream_twiml(
         if status_callback
         else ""
     )
+    connect = f' action={_xml_text(action)} method="POST"' if action else ""
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={_xml_text(stream_url)}{callback}>{params}</Stream>"
-        "</Connect></Response>"
+        f"<Response><Connect{connect}><Stream url={_xml_text(stream_url)}{callback}>{params}"
+        "</Stream></Connect></Response>"
     )
+
+
+def after_stream_twiml(disposition: str, transfer_to: str = "", caller_id: str = "") -> str:
+    """What Twilio does once a call's stream has ended (the ``<Connect action>`` answer).
+
+    ``transfer``: dial ``transfer_to`` (an E.164 number, or a ``sip:`` URI), showing the number
+    the caller dialled (``caller_id``) to the person who answers. Anything else (``hang_up``, a
+    stream the caller or a fault ended): hang up; a caller who hung up is gone already.
+    """
+    if disposition == "transfer" and transfer_to:
+        shown = f" callerId={_xml_text(caller_id)}" if caller_id else ""
+        target = (
+            f"<Sip>{_xml_body(transfer_to)}</Sip>"
+            if transfer_to.startswith(("sip:", "sips:"))
+            else f"<Number>{_xml_body(transfer_to)}</Number>"
+        )
+        return f"{_XML_HEAD}<Response><Dial{shown}>{target}</Dial></Response>"
+    return f"{_XML_HEAD}<Response><Hangup/></Response>"
 
 
 STREAM_EVENTS: Final = frozenset({"stream-started", "stream-stopped", "stream-error"})

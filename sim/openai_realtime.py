@@ -52,6 +52,12 @@ from sim.realtime_rules import (
     ga_format,
     unknown_parameter,
 )
+from sim.realtime_tools import (
+    ScriptedToolCall,
+    check_declared_tools,
+    function_call_item,
+    stream_function_call,
+)
 from sim.realtime_voice import synthetic_voice
 
 MIN_COMMIT_MS = 100
@@ -163,6 +169,7 @@ class ResponseRecord:
     voice: Any = "alloy"
     status: str = "in_progress"
     cancel_reason: str | None = None
+    turn: int = 0  # the caller's turn this response answers (0: not one, e.g. a greeting)
     audio: bytearray = field(default_factory=bytearray)  # wire bytes of ``format``
 
     @property
@@ -242,6 +249,12 @@ class EmulatedSession:
             "interrupt_response": True,
         }
         self.transcription: dict[str, Any] | None = None
+        self.tools: list[dict[str, Any]] = []
+        self.tool_choice: Any = "auto"
+        self.user_turns = 0  # responses that answered the caller's committed audio
+        self.function_calls: dict[str, str] = {}  # call_id -> name, every call made
+        self.tool_outputs: list[dict[str, Any]] = []  # function_call_output items received
+        self._fresh_output: str | None = None  # an output no response has used yet
         self.buffer = bytearray()  # uncommitted input audio
         self.items: dict[str, _Item] = {}
         self.last_user_audio = b""
@@ -369,7 +382,7 @@ class EmulatedSession:
                         "speed": 1.0,
                     },
                 },
-                "tools": [],
+                "tools": self.tools,
                 "tool_choice": "auto",
                 "max_output_tokens": "inf",
             }
@@ -385,7 +398,7 @@ class EmulatedSession:
             "input_audio_noise_reduction": self.noise_reduction,
             "turn_detection": self.turn_detection,
             "input_audio_transcription": self.transcription,
-            "tools": [],
+            "tools": self.tools,
             "tool_choice": "auto",
             "temperature": 0.8,
             "max_response_output_tokens": "inf",
@@ -399,6 +412,9 @@ class EmulatedSession:
     def _apply_session(self, s: dict[str, Any]) -> None:
         """Take a validated session.update's values (only those present change)."""
         self.instructions = s.get("instructions", self.instructions)
+        if "tools" in s:
+            self.tools = check_declared_tools(s["tools"], "session.tools")
+        self.tool_choice = s.get("tool_choice", self.tool_choice)
         if self.dialect == "ga":
             self._apply_ga_session(s)
         else:
@@ -632,6 +648,22 @@ class EmulatedSession:
                         f"{part.get('type') if isinstance(part, dict) else part!r}.",
                         f"item.content[{i}].type",
                     )
+        if item["type"] == "function_call_output":
+            call_id = item.get("call_id")
+            if call_id not in self.function_calls:
+                raise Rejection(
+                    "invalid_value",
+                    f"Tool call ID '{call_id}' not found in conversation.",
+                    "item.call_id",
+                )
+            if not isinstance(item.get("output"), str):
+                raise Rejection(
+                    "invalid_type",
+                    "Invalid type for 'item.output': expected a string.",
+                    "item.output",
+                )
+            self.tool_outputs.append(item)
+            self._fresh_output = item["output"]
         item_id = item.get("id") or _id("item")
         self.items[item_id] = _Item(
             item_id, item.get("role", ""), has_audio=_opens_with_audio(item)
@@ -752,12 +784,18 @@ class EmulatedSession:
         echo, self.last_user_audio = self.last_user_audio, b""
         fmt = record.format
         if echo and record.instructions is None:
+            self.user_turns += 1
+            record.turn = self.user_turns
             samples = _at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
             if samples is not None:
                 seconds = self.input_format.ms(len(echo)) / 1000
                 audio = encode(fmt, samples) if record.speaks else b""
                 return audio, f"echo of {seconds:.2f} s of audio"
         text = record.instructions or "How can I help you today?"
+        if record.instructions is None and self._fresh_output is not None:
+            # The answer after a tool's output: it says what the tool answered.
+            text = f"Here is what I found: {self._fresh_output[:160]}"
+            self._fresh_output = None
         audio = encode(fmt, synthetic_voice(text, fmt.rate)) if record.speaks else b""
         return audio, text[:200]
 
@@ -888,10 +926,33 @@ class EmulatedSession:
             await self.send(
                 {"type": "conversation.item.done", "previous_item_id": None, "item": item}
             )
+        output = [item]
+        scripted = self._scripted_call(record)
+        if scripted is not None:
+            call = function_call_item(
+                _id("item"), _id("call"), scripted.name, json.dumps(scripted.arguments)
+            )
+            self.function_calls[call["call_id"]] = scripted.name
+            self.items[call["id"]] = _Item(call["id"], "assistant")
+            await stream_function_call(self.send, self.dialect, record.id, 1, call)
+            output.append(call)
         record.status = "completed"
         self.active = None
         await self.send(
-            {"type": "response.done", "response": self._response_object(record, [item])}
+            {"type": "response.done", "response": self._response_object(record, output)}
+        )
+
+    def _scripted_call(self, record: ResponseRecord) -> ScriptedToolCall | None:
+        """The tool call scripted for the turn this response answers, if the session declared
+        a function of its name (the model calls only what it was given)."""
+        declared = {t.get("name") for t in self.tools if t.get("type", "function") == "function"}
+        return next(
+            (
+                c
+                for c in self.emulator.tool_calls
+                if record.turn and c.turn == record.turn and c.name in declared
+            ),
+            None,
         )
 
     async def _cancel(self, reason: str) -> None:
@@ -971,6 +1032,7 @@ class RealtimeEmulator:
         beta_disabled: bool = False,
         reply_chunk_ms: int = 100,
         keep_sessions: int | None = None,
+        tool_calls: list[ScriptedToolCall] | None = None,
     ) -> None:
         """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
         tests that inspect them). A long-running stand-in keeps only the newest, or it would
@@ -980,6 +1042,8 @@ class RealtimeEmulator:
         self.api_key = api_key
         self.beta_disabled = beta_disabled
         self.reply_chunk_ms = reply_chunk_ms
+        # Scripted function calls (sim/realtime_tools.py): a test's or the demo's control.
+        self.tool_calls: list[ScriptedToolCall] = list(tool_calls or [])
         self.sessions: list[EmulatedSession] = []
         self.keep_sessions = keep_sessions
         self.opened = 0  # sessions ever opened; numbers the record directories
@@ -1115,6 +1179,7 @@ async def _main(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         beta_disabled=args.beta_disabled,
         keep_sessions=args.keep_sessions,
+        tool_calls=[ScriptedToolCall.parse(spec) for spec in args.tool_call],
     )
     await emulator.start()
     print(
@@ -1132,6 +1197,13 @@ def main() -> None:
     parser.add_argument("--beta-disabled", action="store_true")
     parser.add_argument(
         "--keep-sessions", type=int, default=100, help="ended sessions kept in memory"
+    )
+    parser.add_argument(
+        "--tool-call",
+        action="append",
+        default=[],
+        metavar="N:NAME:JSON",
+        help="at the caller's Nth turn, call the declared function NAME with these arguments",
     )
     try:
         asyncio.run(_main(parser.parse_args()))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from shared import realtime_dialect as rd
 from shared.runtime.settings import load_settings
+from tests.conftest import ROOT
 
 openai_types = pytest.importorskip("openai.types.realtime")
 beta_types = pytest.importorskip("openai.types.beta.realtime")
@@ -269,3 +270,65 @@ def test_what_ends_a_handshake_for_good() -> None:
         rd.close_refusal(4000, "beta_api_shape_disabled") == "closed 4000 beta_api_shape_disabled"
     )
     assert rd.close_refusal(1006, "") is None  # a lost connection: reconnect
+
+
+def test_the_agent_files_session_validates_against_the_sdk_in_both_dialects() -> None:
+    """Tools, turn-detection knobs and noise reduction from agents/example.toml, and the tool
+    answers (function_call_output, a system note, an out-of-band response): nothing left in
+    model_extra, nothing lost in a round trip."""
+    config = load_settings(agent_file=str(ROOT / "agents" / "example.toml")).session_config()
+    assert config.tools and config.turn_knobs and config.noise_reduction == "near_field"
+    for combo in rd.Combo:
+        d = rd.RealtimeDialect.for_combo(combo, config)
+        session = d.session_update()["session"]
+        assert [t["name"] for t in session["tools"]] == [
+            "lookup_order",
+            "hang_up",
+            "transfer_to_human",
+        ]
+        assert session["tool_choice"] == "auto"
+        assert all("function" not in t for t in session["tools"])  # the flat shape
+        adapter = GA_CLIENT if combo is rd.Combo.GA else BETA_CLIENT
+        events = [
+            d.session_update(),
+            d.function_call_output("call_1", '{"status": "shipped"}'),
+            d.system_text_item("Result of the lookup_order tool: shipped"),
+            d.response_create("Say you are still on it.", out_of_band=True),
+        ]
+        for event in events:
+            model = adapter.validate_python(event)
+            assert unknown_keys(model) == [], (event["type"], unknown_keys(model))
+            assert model.model_dump(exclude_unset=True) == event
+    beta = rd.RealtimeDialect.for_combo(
+        rd.Combo.BETA, dataclasses.replace(config, turn_knobs={"idle_timeout_ms": 5000})
+    )
+    assert "idle_timeout_ms" not in beta.session_update()["session"]["turn_detection"]
+
+
+def test_response_done_lists_its_function_calls() -> None:
+    done = json.dumps(
+        {
+            "type": "response.done",
+            "response": {
+                "id": "resp_1",
+                "status": "completed",
+                "output": [
+                    {"type": "message", "id": "item_1"},
+                    {
+                        "type": "function_call",
+                        "id": "item_2",
+                        "call_id": "call_9",
+                        "name": "lookup_order",
+                        "arguments": '{"order_id": "123"}',
+                        "status": "completed",
+                    },
+                ],
+            },
+        }
+    )
+    for combo in rd.Combo:
+        event = dialect(combo).parse(done)
+        assert isinstance(event, rd.ResponseDone) and event.status == "completed"
+        assert event.calls == (
+            rd.FunctionCall("call_9", "lookup_order", '{"order_id": "123"}', "item_2"),
+        )

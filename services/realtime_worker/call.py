@@ -23,17 +23,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from services.realtime_worker.session import SessionRefused, open_session
 from shared.backoff import Backoff
-from shared.conversation import (
+from shared.call_actions import (
     Action,
-    CallConversation,
     EndCall,
     Measure,
-    Role,
+    RunTool,
     SendToModel,
+    SetDisposition,
     WriteCommand,
     WriteEvent,
     WriteOutbound,
 )
+from shared.conversation import CallConversation, Role
 from shared.realtime_dialect import RealtimeProtocolError, ServerError, SessionConfig
 from shared.realtime_handshake import RealtimeHandshake
 from shared.runtime.lifecycle import wall_clock_us
@@ -41,9 +42,13 @@ from shared.runtime.observability import FIRST_REPLY, REALTIME_ERRORS, RECONNECT
 from shared.runtime.redis_io import RETRYABLE, expire_all
 from shared.streams import (
     META_CONTROL_CURSOR,
+    META_DISPOSITION,
     META_GREETED,
     META_REANNOUNCED,
+    META_TRANSFER_TO,
     META_WORKER_CURSOR,
+    TOOL_CALLS_MAXLEN,
+    TOOL_CALLS_STREAM,
     CallEvent,
     CallKeys,
     CallStarted,
@@ -56,6 +61,7 @@ from shared.streams import (
     decode_event,
     decode_inbound,
 )
+from shared.tool_calls import CallIdentity, CallTools
 
 if TYPE_CHECKING:
     from services.realtime_worker.service import RealtimeWorker
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.worker")
 
 CURSOR_SAVE_INTERVAL_S = 0.2
+MAX_GREETING_CHARS = 2000
 Entries = Sequence[tuple[bytes, dict[bytes, bytes]]]
 
 
@@ -95,12 +102,30 @@ class RealtimeCall:
         self.handshake = RealtimeHandshake.for_schema(
             config, settings.realtime_schema, settings.realtime_beta_header, worker.preferred_combo
         )
+        params = call.custom_parameters
+        greeting = params.get("greeting", settings.greeting)[:MAX_GREETING_CHARS]
+        tools = worker.tools
         self.core = CallConversation(
             dialect=self.handshake.dialect,
             turn_detection=config.turn_detection,
             commit_frames=settings.realtime_commit_frames,
-            greeting=settings.realtime_greeting,
+            greeting=greeting,
             rate=config.rate,
+            tools=CallTools(
+                tools,
+                CallIdentity(
+                    call.call_sid,
+                    call.stream_sid,
+                    params.get("From", ""),
+                    params.get("To", ""),
+                    params,
+                ),
+                max_calls=settings.tool_calls_per_call,
+                max_in_flight=settings.tool_calls_in_flight,
+                filler_after_us=settings.tool_still_working_ms * 1000,
+            )
+            if tools
+            else None,
         )
         self.cursors = Cursors(
             meta.get(META_WORKER_CURSOR, b"0-0"), meta.get(META_CONTROL_CURSOR, b"0-0")
@@ -231,7 +256,7 @@ class RealtimeCall:
                     reject(f"worker_{exc.reason}")
                     continue
                 await self._perform(self.core.control(control))
-        return None
+        return await self._perform(self.core.tick(wall_clock_us()))
 
     async def _caller_frame(self, fields: dict[bytes, bytes]) -> str | None:
         try:
@@ -262,6 +287,20 @@ class RealtimeCall:
                 return action.reason
             elif isinstance(action, Measure):
                 FIRST_REPLY.observe(action.seconds)
+            elif isinstance(action, RunTool):
+                self.worker.writer.add(
+                    TOOL_CALLS_STREAM, action.call.encode(), maxlen=TOOL_CALLS_MAXLEN
+                )
+                log.info("tool call", extra={"tool": action.call.name, "id": action.call.call_id})
+            elif isinstance(action, SetDisposition):
+                # Before the hang-up: the edge answering Twilio's <Connect action> reads it.
+                await self.worker.redis.hset(
+                    self.keys.meta,
+                    mapping={
+                        META_DISPOSITION: action.kind.encode(),
+                        META_TRANSFER_TO: action.target.encode(),
+                    },
+                )
             else:
                 self._write(action)
         return None

@@ -52,6 +52,7 @@ class RealtimeWorker:
         key = settings.openai_api_key
         self.api_key = key.get_secret_value() if key else _EMULATOR_KEY
         self.config = settings.session_config()
+        self.tools = {tool.name: tool for tool in settings.agent.tools}
         # With REALTIME_SCHEMA=auto, the combo the server accepted last time is tried first.
         self.preferred_combo = Combo.GA
         self.hop_in = HOP_LATENCY.labels("edge_to_openai")

@@ -33,6 +33,7 @@ from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
 from shared.runtime.observability import (
     ACTIVE_CALLS,
     CALLS,
+    CONNECT_ACTIONS,
     FRAMES,
     HOP_LATENCY,
     REANNOUNCED,
@@ -52,9 +53,11 @@ from shared.runtime.redis_io import (
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
+    META_DISPOSITION,
     META_ENDED,
     META_STARTED_US,
     META_STREAM_SID,
+    META_TRANSFER_TO,
     TRANSCODER_GROUP,
     WORKER_GROUP,
     CallKeys,
@@ -333,6 +336,7 @@ class CallBridge:
 
 
 STREAM_STATUS_PATH = "/stream-status"
+CONNECT_ACTION_PATH = "/connect-action"
 
 
 def _one_header(request: Request, name: str) -> str | None:
@@ -413,6 +417,8 @@ class Edge:
             return self._twiml(conn, request)
         if path == STREAM_STATUS_PATH:
             return self._stream_status(conn, request)
+        if path == CONNECT_ACTION_PATH:
+            return await self._connect_action(conn, request)
         if path == "/healthz":
             ok = await answers(self.redis)
             return respond(
@@ -449,7 +455,50 @@ class Edge:
             self.settings.public_media_url(base),
             parameters,
             status_callback=base.rstrip("/") + STREAM_STATUS_PATH,
+            action=base.rstrip("/") + CONNECT_ACTION_PATH,
         )
+        return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
+
+    async def _connect_action(self, conn: ServerConnection, request: Request) -> Response:
+        """Twilio asks what to do now that a call's stream has ended (``<Connect action>``):
+        dial the destination of a call the model transferred, hang up one it ended, and hang
+        up any other (see :func:`~shared.twilio_media.after_stream_twiml`). Any edge can answer:
+        how the call ended is in Redis."""
+        base = self._base_url(request)
+        if base is None:
+            reject("edge_bad_host")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
+        if request.method != "POST":
+            return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST\n")
+        assert isinstance(conn, EdgeConnection)
+        if conn.body_too_large or conn.length_required:
+            reject("edge_body_too_large" if conn.body_too_large else "edge_body_chunked")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad body\n")
+        form = conn.form()
+        if not self._signed(self._signed_url(base, request), form, request):
+            return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+        call_sid = form.get("CallSid", "")
+        if not valid_call_sid(call_sid):
+            reject("twilio_bad_call_sid")
+            return respond(http.HTTPStatus.BAD_REQUEST, "bad CallSid\n")
+        keys = CallKeys.for_call(call_sid)
+        try:
+            found: list[bytes | None] = await self.redis.hmget(  # type: ignore[assignment]
+                keys.meta, [META_DISPOSITION, META_TRANSFER_TO]
+            )
+        except RETRYABLE as exc:
+            log.warning("cannot read how the call ended (%s); hanging up", exc)
+            found = [None, None]
+        disposition = (found[0] or b"").decode("ascii", "replace")
+        target = (found[1] or b"").decode("utf-8", "replace")
+        answer = disposition if disposition in ("hang_up", "transfer") else "ended"
+        CONNECT_ACTIONS.labels(answer).inc()
+        with call_context(call_sid):
+            log.info(
+                "stream ended; Twilio asks what next",
+                extra={"answer": answer, "call_status": form.get("CallStatus", "")},
+            )
+        twiml = tw.after_stream_twiml(disposition, target, caller_id=form.get("To", ""))
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
 
     def _stream_status(self, conn: ServerConnection, request: Request) -> Response:

@@ -45,6 +45,7 @@ def register_settings_secrets(settings: Any) -> None:
         settings.openai_api_key,
         settings.twilio_auth_token,
         settings.twilio_shared_key_secret,
+        getattr(settings, "tools_signing_secret", None),
     ):
         register_secret(secret.get_secret_value() if secret else None)
     register_secret(urlsplit(settings.redis_url).password)
@@ -143,6 +144,11 @@ _MS = (
 
 ACTIVE_CALLS = Gauge("gateway_active_calls", "Calls this process is serving now")
 CALLS = Counter("gateway_calls_total", "Calls this process served, by outcome", ["outcome"])
+CONNECT_ACTIONS = Counter(
+    "gateway_connect_actions_total",
+    "Twilio's <Connect action> requests after a stream ended, by what the edge answered",
+    ["answer"],
+)
 STREAM_EVENTS = Counter(
     "gateway_stream_events_total", "Twilio's Media Stream status callbacks, by event", ["event"]
 )

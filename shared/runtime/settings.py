@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.agent import Agent, AgentFileError, load_agent_file
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
 
@@ -61,6 +62,16 @@ class Settings(BaseSettings):
     realtime_greeting: str = Field("", max_length=2_000)
     realtime_turn_detection: TurnDetection = "server_vad"
     realtime_transcription_model: str = Field("whisper-1", max_length=64)
+    # The agent file (TOML): instructions, voice, greeting, turn detection, tools. It overrides
+    # the REALTIME_* variables above; a call's <Parameter>s override it.
+    agent_file: str = ""
+    # --- Tools ------------------------------------------------------------------------------------
+    tool_calls_per_call: int = Field(50, ge=0, le=10_000)
+    tool_calls_in_flight: int = Field(4, ge=1, le=100)  # per call, at once
+    # A tool still running this long gets the model to tell the caller it is still on it.
+    tool_still_working_ms: int = Field(3000, ge=500, le=120_000)
+    # Signs every HTTP tool request (X-Gateway-Signature) when set.
+    tools_signing_secret: SecretStr | None = None
     # How long a call may go without a working Realtime session before it is ended for the caller.
     realtime_restore_seconds: float = Field(15.0, gt=0, le=600)
 
@@ -160,6 +171,21 @@ class Settings(BaseSettings):
         return f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
     @model_validator(mode="after")
+    def _agent_file_is_good(self) -> Settings:
+        if self.agent_file:
+            try:
+                object.__setattr__(self, "_agent_cache", load_agent_file(self.agent_file))
+            except AgentFileError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def agent(self) -> Agent:
+        """The agent file, checked at start (an empty agent without ``AGENT_FILE``)."""
+        cached = self.__dict__.get("_agent_cache")
+        return cached if isinstance(cached, Agent) else Agent()
+
+    @model_validator(mode="after")
     def _rate_fits_schema(self) -> Settings:
         rate, schema = self.realtime_audio_rate, self.realtime_schema
         if schema == "flat":
@@ -237,14 +263,33 @@ class Settings(BaseSettings):
 
     # --- Derived values ---------------------------------------------------------------------------
     def session_config(self) -> SessionConfig:
-        """The Realtime session these settings describe (before any call's overrides)."""
-        return SessionConfig(
-            voice=self.realtime_voice,
-            instructions=self.realtime_instructions,
-            turn_detection=self.realtime_turn_detection,
-            rate=self.pcm_rate,
-            transcription_model=self.realtime_transcription_model or None,
+        """The Realtime session these settings describe, the agent file over the environment
+        (a call's overrides go on top: :meth:`SessionConfig.with_overrides`)."""
+        agent = self.agent
+        turn = agent.turn_detection
+        transcription = (
+            agent.transcription_model
+            if agent.transcription_model is not None
+            else self.realtime_transcription_model
         )
+        return SessionConfig(
+            voice=agent.voice or self.realtime_voice,
+            instructions=(
+                agent.instructions if agent.instructions is not None else self.realtime_instructions
+            ),
+            turn_detection=turn.type if turn else self.realtime_turn_detection,
+            rate=self.pcm_rate,
+            transcription_model=transcription or None,
+            turn_knobs=dict(turn.knobs) if turn else {},
+            noise_reduction=agent.noise_reduction,
+            tools=tuple(tool.declaration() for tool in agent.tools),
+        )
+
+    @property
+    def greeting(self) -> str:
+        """What the model says first (empty: it waits for the caller)."""
+        agent = self.agent.greeting
+        return agent if agent is not None else self.realtime_greeting
 
     @property
     def pcm_rate(self) -> int:
@@ -283,7 +328,12 @@ def describe_error(error: ValidationError) -> str:
     value = first.get("input")
     if not name:
         return message
-    hidden = {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET"}
+    hidden = {
+        "OPENAI_API_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_SHARED_KEY_SECRET",
+        "TOOLS_SIGNING_SECRET",
+    }
     shown = "<hidden>" if name in hidden else repr(value)
     return f"{name}={shown} is not allowed: {message}"
 
