@@ -222,6 +222,9 @@ class CallConversation:
 
     def _error(self, error: ServerError) -> list[Action]:
         code = error.code or error.type or "unknown"
+        if self.tools is not None:
+            # A response.create of ours refused (one was active after all): ask again later.
+            self.tools.awaiting_response = False
         self.errors[code] = self.errors.get(code, 0) + 1
         actions: list[Action] = [
             WriteEvent(CallEvent("error", {"code": code, "message": error.message[:500]}))

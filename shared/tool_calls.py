@@ -257,7 +257,8 @@ class CallTools:
         slow tool runs."""
         ending = self.ending
         if ending is not None:
-            if response_active or (heard.playing() is not None and now_us < ending.deadline_us):
+            waiting = response_active or heard.playing() is not None
+            if waiting and now_us < ending.deadline_us:
                 return []
             self.ending = None
             return [
