@@ -10,10 +10,10 @@ what supervisord's own configuration cannot express:
 * ``redis``: a local ``redis-server`` only when ``REDIS_URL`` points at this machine and nothing
   answers there yet; otherwise it exits 0 and supervisord leaves it stopped.
 * ``emulator``: the OpenAI Realtime emulator only when ``OPENAI_API_KEY`` is unset.
-* ``transcoder N`` / ``worker N``: instance N of that stage when N is below
-  ``TRANSCODER_PROCESSES`` / ``WORKER_PROCESSES`` (default 2 each, at most 8), with a stable
-  ``CONSUMER_NAME`` (a restarted instance takes its own calls back at once) and its own
-  ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 10 * stage + N; base 9100).
+* ``transcoder N`` / ``worker N`` / ``tool_runner N``: instance N of that stage when N is below
+  ``TRANSCODER_PROCESSES`` / ``WORKER_PROCESSES`` / ``TOOL_RUNNER_PROCESSES`` (default 2, 2 and
+  1, at most 8), with a stable ``CONSUMER_NAME`` (a restarted instance takes its own calls back
+  at once) and its own ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 0, 10 or 30, + N; base 9100).
 * ``edge``: the Twilio edge, its ``METRICS_PORT`` ``METRICS_PORT_BASE`` + 20.
 
 This module imports no service: it only prepares the environment and ``exec``s.
@@ -36,7 +36,14 @@ MAX_PROCESSES = 8
 DEFAULT_PROCESSES = 2
 DEFAULT_EMULATOR_PORT = 8765
 _LOCAL = {"127.0.0.1", "localhost", "::1"}
-_STAGES = {"transcoder": ("services.transcoder", 0), "worker": ("services.realtime_worker", 1)}
+# Each scaled stage: its module, its metrics port offset (METRICS_PORT_BASE + offset + N) and
+# how many instances run by default. The edge's metrics port is METRICS_PORT_BASE + 20.
+_STAGES = {
+    "transcoder": ("services.transcoder", 0, DEFAULT_PROCESSES),
+    "worker": ("services.realtime_worker", 10, DEFAULT_PROCESSES),
+    "tool_runner": ("services.tool_runner", 30, 1),
+}
+EDGE_METRICS_OFFSET = 20
 
 
 def _env_int(name: str, default: int, low: int, high: int) -> int:
@@ -138,17 +145,17 @@ def program(name: str, number: int) -> None:
         )
     elif name == "edge":
         base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
-        env.setdefault("METRICS_PORT", str(base + 10 * len(_STAGES)))
+        env.setdefault("METRICS_PORT", str(base + EDGE_METRICS_OFFSET))
         _exec([python, "-m", "services.twilio_edge"], env)
     elif name in _STAGES:
-        module, stage_index = _STAGES[name]
-        count = _env_int(f"{name.upper()}_PROCESSES", DEFAULT_PROCESSES, 0, MAX_PROCESSES)
+        module, offset, default = _STAGES[name]
+        count = _env_int(f"{name.upper()}_PROCESSES", default, 0, MAX_PROCESSES)
         if number >= count:
             print(f"{name} {number}: not needed ({name.upper()}_PROCESSES={count})")
             return
         base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
         env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-{name}-{number}")
-        env["METRICS_PORT"] = str(base + 10 * stage_index + number)
+        env["METRICS_PORT"] = str(base + offset + number)
         _exec([python, "-m", module], env)
     else:
         print(f"unknown program {name!r}", file=sys.stderr)
@@ -183,8 +190,8 @@ def _configuration() -> Path:
     needed"). The copy sits beside the original, so its ``%(here)s`` is the same folder; the
     original runs the default two of each when started by hand."""
     text = (ROOT / "supervisord.conf").read_text()
-    for name in _STAGES:
-        count = _env_int(f"{name.upper()}_PROCESSES", DEFAULT_PROCESSES, 0, MAX_PROCESSES)
+    for name, (_, _, default) in _STAGES.items():
+        count = _env_int(f"{name.upper()}_PROCESSES", default, 0, MAX_PROCESSES)
         section = f"[program:{name}]"
         head, found, rest = text.partition(section)
         if not found:

@@ -927,14 +927,13 @@ class EmulatedSession:
                 {"type": "conversation.item.done", "previous_item_id": None, "item": item}
             )
         output = [item]
-        scripted = self._scripted_call(record)
-        if scripted is not None:
+        for scripted in self._scripted_calls(record):
             call = function_call_item(
                 _id("item"), _id("call"), scripted.name, json.dumps(scripted.arguments)
             )
             self.function_calls[call["call_id"]] = scripted.name
             self.items[call["id"]] = _Item(call["id"], "assistant")
-            await stream_function_call(self.send, self.dialect, record.id, 1, call)
+            await stream_function_call(self.send, self.dialect, record.id, len(output), call)
             output.append(call)
         record.status = "completed"
         self.active = None
@@ -942,18 +941,15 @@ class EmulatedSession:
             {"type": "response.done", "response": self._response_object(record, output)}
         )
 
-    def _scripted_call(self, record: ResponseRecord) -> ScriptedToolCall | None:
-        """The tool call scripted for the turn this response answers, if the session declared
-        a function of its name (the model calls only what it was given)."""
+    def _scripted_calls(self, record: ResponseRecord) -> list[ScriptedToolCall]:
+        """The tool calls scripted for the turn this response answers, of functions the
+        session declared (the model calls only what it was given)."""
         declared = {t.get("name") for t in self.tools if t.get("type", "function") == "function"}
-        return next(
-            (
-                c
-                for c in self.emulator.tool_calls
-                if record.turn and c.turn == record.turn and c.name in declared
-            ),
-            None,
-        )
+        return [
+            c
+            for c in self.emulator.tool_calls
+            if record.turn and c.turn == record.turn and c.name in declared
+        ]
 
     async def _cancel(self, reason: str) -> None:
         """End the active response as cancelled: ``client_cancelled`` for a response.cancel,

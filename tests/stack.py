@@ -15,6 +15,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from services.realtime_worker.service import run_worker
+from services.tool_runner.service import run_tool_runner
 from services.transcoder.service import run_transcoder
 from services.twilio_edge.service import run_edge
 from shared.runtime.settings import Settings, load_settings
@@ -58,12 +59,13 @@ async def in_process_stack(
         }
     )
     stop = asyncio.Event()
-    clients = [redis_factory() for _ in range(4)]
+    clients = [redis_factory() for _ in range(5)]
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     tasks = [
         asyncio.create_task(run_edge(settings, stop, port.set_result, redis=clients[0])),
         asyncio.create_task(run_transcoder(settings, stop, redis=clients[1])),
         asyncio.create_task(run_worker(settings, stop, redis=clients[2])),
+        asyncio.create_task(run_tool_runner(settings, stop, redis=clients[4])),
     ]
     try:
         edge_port = await asyncio.wait_for(port, 10)
