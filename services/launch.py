@@ -9,7 +9,10 @@ what supervisord's own configuration cannot express:
 
 * ``redis``: a local ``redis-server`` only when ``REDIS_URL`` points at this machine and nothing
   answers there yet; otherwise it exits 0 and supervisord leaves it stopped.
-* ``emulator``: the OpenAI Realtime emulator only when ``OPENAI_API_KEY`` is unset.
+* ``emulator``: the OpenAI Realtime emulator only when ``OPENAI_API_KEY`` is unset. Then, unless
+  ``AGENT_FILE`` is set, the stack is the local demo: the example agent (``agents/example.toml``),
+  the emulator told to call its ``lookup_order`` tool at the caller's first turn, and
+* ``tool_server``: the simulators' tool server on 127.0.0.1:8099, for that demo only.
 * ``transcoder N`` / ``worker N`` / ``tool_runner N``: instance N of that stage when N is below
   ``TRANSCODER_PROCESSES`` / ``WORKER_PROCESSES`` / ``TOOL_RUNNER_PROCESSES`` (default 2, 2 and
   1, at most 8), with a stable ``CONSUMER_NAME`` (a restarted instance takes its own calls back
@@ -44,6 +47,8 @@ _STAGES = {
     "tool_runner": ("services.tool_runner", 30, 1),
 }
 EDGE_METRICS_OFFSET = 20
+DEMO_TOOL_CALL = '1:lookup_order:{"order_id": "123"}'
+
 
 
 def _env_int(name: str, default: int, low: int, high: int) -> int:
@@ -76,6 +81,11 @@ def default_environment(env: dict[str, str]) -> dict[str, str]:
     if not env.get("OPENAI_API_KEY") and not env.get("REALTIME_URL"):
         port = env.get("EMULATOR_PORT", str(DEFAULT_EMULATOR_PORT))
         env["REALTIME_URL"] = f"ws://127.0.0.1:{port}/v1/realtime"
+        if not env.get("AGENT_FILE"):
+            # The local demo: the example agent, its tools served by the local tool server,
+            # and an emulator told to call lookup_order at the caller's first turn.
+            env["AGENT_FILE"] = str(ROOT / "agents" / "example.toml")
+            env["DEMO_TOOLS"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -140,9 +150,15 @@ def program(name: str, number: int) -> None:
                 "127.0.0.1",
                 "--port",
                 str(url.port or DEFAULT_EMULATOR_PORT),
+                *(["--tool-call", DEMO_TOOL_CALL] if env.get("DEMO_TOOLS") else []),
             ],
             env,
         )
+    elif name == "tool_server":
+        if not env.get("DEMO_TOOLS"):
+            print("tool_server: not the local demo (AGENT_FILE or OPENAI_API_KEY is set)")
+            return
+        _exec([python, "-m", "sim.tool_server", "--host", "127.0.0.1", "--port", "8099"], env)
     elif name == "edge":
         base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
         env.setdefault("METRICS_PORT", str(base + EDGE_METRICS_OFFSET))

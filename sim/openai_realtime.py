@@ -254,6 +254,8 @@ class EmulatedSession:
         self.user_turns = 0  # responses that answered the caller's committed audio
         self.function_calls: dict[str, str] = {}  # call_id -> name, every call made
         self.tool_outputs: list[dict[str, Any]] = []  # function_call_output items received
+        # call_id -> [monotonic time the call was sent, time its output came] (benchmarks)
+        self.call_times: dict[str, list[float]] = {}
         self._fresh_output: str | None = None  # an output no response has used yet
         self.buffer = bytearray()  # uncommitted input audio
         self.items: dict[str, _Item] = {}
@@ -663,6 +665,7 @@ class EmulatedSession:
                     "item.output",
                 )
             self.tool_outputs.append(item)
+            self.call_times.get(call_id, []).append(time.monotonic())
             self._fresh_output = item["output"]
         item_id = item.get("id") or _id("item")
         self.items[item_id] = _Item(
@@ -932,6 +935,7 @@ class EmulatedSession:
                 _id("item"), _id("call"), scripted.name, json.dumps(scripted.arguments)
             )
             self.function_calls[call["call_id"]] = scripted.name
+            self.call_times[call["call_id"]] = [time.monotonic()]
             self.items[call["id"]] = _Item(call["id"], "assistant")
             await stream_function_call(self.send, self.dialect, record.id, len(output), call)
             output.append(call)
