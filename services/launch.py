@@ -50,7 +50,6 @@ EDGE_METRICS_OFFSET = 20
 DEMO_TOOL_CALL = '1:lookup_order:{"order_id": "123"}'
 
 
-
 def _env_int(name: str, default: int, low: int, high: int) -> int:
     raw = os.environ.get(name, str(default))
     try:

@@ -38,6 +38,7 @@ from shared.realtime_dialect import (
     ServerEvent,
     SpeechStarted,
     SpeechStopped,
+    TranscriptDelta,
     TranscriptDone,
 )
 from shared.streams import (
@@ -83,19 +84,18 @@ class CallConversation:
     ready_us: int = 0
     # The call's function calls (None: the agent has no tools).
     tools: CallTools | None = None
+    # How much of the transcript a new session is given (REALTIME_CONTEXT_CHARS).
+    context_chars: int = 12_000
+    caller_speaking: bool = False
+    # What the model has said of each reply item not yet done (kept if the session dies).
+    partial: dict[str, str] = field(default_factory=dict)
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
         """A (new) session was accepted: give it the conversation so far, or greet the caller."""
-        actions: list[Action] = []
-        self.ready_us = now_us
-        self.active_response = None
-        self.frames_since_commit = self.bytes_since_commit = 0
-        if self.tools is not None:
-            self.tools.new_session()
-        if self.transcript:
-            actions.extend(send(e) for e in self.dialect.context_items(self.transcript))
-        elif self.greeting and not self.greeted:
+        self.switched(now_us)
+        actions = self.seed()
+        if not actions and self.greeting and not self.greeted:
             self.greeted = True
             self.speech_stopped_us = now_us
             actions.append(
@@ -106,6 +106,61 @@ class CallConversation:
                 )
             )
         return actions
+
+    def seed(self) -> list[Action]:
+        """The conversation so far for a new session, as text items of both sides (tool calls
+        and their answers too): the newest turns within ``context_chars``."""
+        return [send(e) for e in self.dialect.context_items(self.context())]
+
+    def context(self) -> list[tuple[Role, str]]:
+        """The newest turns whose text fits ``context_chars``, oldest first (what is older is
+        left out: a session cannot be given an unbounded past)."""
+        kept: list[tuple[Role, str]] = []
+        left = self.context_chars
+        for role, text in reversed(self.transcript):
+            if len(text) > left:
+                break
+            kept.append((role, text))
+            left -= len(text)
+        return kept[::-1]
+
+    def switched(self, now_us: int) -> None:
+        """The caller's audio now goes to a new session: what was per-session starts afresh."""
+        self.ready_us = now_us
+        self.active_response = None
+        self.caller_speaking = False
+        self.frames_since_commit = self.bytes_since_commit = 0
+        if self.tools is not None:
+            self.tools.new_session()
+
+    def session_lost(self) -> None:
+        """The session ended under a reply (expiry, a dropped socket): what the model had said
+        of it stays in the transcript, marked cut, for the next session's context."""
+        for text in self.partial.values():
+            if text.strip():
+                self.transcript.append(("assistant", text.strip() + " [cut off]"))
+        self.partial.clear()
+
+    def quiet(self) -> bool:
+        """A moment to move the call to another session: no reply being made or still playing,
+        the caller not speaking, no tool running or answer waiting."""
+        tools = self.tools
+        return (
+            self.active_response is None
+            and not self.caller_speaking
+            and self.heard.playing() is None
+            and (tools is None or tools.idle())
+        )
+
+    def may_switch(self, session_age_us: int, max_us: int, grace_us: int) -> bool:
+        """Whether a session ``session_age_us`` old should give way to the next one now: at the
+        first quiet moment past ``max_us``, and past ``max_us + grace_us`` between two replies
+        even if the caller is talking or a reply is still playing."""
+        if max_us <= 0 or session_age_us < max_us:
+            return False
+        return self.quiet() or (
+            session_age_us >= max_us + grace_us and self.active_response is None
+        )
 
     # --- caller side ----------------------------------------------------------------------------
     def caller_audio(self, pcm: bytes) -> list[Action]:
@@ -129,7 +184,14 @@ class CallConversation:
             return []
         if isinstance(control, ToolResult):
             # Delivered to the model by tick(), once no response is active.
-            return self.tools.result(control) if self.tools is not None else []
+            if self.tools is None:
+                return []
+            answered = self.tools.result(control)
+            if answered:
+                self.transcript.append(
+                    ("assistant", f"[The tool {control.name} answered: {control.output[:1000]}]")
+                )
+            return answered
         if isinstance(control, DtmfPressed):
             digit = control.digit
             actions: list[Action] = [
@@ -150,9 +212,14 @@ class CallConversation:
         if isinstance(event, AudioDelta):
             return self._audio(event, now_us)
         if isinstance(event, SpeechStarted):
+            self.caller_speaking = True
             return self._barge_in()
         if isinstance(event, SpeechStopped):
+            self.caller_speaking = False
             self.speech_stopped_us = now_us
+            return []
+        if isinstance(event, TranscriptDelta):
+            self.partial[event.item_id] = self.partial.get(event.item_id, "") + event.text
             return []
         if isinstance(event, ResponseCreated):
             self.active_response = event.response_id
@@ -164,12 +231,18 @@ class CallConversation:
                 self.active_response = None
             if self.tools is None:
                 return []
+            if event.status == "completed":
+                for call in event.calls:  # for a later session's context
+                    self.transcript.append(
+                        ("assistant", f"[I called the tool {call.name}({call.arguments[:500]})]")
+                    )
             actions = self.tools.response_done(event.calls, event.status, self.heard, now_us)
             return actions + self.tick(now_us)
         if isinstance(event, InputCommitted):
             self.frames_since_commit = self.bytes_since_commit = 0
             return []
         if isinstance(event, TranscriptDone):
+            self.partial.pop(event.item_id, None)
             return self._transcript("assistant", event.transcript, event.item_id)
         if isinstance(event, InputTranscript):
             return self._transcript("user", event.transcript, event.item_id)

@@ -245,6 +245,10 @@ class CallTools:
         self.awaiting_response = True
         return actions
 
+    def idle(self) -> bool:
+        """Nothing running, waiting to be told, or ending: the calls' state can change session."""
+        return not (self.in_flight or self.waiting or self.awaiting_response or self.ending)
+
     def new_session(self) -> None:
         """A new Realtime session: the function call items of the old one are gone with it."""
         self.session_calls.clear()

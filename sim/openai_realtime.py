@@ -231,6 +231,8 @@ class EmulatedSession:
         self.truncations: list[dict[str, Any]] = []
         self.errors_sent: list[dict[str, Any]] = []
         self.closed = False
+        self.expired = False  # ended by the session limit (--max-session-seconds)
+        self.expired_at: float | None = None  # wall clock
         self._changed = asyncio.Condition()
         self._record = record
         # session state
@@ -788,18 +790,21 @@ class EmulatedSession:
         fmt = record.format
         if echo and record.instructions is None:
             self.user_turns += 1
-            record.turn = self.user_turns
+            self.emulator.user_turns += 1
+            record.turn = self.emulator.user_turns
             samples = _at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
             if samples is not None:
                 seconds = self.input_format.ms(len(echo)) / 1000
                 audio = encode(fmt, samples) if record.speaks else b""
                 return audio, f"echo of {seconds:.2f} s of audio"
-        text = record.instructions or "How can I help you today?"
+        text = spoken = record.instructions or "How can I help you today?"
         if record.instructions is None and self._fresh_output is not None:
-            # The answer after a tool's output: it says what the tool answered.
+            # The answer after a tool's output: the transcript says what the tool answered;
+            # the voice says a short sentence (the synthetic voice would take seconds on JSON).
+            spoken = "Here is what I found."
             text = f"Here is what I found: {self._fresh_output[:160]}"
             self._fresh_output = None
-        audio = encode(fmt, synthetic_voice(text, fmt.rate)) if record.speaks else b""
+        audio = encode(fmt, synthetic_voice(spoken, fmt.rate)) if record.speaks else b""
         return audio, text[:200]
 
     def _response_object(
@@ -1033,6 +1038,7 @@ class RealtimeEmulator:
         reply_chunk_ms: int = 100,
         keep_sessions: int | None = None,
         tool_calls: list[ScriptedToolCall] | None = None,
+        max_session_seconds: float = 0.0,
     ) -> None:
         """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
         tests that inspect them). A long-running stand-in keeps only the newest, or it would
@@ -1044,6 +1050,11 @@ class RealtimeEmulator:
         self.reply_chunk_ms = reply_chunk_ms
         # Scripted function calls (sim/realtime_tools.py): a test's or the demo's control.
         self.tool_calls: list[ScriptedToolCall] = list(tool_calls or [])
+        # The live API ends a session after 60 minutes (GA; 30 beta): a test sets seconds.
+        self.max_session_seconds = max_session_seconds
+        # Caller turns answered, over all sessions: a scripted tool call's turn counts these, so
+        # a call that moved to a new session goes on counting where it was.
+        self.user_turns = 0
         self.sessions: list[EmulatedSession] = []
         self.keep_sessions = keep_sessions
         self.opened = 0  # sessions ever opened; numbers the record directories
@@ -1136,6 +1147,7 @@ class RealtimeEmulator:
         async with self._new_session:
             self.sessions.append(session)
             self._new_session.notify_all()
+        limit: asyncio.Task[None] | None = None
         try:
             if beta and self.beta_disabled:
                 await session.error(
@@ -1151,16 +1163,31 @@ class RealtimeEmulator:
                 await ws.close(4000, "beta_api_shape_disabled")
                 return
             await session.send({"type": "session.created", "session": session.session_object()})
+            if self.max_session_seconds:
+                limit = asyncio.create_task(self._expire(session, self.max_session_seconds))
             async for raw in ws:
                 await session.handle(raw)
         except ConnectionClosed:
             pass
         finally:
+            if limit is not None:
+                limit.cancel()
             if session.active_task:
                 session.active_task.cancel()
             session.closed = True
             await session._notify()
             self._forget_old_sessions()
+
+    @staticmethod
+    async def _expire(session: EmulatedSession, after_s: float) -> None:
+        """The live API's session limit: an error, then a 1001 close with the same text."""
+        await asyncio.sleep(after_s)
+        minutes = 60 if session.dialect == "ga" else 30
+        message = f"Your session hit the maximum duration of {minutes} minutes."
+        session.expired = True
+        session.expired_at = time.time()
+        await session.error(Rejection("session_expired", message, None), None)
+        await session.ws.close(1001, message)
 
     def _forget_old_sessions(self) -> None:
         if self.keep_sessions is None:
@@ -1180,6 +1207,7 @@ async def _main(args: argparse.Namespace) -> None:
         beta_disabled=args.beta_disabled,
         keep_sessions=args.keep_sessions,
         tool_calls=[ScriptedToolCall.parse(spec) for spec in args.tool_call],
+        max_session_seconds=args.max_session_seconds,
     )
     await emulator.start()
     print(
@@ -1197,6 +1225,12 @@ def main() -> None:
     parser.add_argument("--beta-disabled", action="store_true")
     parser.add_argument(
         "--keep-sessions", type=int, default=100, help="ended sessions kept in memory"
+    )
+    parser.add_argument(
+        "--max-session-seconds",
+        type=float,
+        default=0.0,
+        help="end each session after this long, as the live API does at 60 min (0: never)",
     )
     parser.add_argument(
         "--tool-call",

@@ -21,7 +21,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class ScriptedToolCall:
-    turn: int  # the caller's turn (1: the first thing they say) whose answer makes the call
+    # The caller's turn (1: the first thing said to the emulator, counted over all its sessions)
+    # whose answer makes the call.
+    turn: int
     name: str
     arguments: dict[str, Any]
 

@@ -35,10 +35,22 @@ from shared.call_actions import (
     WriteOutbound,
 )
 from shared.conversation import CallConversation, Role
-from shared.realtime_dialect import RealtimeProtocolError, ServerError, SessionConfig
+from shared.realtime_dialect import (
+    RealtimeDialect,
+    RealtimeProtocolError,
+    ServerError,
+    SessionConfig,
+)
 from shared.realtime_handshake import RealtimeHandshake
 from shared.runtime.lifecycle import wall_clock_us
-from shared.runtime.observability import FIRST_REPLY, REALTIME_ERRORS, RECONNECTS, label, reject
+from shared.runtime.observability import (
+    FIRST_REPLY,
+    REALTIME_ERRORS,
+    RECONNECTS,
+    ROLLOVERS,
+    label,
+    reject,
+)
 from shared.runtime.redis_io import RETRYABLE, expire_all
 from shared.streams import (
     META_CONTROL_CURSOR,
@@ -69,6 +81,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.worker")
 
 CURSOR_SAVE_INTERVAL_S = 0.2
+# Past REALTIME_SESSION_MAX_SECONDS by this much, the call moves between two replies even if
+# no quiet moment came.
+ROLLOVER_GRACE_S = 120.0
+# A next session opened at a quiet moment that ended before it was ready is dropped after this
+# long (at most half the session limit), rather than take over already old.
+ROLLOVER_STALE_S = 30.0
 MAX_GREETING_CHARS = 2000
 Entries = Sequence[tuple[bytes, dict[bytes, bytes]]]
 
@@ -111,6 +129,7 @@ class RealtimeCall:
             commit_frames=settings.realtime_commit_frames,
             greeting=greeting,
             rate=config.rate,
+            context_chars=settings.realtime_context_chars,
             tools=CallTools(
                 tools,
                 CallIdentity(
@@ -132,6 +151,15 @@ class RealtimeCall:
         )
         self.expiry = KeyExpiry()
         self.ws: ClientConnection | None = None  # the live session's socket
+        self.model_task: asyncio.Task[str] | None = None  # reading self.ws
+        self.session_started = 0.0  # monotonic, when self.ws became the caller's session
+        # The next session, opened beside the live one once it is REALTIME_SESSION_MAX_SECONDS
+        # old; the caller's audio moves to it at the first quiet moment (a rollover).
+        self.next_session: asyncio.Task[tuple[ClientConnection, RealtimeDialect, float]] | None = (
+            None
+        )
+        self.next_attempt_at = 0.0
+        self.closing: set[asyncio.Task[None]] = set()  # sessions being closed after a rollover
 
     # --- the call, session after session ----------------------------------------------------------
     async def run(self, recovered: bool) -> str:
@@ -191,8 +219,8 @@ class RealtimeCall:
             try:
                 outcome = await self._converse(ws)
             finally:
-                self.ws = None
-                await ws.close()
+                live, self.ws = self.ws or ws, None  # after rollovers, not the one opened here
+                await live.close()
             if outcome != "socket_lost":
                 return outcome
             RECONNECTS.labels("openai").inc()
@@ -200,23 +228,43 @@ class RealtimeCall:
             restore_deadline = time.monotonic() + settings.realtime_restore_seconds
 
     async def _converse(self, ws: ClientConnection) -> str:
-        """One session, until the call ends (its reason) or the socket drops ("socket_lost")."""
+        """Sessions from ``ws`` on, until the call ends (its reason) or the live session's
+        socket drops ("socket_lost"). A rollover replaces the live session under it."""
         self.ws = ws
+        self.session_started = time.monotonic()
         await self._perform(self.core.session_ready(wall_clock_us()))
         from services.realtime_worker.feed import feed  # the one place entries are read
 
-        model = asyncio.create_task(self._from_model(ws))
+        self.model_task = asyncio.create_task(self._from_model(ws))
         caller = asyncio.create_task(feed(self.worker.redis, self))
         try:
-            done, _ = await asyncio.wait({model, caller}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                model = self.model_task
+                done, _ = await asyncio.wait({model, caller}, return_when=asyncio.FIRST_COMPLETED)
+                if caller in done:
+                    try:
+                        return caller.result()
+                    except ConnectionClosed:  # a frame's send found the session gone
+                        self.core.session_lost()
+                        return "socket_lost"
+                if model is not self.model_task:
+                    continue  # a rollover replaced it: the new session goes on
+                try:
+                    outcome = model.result()
+                except ConnectionClosed:
+                    outcome = "socket_lost"
+                if outcome == "socket_lost":
+                    self.core.session_lost()
+                return outcome
         finally:  # also when this call's task is cancelled: no half of it may outlive it
-            for task in (model, caller):
+            tasks = [t for t in (self.model_task, caller, self.next_session) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(model, caller, return_exceptions=True)
-        try:
-            return done.pop().result()
-        except ConnectionClosed:
-            return "socket_lost"
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.next_session is not None and not self.next_session.cancelled():
+                if self.next_session.exception() is None:
+                    await self.next_session.result()[0].close()
+            self.next_session = None
 
     async def _from_model(self, ws: ClientConnection) -> str:
         async for message in ws:
@@ -243,20 +291,100 @@ class RealtimeCall:
         """Act on entries read from one of :meth:`streams`; the call's end reason if they end
         it. The cursor moves past each entry acted on."""
         for entry_id, fields in entries:
+            # Each cursor moves past an entry only once it was acted on: a frame whose send
+            # found the session gone goes to the next session instead of being lost.
             if stream == self.keys.in_pcm:
-                self.cursors.inbound = entry_id
                 ended = await self._caller_frame(fields)
+                self.cursors.inbound = entry_id
                 if ended:
                     return ended
             else:
-                self.cursors.control = entry_id
                 try:
                     control = decode_control(fields)
                 except StreamEntryError as exc:
                     reject(f"worker_{exc.reason}")
+                    self.cursors.control = entry_id
                     continue
                 await self._perform(self.core.control(control))
-        return await self._perform(self.core.tick(wall_clock_us()))
+                self.cursors.control = entry_id
+        ended = await self._perform(self.core.tick(wall_clock_us()))
+        await self._roll_over_when_due()
+        return ended
+
+    # --- rollover: the next session before the server ends this one ------------------------------
+    async def _roll_over_when_due(self) -> None:
+        """Between two caller frames: open the next session once this one is old enough, and
+        move the caller to it at a quiet moment. Done here, at a frame boundary, so that no
+        frame is lost or sent twice across the switch."""
+        max_s = self.worker.settings.realtime_session_max_seconds
+        if max_s <= 0:
+            return
+        now = time.monotonic()
+        age = now - self.session_started
+        due = self.core.may_switch(int(age * 1e6), max_s * 1_000_000, int(ROLLOVER_GRACE_S * 1e6))
+        if self.next_session is None:
+            # Opened at a quiet moment (or when forced), so that it is fresh when it takes over:
+            # the server counts a session's time from its opening.
+            if due and now >= self.next_attempt_at:
+                self.next_session = asyncio.create_task(self._open_next())
+            return
+        if not self.next_session.done():
+            return
+        try:
+            ws, dialect, opened = self.next_session.result()
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, SessionRefused) as exc:
+            log.warning("could not open the next session (%s); trying again", exc)
+            self.next_session = None
+            self.next_attempt_at = now + 2.0
+            return
+        if not due:
+            if now - opened > min(ROLLOVER_STALE_S, max_s / 2):  # no quiet moment came since
+                self.next_session = None
+                self._close_later(ws)
+            return
+        self.next_session = None
+        await self._switch(ws, dialect, opened, age)
+
+    def _close_later(self, ws: ClientConnection) -> None:
+        """Close a session the call no longer uses without holding up the caller's audio
+        (the task is kept until done: an unreferenced task may be collected half-way)."""
+        task = asyncio.create_task(ws.close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def _open_next(self) -> tuple[ClientConnection, RealtimeDialect, float]:
+        attempt = self.handshake.next_attempt()  # the same session.update, tools included
+        opened = time.monotonic()
+        ws, dialect = await open_session(self.worker.settings, attempt, self.worker.api_key)
+        return ws, dialect, opened
+
+    async def _switch(
+        self, ws: ClientConnection, dialect: RealtimeDialect, opened: float, age: float
+    ) -> None:
+        old, old_reader = self.ws, self.model_task
+        t0 = time.monotonic()
+        self.core.dialect = dialect
+        for action in self.core.seed():  # the conversation so far, before any caller audio
+            if isinstance(action, SendToModel):
+                await ws.send(action.text)
+        self.core.switched(wall_clock_us())
+        self.ws, self.session_started = ws, opened
+        self.model_task = asyncio.create_task(self._from_model(ws))
+        if old_reader is not None:
+            old_reader.cancel()
+        ROLLOVERS.inc()
+        switch_ms = round((time.monotonic() - t0) * 1000, 1)
+        self._write(
+            WriteEvent(
+                CallEvent(
+                    "session",
+                    {"combo": dialect.combo.name, "rollover": "1", "after_s": f"{age:.1f}"},
+                )
+            )
+        )
+        log.info("rolled the call over to a new session", extra={"switch_ms": switch_ms})
+        if old is not None:
+            self._close_later(old)  # its reader is gone; nothing more comes from it
 
     async def _caller_frame(self, fields: dict[bytes, bytes]) -> str | None:
         try:
@@ -369,7 +497,14 @@ class RealtimeCall:
                 event = decode_event(fields)
             except StreamEntryError:
                 continue
-            if event.kind == "transcript" and event.data.get("text"):
-                role: Role = "user" if event.data.get("role") == "caller" else "assistant"
-                transcript.append((role, event.data["text"]))
+            data = event.data
+            if event.kind == "transcript" and data.get("text"):
+                role: Role = "user" if data.get("role") == "caller" else "assistant"
+                transcript.append((role, data["text"]))
+            elif event.kind == "tool_call":  # in a new session's context, as the core has them
+                text = f"[I called the tool {data.get('name')}({data.get('arguments', '')})]"
+                transcript.append(("assistant", text))
+            elif event.kind == "tool_result":
+                text = f"[The tool {data.get('name')} answered: {data.get('output', '')}]"
+                transcript.append(("assistant", text))
         return transcript

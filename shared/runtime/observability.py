@@ -169,6 +169,10 @@ FIRST_REPLY = Histogram(
 )
 REALTIME_ERRORS = Counter("gateway_realtime_errors_total", "OpenAI error events by code", ["code"])
 RECONNECTS = Counter("gateway_reconnects_total", "Reconnects by target", ["target"])
+ROLLOVERS = Counter(
+    "gateway_session_rollovers_total",
+    "Calls moved to a new Realtime session before the old one reached its time limit",
+)
 RECOVERED = Counter(
     "gateway_calls_recovered_total", "Calls taken over from a dead or restarted instance"
 )

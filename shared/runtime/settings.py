@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     tool_still_working_ms: int = Field(3000, ge=500, le=120_000)
     # Signs every HTTP tool request (X-Gateway-Signature) when set.
     tools_signing_secret: SecretStr | None = None
+    # A Realtime session this old gives way to the next at the first quiet moment (the live API
+    # ends GA sessions at 60 minutes, beta ones at 30); 0: never before the server ends it.
+    realtime_session_max_seconds: int = Field(3300, ge=0, le=86_400)
+    # How much of the conversation (characters of text) a new session is given as context.
+    realtime_context_chars: int = Field(12_000, ge=0, le=1_000_000)
     # How long a call may go without a working Realtime session before it is ended for the caller.
     realtime_restore_seconds: float = Field(15.0, gt=0, le=600)
 

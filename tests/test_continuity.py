@@ -1,0 +1,168 @@
+"""Calls that outlast their Realtime sessions, as real processes over a real redis-server, in both
+dialects: a rollover to the next session at a quiet moment before the server's limit, and the
+recovery when the limit is reached without one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from shared.audio import mulaw_decode, mulaw_encode
+from sim.openai_realtime import EmulatedSession, RealtimeEmulator
+from sim.realtime_tools import ScriptedToolCall
+from sim.speech import silence, speech
+from sim.tool_server import ToolServer
+from sim.twilio_call import place_call
+from tests.audio_checks import pcm24_to_8k, similarity
+from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.stack import ProcessStack, process_env
+
+pytestmark = pytest.mark.slow
+
+FRAME_24K = 960  # bytes of PCM16 at 24 kHz in one 20 ms frame
+DIALECTS = {
+    "ga": {"REALTIME_SCHEMA": "audio"},
+    "beta": {"REALTIME_SCHEMA": "flat", "REALTIME_BETA_HEADER": "1"},
+}
+# Short turns, each with room after it for the reply to play, as on a phone call; the second
+# (the tool call's turn) gets two replies: the model's, then the tool's answer. What is busy at
+# a stretch (a turn and its replies) must fit in the 6 s session limit, or no quiet moment
+# could come in time: on the live API that is 60 minutes.
+TURNS = ["Hello there.", "Order one.", "Thank you.", "Opening hours?", "Goodbye."]
+GAPS_MS = [3500, 8000, 3500, 3500, 2000]
+
+
+def agent(path: Path, tools_url: str) -> Path:
+    path.write_text(
+        f"""
+instructions = "You are a shop's phone agent."
+[[tools]]
+name = "lookup_order"
+description = "Look up an order."
+url = "{tools_url}/order"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+async def stack(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> AsyncIterator[Any]:
+    """``stack(dialect, session_limit_s, rollover_after_s)`` starts everything."""
+    started: list[Any] = []
+
+    async def start(dialect: str, limit_s: float, rollover_s: int) -> Any:
+        redis = aioredis.from_url(redis_server.url)
+        await redis.flushall()
+        await redis.aclose()
+        emulator = RealtimeEmulator(
+            max_session_seconds=limit_s,
+            tool_calls=[ScriptedToolCall(2, "lookup_order", {"order_id": "123"})],
+        )
+        await emulator.start()
+        tools = await ToolServer().start()
+        edge_port = free_port()
+        env = process_env(
+            redis_server.url,
+            edge_port,
+            emulator.port,
+            AGENT_FILE=str(agent(tmp_path / "agent.toml", tools.url)),
+            REALTIME_SESSION_MAX_SECONDS=str(rollover_s),
+            **DIALECTS[dialect],
+        )
+        procs = ProcessStack(env, edge_port, emulator.port, tmp_path)
+        for name, module in (
+            ("t0", "services.transcoder"),
+            ("w0", "services.realtime_worker"),
+            ("r0", "services.tool_runner"),
+            ("e0", "services.twilio_edge"),
+        ):
+            procs.start(name, module, {"CONSUMER_NAME": name})
+        started.append((procs, emulator, tools))
+        await wait_for(lambda: port_open(edge_port), timeout=20)
+        return procs, emulator
+
+    yield start
+    for procs, emulator, tools in started:
+        procs.stop_all()
+        await tools.stop()
+        await emulator.stop()
+
+
+def conversation() -> tuple[np.ndarray, list[np.ndarray]]:
+    turns = [mulaw_decode(mulaw_encode(speech(text))) for text in TURNS]
+    pieces: list[np.ndarray] = []
+    for turn, gap_ms in zip(turns, GAPS_MS, strict=True):
+        pieces += [turn, silence(gap_ms)]
+    return np.concatenate(pieces), turns
+
+
+def updates(session: EmulatedSession) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in e.items() if k != "event_id"}
+        for e in session.client_events
+        if e["type"] == "session.update"
+    ]
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+async def test_sessions_roll_over_at_quiet_moments_and_the_model_hears_every_frame_once(
+    stack: Any, dialect: str
+) -> None:
+    procs, emulator = await stack(dialect, limit_s=6.0, rollover_s=1)
+    audio, turns = conversation()
+    result = await asyncio.wait_for(
+        place_call(procs.media_url, audio, hold_after_s=2.0, max_duration_s=60), 90
+    )
+    await emulator.sessions[-1].wait_closed(timeout=15)
+    sessions = emulator.sessions
+    assert len(sessions) >= 3, "the call never rolled over"
+    # The server's limit was never reached: every switch was the gateway's, in time.
+    expired = [(s.connected_at, s.expired_at, len(s.input_audio)) for s in sessions if s.expired]
+    assert not expired, expired
+    # 100% of the caller's frames, once each, in order, across the switches.
+    heard = b"".join(bytes(s.input_audio) for s in sessions)
+    assert len(heard) == result.frames_sent * FRAME_24K
+    assert similarity(turns[-1], pcm24_to_8k(heard)) >= 0.95
+    # No reply was cut: every response of every session completed.
+    statuses = [r.status for s in sessions for r in s.responses]
+    assert statuses and all(status == "completed" for status in statuses), statuses
+    # The same configuration each time (tools included), and the context: the tool's result.
+    first = updates(sessions[0])
+    assert first and all(updates(s) == first for s in sessions[1:])
+    assert first[0]["session"]["tools"][0]["name"] == "lookup_order"
+    later_context = [
+        e["item"]["content"][0]["text"]
+        for s in sessions[2:]
+        for e in s.client_events
+        if e["type"] == "conversation.item.create" and e["item"].get("type") == "message"
+    ]
+    assert any("lookup_order answered" in text and "shipped" in text for text in later_context)
+    for name, proc in procs.procs.items():
+        assert proc.poll() is None, f"{name} died: {procs.logs[name].read_text()[-2000:]}"
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+async def test_the_server_ending_a_session_is_recovered_within_a_second(
+    stack: Any, dialect: str
+) -> None:
+    procs, emulator = await stack(dialect, limit_s=4.0, rollover_s=0)  # no proactive switch
+    audio, turns = conversation()
+    result = await asyncio.wait_for(
+        place_call(procs.media_url, audio[: 8000 * 12], hold_after_s=1.5, max_duration_s=60), 90
+    )
+    sessions = emulator.sessions
+    assert len(sessions) >= 2 and sessions[0].expired
+    for old, new in zip(sessions, sessions[1:], strict=False):
+        if old.expired_at is not None:
+            assert new.connected_at - old.expired_at <= 1.0
+    # The caller's audio was held meanwhile and delivered to the next session.
+    heard = sum(len(s.input_audio) for s in sessions) / FRAME_24K
+    assert 0.98 * result.frames_sent <= heard <= result.frames_sent
