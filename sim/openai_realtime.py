@@ -21,6 +21,7 @@ import http
 import itertools
 import json
 import secrets
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1106,7 +1107,12 @@ async def _main(args: argparse.Namespace) -> None:
     print(
         json.dumps({"msg": "OpenAI Realtime emulator listening", "url": emulator.url}), flush=True
     )
-    await asyncio.Future()
+    # SIGTERM stops it cleanly (exit 0): as a container's first process it would otherwise
+    # ignore the signal, and `docker stop` would kill it after the grace period.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await emulator.stop()
 
 
 def main() -> None:
