@@ -28,7 +28,7 @@ COPY sim ./sim
 COPY tools ./tools
 COPY bench ./bench
 # Every dependency is a wheel, so no compiler is needed; pip itself is not needed at run time.
-RUN /opt/venv/bin/pip install -q --no-deps . \
+RUN /opt/venv/bin/pip install . --no-deps -q \
  && /opt/venv/bin/pip uninstall -q -y pip setuptools
 
 FROM ${BASE_IMAGE}
