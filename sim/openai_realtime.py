@@ -1082,6 +1082,9 @@ class RealtimeEmulator:
             if session.active_task:
                 session.active_task.cancel()
             session.closed = True
+            # The record's last line says the session ended, for a reader in another process
+            # (a test of containers reads the records through a mounted folder).
+            session._log("emulator", {"type": "closed"})
             await session._notify()
             self._forget_old_sessions()
 
