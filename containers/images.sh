@@ -142,7 +142,7 @@ log "$GATEWAY_IMAGE: docker build FROM $BASE_IMAGE"
 mkdir -p "$WORK"
 # The classic builder: Debian's engine has BuildKit, but a newer client wants the buildx plugin
 # for it, which Debian does not package; the classic builder does all this Dockerfile needs.
-if ! DOCKER_BUILDKIT=0 $DOCKER build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+if ! DOCKER_BUILDKIT=0 $DOCKER build --force-rm --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     "${index_args[@]}" -t "$GATEWAY_IMAGE" . >"$WORK/build.log" 2>&1; then
     tail -30 "$WORK/build.log" >&2
     exit 1
