@@ -151,6 +151,6 @@ log "$GATEWAY_IMAGE: built in $(since "$started") s"
 
 for image in "$BASE_IMAGE" "$REDIS_IMAGE" "$GATEWAY_IMAGE"; do
     size=$($DOCKER image inspect -f '{{.Size}}' "$image")
-    log "$(printf '%-28s %4d MB' "$image" $((size / 1000000)))"
+    log "$(awk -v i="$image" -v s="$size" 'BEGIN { printf "%-28s %4.0f MB", i, s / 1e6 }')"
 done
 log "all images ready in $(since "$started_all") s"
