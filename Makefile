@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server espeak-ng test test-cluster run smoke demo bench probe lint clean
+.PHONY: venv redis-server espeak-ng test test-cluster run smoke demo bench probe lint clean images test-containers
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ test: venv redis-server espeak-ng
 
 test-cluster: venv redis-server
 	$(PY) -m pytest -q tests/test_cluster.py
+
+# The images from Debian's packages where no registry is reachable (containers/images.sh), and the
+# stack as one container per service under a Docker engine it starts when none runs (root).
+images:
+	containers/images.sh
+
+test-containers: venv
+	PY=$(PY) containers/test.sh
 
 run: venv redis-server
 	$(PY) -m services.launch stack

@@ -21,6 +21,7 @@ import http
 import itertools
 import json
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1175,6 +1176,9 @@ class RealtimeEmulator:
             if session.active_task:
                 session.active_task.cancel()
             session.closed = True
+            # The record's last line says the session ended, for a reader in another process
+            # (a test of containers reads the records through a mounted folder).
+            session._log("emulator", {"type": "closed"})
             await session._notify()
             self._forget_old_sessions()
 
@@ -1213,7 +1217,12 @@ async def _main(args: argparse.Namespace) -> None:
     print(
         json.dumps({"msg": "OpenAI Realtime emulator listening", "url": emulator.url}), flush=True
     )
-    await asyncio.Future()
+    # SIGTERM stops it cleanly (exit 0): as a container's first process it would otherwise
+    # ignore the signal, and `docker stop` would kill it after the grace period.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await emulator.stop()
 
 
 def main() -> None:
