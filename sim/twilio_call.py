@@ -189,35 +189,34 @@ async def run_call(media_url: str, options: CallOptions) -> CallResult:
     action requests go to their path on the webhook's host. The TwiML's ``<Parameter>``s become
     ``customParameters`` (the identity's ``custom_parameters`` add to and override them).
     What follows the first stream is in its result's ``action_requests``, ``next_streams`` and
-    ``dialed``. Raises WebhookError, OSError or InvalidHandshake when the call cannot be placed
-    (the webhook, or the first stream, fails); a failing action ends the call there, as Twilio
-    hangs up then.
+    ``dialed``; the caller follows the same script on every stream. Raises WebhookError when the
+    voice webhook fails, OSError or InvalidHandshake when a stream cannot be opened; a failing
+    action ends the call there, as Twilio hangs up then.
     """
     identity, signing = options.identity, options.signing
-    flow = CallFlow(identity, signing.twiml_url)
+    # The flow knows URLs as Twilio does (the public ones, which are signed); each request
+    # goes to its path on the webhook's host here.
+    flow = CallFlow(identity, signing.twiml_signed_url or signing.twiml_url)
     if not signing.twiml_url:
         flow.play([ConnectStream(signing.signed_url or media_url)])
     first: CallResult | None = None
     while True:
         step = flow.next_step()
-        if isinstance(step, FetchTwiml) and first is None:  # the voice webhook
-            signed_as = signing.twiml_signed_url or step.url
-            twiml = await fetch_twiml(
-                step.url, step.form, signing.auth_token, signed_as, method=step.method
-            )
-            flow.answered(twiml)
-        elif isinstance(step, FetchTwiml):
-            assert first is not None and signing.twiml_url  # an action needs a fetched TwiML
-            dial = on_host(step.url, signing.twiml_url)
+        if isinstance(step, FetchTwiml):
+            assert signing.twiml_url  # only a fetched document names an action
+            dial = signing.twiml_url if first is None else on_host(step.url, signing.twiml_url)
             try:
                 twiml = await fetch_twiml(
                     dial, step.form, signing.auth_token, step.url, method=step.method
                 )
-                first.action_requests.append((step.url, 200))
                 flow.answered(twiml)
             except WebhookError as exc:
+                if first is None:
+                    raise  # the voice webhook: the call is never placed
                 first.action_requests.append((step.url, exc.status))
-                break
+                break  # Twilio hangs up on a failing action
+            if first is not None:
+                first.action_requests.append((step.url, 200))
         elif isinstance(step, OpenStream):
             stream_identity = identity
             if first is not None:  # each stream of a call has a streamSid of its own
