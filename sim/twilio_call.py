@@ -348,6 +348,12 @@ def _report(result: CallResult, out: str) -> None:
         )
     if result.closed_by_gateway:
         print(f"the gateway closed the stream (code {result.close_code})")
+    for url, status in result.action_requests:
+        print(f"<Connect action> {url} answered {status or 'nothing'}")
+    for later in result.next_streams:
+        print(f"then stream {later.stream_sid} ({later.duration_s:.1f} s)")
+    if result.dialed:
+        print(f"then <Dial> {result.dialed}")
     for violation in result.violations[:10]:
         print(f"protocol violation: {violation}")
     print(f"heard audio written to {out}")
