@@ -572,3 +572,93 @@ async def test_a_gateway_hang_up_ends_the_call_and_is_recorded() -> None:
     assert result.closed_by_gateway and result.close_code == 1011
     # The call stopped at the hang-up (frame 5), not at the end of the caller's speech.
     assert 5 <= result.frames_sent <= 8 < len(caller) // 160
+
+
+async def test_a_connect_action_is_requested_signed_and_its_twiml_followed() -> None:
+    """The gateway ends the stream; Twilio requests the <Connect action> (signed over its public
+    URL, POST, the call's parameters) and follows its TwiML: a second stream, then a <Dial>."""
+    validator = RequestValidator(TOKEN)
+    requests: list[tuple[str, dict[str, str], bool]] = []
+    second_wss = "wss://gw.example.com/second"
+    answers = {
+        "/twiml": '<Response><Connect action="/after"><Stream url="wss://gw.example.com/media">'
+        '<Parameter name="leg" value="1"/></Stream></Connect><Say>not played</Say></Response>',
+        "/after": f'<Response><Connect><Stream url="{second_wss}"/></Connect>'
+        "<Dial>+15550100</Dial></Response>",
+    }
+
+    async def webhook(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+        form = dict(parse_qsl((await reader.readexactly(int(headers["content-length"]))).decode()))
+        path = lines[0].split()[1]
+        signed = validator.validate(
+            f"https://gw.example.com{path}", form, headers.get("x-twilio-signature", "")
+        )
+        requests.append((lines[0], form, signed))
+        body = answers[path].encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    handshakes: list[tuple[str, bool]] = []
+
+    def check_handshake(conn: ServerConnection, request: Request) -> Response | None:
+        signature = request.headers.get("X-Twilio-Signature", "")
+        handshakes.append(
+            (
+                request.path,
+                validator.validate(
+                    PUBLIC_WSS if request.path == "/media" else second_wss, {}, signature
+                ),
+            )
+        )
+        return None
+
+    async def hang_up(gw: FakeGateway, message: dict[str, Any]) -> None:
+        if message["event"] == "media" and message["media"]["chunk"] == "3":
+            assert gw.ws is not None
+            await gw.ws.close()  # the gateway ends each stream: <Connect> ends
+
+    http_server = await asyncio.start_server(webhook, "127.0.0.1", 0)
+    http_port = http_server.sockets[0].getsockname()[1]
+    gw = FakeGateway(on_message=hang_up)
+    async with http_server, gateway(gw, check_handshake) as url:
+        options = sim.CallOptions(
+            sim.CallScript(silence(1000), hold_after_s=0.2),
+            sim.CallIdentity(call_sid="CA" + "7" * 32),
+            sim.Signing(
+                auth_token=TOKEN,
+                twiml_url=f"http://127.0.0.1:{http_port}/twiml",
+                twiml_signed_url="https://gw.example.com/twiml",
+            ),
+        )
+        result = await asyncio.wait_for(sim.run_call(url, options), 10)
+    assert [(line, ok) for line, _, ok in requests] == [
+        ("POST /twiml HTTP/1.1", True),
+        ("POST /after HTTP/1.1", True),
+    ]
+    action_form = requests[1][1]
+    assert (action_form["CallSid"], action_form["AccountSid"]) == (
+        result.call_sid,
+        result.account_sid,
+    )
+    assert (action_form["CallStatus"], action_form["From"], action_form["To"]) == (
+        "in-progress",
+        "+15550001111",
+        "+15550002222",
+    )
+    assert handshakes == [("/media", True), ("/second", True)]
+    assert result.closed_by_gateway and result.custom_parameters == {"leg": "1"}
+    assert result.action_requests == [("https://gw.example.com/after", 200)]
+    [second] = result.next_streams
+    assert second.closed_by_gateway and second.stream_url == second_wss
+    assert second.call_sid == result.call_sid and second.stream_sid != result.stream_sid
+    assert result.dialed == "+15550100"
+    starts = [m["start"] for _, m in gw.of("start")]
+    assert [s["streamSid"] for s in starts] == [result.stream_sid, second.stream_sid]
