@@ -9,6 +9,7 @@ runtime shows the operator exactly what to fix.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from typing import Literal
@@ -24,6 +25,7 @@ TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 
 EXIT_CONFIG_ERROR = 2
 FLAT_PCM_RATE = 24000  # the beta dialect's pcm16: 16-bit mono at 24 kHz, no rate to set
+E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")  # a phone number as Twilio takes it
 
 
 class ConfigError(ValueError):
@@ -93,6 +95,25 @@ class Settings(BaseSettings):
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
 
+    # --- Console, outbound calls, recordings (services.console, services.recorder) --------------
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
+    # Every /api request must carry "Authorization: Bearer <CONSOLE_TOKEN>"; the console refuses
+    # to start without one.
+    console_token: SecretStr | None = None
+    # Twilio's REST API, for outbound calls (console) and the voicemail of an answering machine
+    # (edge); the Auth Token above signs and verifies as before.
+    twilio_account_sid: str = Field("", max_length=64)
+    twilio_from_number: str = Field("", max_length=16)
+    # Where the twilio package sends its REST requests (a local stand-in in tests); empty: Twilio.
+    twilio_api_base: str = ""
+    # The agent file (TOML); the voicemail an answering machine gets is its voicemail_message.
+    agent_file: str = ""
+    voicemail_message: str = Field("", max_length=2_000)
+    # Recording is off unless set: one stereo WAV per call in this folder.
+    recordings_dir: str = ""
+    recordings_retention_days: float = Field(30.0, gt=0, le=3650)
+
     # --- Every service ----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
@@ -155,6 +176,23 @@ class Settings(BaseSettings):
         # a wss:// base names the same place as https://, and signatures are over the https form.
         scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
         return f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
+    @field_validator("twilio_api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"https", "http"} or not parts.hostname or parts.query:
+            raise ValueError("must be an http(s):// base URL with a host and no query")
+        return value.rstrip("/")
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _from_number(cls, value: str) -> str:
+        if value and not E164_RE.fullmatch(value):
+            raise ValueError("must be an E.164 number (+ and up to 15 digits)")
+        return value
 
     @model_validator(mode="after")
     def _rate_fits_schema(self) -> Settings:
@@ -233,7 +271,7 @@ def _describe(error: ValidationError) -> str:
     value = first.get("input")
     if not name:
         return message
-    hidden = {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET"}
+    hidden = {"OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET", "CONSOLE_TOKEN"}
     shown = "<hidden>" if name in hidden else repr(value)
     return f"{name}={shown} is not allowed: {message}"
 

@@ -551,6 +551,7 @@ async def place_call(
     signed_url: str | None = None,
     twiml_signed_url: str | None = None,
     stop: bool = True,
+    hang_up: asyncio.Event | None = None,
 ) -> CallResult:
     """Place one call on ``media_url`` (the socket actually dialled) and return what happened.
 
@@ -561,8 +562,9 @@ async def place_call(
     silence; it hangs up (``stop``, close) once nothing has been said, received or played for
     ``hold_after_s`` and the buffer is empty, but not before a reply has come when
     ``wait_for_reply`` (nor before a configured barge-in), and never after ``max_duration_s``.
-    ``dtmf``: (seconds, digit) key presses. Raises WebhookError, OSError or InvalidHandshake
-    when the call cannot be placed.
+    ``dtmf``: (seconds, digit) key presses. ``hang_up``: when set, the call ends at the next
+    frame (Twilio's side ending it: a call redirected through the REST API, say). Raises
+    WebhookError, OSError or InvalidHandshake when the call cannot be placed.
     """
     call_sid = call_sid or new_sid("CA")
     stream_sid = stream_sid or new_sid("MZ")
@@ -702,7 +704,7 @@ async def place_call(
                     while pending_dtmf and pending_dtmf[0][0] <= t:
                         await ws.send(outbox.dtmf(pending_dtmf.pop(0)[1]))
                     k += 1
-                    if t >= max_duration_s:
+                    if t >= max_duration_s or (hang_up is not None and hang_up.is_set()):
                         break
                     # Hang up? Not while the caller still has something to say.
                     if caller.speaking(k):

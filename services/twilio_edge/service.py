@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.twilio_edge.http import EdgeConnection, respond
+from services.twilio_edge.outbound import amd_callback, call_status_callback
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
@@ -37,6 +38,7 @@ from shared.observability import (
     reject,
     run_service,
 )
+from shared.outbound import AMD_PATH, CALL_STATUS_PATH
 from shared.playback import OutboundPlayback
 from shared.redis_io import (
     RETRYABLE,
@@ -348,6 +350,7 @@ class Edge:
             shared.get_secret_value() if shared else None,
         )
         self.bridges: set[CallBridge] = set()
+        self.background: set[asyncio.Task[None]] = set()  # REST requests under way
 
     def _base_url(self, request: Request) -> str | None:
         """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
@@ -406,6 +409,10 @@ class Edge:
             return self._twiml(conn, request)
         if path == STREAM_STATUS_PATH:
             return self._stream_status(conn, request)
+        if path == AMD_PATH:
+            return await amd_callback(self, conn, request)
+        if path == CALL_STATUS_PATH:
+            return await call_status_callback(self, conn, request)
         if path == "/healthz":
             ok = await self.healthy()
             return respond(
