@@ -46,6 +46,10 @@ _OUTCOMES = {
     "completed": "completed",
     "failed": "failed",
     "abandoned": "failed",
+    # Twilio's word on an outbound call that nobody answered (the edge's /call-status)
+    "no-answer": "no_answer",
+    "busy": "busy",
+    "canceled": "canceled",
 }
 _TERMINAL_STATUSES = UNANSWERED_STATUSES | {"completed"}
 

@@ -82,9 +82,13 @@ def outbound_parameters(
         if not name or len(name) > 64:
             raise OutboundError("a parameter name has 1 to 64 characters")
         params[name] = value
-    for name, value in (("instructions", instructions), ("greeting", greeting), ("voice", voice)):
-        if value is not None:
-            params[name] = value
+    for name, override in (
+        ("instructions", instructions),
+        ("greeting", greeting),
+        ("voice", voice),
+    ):
+        if override is not None:
+            params[name] = override
     for name, value in params.items():
         if len(value) > MAX_PARAMETER_CHARS:
             raise OutboundError(f"{name} is longer than {MAX_PARAMETER_CHARS} characters")

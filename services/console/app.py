@@ -73,6 +73,8 @@ SPEECH_RMS = 300  # a caller frame louder than this (int16 RMS, about -40 dBFS) 
 _DIALED_FORGOTTEN_MS = 10 * 60 * 1000
 
 
+_BEARER = HTTPBearer(auto_error=False, description="CONSOLE_TOKEN")
+
 # --- wire models -------------------------------------------------------------------------------
 
 
@@ -220,11 +222,10 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
     token = settings.console_token.get_secret_value().encode() if settings.console_token else b""
     if not token:
         raise ValueError("CONSOLE_TOKEN is required")
-    bearer = HTTPBearer(auto_error=False, description="CONSOLE_TOKEN")
     recordings = Path(settings.recordings_dir) if settings.recordings_dir else None
 
     async def authorized(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
         given = credentials.credentials.encode() if credentials else b""
         if not secrets.compare_digest(given, token):
@@ -252,10 +253,12 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
 
     api = [Depends(authorized)]
 
-    @app.exception_handler(RETRYABLE)  # type: ignore[arg-type]
     async def _redis_away(request: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return JSONResponse({"detail": "the console cannot reach Redis right now"}, 503)
+
+    for error in RETRYABLE:
+        app.add_exception_handler(error, _redis_away)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
