@@ -340,20 +340,58 @@ def detail(
 QUIET_MS = 400  # a caller's turn has ended after this much quiet
 
 
-def speech_ends(frames: Sequence[tuple[int, bool]], quiet_ms: int = QUIET_MS) -> list[int]:
-    """When each of the caller's turns ended: ``frames`` are (received at ms, loud) in order;
+def speech_turns(
+    frames: Sequence[tuple[int, bool]], quiet_ms: int = QUIET_MS
+) -> list[tuple[int, int]]:
+    """The caller's turns as (start, end) ms: ``frames`` are (received at ms, loud) in order;
     a turn ends at its last loud frame's end once ``quiet_ms`` of quiet follows."""
-    ends: list[int] = []
-    last_loud: int | None = None
+    turns: list[tuple[int, int]] = []
+    first: int | None = None
+    last_loud = 0
     for at, loud in frames:
         if loud:
+            if first is None:
+                first = at
             last_loud = at
-        elif last_loud is not None and at - last_loud >= quiet_ms:
-            ends.append(last_loud + 20)
-            last_loud = None
-    if last_loud is not None:
-        ends.append(last_loud + 20)
-    return ends
+        elif first is not None and at - last_loud >= quiet_ms:
+            turns.append((first, last_loud + 20))
+            first = None
+    if first is not None:
+        turns.append((first, last_loud + 20))
+    return turns
+
+
+def speech_ends(frames: Sequence[tuple[int, bool]], quiet_ms: int = QUIET_MS) -> list[int]:
+    """When each of the caller's turns ended (see :func:`speech_turns`)."""
+    return [end for _, end in speech_turns(frames, quiet_ms)]
+
+
+def reply_turns(
+    chunks: Sequence[tuple[int, str, int]], clears: Sequence[tuple[int, str]] = ()
+) -> list[tuple[int, int, str]]:
+    """The model's turns as (start, end, response_id) ms as the caller heard them: ``chunks``
+    are (written at ms, response_id, mu-law bytes) in order. Twilio plays a reply in real time
+    from its first chunk (8 bytes a ms) after the one before it, so a turn lasts as long as its
+    audio, cut short by a ``clear`` of its response (a barge-in)."""
+    spans: dict[str, list[int]] = {}
+    order: list[str] = []
+    for at, response, size in chunks:
+        if response not in spans:
+            spans[response] = [at, 0]
+            order.append(response)
+        spans[response][1] += size
+    cut = {response: at for at, response in clears}
+    out: list[tuple[int, int, str]] = []
+    playing_until = 0
+    for response in order:
+        first, size = spans[response]
+        start = max(first, playing_until)
+        end = start + size // 8
+        if response in cut:
+            end = max(start, min(end, cut[response]))
+        out.append((start, end, response))
+        playing_until = end
+    return out
 
 
 def reply_latencies(

@@ -14,6 +14,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from services.console.service import run_console
+from shared.settings import load_settings
 from sim.twilio_rest import TwilioRestStandIn
 from tests.conftest import free_port
 from tests.stack import InProcessStack, in_process_stack
@@ -67,6 +68,31 @@ async def console_stack(redis_url: str, **overrides: Any) -> AsyncIterator[Conso
                 stop.set()
                 await asyncio.wait_for(task, 15)
                 await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def console_alone(
+    redis_url: str, **overrides: Any
+) -> AsyncIterator[tuple[str, aioredis.Redis]]:
+    """The console by itself over ``redis_url`` (calls written there by the test, not served by
+    any stage); yields its URL and a client."""
+    settings = load_settings(
+        redis_url=redis_url,
+        console_token=TOKEN,
+        console_host="127.0.0.1",
+        console_port=0,
+        **overrides,
+    )
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    redis = aioredis.from_url(redis_url)
+    task = asyncio.create_task(run_console(settings, stop, port.set_result))
+    try:
+        yield f"http://127.0.0.1:{await asyncio.wait_for(port, 10)}", redis
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await redis.aclose()
 
 
 async def sse_events(

@@ -113,6 +113,10 @@ class CallDetailOut(CallOut):
         description="greeting_ms, first_reply_ms and per reply: end of the caller's turn to the "
         "reply's first audio"
     )
+    turns: list[dict[str, Any]] = Field(
+        description="who spoke when, from the audio the streams still hold: "
+        "{role: caller|assistant, start, end} in epoch ms"
+    )
     recording: bool = Field(description="a recording can be fetched at .../recording")
 
 
@@ -373,7 +377,12 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
         events, commands, inbound, outbound = await pipe.execute()
         clears = [e for e, f in commands if f.get(b"k") == b"clear"]
         view = cv.detail(origin, meta, cv.decode_events(events), clears)
-        view.latency = _latency(origin, inbound, outbound)
+        cleared = [
+            (cv.entry_ms(e), f.get(b"r", b"").decode("utf-8", "replace"))
+            for e, f in commands
+            if f.get(b"k") == b"clear"
+        ]
+        view.latency, turns = _audio_figures(origin, inbound, outbound, cleared)
         out = _call_out(view.summary)
         out.update(
             transcript=[asdict(t) for t in view.transcript],
@@ -382,6 +391,7 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
             errors=[asdict(e) for e in view.errors],
             dtmf=view.dtmf,
             latency=view.latency,
+            turns=turns,
             recording=bool(recordings and (recordings / f"{call_sid}.wav").is_file()),
         )
         return out
@@ -573,13 +583,14 @@ async def _sse(redis: aioredis.Redis, keys: CallKeys, start: bytes) -> AsyncIter
             return
 
 
-def _latency(
+def _audio_figures(
     origin: cv.Origin,
     inbound: list[tuple[bytes, dict[bytes, bytes]]],
     outbound: list[tuple[bytes, dict[bytes, bytes]]],
-) -> dict[str, Any]:
-    """Reply latencies from what the audio streams still hold (they are capped: a long call's
-    early turns are gone)."""
+    clears: list[tuple[int, str]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reply latencies and who spoke when, from what the audio streams still hold (they are
+    capped: a long call's early turns are gone)."""
     import numpy as np
 
     frames: list[tuple[int, bool]] = []
@@ -590,9 +601,16 @@ def _latency(
         samples = mulaw_decode(audio).astype(np.float32)
         loud = float(np.sqrt(np.mean(samples * samples))) > SPEECH_RMS
         frames.append((int(fields.get(b"u", b"0")) // 1000, loud))
-    starts: dict[bytes, int] = {}
-    for entry_id, fields in outbound:
-        response = fields.get(b"r")
-        if fields.get(b"k") == AUDIO and response is not None and response not in starts:
-            starts[response] = cv.entry_ms(entry_id)
-    return cv.reply_latencies(origin.started_ms, cv.speech_ends(frames), list(starts.values()))
+    chunks = [
+        (cv.entry_ms(entry_id), fields[b"r"].decode("utf-8", "replace"), len(fields[b"a"]))
+        for entry_id, fields in outbound
+        if fields.get(b"k") == AUDIO and b"r" in fields and b"a" in fields
+    ]
+    caller = cv.speech_turns(frames)
+    replies = cv.reply_turns(chunks, clears)
+    latency = cv.reply_latencies(
+        origin.started_ms, [end for _, end in caller], [start for start, _, _ in replies]
+    )
+    turns = [{"role": "caller", "start": a, "end": b} for a, b in caller]
+    turns += [{"role": "assistant", "start": a, "end": b} for a, b, _ in replies]
+    return latency, sorted(turns, key=lambda t: t["start"])
