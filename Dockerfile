@@ -1,5 +1,6 @@
 # One image for every service; the command picks the service:
 #   docker run IMAGE python -m services.twilio_edge | services.transcoder | services.realtime_worker
+#   | services.console | services.recorder
 #   (and python -m sim.openai_realtime for the emulator)
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1
@@ -12,5 +13,5 @@ COPY tools ./tools
 COPY bench ./bench
 RUN pip install . && useradd --system --uid 10001 gateway
 USER gateway
-EXPOSE 8080 9100
+EXPOSE 8080 8090 9100
 CMD ["python", "-m", "services.twilio_edge"]

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server test test-cluster run smoke demo bench probe lint clean
+.PHONY: venv redis-server chromium test test-cluster run smoke demo bench probe lint clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,15 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
 
-test: venv redis-server
+# Debian's chromium for the console's page test (Playwright drives it; its own browser download
+# cannot run here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
+
+test: venv redis-server chromium
 	$(PY) -m pytest -q
 
 test-cluster: venv redis-server
