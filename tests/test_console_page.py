@@ -203,5 +203,5 @@ async def test_the_page_keeps_up_with_a_hundred_live_calls(redis_url: str, chrom
     }
     print("console with 100 live calls:", figures)
     # Bounds far from a fast machine's figures, near what a person calls sluggish.
-    assert max(api_ms) < 1000 and first_render_ms < 5000
+    assert max(api_ms) < 2000 and first_render_ms < 5000
     assert render_ms < 100 and max(click_ms) < 2000 and event_ms < 2000
