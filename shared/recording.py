@@ -1,38 +1,43 @@
 """One call's stereo recording, placed in time from what the pipeline's streams carry.
 
-Pure: the recorder reads a call's ``in.pcmu`` (the caller, as Twilio sent it), ``out.pcmu`` (the
-reply, as the edge sends it to Twilio) and ``cmd`` (its ``clear``s) and hands each entry here;
-this module says which samples go where in the two channels. No files, no clock.
+Pure: the recorder hands in a call's entries; this module says which samples go where. No
+files, no clock.
 
-* Left, the caller: each 20 ms frame at its Twilio ``timestamp`` (milliseconds since the stream
-  started), so frames lost upstream leave silence in their place and nothing shifts.
-* Right, what the caller heard: Twilio plays what it is sent in order, in real time, on its 20 ms
-  frame clock. A reply chunk starts playing at the first frame boundary after it was written to
-  the stream (its entry ID, Redis's clock) or when the audio before it has played, whichever is
-  later. A ``clear`` (barge-in) stops playback at its own time: what was queued after that moment
-  is taken back out (it was never heard), and the rest of the cleared response is dropped, as the
-  edge drops it. Both channels share one origin: the call's start as the edge registered it
-  (``started_us``); the hosts' clocks are assumed in step, as the hop-latency metrics assume.
+* Left, the caller (``in.pcmu``, as Twilio sent it): each 20 ms frame at its Twilio
+  ``timestamp`` (milliseconds since the stream started), so frames lost upstream leave silence in
+  their place and nothing shifts. Placed as the call runs (:meth:`CallRecording.caller`).
+* Right, what the caller heard, from the reply as the edge sent it (``out.pcmu``), the marks
+  Twilio returned (``ctl``) and the worker's ``clear``s (``cmd``), assembled at the call's end by
+  :func:`heard_audio`. The edge puts a mark after every 100 ms of reply audio, and Twilio returns
+  a mark once everything before it has played: the marks are Twilio's own word on when each piece
+  was heard, whatever the delay between the model and Twilio. After a ``clear`` Twilio returns
+  the marks of everything it dropped at once, so the reply was heard until those marks came back,
+  and nothing of it after. A piece whose mark never came (the call ended first) is placed
+  after the one before it, as Twilio plays in order.
 
-The state (:meth:`CallRecording.to_json`) is small and saved with the audio, so a recorder that
-restarts goes on exactly where the file is, and an entry handled twice writes the same samples
-in the same place again.
+Both channels share one origin, the call's start as the edge registered it (``started_us``);
+marks and clears are timed by their entry IDs (Redis's clock), so the hosts' clocks are assumed in
+step, as the hop-latency metrics assume.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from shared.audio import mulaw_decode
-from shared.streams import InboundFrame, OutboundChunk
+from shared.playback import parse_mark_name
+from shared.streams import InboundFrame
 
 RATE = 8000
-FRAME_MS = 20
-_SAMPLES_PER_MS = RATE // 1000
-KEEP_SEGMENTS_MS = 120_000  # queued audio a clear may still take back (Twilio's buffer)
+_PER_MS = RATE // 1000
+# A piece starting within this of the previous one's end was played right after it (Twilio
+# returns a mark at its next 20 ms frame, so a mark's time is up to a frame late, and it takes
+# a few ms to reach Redis).
+CONTIGUOUS_MS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,7 @@ class Write:
     samples: np.ndarray  # int16
 
 
-def _entry_ms(entry_id: bytes | str) -> int:
+def entry_ms(entry_id: bytes | str) -> int:
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(raw.partition("-")[0] or 0)
 
@@ -57,96 +62,148 @@ def id_key(entry_id: bytes | str) -> tuple[int, int]:
 
 @dataclass
 class CallRecording:
-    """The playout model and the cursors of one call's recording."""
+    """The caller's channel as it is written, and the cursors of every stream read."""
 
     origin_ms: int  # the call's start (started_us // 1000): sample 0 of both channels
     cursors: dict[str, str] = field(default_factory=dict)  # stream name -> last entry applied
-    playing_until_ms: float = 0.0  # when Twilio's buffer, as modelled, runs dry (call time)
-    cleared: list[str] = field(default_factory=list)  # responses a clear has cut
-    last_clear_ms: float = -1.0
-    # Reply audio placed but possibly not yet heard: [start_ms, end_ms] (a clear takes it back).
-    segments: list[list[float]] = field(default_factory=list)
     caller_done: bool = False
     reply_done: bool = False
-    length: list[int] = field(default_factory=lambda: [0, 0])  # samples written per channel
+    length: int = 0  # samples written to the caller's channel
 
-    # --- cursors ---------------------------------------------------------------------------
     def applied(self, stream: str, entry_id: bytes) -> bool:
         """Whether this entry is already in the recording (re-read after a restart)."""
         done = self.cursors.get(stream)
         return done is not None and id_key(entry_id) <= id_key(done)
 
-    def _advance(self, stream: str, entry_id: bytes) -> None:
+    def advance(self, stream: str, entry_id: bytes) -> None:
         self.cursors[stream] = entry_id.decode()
 
-    def _write(self, channel: int, offset: int, samples: np.ndarray) -> Write:
-        self.length[channel] = max(self.length[channel], offset + samples.size)
-        return Write(channel, offset, samples)
-
-    # --- the caller ------------------------------------------------------------------------
     def caller(self, stream: str, entry_id: bytes, frame: InboundFrame) -> list[Write]:
-        self._advance(stream, entry_id)
+        self.advance(stream, entry_id)
         if not frame.audio or frame.timestamp_ms < 0:
             return []
-        return [self._write(0, frame.timestamp_ms * _SAMPLES_PER_MS, mulaw_decode(frame.audio))]
+        samples = mulaw_decode(frame.audio)
+        offset = frame.timestamp_ms * _PER_MS
+        self.length = max(self.length, offset + samples.size)
+        return [Write(0, offset, samples)]
 
-    def caller_ended(self, stream: str, entry_id: bytes) -> None:
-        self._advance(stream, entry_id)
-        self.caller_done = True
-
-    # --- what the caller heard ---------------------------------------------------------------
-    def reply(self, stream: str, entry_id: bytes, chunk: OutboundChunk) -> list[Write]:
-        self._advance(stream, entry_id)
-        if chunk.response_id in self.cleared or not chunk.audio:
-            return []
-        arrived = _entry_ms(entry_id) - self.origin_ms
-        frame_start = -(-arrived // FRAME_MS) * FRAME_MS  # Twilio's next 20 ms frame
-        start = max(float(frame_start), self.playing_until_ms)
-        samples = mulaw_decode(chunk.audio)
-        end = start + samples.size / _SAMPLES_PER_MS
-        if arrived < self.last_clear_ms:  # queued before a clear already applied: cut by it
-            end = min(end, max(start, self.last_clear_ms))
-            samples = samples[: int((end - start) * _SAMPLES_PER_MS)]
-        self.playing_until_ms = end
-        if samples.size == 0:
-            return []
-        self.segments.append([start, end])
-        self.segments = [s for s in self.segments if s[1] > end - KEEP_SEGMENTS_MS]
-        return [self._write(1, int(start * _SAMPLES_PER_MS), samples)]
-
-    def clear(self, stream: str, entry_id: bytes, response_id: str) -> list[Write]:
-        """A barge-in at the entry's time: what would have played after it never did."""
-        self._advance(stream, entry_id)
-        at = float(_entry_ms(entry_id) - self.origin_ms)
-        if response_id and response_id not in self.cleared:
-            self.cleared.append(response_id)
-        self.last_clear_ms = max(self.last_clear_ms, at)
-        writes: list[Write] = []
-        for start, end in self.segments:
-            cut = max(start, at)
-            if end > cut:
-                silence = np.zeros(int((end - cut) * _SAMPLES_PER_MS), dtype=np.int16)
-                writes.append(self._write(1, int(cut * _SAMPLES_PER_MS), silence))
-        self.segments = [[s, min(e, at)] for s, e in self.segments if min(e, at) > s]
-        self.playing_until_ms = min(self.playing_until_ms, max(at, 0.0))
-        return writes
-
-    def reply_ended(self, stream: str, entry_id: bytes) -> None:
-        self._advance(stream, entry_id)
-        self.reply_done = True
-
-    def other(self, stream: str, entry_id: bytes) -> None:
-        """An entry with nothing for the recording (a hang-up command): only the cursor moves."""
-        self._advance(stream, entry_id)
-
-    # --- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> CallRecording:
-        data = json.loads(text)
-        return cls(**data)
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyChunk:
+    at_ms: int  # its entry's time
+    response_id: str
+    item_id: str
+    offset_us: int  # where it starts within its item's audio
+    audio: bytes  # mu-law
+
+
+def heard_audio(
+    origin_ms: int,
+    chunks: Sequence[ReplyChunk],
+    marks: Sequence[tuple[int, str]],
+    clears: Sequence[tuple[int, str]],
+    end_ms: int | None = None,
+) -> np.ndarray:
+    """The right channel: what the caller heard, int16 at 8 kHz from the call's start.
+
+    ``marks``: (entry time ms, mark name) as Twilio returned them; ``clears``: (entry time ms,
+    response_id); ``end_ms``: the call's end (nothing is heard after it).
+    """
+    items: dict[str, bytearray] = {}
+    response_of: dict[str, str] = {}
+    first_at: dict[str, int] = {}
+    arrivals: dict[str, list[tuple[int, int]]] = {}  # item -> (from byte, written at ms)
+    for chunk in sorted(chunks, key=lambda c: c.at_ms):
+        audio = items.setdefault(chunk.item_id, bytearray())
+        at_byte = chunk.offset_us * _PER_MS // 1000
+        if len(audio) < at_byte:
+            audio.extend(b"\xff" * (at_byte - len(audio)))
+        audio[at_byte : at_byte + len(chunk.audio)] = chunk.audio
+        response_of[chunk.item_id] = chunk.response_id
+        first_at.setdefault(chunk.item_id, chunk.at_ms - origin_ms)
+        arrivals.setdefault(chunk.item_id, []).append((at_byte, chunk.at_ms - origin_ms))
+
+    def written_at(item: str, byte: int) -> float:
+        """When the chunk holding ``byte`` of ``item`` was written (it cannot play before)."""
+        found = first_at[item]
+        for start, at in arrivals[item]:
+            if start <= byte:
+                found = at
+        return float(found)
+
+    cut_at: dict[str, float] = {}
+    for at, response in clears:
+        cut_at.setdefault(response, float(at - origin_ms))
+    # Each item's pieces as its marks name them: (mark time ms, from byte, to byte).
+    marked: dict[str, list[tuple[float, int, int]]] = {}
+    for at, name in sorted(marks, key=lambda m: m[0]):
+        parsed = parse_mark_name(name)
+        if parsed is None or parsed[0] not in items:
+            continue
+        item, end_of_piece = parsed
+        done = marked.setdefault(item, [])
+        lo = done[-1][2] if done else 0
+        hi = min(end_of_piece * _PER_MS, len(items[item]))
+        if hi > lo:
+            done.append((float(at - origin_ms), lo, hi))
+    # Pieces as Twilio played them: (start ms, end ms, item, from byte).
+    pieces: list[tuple[float, float, str, int]] = []
+    played_to: dict[str, int] = {}  # item -> bytes accounted for
+    previous_end = 0.0
+    for item in sorted(items, key=lambda it: first_at[it]):
+        cut = cut_at.get(response_of[item])
+        run = marked.get(item, [])
+        # Back after the clear was sent: flushed by it (they all come back when it reaches
+        # Twilio), or the piece playing then. Played on until the mark came back at most.
+        flushed_from = next(
+            (k for k, (at, _, _) in enumerate(run) if cut is not None and at >= cut - 5), len(run)
+        )
+        # Marks come back late, never early (without a clear): at Twilio's next frame, or after
+        # a stall. The latest start consistent with every later mark of the item is where a
+        # piece played (a later stall cannot have made it earlier); Twilio plays in order.
+        implied = [at - hi / _PER_MS for at, _, hi in run[:flushed_from]]
+        suffix_min = list(np.minimum.accumulate(implied[::-1])[::-1]) if implied else []
+        for k, (mark_at, lo, hi) in enumerate(run):
+            duration = (hi - lo) / _PER_MS
+            if k < flushed_from:
+                start = float(suffix_min[k]) + lo / _PER_MS
+                if start < previous_end + CONTIGUOUS_MS:
+                    start = previous_end
+                start = max(start, written_at(item, lo))
+                end = start + duration if cut is None else min(start + duration, cut)
+            else:
+                start = max(previous_end, written_at(item, lo))
+                end = min(mark_at, start + duration)
+            played_to[item] = hi
+            if end > start:
+                pieces.append((start, end, item, lo))
+                previous_end = end
+    # Audio whose mark never came back: it played after what came before, unless a clear took it.
+    for item, audio in sorted(items.items(), key=lambda kv: first_at[kv[0]]):
+        lo = played_to.get(item, 0)
+        if lo < len(audio) and response_of[item] not in cut_at:
+            start = max(previous_end, float(first_at[item]))
+            previous_end = start + (len(audio) - lo) / _PER_MS
+            pieces.append((start, previous_end, item, lo))
+    last = max((end for _, end, _, _ in pieces), default=0.0)
+    if end_ms is not None:
+        last = min(last, float(end_ms - origin_ms))
+    out = np.zeros(max(0, int(last * _PER_MS)), dtype=np.int16)
+    for start, end, item, lo in pieces:
+        end = min(end, last)
+        first, count = int(start * _PER_MS), int((end - start) * _PER_MS)
+        if count <= 0:
+            continue
+        samples = mulaw_decode(bytes(items[item][lo : lo + count]))
+        out[first : first + samples.size] = samples[: max(0, out.size - first)]
+    return out
 
 
 def interleave(left: np.ndarray, right: np.ndarray) -> bytes:

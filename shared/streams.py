@@ -483,8 +483,8 @@ def decode_dialed(fields: Fields) -> CallDialed:
 
 
 # The recorder's consumer group, on the lifecycle stream (which instance records which call) and
-# on each call's in.pcmu, out.pcmu and cmd (what it has written to disk: entries are acknowledged
-# only once their audio is in the file, so a restarted recorder re-reads exactly the rest).
+# on each call's in.pcmu, out.pcmu, ctl and cmd (what it has saved: entries are acknowledged only
+# once they are on disk, so a restarted recorder re-reads exactly the rest).
 RECORDER_GROUP = b"recorder"
 
 # --- call meta (a hash) ------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.audio import mulaw_decode, mulaw_encode
-from shared.recording import CallRecording
-from shared.streams import CallKeys, InboundFrame, OutboundChunk
+from shared.recording import CallRecording, ReplyChunk, heard_audio
+from shared.streams import CallKeys, InboundFrame
 from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import BargeIn, place_call
@@ -30,30 +30,44 @@ def _ulaw(samples: np.ndarray) -> bytes:
     return mulaw_encode(samples.astype(np.int16))
 
 
-def test_the_playout_model_queues_replies_and_takes_back_what_a_clear_cut() -> None:
+def test_the_reply_is_placed_where_twilio_said_it_played_and_cleared_audio_is_not() -> None:
+    origin = 1_000_000
+    tone = (np.cos(np.arange(8000) / 5) * 8000 + 100).astype(np.int16)  # 1 s, never 0
+    ulaw = _ulaw(tone)
+    # One reply item in four chunks of 250 ms, all written at 100 ms (faster than real time);
+    # Twilio began playing it 80 ms late (at 180 ms) and returned a mark every 100 ms.
+    chunks = [
+        ReplyChunk(origin + 100, "r1", "i1", k * 250_000, ulaw[k * 2000 : (k + 1) * 2000])
+        for k in range(4)
+    ]
+    marks = [(origin + 180 + end, f"i1:{end}") for end in range(100, 600, 100)]
+    # A barge-in sent at 650 ms: Twilio returns the pending marks at once, when it gets it.
+    marks += [(origin + 652, f"i1:{end}") for end in range(600, 1001, 100)]
+    clears = [(origin + 650, "r1")]
+    # A second reply after the barge-in, played without delay from 900 ms.
+    chunks.append(ReplyChunk(origin + 880, "r2", "i2", 0, ulaw[:1600]))
+    marks += [(origin + 900 + 100, "i2:100"), (origin + 900 + 200, "i2:200")]
+    right = heard_audio(origin, chunks, marks, clears)
+    heard = np.flatnonzero(right)
+    assert heard[0] == 180 * 8  # where Twilio played it, not where the model wrote it
+    # Heard until the clear reached Twilio (its flushed marks came back at 652 ms), not after.
+    np.testing.assert_array_equal(right[180 * 8 : 652 * 8], mulaw_decode(ulaw)[: 472 * 8])
+    assert not right[652 * 8 : 900 * 8].any()
+    np.testing.assert_array_equal(right[900 * 8 : 1100 * 8], mulaw_decode(ulaw[:1600]))
+    # Without marks (the call ended first), the reply plays in order from when it came.
+    lone = heard_audio(origin, [ReplyChunk(origin + 300, "r3", "i3", 0, ulaw[:800])], [], [])
+    assert np.flatnonzero(lone)[0] == 300 * 8
+
+
+def test_the_caller_channel_and_the_state() -> None:
     rec = CallRecording(origin_ms=1_000_000)
-    tone = (np.sin(np.arange(8000) / 5) * 8000).astype(np.int16)  # 1 s
-    # Two chunks of one reply written 5 ms apart: the second plays after the first, on the
-    # 20 ms frame clock (written at 105 ms -> from 120 ms).
-    first = rec.reply("out", b"1000105-0", OutboundChunk(_ulaw(tone), "r1", "i1", 0, 0))
-    second = rec.reply("out", b"1000110-0", OutboundChunk(_ulaw(tone), "r1", "i1", 0, 0))
-    assert (first[0].offset, second[0].offset) == (120 * 8, 1120 * 8)
-    # A barge-in at 1.5 s: the rest of what was queued (1.5 s to 2.12 s) was never heard.
-    (cut,) = rec.clear("cmd", b"1001500-0", "r1")
-    assert cut.channel == 1 and cut.offset == 1500 * 8 and cut.samples.size == 620 * 8
-    assert not cut.samples.any()
-    # More of the cleared response is dropped; another response plays from when it comes.
-    assert rec.reply("out", b"1001600-0", OutboundChunk(_ulaw(tone), "r1", "i1", 0, 0)) == []
-    later = rec.reply("out", b"1002001-0", OutboundChunk(_ulaw(tone[:800]), "r2", "i2", 0, 0))
-    assert later[0].offset == 2020 * 8
-    # The caller's frames go where their Twilio timestamps say.
-    (w,) = rec.caller("in", b"7-3", InboundFrame(_ulaw(tone[:160]), 3, 40, 0))
-    assert (w.channel, w.offset) == (0, 320)
-    # The state survives a restart as it was, and entries already applied are known.
+    tone = (np.sin(np.arange(160) / 5) * 8000).astype(np.int16)
+    (w,) = rec.caller("in", b"7-3", InboundFrame(_ulaw(tone), 3, 40, 0))
+    assert (w.channel, w.offset) == (0, 320)  # at its Twilio timestamp
     again = CallRecording.from_json(rec.to_json())
     assert again == rec
-    assert again.applied("out", b"1002001-0") and not again.applied("out", b"1002001-1")
-    assert again.applied("in", b"7-2") and not again.applied("in", b"7-4")
+    assert again.applied("in", b"7-2") and again.applied("in", b"7-3")
+    assert not again.applied("in", b"7-4")
 
 
 def best_lag(reference: np.ndarray, received: np.ndarray, max_lag: int) -> tuple[int, float]:
@@ -144,19 +158,45 @@ async def test_a_recording_survives_its_recorder_killed_mid_call(
     lag, score = best_lag(caller.astype(np.float64), left[: caller.size + max_lag], max_lag)
     assert abs(lag) <= TOLERANCE_MS * 8 and score > 0.99, (lag, score)
     assert left.size >= (result.frames_sent - 5) * 160  # to the call's end
-    # Right: what the caller heard (the simulator's playback record, sample i at i/8000 s).
+    # Right: what the caller heard (the simulator's playback record, sample i at i/8000 s),
+    # each stretch of it in its place: every reply the caller heard, and only that.
     heard = mulaw_decode(result.heard).astype(np.float64)
-    lag_r, score_r = best_lag(heard, right, max_lag)
+    spans = heard_spans(heard)
+    assert len(spans) >= 2, "expected the interrupted reply and the answer after it"
+    figures = []
+    for start, end in spans:
+        lag_r, score_r = best_lag(heard[start:end], right[start : end + max_lag], max_lag)
+        figures.append((start / 8, lag_r / 8, score_r))
     energy_ratio = float(np.dot(right, right) / np.dot(heard, heard))
     print(
-        f"recording: caller lag {lag / 8:.1f} ms corr {score:.3f}; heard lag {lag_r / 8:.1f} ms "
-        f"corr {score_r:.3f}; energy right/heard {energy_ratio:.3f}; recorder down "
-        f"{restarted_at - killed_at:.2f} s"
+        f"recording: caller lag {lag / 8:.1f} ms corr {score:.3f}; heard, per reply "
+        f"(start ms, lag ms, corr): {[(round(a), b, round(c, 3)) for a, b, c in figures]}; "
+        f"energy right/heard {energy_ratio:.3f}; recorder down {restarted_at - killed_at:.2f} s"
     )
-    assert abs(lag_r) <= TOLERANCE_MS * 8, f"right channel off by {lag_r / 8:.1f} ms"
-    assert score_r > 0.9, score_r
+    for _, lag_ms, score_r in figures:
+        assert abs(lag_ms) <= TOLERANCE_MS, f"a reply is {lag_ms:.1f} ms off in the recording"
+        assert score_r > 0.9, score_r
     # Cleared audio is not in it: as much reply energy as the caller heard, not more.
     assert 0.85 < energy_ratio < 1.15, energy_ratio
+
+
+def heard_spans(heard: np.ndarray, gap_ms: int = 200) -> list[tuple[int, int]]:
+    """The stretches of sound the caller heard (sample ranges), split at gaps of silence."""
+    frames = np.abs(heard[: heard.size // 160 * 160]).reshape(-1, 160).max(axis=1) > 0
+    spans: list[tuple[int, int]] = []
+    start = quiet = None
+    for i, loud in enumerate(frames):
+        if loud:
+            start = i if start is None else start
+            quiet = None
+        elif start is not None:
+            quiet = i if quiet is None else quiet
+            if (i - quiet) * 20 >= gap_ms:
+                spans.append((start * 160, quiet * 160))
+                start = quiet = None
+    if start is not None:
+        spans.append((start * 160, (quiet or frames.size) * 160))
+    return [(a, b) for a, b in spans if b - a >= 1600]  # at least 200 ms
 
 
 def _entries(client: aioredis.Redis, stream: bytes, at_least: int):  # type: ignore[no-untyped-def]

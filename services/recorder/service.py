@@ -1,19 +1,23 @@
 """The recorder's asyncio shell: one stereo WAV per call, written while the call runs.
 
 Calls come to it like to any stage, through a consumer group of its own on the lifecycle stream
-(:mod:`shared.claims`). Per call it reads ``in.pcmu``, ``out.pcmu`` and ``cmd`` through consumer
-groups of its own too, so the other stages pay nothing for it; the pure
-:class:`~shared.recording.CallRecording` places each entry in time. Each batch is written to the
-call's two partial channel files (positional writes), then the model's state is saved beside
-them (atomically), and only then are the entries acknowledged: a recorder killed at any point
-re-reads what it had not saved, and rewriting an entry puts the same samples in the same place.
-At the call's end the channels become ``RECORDINGS_DIR/<CallSid>.wav`` (8 kHz, 16-bit, stereo:
-the caller left, what the caller heard right). ``RECORDINGS_RETENTION_DAYS`` removes old files.
+(:mod:`shared.claims`). Per call it reads ``in.pcmu``, ``out.pcmu``, ``ctl`` (Twilio's returned
+marks) and ``cmd`` (clears) through consumer groups of its own too, so the other stages pay
+nothing for it. Each batch: the caller's frames go into the call's left-channel file (positional
+writes, by Twilio's timestamps), the reply's entries are appended to the call's spool, the state
+(:class:`~shared.recording.CallRecording`: cursors) is saved atomically, and only then are the
+entries acknowledged. A recorder killed at any point re-reads what it had not saved; a frame
+written twice lands on the same samples, a spool line written twice counts once. At the call's
+end :func:`~shared.recording.heard_audio` places the reply as Twilio played it, and the two
+channels become ``RECORDINGS_DIR/<CallSid>.wav`` (8 kHz, 16-bit, stereo: the caller left, what
+the caller heard right). ``RECORDINGS_RETENTION_DAYS`` removes old files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import time
@@ -27,20 +31,22 @@ import redis.asyncio as aioredis
 from shared.backoff import Backoff
 from shared.claims import Claim, OwnedCalls, stage_claims
 from shared.observability import ACTIVE_CALLS, CALLS, call_context, reject, run_service
-from shared.recording import RATE, CallRecording, Write, interleave
+from shared.recording import RATE, CallRecording, ReplyChunk, entry_ms, heard_audio, interleave
 from shared.redis_io import RETRYABLE, connect, ensure_group, prepare
 from shared.settings import Settings
 from shared.streams import (
+    END,
     META_ENDED,
     META_STARTED_US,
     RECORDER_GROUP,
     CallKeys,
     ClearPlayback,
-    InboundFrame,
+    MarkPlayed,
     OutboundChunk,
     StreamEnd,
     StreamEntryError,
     decode_command,
+    decode_control,
     decode_inbound,
     decode_outbound,
 )
@@ -102,16 +108,15 @@ class Recorder:
                 ACTIVE_CALLS.dec()
 
     async def _record(self, keys: CallKeys, recording: CallRecording, state_path: Path) -> None:
-        streams = {keys.in_pcmu: "in", keys.out_pcmu: "out", keys.cmd: "cmd"}
+        streams = {keys.in_pcmu: "in", keys.out_pcmu: "out", keys.ctl: "ctl", keys.cmd: "cmd"}
         for stream in streams:
             await ensure_group(self.redis, stream, RECORDER_GROUP)
             await self.redis.expire(stream, self.settings.call_max_seconds, nx=True)
             await self._take_pending(stream)
-        files = (
-            self.partial / f"{keys.call_sid}.left.raw",
-            self.partial / f"{keys.call_sid}.right.raw",
-        )
-        fds = [os.open(f, os.O_RDWR | os.O_CREAT, 0o600) for f in files]
+        left_path = self.partial / f"{keys.call_sid}.left.raw"
+        spool_path = self.partial / f"{keys.call_sid}.reply.jsonl"
+        left = os.open(left_path, os.O_RDWR | os.O_CREAT, 0o600)
+        spool = os.open(spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             # What this consumer had read but not saved, then what nobody has read yet.
             start = b"0"
@@ -120,33 +125,32 @@ class Recorder:
             caller_done_at: float | None = None
             while True:
                 try:
-                    audio, commands = await self._read(keys, start)
+                    batch = await self._read(keys, start)
                 except RETRYABLE as exc:
                     log.warning("redis unavailable (%s); retrying", exc)
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 backoff.reset()
-                if start == b"0" and not audio.get(keys.in_pcmu) and not audio.get(keys.out_pcmu):
-                    start = b">"  # the pending list is drained
-                    if not commands:
-                        continue
-                got = self._apply(recording, streams, audio, commands, fds)
-                if got:
+                if start == b"0" and not any(batch.values()):
+                    start = b">"  # the pending lists are drained
+                    continue
+                if any(batch.values()):
                     last_input = time.monotonic()
+                    self._apply(recording, streams, batch, left, spool)
                     state_path.with_suffix(".tmp").write_text(recording.to_json())
                     os.replace(state_path.with_suffix(".tmp"), state_path)
-                    await self._ack(got)
+                    await self._ack(batch)
                 if recording.caller_done and caller_done_at is None:
                     caller_done_at = time.monotonic()
-                over = recording.caller_done and (
+                over = caller_done_at is not None and (
                     recording.reply_done or time.monotonic() - caller_done_at > REPLY_GRACE_S
                 )
                 if over or time.monotonic() - last_input > CALL_SILENT_LIMIT_S:
                     break
         finally:
-            for fd in fds:
-                os.close(fd)
-        self._finish(keys.call_sid, recording, files, state_path)
+            os.close(left)
+            os.close(spool)
+        self._finish(keys.call_sid, recording, left_path, spool_path, state_path)
 
     async def _take_pending(self, stream: bytes) -> None:
         """Entries another instance read and never saved become ours (a takeover)."""
@@ -159,99 +163,83 @@ class Recorder:
             if start in (b"0-0", "0-0") or not reply[1]:
                 return
 
-    async def _read(self, keys: CallKeys, start: bytes) -> tuple[dict[bytes, list[Any]], list[Any]]:
-        """A batch of audio (blocking when reading new entries), then every command: a clear
-        written before the newest chunk read is among them."""
+    async def _read(self, keys: CallKeys, start: bytes) -> dict[bytes, list[Any]]:
+        """A batch of audio (blocking when reading new entries), then the marks and commands."""
         block = BLOCK_MS if start == b">" else None
-        reply: Any = await self.redis.xreadgroup(
-            RECORDER_GROUP,  # type: ignore[arg-type]
-            self.consumer,
-            {keys.in_pcmu: start, keys.out_pcmu: start},
-            count=READ_COUNT,
-            block=block,
-        )
-        audio = {stream: entries for stream, entries in reply or []}
-        commands: Any = await self.redis.xreadgroup(
-            RECORDER_GROUP,  # type: ignore[arg-type]
-            self.consumer,
-            {keys.cmd: start},
-            count=10_000,
-        )
-        return audio, (commands[0][1] if commands else [])
+        batch: dict[bytes, list[Any]] = {}
+        for streams, count, wait in (
+            ((keys.in_pcmu, keys.out_pcmu), READ_COUNT, block),
+            ((keys.ctl, keys.cmd), 10 * READ_COUNT, None),
+        ):
+            reply: Any = await self.redis.xreadgroup(
+                RECORDER_GROUP,  # type: ignore[arg-type]
+                self.consumer,
+                {stream: start for stream in streams},
+                count=count,
+                block=wait,
+            )
+            for stream, entries in reply or []:
+                batch[stream] = entries
+        return batch
 
     def _apply(
         self,
         recording: CallRecording,
         streams: dict[bytes, str],
-        audio: dict[bytes, list[Any]],
-        commands: list[Any],
-        fds: list[int],
-    ) -> dict[bytes, list[bytes]]:
-        """Hand a batch to the core in time order; write its samples; the entries to ack."""
-        got: dict[bytes, list[bytes]] = {}
-        ordered: list[tuple[bytes, bytes, Any]] = []
-        for stream, entries in audio.items():
+        batch: dict[bytes, list[Any]],
+        left: int,
+        spool: int,
+    ) -> None:
+        """The caller's frames into the left channel; the reply's entries into the spool."""
+        lines: list[bytes] = []
+        for stream, entries in batch.items():
+            name = streams[stream]
             for entry_id, fields in entries:
-                ordered.append((entry_id, stream, fields))
-        ordered += [(entry_id, b"cmd", fields) for entry_id, fields in commands]
-        # The caller's IDs are the edge's own numbering, not times: order only within a
-        # stream matters for them; the reply and its clears are ordered by time.
-        by_name = {name: stream for stream, name in streams.items()}
-        reply_side = sorted(
-            (e for e in ordered if streams.get(e[1], "cmd") != "in"),
-            key=lambda e: _id_key(e[0]),
-        )
-        caller_side = [e for e in ordered if streams.get(e[1]) == "in"]
-        writes: list[Write] = []
-        for entry_id, stream, fields in caller_side + reply_side:
-            name = streams.get(stream, "cmd")
-            real_stream = by_name[name]
-            got.setdefault(real_stream, []).append(entry_id)
-            if not fields or recording.applied(name, entry_id):
-                continue  # trimmed away, or already in the file
-            try:
-                writes += self._entry(recording, name, entry_id, fields)
-            except StreamEntryError as exc:
-                reject(f"recorder_{exc.reason}")
-                recording.other(name, entry_id)
-        for write in writes:
-            os.pwrite(fds[write.channel], write.samples.astype("<i2").tobytes(), write.offset * 2)
-        return got
+                if not fields or recording.applied(name, entry_id):
+                    continue  # trimmed away, or already saved
+                try:
+                    if name == "in":
+                        frame = decode_inbound(fields)
+                        if isinstance(frame, StreamEnd):
+                            recording.caller_done = True
+                            recording.advance(name, entry_id)
+                            continue
+                        for write in recording.caller(name, entry_id, frame):
+                            data = write.samples.astype("<i2").tobytes()
+                            os.pwrite(left, data, write.offset * 2)
+                        continue
+                    line = _spooled(name, entry_id, fields)
+                except StreamEntryError as exc:
+                    reject(f"recorder_{exc.reason}")
+                    recording.advance(name, entry_id)
+                    continue
+                if line is not None:
+                    lines.append(line)
+                if name == "out" and fields.get(b"k") == END:
+                    recording.reply_done = True
+                recording.advance(name, entry_id)
+        if lines:
+            os.write(spool, b"".join(lines))
 
-    @staticmethod
-    def _entry(recording: CallRecording, name: str, entry_id: bytes, fields: Any) -> list[Write]:
-        if name == "in":
-            frame = decode_inbound(fields)
-            if isinstance(frame, StreamEnd):
-                recording.caller_ended(name, entry_id)
-                return []
-            assert isinstance(frame, InboundFrame)
-            return recording.caller(name, entry_id, frame)
-        if name == "out":
-            chunk = decode_outbound(fields)
-            if isinstance(chunk, StreamEnd):
-                recording.reply_ended(name, entry_id)
-                return []
-            assert isinstance(chunk, OutboundChunk)
-            return recording.reply(name, entry_id, chunk)
-        command = decode_command(fields)
-        if isinstance(command, ClearPlayback):
-            return recording.clear(name, entry_id, command.response_id)
-        recording.other(name, entry_id)
-        return []
-
-    async def _ack(self, got: dict[bytes, list[bytes]]) -> None:
+    async def _ack(self, batch: dict[bytes, list[Any]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in got.items():
-            pipe.xack(stream, RECORDER_GROUP, *ids)
+        for stream, entries in batch.items():
+            if entries:
+                pipe.xack(stream, RECORDER_GROUP, *[entry_id for entry_id, _ in entries])
         await pipe.execute()
 
     def _finish(
-        self, call_sid: str, recording: CallRecording, files: tuple[Path, Path], state: Path
+        self,
+        call_sid: str,
+        recording: CallRecording,
+        left_path: Path,
+        spool_path: Path,
+        state: Path,
     ) -> None:
-        left, right = (
-            np.fromfile(f, dtype="<i2")[:n] for f, n in zip(files, recording.length, strict=True)
-        )
+        left = np.fromfile(left_path, dtype="<i2")[: recording.length]
+        chunks, marks, clears = _read_spool(spool_path)
+        end_ms = recording.origin_ms + left.size // (RATE // 1000)
+        right = heard_audio(recording.origin_ms, chunks, marks, clears, end_ms)
         target = self.folder / f"{call_sid}.wav"
         tmp = target.with_suffix(".wav.tmp")
         with wave.open(str(tmp), "wb") as w:
@@ -260,7 +248,7 @@ class Recorder:
             w.setframerate(RATE)
             w.writeframes(interleave(left, right))
         os.replace(tmp, target)
-        for path in (*files, state):
+        for path in (left_path, spool_path, state):
             path.unlink(missing_ok=True)
         seconds = max(left.size, right.size) / RATE
         log.info("recording written", extra={"file": target.name, "seconds": round(seconds, 2)})
@@ -287,9 +275,65 @@ class Recorder:
             await asyncio.sleep(RETENTION_CHECK_S)
 
 
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms or 0), int(seq or 0)
+def _spooled(name: str, entry_id: bytes, fields: Any) -> bytes | None:
+    """One reply-side entry as a spool line (JSON; the audio as base64), or None if it is
+    nothing the recording needs."""
+    record: dict[str, Any] = {"s": name, "id": entry_id.decode()}
+    if name == "out":
+        chunk = decode_outbound(fields)
+        if isinstance(chunk, StreamEnd):
+            return None
+        assert isinstance(chunk, OutboundChunk)
+        record.update(
+            r=chunk.response_id,
+            i=chunk.item_id,
+            o=chunk.offset_us,
+            a=base64.b64encode(chunk.audio).decode(),
+        )
+    elif name == "ctl":
+        control = decode_control(fields)
+        if not isinstance(control, MarkPlayed):
+            return None
+        record["n"] = control.name
+    else:
+        command = decode_command(fields)
+        if not isinstance(command, ClearPlayback):
+            return None
+        record["r"] = command.response_id
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _read_spool(
+    path: Path,
+) -> tuple[list[ReplyChunk], list[tuple[int, str]], list[tuple[int, str]]]:
+    """The spooled reply, marks and clears; a line cut short by a crash, or written twice
+    (saved, then re-read before its acknowledgement), counts once or not at all."""
+    chunks: list[ReplyChunk] = []
+    marks: list[tuple[int, str]] = []
+    clears: list[tuple[int, str]] = []
+    seen: set[tuple[str, str]] = set()
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return chunks, marks, clears
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            key = (record["s"], record["id"])
+            if key in seen:
+                continue
+            seen.add(key)
+            at = entry_ms(record["id"])
+            if record["s"] == "out":
+                audio = base64.b64decode(record["a"])
+                chunks.append(ReplyChunk(at, record["r"], record["i"], int(record["o"]), audio))
+            elif record["s"] == "ctl":
+                marks.append((at, record["n"]))
+            else:
+                clears.append((at, record["r"]))
+        except (ValueError, KeyError, TypeError):
+            reject("recorder_bad_spool_line")
+    return chunks, marks, clears
 
 
 async def run_recorder(
