@@ -1,5 +1,6 @@
 # One image for every service; the command picks the service:
 #   docker run IMAGE python -m services.twilio_edge | services.transcoder | services.realtime_worker
+#   | services.console | services.recorder
 #   (and python -m sim.openai_realtime for the emulator)
 # BASE_IMAGE: any Debian-like image with python3 (3.11+) and its venv module. With a registry,
 # the default; without one, `make images` makes voice-gateway-base from Debian's packages and
@@ -39,7 +40,7 @@ RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gateway
 WORKDIR /app
-EXPOSE 8080 9100
+EXPOSE 8080 8090 9100
 CMD ["python", "-m", "services.twilio_edge"]
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001

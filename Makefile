@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server espeak-ng test test-cluster run smoke demo bench probe lint clean images test-containers
+.PHONY: venv redis-server espeak-ng chromium test test-cluster run smoke demo bench probe lint clean images test-containers
 
 venv: $(STAMP)
 
@@ -32,7 +32,14 @@ espeak-ng:
 	  echo "installing espeak-ng with apt-get"; \
 	  $(APT_INSTALL) espeak-ng >/dev/null; }
 
-test: venv redis-server espeak-ng
+# Debian's chromium for the console's page test (Playwright drives it; its own browser download
+# cannot run here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt-get"; \
+	  $(APT_INSTALL) --no-install-recommends chromium fonts-liberation >/dev/null; }
+
+test: venv redis-server espeak-ng chromium
 	$(PY) -m pytest -q
 
 test-cluster: venv redis-server

@@ -18,6 +18,9 @@ what supervisord's own configuration cannot express:
   1, at most 8), with a stable ``CONSUMER_NAME`` (a restarted instance takes its own calls back
   at once) and its own ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 0, 10 or 30, + N; base 9100).
 * ``edge``: the Twilio edge, its ``METRICS_PORT`` ``METRICS_PORT_BASE`` + 20.
+* ``console``: the operators' console (``make run`` makes up a ``CONSOLE_TOKEN`` when none is set
+  and prints the console's address with it).
+* ``recorder``: the recorder, only when ``RECORDINGS_DIR`` is set.
 
 This module imports no service: it only prepares the environment and ``exec``s.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -162,6 +166,14 @@ def program(name: str, number: int) -> None:
         base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
         env.setdefault("METRICS_PORT", str(base + EDGE_METRICS_OFFSET))
         _exec([python, "-m", "services.twilio_edge"], env)
+    elif name == "console":
+        _exec([python, "-m", "services.console"], env)
+    elif name == "recorder":
+        if not settings.recordings_dir:
+            print("recorder: RECORDINGS_DIR is not set; recording is off")
+            return
+        env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-recorder-{number}")
+        _exec([python, "-m", "services.recorder"], env)
     elif name in _STAGES:
         module, offset, default = _STAGES[name]
         count = _env_int(f"{name.upper()}_PROCESSES", default, 0, MAX_PROCESSES)
@@ -179,6 +191,9 @@ def program(name: str, number: int) -> None:
 
 def stack() -> None:
     env = default_environment(dict(os.environ))
+    if not env.get("CONSOLE_TOKEN"):
+        # The console refuses to start without one; a local run gets one made up, printed below.
+        env["CONSOLE_TOKEN"] = secrets.token_urlsafe(24)
     os.environ.update(env)
     settings = settings_or_exit("make run", checks=(Settings.unsigned_edge,))
     (ROOT / "run").mkdir(exist_ok=True)
@@ -193,6 +208,13 @@ def stack() -> None:
         f"voice gateway: Redis at {urlsplit(settings.redis_url).hostname}; "
         f"try a call with: make demo"
     )
+    host = "127.0.0.1" if settings.console_host in ("0.0.0.0", "") else settings.console_host
+    print(
+        f"voice gateway: console at http://{host}:{settings.console_port}/"
+        f"#token={env['CONSOLE_TOKEN']}"
+    )
+    if settings.recordings_dir:
+        print(f"voice gateway: recording every call to {settings.recordings_dir}")
     supervisord = (
         shutil.which("supervisord", path=str(Path(sys.executable).parent)) or "supervisord"
     )

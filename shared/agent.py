@@ -22,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")  # a phone number as Twilio takes it (E.164)
 SIP_RE = re.compile(r"^sips?:[^\s@]+@[^\s@]+$")
 DEFAULT_TOOL_TIMEOUT_MS = 8000
 TurnDetectionType = Literal["server_vad", "semantic_vad", "none"]

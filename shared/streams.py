@@ -438,7 +438,17 @@ def decode_command(fields: Fields) -> Command:
 # --- events (transcripts, errors, session changes) ------------------------------------------
 
 EventKind = Literal[
-    "transcript", "error", "session", "ended", "dtmf", "tool_call", "tool_result", "barge_in"
+    "transcript",
+    "error",
+    "session",
+    "ended",
+    "dtmf",
+    "tool_call",
+    "tool_result",
+    "barge_in",
+    "amd",
+    "call_status",
+    "supervisor",
 ]
 
 
@@ -447,7 +457,16 @@ class CallEvent:
     """Something worth keeping about a call, readable after it ends (``events`` stream).
 
     ``data`` holds short text fields: for a transcript ``role`` (caller|assistant), ``text`` and
-    ``item_id``; for an error ``code`` and ``message``; for a session ``combo``.
+    ``item_id``; for an error ``code`` and ``message``; for a session ``combo``; for the end
+    ``reason`` (caller_hung_up, model_hung_up, transferred, supervisor_hung_up, failed, or a
+    stage's own: stop, socket_closed, realtime_*, ...); for a DTMF key ``digit``.
+
+    Written by the worker's tools: ``tool_call`` {call_id, name, arguments (JSON text)} and
+    ``tool_result`` {call_id, name, outcome (ok|error|invalid_arguments|timeout|limit),
+    duration_ms, output}; ``barge_in`` {item_id, heard_ms}. Written by the edge for an outbound
+    call: ``amd`` {answered_by, action (voicemail|agent)} and ``call_status`` {status}, Twilio's
+    word on the call (queued, ringing, in-progress, completed, busy, no-answer, failed,
+    canceled). Written by the console: ``supervisor`` {action: hangup}.
     """
 
     kind: EventKind
@@ -469,6 +488,9 @@ _EVENT_KINDS = {
     "tool_call",
     "tool_result",
     "barge_in",
+    "amd",
+    "call_status",
+    "supervisor",
 }
 
 
@@ -530,6 +552,48 @@ def decode_lifecycle(fields: Fields) -> CallStarted:
     )
 
 
+# --- outbound calls (console -> people) ----------------------------------------------------------
+
+# One entry per outbound call the console placed through Twilio's REST API, before Twilio has
+# even rung the number: a call that is never answered has no Media Stream, so it would otherwise
+# leave no trace for the call list. Written by the console, read by the console.
+DIALED_STREAM = b"gw:dialed"
+
+
+@dataclass(frozen=True, slots=True)
+class CallDialed:
+    """An outbound call the console asked Twilio to place."""
+
+    call_sid: str
+    to: str
+    from_: str
+    created_us: int
+
+    def encode(self) -> dict[bytes, bytes | int]:
+        return {
+            b"k": b"dialed",
+            b"c": self.call_sid.encode(),
+            b"t": self.to.encode(),
+            b"f": self.from_.encode(),
+            b"u": self.created_us,
+        }
+
+
+def decode_dialed(fields: Fields) -> CallDialed:
+    kind = _kind(fields)
+    if kind != b"dialed":
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    call_sid = _str(fields, b"c")
+    if not valid_call_sid(call_sid):
+        raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
+    return CallDialed(call_sid, _str(fields, b"t", ""), _str(fields, b"f", ""), _int(fields, b"u"))
+
+
+# The recorder's consumer group, on the lifecycle stream (which instance records which call) and
+# on each call's in.pcmu, out.pcmu, ctl and cmd (what it has saved: entries are acknowledged only
+# once they are on disk, so a restarted recorder re-reads exactly the rest).
+RECORDER_GROUP = b"recorder"
+
 # --- call meta (a hash) ------------------------------------------------------------------------
 
 META_ENDED = b"ended"  # set by the edge (to the reason) when its stream ends
@@ -549,6 +613,14 @@ META_STREAM_SID = b"stream_sid"
 # without the model asking (the caller hung up, a fault).
 META_DISPOSITION = b"disposition"
 META_TRANSFER_TO = b"transfer_to"
+# The call's custom parameters (JSON), as its lifecycle entry carries them: who called whom and
+# how, for a reader that has the CallSid alone (the console's call view).
+META_PARAMS = b"params"
+# Written by the console when it places an outbound call, before Twilio rings anybody: such a
+# call has a hash (and so a state, "ringing") before the edge registers it.
+META_DIALED_US = b"dialed_us"
+META_DIALED_TO = b"dialed_to"
+META_DIALED_FROM = b"dialed_from"
 
 
 def call_meta(started: CallStarted, *, reannounced: bool = False) -> dict[bytes, bytes | int]:
@@ -557,6 +629,7 @@ def call_meta(started: CallStarted, *, reannounced: bool = False) -> dict[bytes,
         b"call_sid": started.call_sid.encode(),
         META_STREAM_SID: started.stream_sid.encode(),
         META_STARTED_US: started.started_us,
+        META_PARAMS: json.dumps(started.custom_parameters, separators=(",", ":")).encode(),
     }
     if reannounced:
         meta[META_REANNOUNCED] = b"1"

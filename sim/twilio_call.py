@@ -97,9 +97,13 @@ _WS_USER_AGENT = "Twilio.TmeWs/1.0"
 
 
 async def _drive(
-    ws: ClientConnection, stream: SimulatedStream, status: StatusCallbacks
+    ws: ClientConnection,
+    stream: SimulatedStream,
+    status: StatusCallbacks,
+    hang_up: asyncio.Event | None = None,
 ) -> CallResult:
-    """Feed the core the socket's messages and the frame clock; do what it says."""
+    """Feed the core the socket's messages and the frame clock; do what it says. ``hang_up``,
+    when set, ends the call from Twilio's side at the next frame."""
 
     def now() -> float:
         return time.monotonic() - t0
@@ -128,6 +132,9 @@ async def _drive(
             delay = t0 + stream.next_frame_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # real-time pacing, not a wait for an event
+            if hang_up is not None and hang_up.is_set() and not receiver.done():
+                await perform(stream.hang_up())
+                break
             if receiver.done() or not await perform(stream.tick(now())):
                 break
     except ConnectionClosed:
@@ -150,6 +157,7 @@ async def _run_stream(
     auth_token: str | None,
     extra_headers: dict[str, str],
     status: StatusCallbacks,
+    hang_up: asyncio.Event | None = None,
 ) -> CallResult:
     """Open the stream on ``dial_url`` (signed over the core's ``stream_url``) and run it.
 
@@ -167,7 +175,7 @@ async def _run_stream(
             proxy=None,
             max_size=1 << 22,
         ) as ws:
-            result = await _drive(ws, stream, status)
+            result = await _drive(ws, stream, status, hang_up)
     except (OSError, InvalidHandshake) as exc:
         status.post("stream-error", f"the stream could not connect: {exc}")
         await status.sent()
@@ -181,7 +189,9 @@ async def _run_stream(
 # --- the call -----------------------------------------------------------------------------------
 
 
-async def run_call(media_url: str, options: CallOptions) -> CallResult:
+async def run_call(
+    media_url: str, options: CallOptions, hang_up: asyncio.Event | None = None
+) -> CallResult:
     """Place one call and return what happened on its first stream.
 
     ``media_url`` is the socket actually dialled for the first stream; later ones (a
@@ -232,7 +242,7 @@ async def run_call(media_url: str, options: CallOptions) -> CallResult:
                 verb.status_callback, signing.twiml_url, signing.auth_token, stream_identity
             )
             result = await _run_stream(
-                dial, stream, signing.auth_token, dict(signing.extra_headers), status
+                dial, stream, signing.auth_token, dict(signing.extra_headers), status, hang_up
             )
             flow.stream_ended(result.closed_by_gateway)
             if first is None:
@@ -267,6 +277,7 @@ class CallKeywords(TypedDict, total=False):
     wait_for_reply: bool
     dtmf: list[tuple[float, str]] | None
     stop: bool
+    hang_up: asyncio.Event | None  # not a script's: a live signal to end the call (REST stand-in)
 
 
 def call_options(caller_audio: np.ndarray | bytes, **kw: Unpack[CallKeywords]) -> CallOptions:
@@ -302,7 +313,8 @@ async def place_call(
     media_url: str, caller_audio: np.ndarray | bytes, **kw: Unpack[CallKeywords]
 ) -> CallResult:
     """:func:`run_call` with flat keywords (:class:`CallKeywords`), as the tests place calls."""
-    return await run_call(media_url, call_options(caller_audio, **kw))
+    hang_up = kw.pop("hang_up", None)
+    return await run_call(media_url, call_options(caller_audio, **kw), hang_up=hang_up)
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -290,6 +290,14 @@ class SimulatedStream:
             actions.append(HangUp())
         return actions
 
+    def hang_up(self) -> list[Action]:
+        """Twilio's side ends the call now (a REST update moved it elsewhere, say): the stream
+        stops as Twilio stops it."""
+        self._require(State.STREAMING)
+        self.state = State.ENDED
+        identity = self.identity
+        return [Send(self._outbox.stop(identity.account_sid, identity.call_sid)), HangUp()]
+
     def gateway_closed(self, code: int | None) -> None:
         """The gateway closed the stream (or it was lost: ``code`` None)."""
         self._require(State.STREAMING, State.ENDED)

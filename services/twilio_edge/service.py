@@ -25,9 +25,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, Form, respond
+from services.twilio_edge.outbound import amd_callback, call_status_callback
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
+from shared.outbound import AMD_PATH, CALL_STATUS_PATH
 from shared.playback import OutboundPlayback
 from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
 from shared.runtime.observability import (
@@ -359,6 +361,7 @@ class Edge:
         )
         self.bridges: set[CallBridge] = set()
         self.server: Server | None = None
+        self.background: set[asyncio.Task[None]] = set()  # REST requests under way
 
     def _base_url(self, request: Request) -> str | None:
         """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
@@ -419,6 +422,10 @@ class Edge:
             return self._stream_status(conn, request)
         if path == CONNECT_ACTION_PATH:
             return await self._connect_action(conn, request)
+        if path == AMD_PATH:
+            return await amd_callback(self, conn, request)
+        if path == CALL_STATUS_PATH:
+            return await call_status_callback(self, conn, request)
         if path == "/healthz":
             ok = await answers(self.redis)
             return respond(

@@ -38,7 +38,8 @@ def register_secret(value: str | None) -> None:
 
 
 def register_settings_secrets(settings: Any) -> None:
-    """The OpenAI key, the Twilio token and shared key, and any password in ``REDIS_URL``."""
+    """The OpenAI key, the Twilio token and shared key, the console token, and any password in
+    ``REDIS_URL``."""
     from urllib.parse import urlsplit
 
     for secret in (
@@ -46,6 +47,7 @@ def register_settings_secrets(settings: Any) -> None:
         settings.twilio_auth_token,
         settings.twilio_shared_key_secret,
         getattr(settings, "tools_signing_secret", None),
+        getattr(settings, "console_token", None),
     ):
         register_secret(secret.get_secret_value() if secret else None)
     register_secret(urlsplit(settings.redis_url).password)

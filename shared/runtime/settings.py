@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.agent import Agent, AgentFileError, load_agent_file
+from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
 
@@ -112,6 +112,24 @@ class Settings(BaseSettings):
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
 
+    # --- Console, outbound calls, recordings (services.console, services.recorder) --------------
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
+    # Every /api request must carry "Authorization: Bearer <CONSOLE_TOKEN>"; the console refuses
+    # to start without one.
+    console_token: SecretStr | None = None
+    # Twilio's REST API, for outbound calls (console) and the voicemail of an answering machine
+    # (edge); the Auth Token above signs and verifies as before.
+    twilio_account_sid: str = Field("", max_length=64)
+    twilio_from_number: str = Field("", max_length=16)
+    # Where the twilio package sends its REST requests (a local stand-in in tests); empty: Twilio.
+    twilio_api_base: str = ""
+    # What an answering machine gets on an outbound call, unless the agent file says.
+    voicemail_message: str = Field("", max_length=2_000)
+    # Recording is off unless set: one stereo WAV per call in this folder.
+    recordings_dir: str = ""
+    recordings_retention_days: float = Field(30.0, gt=0, le=3650)
+
     # --- Every service ----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
@@ -174,6 +192,23 @@ class Settings(BaseSettings):
         # a wss:// base names the same place as https://, and signatures are over the https form.
         scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
         return f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
+    @field_validator("twilio_api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"https", "http"} or not parts.hostname or parts.query:
+            raise ValueError("must be an http(s):// base URL with a host and no query")
+        return value.rstrip("/")
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _from_number(cls, value: str) -> str:
+        if value and not E164_RE.fullmatch(value):
+            raise ValueError("must be an E.164 number (+ and up to 15 digits)")
+        return value
 
     @model_validator(mode="after")
     def _agent_file_is_good(self) -> Settings:
@@ -291,6 +326,13 @@ class Settings(BaseSettings):
         )
 
     @property
+    def voicemail(self) -> str:
+        """What an answering machine gets: the agent file's ``voicemail_message``, else
+        ``VOICEMAIL_MESSAGE`` (empty: a hang-up without a message)."""
+        agent = self.agent.voicemail_message
+        return agent if agent is not None else self.voicemail_message
+
+    @property
     def greeting(self) -> str:
         """What the model says first (empty: it waits for the caller)."""
         agent = self.agent.greeting
@@ -338,6 +380,7 @@ def describe_error(error: ValidationError) -> str:
         "TWILIO_AUTH_TOKEN",
         "TWILIO_SHARED_KEY_SECRET",
         "TOOLS_SIGNING_SECRET",
+        "CONSOLE_TOKEN",
     }
     shown = "<hidden>" if name in hidden else repr(value)
     return f"{name}={shown} is not allowed: {message}"

@@ -1,0 +1,1 @@
+"""The recorder: one stereo WAV per call (the caller left, what the caller heard right)."""
