@@ -155,3 +155,29 @@ async def test_a_call_announced_right_after_another_is_taken_up_without_a_nap(
     assert naps == []
     runner.cancel()
     await owned.stop(hand_over=False)
+
+
+async def test_a_stopping_instance_takes_no_call_even_its_own_handed_over_ones(
+    real_redis,
+) -> None:  # type: ignore[no-untyped-def]
+    """The control loop still runs while the service stops (its writer must flush): a
+    take-over pass then finds the calls just handed over, idle, and must leave them to another
+    instance rather than start them again and delay the hand-over by a claim's idle time."""
+    started: list[str] = []
+
+    async def run_call(claim: Claim) -> None:
+        started.append(claim.call.call_sid)
+        await asyncio.Event().wait()
+
+    claims = CallClaims(real_redis, b"g", "a", idle_ms=50)
+    owned = OwnedCalls(claims, run_call)
+    await claims.ensure_group()
+    await real_redis.xadd(LIFECYCLE_STREAM, _started(1))
+    [claim] = await claims.take_unassigned(block_ms=100)
+    owned._start(claims, claim)
+    await asyncio.sleep(0)
+    assert started == [f"CA{1:032d}"]
+    await owned.stop(hand_over=True)
+    [again] = await claims.take_over()  # what the still running loop's next pass finds
+    owned._start(claims, again)
+    assert owned.tasks == {} and started == [f"CA{1:032d}"]

@@ -185,6 +185,10 @@ class OwnedCalls:
         self.ready = asyncio.Event()
 
     def _start(self, claims: CallClaims, claim: Claim) -> None:
+        if self._stopping:
+            # Stopping: take nothing (not even our own calls, handed over a moment ago and
+            # idle enough for a take-over pass of our own); another instance runs them.
+            return
         sid = claim.call.call_sid
         running = self.tasks.get(sid)
         if running is not None:
