@@ -151,6 +151,19 @@ def main() -> None:
             flush=True,
         )
     out["runs"] = runs
+    if os.environ.get("BENCH_TOOLS", "1") != "0":
+        import asyncio
+
+        from bench.tools import measure as measure_tools
+
+        print("== a tool call's round trip through the pipeline ==", flush=True)
+        out["tools"] = asyncio.run(measure_tools())
+        t = out["tools"]
+        print(
+            f"tool round trip (the tool's own time excluded): p50 {t['round_trip_ms_p50']:.1f} "
+            f"ms, max {t['round_trip_ms_max']:.1f} ms over {t['calls']:.0f} calls",
+            flush=True,
+        )
     (RESULTS / "results.json").write_text(json.dumps(out, indent=2, default=str))
     plot(runs, RESULTS / "pipeline.png")
     print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'pipeline.png'}", flush=True)

@@ -371,3 +371,30 @@ def test_recommendation_prefers_ga_then_beta_and_exit_code_follows() -> None:
 def test_inline_code_survives_backticks() -> None:
     assert code("a`b") == "``a`b``"
     assert code("") == '`""`'
+
+
+@pytest.mark.parametrize(
+    ("schema", "header", "verdict"),
+    [("audio", False, "ready"), ("flat", True, "ready"), ("flat", False, "refused: ")],
+)
+async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
+    schema: str, header: bool, verdict: str
+) -> None:
+    from shared.runtime.settings import load_settings
+    from sim.openai_realtime import RealtimeEmulator
+    from tools.probe_findings import Combo
+    from tools.probe_io import Target, probe_run
+
+    async with RealtimeEmulator() as emulator:
+        target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
+        pcm = b"\x00\x00" * 24000
+        finding = await probe_run(
+            target,
+            "gpt-realtime",
+            Combo(schema, header),
+            1,
+            load_settings().session_config(),
+            pcm,
+            {},
+        )
+    assert (finding.gateway_verdict or "").startswith(verdict), finding.gateway_verdict

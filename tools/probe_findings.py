@@ -172,6 +172,9 @@ class RunFinding:
     close_code: int | None = None
     close_reason: str | None = None
     timed_out: bool = False
+    # What the gateway's own handshake core (shared/realtime_handshake.py) makes of the same
+    # events: "ready", "refused: <why>", "switch: <why>", "dropped" (or None: undecided).
+    gateway_verdict: str | None = None
 
     @property
     def combo(self) -> Combo:

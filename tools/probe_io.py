@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from shared.realtime_dialect import RealtimeDialect, RealtimeProtocolError, SessionConfig
+from shared.realtime_handshake import Dropped, Ready, RealtimeHandshake, Refused, SwitchDialect
 from tools.probe_findings import (
     BENIGN_CODES,
     COMBOS,
@@ -141,6 +142,10 @@ class _Exchange:
         self.ids: dict[str, str] = {}  # client event_id -> what it was
         self.response_sent_at: float | None = None
         self.response_done = False
+        # The worker's own handshake, fed the same events: what the gateway would decide.
+        self.handshake = RealtimeHandshake(
+            dialect.config, dialect.combo, negotiate=False, beta_header=dialect.beta_header
+        )
 
     async def send(self, payload: dict[str, Any] | str, event_id: str | None = None) -> None:
         """Send a client event; ``event_id`` (kept if the dialect set one) ties errors to it."""
@@ -211,6 +216,9 @@ class _Exchange:
         except RealtimeProtocolError:
             parsed, name = None, "RealtimeProtocolError"
         self.finding.parsed[name] = self.finding.parsed.get(name, 0) + 1
+        if parsed is not None and not self.handshake.done:
+            self.handshake.event(parsed)  # type: ignore[arg-type]  # a ServerEvent
+            self.finding.gateway_verdict = _verdict(self.handshake.outcome)
         return parsed
 
     def _error(self, error: ErrorSeen) -> None:
@@ -294,6 +302,20 @@ async def _exchange(
         close = exc.rcvd
         finding.close_code = close.code if close else 1006
         finding.close_reason = close.reason if close else "closed without a close frame"
+        if not exchange.handshake.done:
+            exchange.handshake.closed(finding.close_code, finding.close_reason)
+            finding.gateway_verdict = _verdict(exchange.handshake.outcome)
+
+
+def _verdict(step: object) -> str | None:
+    """A handshake outcome in the report's words."""
+    if isinstance(step, Ready):
+        return "ready"
+    if isinstance(step, Refused | SwitchDialect):
+        return f"{'refused' if isinstance(step, Refused) else 'switch'}: {step.reason}"
+    if isinstance(step, Dropped):
+        return "dropped"
+    return None
 
 
 async def probe_run(
