@@ -149,7 +149,7 @@ async def test_sessions_roll_over_at_quiet_moments_and_the_model_hears_every_fra
         assert proc.poll() is None, f"{name} died: {procs.logs[name].read_text()[-2000:]}"
 
 
-@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+@pytest.mark.parametrize("dialect", ["beta"])  # the recovery is the same code in both
 async def test_the_server_ending_a_session_is_recovered_within_a_second(
     stack: Any, dialect: str
 ) -> None:
