@@ -375,10 +375,8 @@ class ToolCall:
         }
 
 
-def decode_tool_call(fields: Fields) -> ToolCall:
-    kind = _kind(fields)
-    if kind != b"tool_call":
-        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+def _call_sid_and_parameters(fields: Fields) -> tuple[str, dict[str, str]]:
+    """An entry's CallSid (``c``) and a call's ``<Parameter>``s (``p``, a JSON string map)."""
     call_sid = _str(fields, b"c")
     if not valid_call_sid(call_sid):
         raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
@@ -390,6 +388,14 @@ def decode_tool_call(fields: Fields) -> ToolCall:
         isinstance(k, str) and isinstance(v, str) for k, v in params.items()
     ):
         raise StreamEntryError("bad_field", "p is not a string map")
+    return call_sid, params
+
+
+def decode_tool_call(fields: Fields) -> ToolCall:
+    kind = _kind(fields)
+    if kind != b"tool_call":
+        raise StreamEntryError("unknown_kind", repr(kind[:20]))
+    call_sid, params = _call_sid_and_parameters(fields)
     return ToolCall(
         call_sid,
         _str(fields, b"s", ""),
@@ -536,17 +542,7 @@ def decode_lifecycle(fields: Fields) -> CallStarted:
     kind = _kind(fields)
     if kind != b"started":
         raise StreamEntryError("unknown_kind", repr(kind[:20]))
-    call_sid = _str(fields, b"c")
-    if not valid_call_sid(call_sid):
-        raise StreamEntryError("bad_call_sid", repr(call_sid[:80]))
-    try:
-        params = json.loads(fields.get(b"p", b"{}"))
-    except ValueError:
-        raise StreamEntryError("bad_field", "p is not JSON") from None
-    if not isinstance(params, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in params.items()
-    ):
-        raise StreamEntryError("bad_field", "p is not a string map")
+    call_sid, params = _call_sid_and_parameters(fields)
     return CallStarted(
         call_sid, _str(fields, b"s", ""), _str(fields, b"a", ""), params, _int(fields, b"u")
     )

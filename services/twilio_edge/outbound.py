@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from services.twilio_edge.http import EdgeConnection, respond
+from services.twilio_edge.http import respond
 from shared.outbound import (
     UNANSWERED_STATUSES,
     OutboundError,
@@ -40,26 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.edge")
 
 
-def _form(
-    edge: Edge, conn: ServerConnection, request: Request
-) -> tuple[dict[str, str] | None, Response | None]:
-    """The callback's verified form, or the response refusing it."""
-    base = edge._base_url(request)
-    if base is None:
-        reject("edge_bad_host")
-        return None, respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
-    if request.method != "POST":
-        return None, respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST\n")
-    assert isinstance(conn, EdgeConnection)
-    if conn.body_too_large or conn.length_required:
-        reject("edge_body_too_large" if conn.body_too_large else "edge_body_chunked")
-        return None, respond(http.HTTPStatus.BAD_REQUEST, "bad body\n")
-    form = conn.form()
-    if not edge._signed(edge._signed_url(base, request), form, request):
-        return None, respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
-    return form, None
-
-
 async def _event(edge: Edge, keys: CallKeys, event: CallEvent) -> None:
     pipe = edge.redis.pipeline(transaction=False)
     pipe.xadd(keys.events, event.encode())  # type: ignore[arg-type]  # redis-py's stubs
@@ -68,9 +48,9 @@ async def _event(edge: Edge, keys: CallKeys, event: CallEvent) -> None:
 
 
 async def amd_callback(edge: Edge, conn: ServerConnection, request: Request) -> Response:
-    form, refusal = _form(edge, conn, request)
-    if refusal is not None or form is None:
-        return refusal  # type: ignore[return-value]
+    form = edge.signed_callback(conn, request)
+    if isinstance(form, Response):
+        return form
     try:
         result = amd_result(form)
     except OutboundError as exc:
@@ -114,9 +94,9 @@ async def _leave_voicemail(edge: Edge, keys: CallKeys) -> None:
 
 
 async def call_status_callback(edge: Edge, conn: ServerConnection, request: Request) -> Response:
-    form, refusal = _form(edge, conn, request)
-    if refusal is not None or form is None:
-        return refusal  # type: ignore[return-value]
+    form = edge.signed_callback(conn, request)
+    if isinstance(form, Response):
+        return form
     try:
         update = call_status(form)
     except OutboundError as exc:

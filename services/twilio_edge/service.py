@@ -471,19 +471,9 @@ class Edge:
         dial the destination of a call the model transferred, hang up one it ended, and hang
         up any other (see :func:`~shared.twilio_media.after_stream_twiml`). Any edge can answer:
         how the call ended is in Redis."""
-        base = self._base_url(request)
-        if base is None:
-            reject("edge_bad_host")
-            return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
-        if request.method != "POST":
-            return respond(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST\n")
-        assert isinstance(conn, EdgeConnection)
-        if conn.body_too_large or conn.length_required:
-            reject("edge_body_too_large" if conn.body_too_large else "edge_body_chunked")
-            return respond(http.HTTPStatus.BAD_REQUEST, "bad body\n")
-        form = conn.form()
-        if not self._signed(self._signed_url(base, request), form, request):
-            return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+        form = self.signed_callback(conn, request)
+        if isinstance(form, Response):
+            return form
         call_sid = form.get("CallSid", "")
         if not valid_call_sid(call_sid):
             reject("twilio_bad_call_sid")
@@ -508,9 +498,9 @@ class Edge:
         twiml = tw.after_stream_twiml(disposition, target, caller_id=form.get("To", ""))
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
 
-    def _stream_status(self, conn: ServerConnection, request: Request) -> Response:
-        """Twilio's word on a stream: counted by event, and a stream-error logged, since a
-        stream that failed its handshake never reaches ``/media`` to say so itself."""
+    def signed_callback(self, conn: ServerConnection, request: Request) -> Form | Response:
+        """A Twilio callback's form (a POST, signed like every webhook), or the response that
+        refuses it: a bad Host, another method, a body too large or chunked, a bad signature."""
         base = self._base_url(request)
         if base is None:
             reject("edge_bad_host")
@@ -524,6 +514,14 @@ class Edge:
         form = conn.form()
         if not self._signed(self._signed_url(base, request), form, request):
             return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
+        return form
+
+    def _stream_status(self, conn: ServerConnection, request: Request) -> Response:
+        """Twilio's word on a stream: counted by event, and a stream-error logged, since a
+        stream that failed its handshake never reaches ``/media`` to say so itself."""
+        form = self.signed_callback(conn, request)
+        if isinstance(form, Response):
+            return form
         try:
             status = tw.stream_status(form)
         except tw.TwilioProtocolError as exc:
