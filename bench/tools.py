@@ -35,7 +35,7 @@ async def measure(calls: int = 8) -> dict[str, float]:
         work = Path(tmp)
         procs = Procs(work)
         emulator = RealtimeEmulator(
-            tool_calls=[ScriptedToolCall(1, "lookup_order", {"order_id": "123"})]
+            tool_calls=[ScriptedToolCall(0, "lookup_order", {"order_id": "123"})]
         )
         await emulator.start()
         tools = await ToolServer().start()

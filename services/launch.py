@@ -51,7 +51,7 @@ _STAGES = {
     "tool_runner": ("services.tool_runner", 30, 1),
 }
 EDGE_METRICS_OFFSET = 20
-DEMO_TOOL_CALL = '1:lookup_order:{"order_id": "123"}'
+DEMO_TOOL_CALL = '0:lookup_order:{"order_id": "123"}'  # every call's first turn
 
 
 def _env_int(name: str, default: int, low: int, high: int) -> int:

@@ -171,6 +171,7 @@ class ResponseRecord:
     status: str = "in_progress"
     cancel_reason: str | None = None
     turn: int = 0  # the caller's turn this response answers (0: not one, e.g. a greeting)
+    session_turn: int = 0  # the same, counted in this session alone
     audio: bytearray = field(default_factory=bytearray)  # wire bytes of ``format``
 
     @property
@@ -793,6 +794,7 @@ class EmulatedSession:
             self.user_turns += 1
             self.emulator.user_turns += 1
             record.turn = self.emulator.user_turns
+            record.session_turn = self.user_turns
             samples = _at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
             if samples is not None:
                 seconds = self.input_format.ms(len(echo)) / 1000
@@ -958,7 +960,9 @@ class EmulatedSession:
         return [
             c
             for c in self.emulator.tool_calls
-            if record.turn and c.turn == record.turn and c.name in declared
+            if record.turn
+            and c.name in declared
+            and (c.turn == record.turn or (c.turn == 0 and record.session_turn == 1))
         ]
 
     async def _cancel(self, reason: str) -> None:

@@ -21,8 +21,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class ScriptedToolCall:
-    # The caller's turn (1: the first thing said to the emulator, counted over all its sessions)
-    # whose answer makes the call.
+    # The caller's turn whose answer makes the call: 1 is the first thing said to the emulator,
+    # counted over all its sessions (a call that moved to a new session goes on counting); 0 is
+    # the first turn of every session (every call, in a demo or a benchmark).
     turn: int
     name: str
     arguments: dict[str, Any]
@@ -32,8 +33,8 @@ class ScriptedToolCall:
         """``N:NAME:JSON`` (the CLI's ``--tool-call``); ValueError naming what is wrong."""
         turn, sep, rest = spec.partition(":")
         name, sep2, args = rest.partition(":")
-        if not (sep and sep2 and turn.isdigit() and int(turn) >= 1 and name):
-            raise ValueError(f"--tool-call wants N:NAME:JSON, got {spec!r}")
+        if not (sep and sep2 and turn.isdigit() and name):
+            raise ValueError(f"--tool-call wants N:NAME:JSON (N=0: every session), got {spec!r}")
         value = json.loads(args or "{}")
         if not isinstance(value, dict):
             raise ValueError("--tool-call's arguments must be a JSON object")
