@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import secrets
+import select
 import shlex
 import shutil
 import subprocess
@@ -217,28 +218,51 @@ class Stack:
         return str(info["Config"]["Labels"]["com.docker.compose.service"])
 
     def wait_healthy(self, timeout: float, ids: list[str] | None = None) -> None:
+        """Every container healthy (or running, without a health check). Checked afresh at
+        each of Docker's own events for the project (a health status, a start, a death), which
+        are awaited with the deadline as timeout: the events stream is opened before the first
+        check, so no change between a check and the wait is missed."""
         deadline = time.monotonic() + timeout
-        while True:
-            infos = self.inspect(ids or self.containers())
-            state = {
-                i["Name"]: i["State"].get("Health", i["State"])["Status"]
-                if i["State"]["Running"]
-                else i["State"]["Status"]
-                for i in infos
-            }
-            waiting = [
-                f"{name}: {status}"
-                for name, status in state.items()
-                if status not in ("healthy", "running")  # "running": no health check
-            ]
-            if infos and not waiting:
-                return
-            if time.monotonic() > deadline:
+        events = subprocess.Popen(
+            [
+                "docker",
+                "events",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--format",
+                "{{.Status}}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert events.stdout is not None
+        try:
+            while True:
+                infos = self.inspect(ids or self.containers())
+                state = {
+                    i["Name"]: i["State"].get("Health", i["State"])["Status"]
+                    if i["State"]["Running"]
+                    else i["State"]["Status"]
+                    for i in infos
+                }
+                waiting = [
+                    f"{name}: {status}"
+                    for name, status in state.items()
+                    if status not in ("healthy", "running")  # "running": no health check
+                ]
+                if infos and not waiting:
+                    return
+                left = deadline - time.monotonic()
+                changed, _, _ = select.select([events.stdout], [], [], max(0.0, left))
+                if changed and events.stdout.readline():
+                    continue  # something changed: look again
                 logs = {
                     i["Name"]: docker("logs", "--tail", "20", i["Id"], check=False) for i in infos
                 }
                 raise AssertionError(f"not healthy in {timeout} s: {waiting}\n{logs}")
-            time.sleep(0.5)  # docker reports health on its own schedule; nothing to await
+        finally:
+            events.terminate()
+            events.wait(10)
 
 
 @pytest.fixture(scope="module")
