@@ -236,7 +236,7 @@ class RealtimeCall:
         from services.realtime_worker.feed import feed  # the one place entries are read
 
         self.model_task = asyncio.create_task(self._from_model(ws))
-        caller = asyncio.create_task(feed(self.worker.redis, self))
+        caller = asyncio.create_task(feed(self.worker.reader, self))
         try:
             while True:
                 model = self.model_task

@@ -1,57 +1,81 @@
 """How the worker reads a call's input streams: the one place entries are read from Redis.
 
-Today one blocking ``XREAD`` per call over its ``ctl`` and ``in.pcm`` (both in the call's hash
-slot), handing each batch to the call
-(:meth:`~services.realtime_worker.call.RealtimeCall.on_entries`).
-Reading all of an instance's calls at once changes this module alone.
+Every call of the instance is read by its one
+:class:`~shared.runtime.stream_reader.SharedReader` (one ``XREAD`` over every call's ``ctl`` and
+``in.pcm``); what it reads for a call waits in that call's inbox, and the call's own task hands
+it to :meth:`~services.realtime_worker.call.RealtimeCall.on_entries`. So a call whose socket is
+slow (or whose handling fails) holds up only itself: while its inbox is full it is left out of
+the reads, and the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-
-from shared.backoff import Backoff
-from shared.runtime.redis_io import RETRYABLE, outlasting_cancel
+from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
 
 if TYPE_CHECKING:
     from services.realtime_worker.call import RealtimeCall
 
-log = logging.getLogger("gateway.worker")
-
-READ_COUNT = 64
-BLOCK_MS = 1000
 # A live Twilio stream sends 50 frames a second even in silence; this long without any input
 # means the edge died without ending the call.
 CALL_SILENT_LIMIT_S = 30.0
+# Reads held for a call that has not acted on them yet; past this it is left out of the reads
+# (its entries wait in Redis) until it catches up.
+MAX_PENDING_READS = 4
 
 
-async def feed(redis: aioredis.Redis, call: RealtimeCall) -> str:
-    """Feed the call until its entries end it (the reason) or its input falls silent."""
-    silent_since = time.monotonic()
-    backoff = Backoff()
-    while True:
-        try:
-            reply: Any = await outlasting_cancel(
-                redis.xread(call.streams(), count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
-            )
-        except RETRYABLE as exc:
-            log.warning("redis unavailable (%s)", exc)
-            await asyncio.sleep(backoff.next_delay())
-            continue
-        backoff.reset()
-        now = time.monotonic()
-        if not reply:
-            if now - silent_since > CALL_SILENT_LIMIT_S:
-                return "abandoned"
-            continue
-        silent_since = now
-        for stream, entries in reply:
-            ended = await call.on_entries(stream, entries)
-            if ended:
-                return ended
-        await call.save_cursors_now_and_then()
+class _CallInbox(CallReading):
+    """What the shared reader read for one call and the call has not acted on yet."""
+
+    def __init__(self, call: RealtimeCall) -> None:
+        super().__init__(call.call.call_sid, call.streams(), CALL_SILENT_LIMIT_S)
+        self.reads: deque[Read] = deque()
+        self.arrived = asyncio.Event()
+
+    def wants_entries(self) -> bool:
+        return len(self.reads) < MAX_PENDING_READS
+
+    def take(self, read: Read, writes: Writes) -> None:
+        for stream, entries in read:
+            self.cursors[stream] = entries[-1][0]  # the reader's position, not the call's
+        self.reads.append(read)
+        self.arrived.set()
+
+    def end(self, outcome: str) -> None:
+        super().end(outcome)
+        self.arrived.set()
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        self.arrived.set()
+
+
+async def feed(reader: SharedReader, call: RealtimeCall) -> str:
+    """Feed the call until its entries end it (the reason) or its input falls silent.
+
+    The call's cursors move only as it acts on entries; a feed started again for the same call
+    (a new session after the socket dropped) reads on from them, not from where the reader was.
+    """
+    inbox = _CallInbox(call)
+    reader.add(inbox)
+    try:
+        while True:
+            while not inbox.reads:
+                if inbox.outcome.done():
+                    return inbox.outcome.result()  # "abandoned"; raises what ended the read
+                inbox.arrived.clear()
+                await inbox.arrived.wait()
+            was_full = not inbox.wants_entries()
+            read = inbox.reads.popleft()
+            if was_full:
+                reader.wake(inbox)
+            for stream, entries in read:
+                ended = await call.on_entries(stream, entries)
+                if ended:
+                    return ended
+            await call.save_cursors_now_and_then()
+    finally:
+        reader.remove(inbox)

@@ -1,7 +1,7 @@
 """The realtime worker's asyncio shell: the process-wide pieces beside one object per call.
 
 :class:`RealtimeWorker` holds what every call shares (Redis, the batched writer, the settings,
-the claims on calls, the metrics); each owned call is a
+the claims on calls, the shared reader of every call's input, the metrics); each owned call is a
 :class:`~services.realtime_worker.call.RealtimeCall`, with its own Realtime socket, keys,
 conversation core and cursors, fed with its entries by :mod:`services.realtime_worker.feed`.
 """
@@ -29,6 +29,7 @@ from shared.runtime.observability import (
 )
 from shared.runtime.redis_io import BatchedStreamWriter
 from shared.runtime.settings import Settings, settings_or_exit
+from shared.runtime.stream_reader import SharedReader
 from shared.streams import WORKER_GROUP, CallKeys
 
 log = logging.getLogger("gateway.worker")
@@ -41,6 +42,7 @@ class RealtimeWorker:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
+        self.reader = SharedReader(redis, "worker")  # every call's input, in one read
         claims = stage_claims(
             redis,
             WORKER_GROUP,
@@ -89,6 +91,7 @@ class RealtimeWorker:
 
     async def stop(self) -> None:
         await self.owned.stop(hand_over=True)
+        await self.reader.stop()
         await asyncio.wait_for(self.writer.flush(), 1.0)
 
 
