@@ -1,0 +1,275 @@
+"""The shared reader (shared/runtime/stream_reader.py): many calls in one read, calls coming and
+going mid-read, a failing or slow call that touches no other, lanes per cluster slot, the worker's
+feed on top of it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from services.realtime_worker import feed as worker_feed
+from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
+
+TIMEOUT_S = 5.0
+
+
+class Recorder(CallReading):
+    """Keeps what it was given; optionally writes each entry on to ``<stream>:out``."""
+
+    def __init__(
+        self,
+        call_id: str,
+        *,
+        forward: bool = False,
+        silent_limit_s: float = 60.0,
+        tag: str | None = None,
+    ):
+        prefix = f"call:{{{tag or call_id}}}:{call_id}"
+        self.streams = {f"{prefix}:ctl".encode(), f"{prefix}:in".encode()}
+        super().__init__(call_id, dict.fromkeys(sorted(self.streams), b"0-0"), silent_limit_s)
+        self.forward = forward
+        self.got: list[tuple[bytes, bytes]] = []  # (stream, entry id), in the order taken
+        self.results: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def take(self, read: Read, writes: Writes) -> None:
+        for stream, entries in read:
+            for entry_id, fields in entries:
+                self.got.append((stream, entry_id))
+                if self.forward:
+                    writes.xadd(stream + b":out", fields, entry_id)
+            self.cursors[stream] = entries[-1][0]
+        self.changed.set()
+
+    def written(self, results: list[Any]) -> None:
+        self.results.extend(results)
+
+    async def until(self, count: int) -> None:
+        async def wait() -> None:
+            while len(self.got) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), TIMEOUT_S)
+
+
+class Failing(Recorder):
+    def take(self, read: Read, writes: Writes) -> None:
+        writes.xadd(b"call:{poison}:out", {b"x": b"1"})
+        raise RuntimeError("a bug in this call's handling")
+
+
+def ctl(call: Recorder) -> bytes:
+    return sorted(call.streams)[0]
+
+
+def inbound(call: Recorder) -> bytes:
+    return sorted(call.streams)[1]
+
+
+async def test_many_calls_are_read_in_one_read(any_redis: aioredis.Redis) -> None:
+    calls = [Recorder(f"CA{i:032d}") for i in range(20)]
+    for call in calls:
+        for stream in sorted(call.streams):
+            for _ in range(3):
+                await any_redis.xadd(stream, {b"a": b"1"})
+    reader = SharedReader(any_redis, "test")
+    for call in calls:
+        reader.add(call)
+    for call in calls:
+        await call.until(6)
+    assert reader.reads == 1  # twenty calls, forty streams, one XREAD
+    for call in calls:
+        # In order per stream, and ctl before the other stream of the same read.
+        assert [s for s, _ in call.got] == [ctl(call)] * 3 + [inbound(call)] * 3
+        reader.remove(call)
+    await reader.stop()
+
+
+async def test_calls_added_and_removed_while_a_read_is_in_flight(
+    real_redis: aioredis.Redis,
+) -> None:
+    reader = SharedReader(real_redis, "test")
+    first, second, third = Recorder("CA1"), Recorder("CA2"), Recorder("CA3")
+    reader.add(first)
+    reader.add(third)
+    await real_redis.xadd(inbound(first), {b"a": b"1"})
+    await first.until(1)  # the lane is running; its next read now blocks on nothing new
+    reader.add(second)  # joins the next read
+    reader.remove(third)  # left out of it; what arrives for it is not taken
+    await real_redis.xadd(inbound(third), {b"a": b"1"})
+    await real_redis.xadd(inbound(second), {b"a": b"1"})
+    await real_redis.xadd(inbound(first), {b"a": b"2"})
+    await second.until(1)
+    await first.until(2)
+    assert third.got == [] and third.outcome.result() == "removed"
+    reader.remove(first)
+    reader.remove(second)
+    await reader.stop()
+
+
+async def test_a_failing_call_ends_alone(real_redis: aioredis.Redis) -> None:
+    reader = SharedReader(real_redis, "test")
+    bad, good = Failing("CAbad"), Recorder("CAgood", forward=True)
+    reader.add(bad)
+    reader.add(good)
+    await real_redis.xadd(inbound(bad), {b"a": b"1"})
+    await real_redis.xadd(inbound(good), {b"a": b"1"})
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(bad.outcome, TIMEOUT_S)
+    await good.until(1)
+    await real_redis.xadd(inbound(good), {b"a": b"2"})
+    await good.until(2)
+    assert await real_redis.xlen(inbound(good) + b":out") == 2  # its writes went on
+    assert await real_redis.exists(b"call:{poison}:out") == 0  # the failed call's did not
+    reader.remove(bad)
+    reader.remove(good)
+    await reader.stop()
+
+
+async def test_writes_keep_their_ids_and_ride_with_the_next_read(
+    real_redis: aioredis.Redis,
+) -> None:
+    reader = SharedReader(real_redis, "test")
+    calls = [Recorder(f"CA{i}", forward=True) for i in range(5)]
+    for call in calls:
+        reader.add(call)
+    for round_ in range(3):
+        ids = [await real_redis.xadd(inbound(call), {b"n": round_}) for call in calls]
+        for call in calls:
+            await call.until(round_ + 1)
+        for call, entry_id in zip(calls, ids, strict=True):
+            out = await real_redis.xrange(inbound(call) + b":out")
+            assert out[-1][0] == entry_id  # the output reuses the input's ID
+    assert all(not isinstance(r, Exception) for call in calls for r in call.results)
+    for call in calls:
+        reader.remove(call)
+    await reader.stop()
+
+
+async def test_a_silent_call_is_abandoned_only_after_reads(real_redis: aioredis.Redis) -> None:
+    reader = SharedReader(real_redis, "test")
+    quiet, busy = Recorder("CAquiet", silent_limit_s=0.0), Recorder("CAbusy")
+    reader.add(quiet)
+    reader.add(busy)
+    await real_redis.xadd(inbound(busy), {b"a": b"1"})
+    assert await asyncio.wait_for(quiet.outcome, TIMEOUT_S) == "abandoned"
+    await busy.until(1)
+    assert busy.active
+    reader.remove(quiet)
+    reader.remove(busy)
+    await reader.stop()
+
+
+async def test_no_reads_without_calls(real_redis: aioredis.Redis) -> None:
+    reader = SharedReader(real_redis, "test")
+    call = Recorder("CA1")
+    reader.add(call)
+    (lane,) = reader._lanes.values()
+    task = lane.task
+    assert task is not None
+    reader.remove(call)
+    await asyncio.wait_for(task, TIMEOUT_S)  # the lane stops: at rest nothing is read
+    assert reader._lanes == {} and reader.calls == 0
+
+
+class SlottedFake(fakeredis.FakeAsyncRedis):
+    """A fakeredis that says which slot a key is in, as a cluster client does, and records the
+    streams each XREAD names."""
+
+    named: list[set[bytes]]
+
+    def keyslot(self, key: bytes) -> int:
+        return int(key_slot(key))
+
+    async def xread(self, streams: Any, *args: Any, **kwargs: Any) -> Any:
+        self.named.append(set(streams))
+        return await super().xread(streams, *args, **kwargs)
+
+
+async def test_a_cluster_is_read_in_lanes_per_slot() -> None:
+    client = SlottedFake(server=fakeredis.FakeServer())
+    client.named = []
+    reader = SharedReader(client, "test")
+    a1, b = Recorder("CAa"), Recorder("CAb")
+    a2 = Recorder("CAa2", tag="CAa")  # the same hash tag: the same slot as a1
+    for call in (a1, a2, b):
+        reader.add(call)
+    assert len(reader._lanes) == 2
+    for call in (a1, a2, b):
+        await client.xadd(inbound(call), {b"a": b"1"})
+    await a1.until(1)
+    await a2.until(1)
+    await b.until(1)
+    for named in client.named:  # never a read across slots
+        assert len({key_slot(s) for s in named}) == 1
+    assert any({inbound(a1), inbound(a2)} <= named for named in client.named)  # one lane
+    for call in (a1, a2, b):
+        reader.remove(call)
+    await reader.stop()
+    await client.aclose()
+
+
+class FakeWorkerCall:
+    """What the worker's feed needs of a RealtimeCall."""
+
+    def __init__(self, call_sid: str, block: asyncio.Event | None = None) -> None:
+        self.call = type("Started", (), {"call_sid": call_sid})()
+        self.ctl = f"call:{{{call_sid}}}:ctl".encode()
+        self.in_pcm = f"call:{{{call_sid}}}:in.pcm".encode()
+        self.block = block
+        self.acted: list[bytes] = []
+        self.changed = asyncio.Event()
+
+    def streams(self) -> dict[bytes, bytes]:
+        return {self.ctl: b"0-0", self.in_pcm: b"0-0"}
+
+    async def on_entries(self, stream: bytes, entries: Any) -> str | None:
+        for entry_id, fields in entries:
+            if self.block is not None:
+                await self.block.wait()
+            self.acted.append(entry_id)
+            self.changed.set()
+            if fields.get(b"end"):
+                return "caller_hung_up"
+        return None
+
+    async def save_cursors_now_and_then(self) -> None:
+        pass
+
+
+async def test_a_slow_worker_call_holds_up_only_itself(real_redis: aioredis.Redis) -> None:
+    reader = SharedReader(real_redis, "worker")
+    unblock = asyncio.Event()
+    slow, fast = FakeWorkerCall("CAslow", unblock), FakeWorkerCall("CAfast")
+    feeds = [
+        asyncio.create_task(worker_feed.feed(reader, slow)),  # type: ignore[arg-type]
+        asyncio.create_task(worker_feed.feed(reader, fast)),  # type: ignore[arg-type]
+    ]
+    frames = 3 * worker_feed.MAX_PENDING_READS
+    for i in range(frames):
+        # One entry per read, so that the slow call's inbox fills up.
+        await real_redis.xadd(slow.in_pcm, {b"n": i})
+        await real_redis.xadd(fast.in_pcm, {b"n": i})
+
+        async def fast_has(n: int = i + 1) -> None:
+            while len(fast.acted) < n:
+                fast.changed.clear()
+                await fast.changed.wait()
+
+        await asyncio.wait_for(fast_has(), TIMEOUT_S)
+    assert slow.acted == []
+    await real_redis.xadd(slow.in_pcm, {b"end": b"1"})
+    await real_redis.xadd(fast.in_pcm, {b"end": b"1"})
+    unblock.set()
+    assert await asyncio.wait_for(feeds[0], TIMEOUT_S) == "caller_hung_up"
+    assert await asyncio.wait_for(feeds[1], TIMEOUT_S) == "caller_hung_up"
+    assert len(slow.acted) == frames + 1  # every entry, in order, none twice
+    assert slow.acted == sorted(slow.acted)
+    assert reader.calls == 0
+    await reader.stop()
