@@ -7,8 +7,9 @@ stream, Redis itself hands each new call to exactly one instance; the instance o
 the lifecycle entry stays pending under its name; ownership moves by ``XAUTOCLAIM`` once the owner
 stops refreshing it, and a restarted instance with the same consumer name re-reads its own pending
 entries at once. Scaling out is starting another process: no shard map to rebalance. Per-call
-streams cost one blocking read per call per stage, which measured well within budget (see the
-README's performance section); the choice stays behind :class:`OwnedCalls`.
+streams need not cost a read per call: each stage reads all of its calls' streams in one
+``XREAD`` (:mod:`shared.runtime.stream_reader`; per slot on a cluster); the choice stays behind
+:class:`OwnedCalls`.
 
 Lease timing: an owner refreshes its claims every ``idle_ms / 4``; another instance takes a call
 over after ``idle_ms`` without a refresh. Work on a lost call stops at the next refresh.
