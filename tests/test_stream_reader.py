@@ -5,14 +5,17 @@ feed on top of it."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.realtime_worker import feed as worker_feed
+from shared.runtime.observability import REJECTED
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
 
 TIMEOUT_S = 5.0
@@ -273,3 +276,64 @@ async def test_a_slow_worker_call_holds_up_only_itself(real_redis: aioredis.Redi
     assert slow.acted == sorted(slow.acted)
     assert reader.calls == 0
     await reader.stop()
+
+
+class LosesOneReply(aioredis.Redis):
+    """A client whose next pipeline is sent but whose reply is lost (a connection cut after
+    Redis took the writes): the case the transcoder's mirrored IDs are for."""
+
+    lose_next = False
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        if self.lose_next:
+            self.lose_next = False
+            send = pipe.execute
+
+            async def execute(raise_on_error: bool = True) -> Any:
+                await send(raise_on_error=False)
+                raise RedisConnectionError("connection lost after sending")
+
+            pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+async def test_the_transcoder_stays_exactly_once_when_a_reply_is_lost(
+    redis_server: Any,
+) -> None:
+    from services.transcoder.service import _CallPump, _resume
+    from shared.streams import CallKeys, InboundFrame, StreamEnd
+
+    client = LosesOneReply.from_url(redis_server.url, decode_responses=False)
+    await client.flushall()
+    settings = SimpleNamespace(pcm_rate=24000, stream_maxlen=1000, call_max_seconds=60)
+    keys = CallKeys.for_call("CA" + "7" * 32)
+    other = Recorder("CAother", forward=True)
+    ids = [
+        await client.xadd(keys.in_pcmu, InboundFrame(b"\xff" * 160, i, 20 * i, 0).encode())
+        for i in range(5)
+    ]
+    duplicates = REJECTED.labels("transcoder_duplicate")
+    before = duplicates._value.get()
+    reader = SharedReader(client, "transcoder")
+    client.lose_next = True  # the first batch's writes land, their reply does not
+    pump = _CallPump(keys, settings, await _resume(client, keys))  # type: ignore[arg-type]
+    reader.add(pump)
+    reader.add(other)
+    await client.xadd(inbound(other), {b"a": b"1"})
+    for i in range(5, 8):
+        ids.append(
+            await client.xadd(keys.in_pcmu, InboundFrame(b"\xff" * 160, i, 20 * i, 0).encode())
+        )
+    ids.append(await client.xadd(keys.in_pcmu, StreamEnd("caller_hung_up").encode()))
+    await client.xadd(keys.out_pcm, StreamEnd("done").encode())
+    assert await asyncio.wait_for(pump.outcome, TIMEOUT_S) == "completed"
+    out = await client.xrange(keys.in_pcm)
+    assert [entry_id for entry_id, _ in out] == ids  # each frame once, under its input's ID
+    assert duplicates._value.get() > before  # the batch was sent again, and refused
+    await other.until(1)
+    assert await client.xlen(inbound(other) + b":out") == 1  # the other call: once too
+    reader.remove(pump)
+    reader.remove(other)
+    await reader.stop()
+    await client.aclose()
