@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from services.realtime_worker import feed as worker_feed
 from shared.runtime.observability import REJECTED
@@ -130,6 +131,25 @@ async def test_a_failing_call_ends_alone(real_redis: aioredis.Redis) -> None:
     await good.until(2)
     assert await real_redis.xlen(inbound(good) + b":out") == 2  # its writes went on
     assert await real_redis.exists(b"call:{poison}:out") == 0  # the failed call's did not
+    reader.remove(bad)
+    reader.remove(good)
+    await reader.stop()
+
+
+async def test_a_call_whose_key_is_not_a_stream_ends_alone(real_redis: aioredis.Redis) -> None:
+    # Real Redis only: fakeredis answers this XREAD with an AttributeError of its own.
+    any_redis = real_redis
+    reader = SharedReader(any_redis, "test")
+    bad, good = Recorder("CAbad"), Recorder("CAgood")
+    await any_redis.set(inbound(bad), b"not a stream")  # XREAD naming it is refused whole
+    await any_redis.xadd(inbound(good), {b"a": b"1"})
+    reader.add(bad)
+    reader.add(good)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await asyncio.wait_for(bad.outcome, TIMEOUT_S)
+    await good.until(1)
+    await any_redis.xadd(inbound(good), {b"a": b"2"})
+    await good.until(2)
     reader.remove(bad)
     reader.remove(good)
     await reader.stop()

@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
-from shared.runtime.redis_io import RETRYABLE, is_transient
+from shared.runtime.redis_io import is_transient
 
 log = logging.getLogger("gateway.reader")
 
@@ -227,9 +227,11 @@ class SharedReader:
                         count=READ_COUNT,
                         block=BLOCK_MS,
                     )
-                except RETRYABLE as exc:
+                except Exception as exc:
+                    if not is_transient(exc) and await self._isolate(owners, exc):
+                        continue  # the call whose streams Redis refused is ended; read on
                     delay = backoff.next_delay()
-                    log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+                    log.warning("redis read failed (%r); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     continue
                 self.reads += 1
@@ -283,7 +285,7 @@ class SharedReader:
             pipe.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
         try:
             results = await pipe.execute(raise_on_error=False)
-        except RETRYABLE as exc:
+        except Exception as exc:  # not only "server away": the batch is read and sent again
             await self._unwritten(taken, exc, backoff)
             return None
         ahead = results.pop() if streams else None
@@ -301,6 +303,26 @@ class SharedReader:
         if isinstance(ahead, BaseException):
             return None  # read again at the top of the loop
         return next_owners, ahead or []
+
+    async def _isolate(self, owners: dict[bytes, CallReading], exc: BaseException) -> bool:
+        """A read refused as a whole (e.g. one call's key holds something else than a stream):
+        read each call alone to find the ones Redis refuses, and end those; whether any was."""
+        found = False
+        for call in {id(c): c for c in owners.values()}.values():
+            try:
+                await self.redis.xread(call.read_from(), count=1)  # type: ignore[arg-type]
+            except Exception as refused:
+                if is_transient(refused):
+                    return found  # not this call's fault (Redis away): the loop retries
+                found = True
+                reject(f"{self.name}_bad_stream")
+                log.warning(
+                    "redis refuses to read a call's streams (%r); ending it",
+                    refused,
+                    extra={"call_sid": call.call_id},
+                )
+                call.fail(refused)
+        return found
 
     async def _unwritten(
         self, taken: list[tuple[CallReading, int, int]], exc: BaseException, backoff: Backoff
