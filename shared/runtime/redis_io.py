@@ -85,43 +85,6 @@ def _forget(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so an error after the caller left is not reported
 
 
-class _CPacking:
-    """Packs commands with hiredis's C packer, as redis-py's sync client does; its asyncio
-    connection packs in Python, about 12 µs per frame's ``XADD`` against 3 (the same bytes),
-    paid for every frame at every stage. Anything hiredis refuses goes to redis-py's packer,
-    which raises its usual ``DataError`` (or packs what hiredis does not take)."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        head = args[0]
-        if isinstance(head, str):
-            args = (*head.encode().split(), *args[1:])
-        elif b" " in head:
-            args = (*head.split(), *args[1:])
-        try:
-            return [_pack(args)]
-        except TypeError:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-
-
-def _connection_class(url: str) -> type[Any] | None:
-    """The connection class for ``url`` with commands packed in C (None: redis-py's own)."""
-    if _pack is None:
-        return None
-    from redis.asyncio.connection import Connection, SSLConnection
-
-    base = {"redis": Connection, "rediss": SSLConnection}.get(url.partition("://")[0])
-    if base is None:
-        return None
-    return type(f"Packing{base.__name__}", (_CPacking, base), {})
-
-
-_pack: Any
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py's packer still works
-    _pack = None
-
-
 def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out); a cluster client with
     ``REDIS_CLUSTER=1`` (every command the pipeline issues stays within one slot)."""
@@ -141,10 +104,8 @@ def connect(settings: Settings) -> aioredis.Redis:
             socket_timeout=SOCKET_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
         )
-    connection_class = _connection_class(settings.redis_url)
     return aioredis.from_url(
         settings.redis_url,
-        **({"connection_class": connection_class} if connection_class else {}),
         decode_responses=False,
         health_check_interval=15,
         socket_keepalive=True,
