@@ -146,6 +146,16 @@ async def test_sessions_roll_over_at_quiet_moments_and_the_model_hears_every_fra
         if e["type"] == "conversation.item.create" and e["item"].get("type") == "message"
     ]
     assert any("lookup_order answered" in text and "shipped" in text for text in later_context)
+    # For the note: how long each pair of sessions was open together (the old one closes once
+    # the caller's audio has moved).
+    overlaps = [
+        (old.closed_at or 0.0) - new.connected_at
+        for old, new in zip(sessions, sessions[1:], strict=False)
+    ]
+    print(
+        f"\n[{dialect}] {len(sessions) - 1} switches; sessions open together "
+        f"{min(overlaps) * 1000:.0f} to {max(overlaps) * 1000:.0f} ms"
+    )
     for name, proc in procs.procs.items():
         assert proc.poll() is None, f"{name} died: {procs.logs[name].read_text()[-2000:]}"
 

@@ -118,6 +118,7 @@ class CallBridge:
         self.ended = False
         # Another stream took the call over (a resumption): this one leaves it without ending it.
         self.handed_over = False
+        self.hung_up = False  # the worker had the stream closed (the model's hang-up, a fault)
         self.in_frames = FRAMES.labels("edge_in")
         self.out_frames = FRAMES.labels("edge_out")
         self.expiry = KeyExpiry()
@@ -161,10 +162,11 @@ class CallBridge:
                     await self._end("socket_closed")
 
     def _broke(self) -> bool:
-        """The stream ended with no ``stop`` from Twilio and no close of ours (the edge's stop,
-        a hang-up): a network cut, or Twilio's side dropping it. Twilio then asks the
-        ``<Connect action>`` what next, and the call may go on on a new stream."""
-        return self.ws.protocol.close_sent is None and not self.edge.stopping
+        """The stream ended with no ``stop`` from Twilio and no close asked for by us (the
+        edge's stop, the worker's hang-up): a network cut (seen as a reset, or as the keepalive
+        ping going unanswered), or Twilio's side dropping it. Twilio then asks the ``<Connect
+        action>`` what next, and the call may go on on a new stream."""
+        return not self.hung_up and not self.edge.stopping
 
     async def _await_resumption(self) -> None:
         """Keep the call for ``EDGE_RESUME_GRACE_SECONDS``: if a new stream takes it over in
@@ -469,6 +471,7 @@ class CallBridge:
             log.info("cleared playback (barge-in)", extra={"response_id": command.response_id})
         elif isinstance(command, HangUp):
             log.info("hanging up", extra={"reason": command.reason})
+            self.hung_up = True
             await self.ws.close(1000, command.reason[:100])
 
 
