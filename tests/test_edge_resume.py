@@ -25,6 +25,7 @@ from shared.streams import (
     META_RESUMES,
     META_STREAM_SID,
     CallKeys,
+    InboundFrame,
     StreamEnd,
     decode_event,
     decode_inbound,
@@ -177,12 +178,23 @@ async def test_the_call_resumes_on_the_other_edge_when_its_edge_is_killed_mid_re
     assert meta[META_ENDED] == b"stop" and meta[META_RESUMES] == b"1"
     kinds = [decode_event(fields).kind for _, fields in await stack.redis.xrange(keys.events)]
     assert kinds.count("stream_resumed") == 1
-    # The figure for the note: kill -> the new stream's first frame at the model's socket.
-    resumed_at = resumed.started_wall or 0.0
+    # The figures for the note: from the kill to the simulated Twilio seeing the stream end,
+    # then its action request and the new stream's start (Twilio's own part on a live call),
+    # then the new stream's first frame in Redis and its first reply audio (the gateway's).
+    inbound = [decode_inbound(f) for _, f in await stack.redis.xrange(keys.in_pcmu)]
+    new_start = resumed.started_wall or 0.0
+    first_new = min(
+        e.stamp_us / 1e6
+        for e in inbound
+        if isinstance(e, InboundFrame) and e.stamp_us / 1e6 >= new_start
+    )
+    closed_at = (result.started_wall or 0.0) + result.duration_s
+    first_audio = new_start + resumed.reply_chunks[0].received_at
     print(
-        f"\n[{dialect}] resumed stream started {resumed_at - killed_at:.3f} s after the kill "
-        f"(simulated Twilio's action request included); reply resumed at {heard_ms} ms of "
-        f"{reply_ms} ms"
+        f"\n[{dialect}] kill -> stream seen closed {closed_at - killed_at:.3f} s; -> action and "
+        f"new start {new_start - closed_at:.3f} s; -> first new frame in redis "
+        f"{first_new - new_start:.3f} s, first reply audio on it {first_audio - new_start:.3f} s; "
+        f"reply resumed at {heard_ms} of {reply_ms} ms; {sent - got} of {sent} caller frames lost"
     )
 
 
