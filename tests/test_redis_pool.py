@@ -98,8 +98,12 @@ async def test_a_call_reader_ends_with_its_call_even_if_the_client_swallows_the_
             )
         )
 
-        def readers() -> list[asyncio.Task[object]]:
-            return [t for t in asyncio.all_tasks() if "_play_replies" in t.get_coro().__qualname__]
+        def readers() -> list[asyncio.Task[object]]:  # the calls' senders, the shared read
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_send_replies" in t.get_coro().__qualname__ or t.get_name() == "edge-replies"
+            ]
 
         await wait_for(lambda: not readers(), timeout=5)
 
