@@ -61,6 +61,14 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
         f"out {sout['p99']:.2f} ms",
         flush=True,
     )
+    commands = run.get("redis_commands_per_frame") or {}
+    if commands:
+        print(
+            f"           redis commands per caller frame: {sum(commands.values()):.2f} ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in commands.items() if v >= 0.01)
+            + ")",
+            flush=True,
+        )
     pickup = run.get("pickup") or {}
     if pickup.get("calls"):
         print(

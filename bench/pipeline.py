@@ -180,6 +180,16 @@ def pickup_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: i
     return out
 
 
+def redis_commands(nodes: list[redis.Redis]) -> dict[str, float]:
+    """Commands each Redis node has run so far, by name, summed over the nodes."""
+    out: dict[str, float] = {}
+    for client in nodes:
+        for name, stats in client.info("commandstats").items():
+            cmd = name.removeprefix("cmdstat_")
+            out[cmd] = out.get(cmd, 0.0) + float(stats["calls"])
+    return out
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -360,6 +370,7 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
         rss0 = procs.rss_mb()
         nodes = st.get("redis_nodes", [])
         rcpu0 = sum(redis_cpu_s(c) for c in nodes)
+        cmds0 = redis_commands(nodes)
         t0 = time.monotonic()
         # Steady state: what the hops observed once every call is past its first 2 s (calls
         # start over the first second), as the difference of two scrapes.
@@ -410,6 +421,12 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
                 "rss_mb_per_call": 0.0,
             }
         total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
+        cmds1 = redis_commands(nodes)
+        per_frame = {
+            cmd: (calls - cmds0.get(cmd, 0.0)) / max(frames_sent, 1)
+            for cmd, calls in sorted(cmds1.items())
+            if calls - cmds0.get(cmd, 0.0) > 0 and cmd not in ("info", "ping")
+        }
         return {
             "kind": kind,
             "calls": n,
@@ -437,6 +454,9 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             ),
             "services": services,
             "cpu_ms_per_call_s": total_cpu,
+            # Commands Redis ran per caller frame sent (a pipeline of many is one round trip
+            # but still so many commands), all stages and both directions.
+            "redis_commands_per_frame": per_frame,
         }
 
 
