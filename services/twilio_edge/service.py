@@ -15,6 +15,7 @@ import http
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -27,6 +28,7 @@ from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, Form, respond
 from services.twilio_edge.outbound import amd_callback, call_status_callback
+from services.twilio_edge.replies import BACKLOG_LIMIT, Entries, ReplyReader, ReplyReading
 from services.twilio_edge.resume import resume_point
 from shared import twilio_media as tw
 from shared.backoff import Backoff
@@ -114,7 +116,8 @@ class CallBridge:
         self.session = tw.TwilioMediaSession()
         self.keys: CallKeys | None = None
         self.stream_sid = ""
-        self.reader: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None  # sends the reply (_send_replies)
+        self.replies: _Replies | None = None  # this call's part in the edge's reply reader
         self.ended = False
         # Another stream took the call over (a resumption): this one leaves it without ending it.
         self.handed_over = False
@@ -153,6 +156,8 @@ class CallBridge:
         except ConnectionClosed:
             pass
         finally:
+            if self.replies is not None:
+                self.edge.replies.remove(self.replies)
             if self.reader:
                 self.reader.cancel()
             if self.keys is not None and not self.ended and not self.handed_over:
@@ -260,7 +265,7 @@ class CallBridge:
         log.info("call started", extra={"params": sorted(parameters)})
         playback = OutboundPlayback(event.stream_sid)
         cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
-        self.reader = asyncio.create_task(self._play_replies(keys, started, playback, cursors))
+        self._play_replies(keys, started, playback, cursors)
 
     async def _refuse(
         self, event: tw.StreamStarted, admission: Admission, meta: dict[bytes, bytes]
@@ -320,9 +325,7 @@ class CallBridge:
             },
         )
         playback = OutboundPlayback(event.stream_sid, cleared=point.cleared)
-        self.reader = asyncio.create_task(
-            self._play_replies(keys, started, playback, point.cursors, point.first)
-        )
+        self._play_replies(keys, started, playback, point.cursors, point.first)
 
     async def _meta(self, keys: CallKeys) -> dict[bytes, bytes]:
         """The call's hash as a stream starts (empty when Redis cannot say now, in which case
@@ -398,7 +401,7 @@ class CallBridge:
         CALLS.labels(reason).inc()
         log.info("call ended", extra={"reason": reason})
 
-    async def _play_replies(
+    def _play_replies(
         self,
         keys: CallKeys,
         started: CallStarted,
@@ -406,73 +409,113 @@ class CallBridge:
         cursors: dict[bytes, bytes],
         first: OutboundChunk | None = None,
     ) -> None:
-        """Move reply audio and worker commands to Twilio, commands first within a batch,
-        from ``cursors`` on (a resumed stream: ``first``, the rest of the chunk that was
-        playing, then what followed it)."""
-        redis = self.edge.redis
-        hop = HOP_LATENCY.labels("openai_to_edge")
-        backoff = Backoff()
-        check_at = time.monotonic() + LOSS_CHECK_S
+        """Move reply audio and worker commands to Twilio from ``cursors`` on (a resumed stream:
+        ``first``, the rest of the chunk that was playing, then what followed it): the edge's
+        reader reads them with every other call's, this call's sender sends them."""
+        replies = _Replies(keys, playback, cursors)
         if first is not None:
-            try:
-                for message in playback.chunk(first):
-                    await self.ws.send(message)
-            except ConnectionClosed:
-                return
-        while True:
-            try:
-                reply: Any = await outlasting_cancel(
-                    redis.xread(cursors, count=64, block=1000)  # type: ignore[arg-type]  # bytes keys work
-                )
-                if time.monotonic() >= check_at:
-                    check_at = time.monotonic() + LOSS_CHECK_S
-                    await outlasting_cancel(self._still_known(keys, started))
-            except RETRYABLE as exc:
-                log.warning("redis unavailable for replies: %s", exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            except Exception as exc:  # a client fault must not leave the caller in silence
-                reject("edge_reply_read_error")
-                log.warning("reading replies failed (%r); retrying", exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            backoff.reset()
-            by_stream: dict[bytes, Any] = dict(reply) if reply else {}
-            try:
-                for entry_id, fields in by_stream.get(keys.cmd, []):
-                    cursors[keys.cmd] = entry_id
-                    await self._command(fields, playback)
-                for entry_id, fields in by_stream.get(keys.out_pcmu, []):
-                    cursors[keys.out_pcmu] = entry_id
-                    try:
-                        chunk = decode_outbound(fields)
-                    except StreamEntryError as exc:
-                        reject(f"edge_{exc.reason}")
-                        continue
-                    if isinstance(chunk, OutboundChunk):
-                        messages = playback.chunk(chunk)
-                        for message in messages:
-                            await self.ws.send(message)
-                        if messages:
-                            hop.observe(max(0, wall_clock_us() - chunk.stamp_us) / 1e6)
-                            self.out_frames.inc()
-            except ConnectionClosed:
-                return
+            replies.queue(playback.chunk(first), None)
+        self.replies = replies
+        self.edge.replies.add(replies)
+        self.reader = asyncio.create_task(self._send_replies(keys, started, replies))
 
-    async def _command(self, fields: dict[bytes, bytes], playback: OutboundPlayback) -> None:
+    async def _send_replies(self, keys: CallKeys, started: CallStarted, replies: _Replies) -> None:
+        """Send what the reader queued, in order; once a second check that Redis still knows
+        the call (:meth:`_still_known`)."""
+        hop = HOP_LATENCY.labels("openai_to_edge")
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + LOSS_CHECK_S
+        outbox = replies.outbox
+        try:
+            while True:
+                if not outbox:
+                    replies.ready.clear()
+                    try:
+                        async with asyncio.timeout_at(check_at):
+                            await replies.ready.wait()
+                    except TimeoutError:
+                        pass
+                while outbox:
+                    item = outbox.popleft()
+                    if isinstance(item, HangUp):
+                        log.info("hanging up", extra={"reason": item.reason})
+                        self.hung_up = True
+                        await self.ws.close(1000, item.reason[:100])
+                        continue
+                    messages, stamp_us = item
+                    replies.backlog -= len(messages)
+                    for message in messages:
+                        await self.ws.send(message)
+                    if stamp_us is not None:
+                        hop.observe(max(0, wall_clock_us() - stamp_us) / 1e6)
+                        self.out_frames.inc()
+                if loop.time() >= check_at:
+                    check_at = loop.time() + LOSS_CHECK_S
+                    try:
+                        await outlasting_cancel(self._still_known(keys, started))
+                    except RETRYABLE as exc:
+                        log.warning("redis unavailable for the call's check: %s", exc)
+        except ConnectionClosed:
+            return
+
+
+class _Replies(ReplyReading):
+    """One call's reply entries as the edge's reader hands them over: turned into Twilio
+    messages (commands before audio within a read) and queued for the call's sender."""
+
+    def __init__(
+        self,
+        keys: CallKeys,
+        playback: OutboundPlayback,
+        cursors: dict[bytes, bytes],
+    ) -> None:
+        super().__init__(cursors)
+        self.keys = keys
+        self.playback = playback
+        self.outbox: deque[tuple[list[str], int | None] | HangUp] = deque()
+        self.backlog = 0  # messages queued and not yet sent
+        self.ready = asyncio.Event()
+
+    def queue(self, messages: list[str], stamp_us: int | None) -> None:
+        if messages:
+            self.outbox.append((messages, stamp_us))
+            self.backlog += len(messages)
+
+    def wants_entries(self) -> bool:
+        return self.backlog < BACKLOG_LIMIT
+
+    def take(self, read: list[tuple[bytes, Entries]]) -> None:
+        by_stream = dict(read)
+        cmd, out = self.keys.cmd, self.keys.out_pcmu
+        for entry_id, fields in by_stream.get(cmd, ()):
+            self.cursors[cmd] = entry_id
+            self._command(fields)
+        for entry_id, fields in by_stream.get(out, ()):
+            self.cursors[out] = entry_id
+            try:
+                chunk = decode_outbound(fields)
+            except StreamEntryError as exc:
+                reject(f"edge_{exc.reason}")
+                continue
+            if isinstance(chunk, OutboundChunk):
+                messages = self.playback.chunk(chunk)
+                self.queue(messages, chunk.stamp_us if messages else None)
+        if self.outbox:
+            self.ready.set()
+
+    def _command(self, fields: dict[bytes, bytes]) -> None:
         try:
             command = decode_command(fields)
         except StreamEntryError as exc:
             reject(f"edge_{exc.reason}")
             return
         if isinstance(command, ClearPlayback):
-            for message in playback.clear(command.response_id):
-                await self.ws.send(message)
+            # Queued after what the sender has yet to send, as the old per-call loop sent each
+            # read's audio before the next read: Twilio's clear drops that audio too.
+            self.queue(self.playback.clear(command.response_id), None)
             log.info("cleared playback (barge-in)", extra={"response_id": command.response_id})
         elif isinstance(command, HangUp):
-            log.info("hanging up", extra={"reason": command.reason})
-            self.hung_up = True
-            await self.ws.close(1000, command.reason[:100])
+            self.outbox.append(command)
 
 
 def _stored_parameters(meta: dict[bytes, bytes]) -> dict[str, str]:
@@ -506,6 +549,7 @@ class Edge:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
+        self.replies = ReplyReader(redis)  # every call's cmd and out.pcmu, one read for all
         token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
         verify = settings.verifies_signatures
         self.signatures = tw.TwilioSignatures(
@@ -760,6 +804,7 @@ class Edge:
                     if conn.protocol.state is CONNECTING:
                         conn.transport.abort()
                 await self.server.wait_closed()
+        await self.replies.stop()
         await asyncio.wait_for(self.writer.flush(), 3.0)
 
     async def prepare(self) -> None:
