@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from tools.local_redis import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTES_PER_FRAME_24K = 960  # 20 ms of PCM16 at 24 kHz
+STEADY_AFTER_S = 2.0  # "steady" p99s leave out each call's first seconds (its pickup)
 
 
 def free_port() -> int:
@@ -100,18 +102,25 @@ class Procs:
                 proc.kill()
 
 
-def histogram_quantiles(
-    text: str, hop: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99)
-) -> dict[str, float]:
-    """Quantiles (ms) of ``gateway_hop_latency_seconds{hop=...}``, linear within buckets."""
-    buckets: list[tuple[float, float]] = []
+def _buckets(text: str, hop: str) -> dict[float, float]:
+    """``gateway_hop_latency_seconds{hop=...}``'s cumulative buckets: upper bound -> count."""
+    buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name != "gateway_hop_latency_seconds":
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket") and sample.labels.get("hop") == hop:
-                buckets.append((float(sample.labels["le"]), sample.value))
-    buckets.sort()
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def histogram_quantiles(
+    text: str, hop: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99), since: str = ""
+) -> dict[str, float]:
+    """Quantiles (ms) of ``gateway_hop_latency_seconds{hop=...}``, linear within buckets; with
+    ``since`` (an earlier scrape of the same process), of what was observed after it."""
+    earlier = _buckets(since, hop) if since else {}
+    buckets = sorted((le, n - earlier.get(le, 0.0)) for le, n in _buckets(text, hop).items())
     if not buckets or buckets[-1][1] == 0:
         return {f"p{int(q * 100)}": float("nan") for q in qs} | {"count": 0}
     total = buckets[-1][1]
@@ -168,6 +177,16 @@ def pickup_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: i
     for name, values in (("session_open", opened), ("first_frame", first)):
         out[f"{name}_p50_ms"] = float(np.median(values)) if values else float("nan")
         out[f"{name}_max_ms"] = float(max(values)) if values else float("nan")
+    return out
+
+
+def redis_commands(nodes: list[redis.Redis]) -> dict[str, float]:
+    """Commands each Redis node has run so far, by name, summed over the nodes."""
+    out: dict[str, float] = {}
+    for client in nodes:
+        for name, stats in client.info("commandstats").items():
+            cmd = name.removeprefix("cmdstat_")
+            out[cmd] = out.get(cmd, 0.0) + float(stats["calls"])
     return out
 
 
@@ -351,9 +370,21 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
         rss0 = procs.rss_mb()
         nodes = st.get("redis_nodes", [])
         rcpu0 = sum(redis_cpu_s(c) for c in nodes)
+        cmds0 = redis_commands(nodes)
         t0 = time.monotonic()
+        # Steady state: what the hops observed once every call is past its first 2 s (calls
+        # start over the first second), as the difference of two scrapes.
+        early: dict[str, str] = {}
+        timer = threading.Timer(
+            1.0 + STEADY_AFTER_S,
+            lambda: early.update(
+                {name: scrape(port) for name, port in st["metrics_ports"].items()}
+            ),
+        )
+        timer.start()
         results = asyncio.run(run_calls(st["media_url"], n, speech_s, hold_s))
         wall = time.monotonic() - t0
+        timer.cancel()
         cpu1 = procs.cpu_s()
         rss1 = procs.rss_mb()
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -368,6 +399,8 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             (t for name, t in texts.items() if name.startswith(("worker", "bridge"))), ""
         )
         hop_out_src = texts.get("edge") or texts.get("bridge", "")
+        in_name = next((k for k in texts if k.startswith(("worker", "bridge"))), "")
+        out_name = "edge" if "edge" in texts else "bridge"
         services: dict[str, dict[str, float]] = {}
         for name in cpu1:
             if name == "emulator":
@@ -388,6 +421,12 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
                 "rss_mb_per_call": 0.0,
             }
         total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
+        cmds1 = redis_commands(nodes)
+        per_frame = {
+            cmd: (calls - cmds0.get(cmd, 0.0)) / max(frames_sent, 1)
+            for cmd, calls in sorted(cmds1.items())
+            if calls - cmds0.get(cmd, 0.0) > 0 and cmd not in ("info", "ping")
+        }
         return {
             "kind": kind,
             "calls": n,
@@ -400,6 +439,13 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             "frames_duplicated": max(0.0, received - frames_sent),
             "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
             "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
+            "steady_edge_to_openai_ms": histogram_quantiles(
+                hop_in_src, "edge_to_openai", since=early.get(in_name, "")
+            ),
+            "steady_openai_to_edge_ms": histogram_quantiles(
+                hop_out_src, "openai_to_edge", since=early.get(out_name, "")
+            ),
+            "steady_from_s": STEADY_AFTER_S if early else None,
             "pickup": pickup_delays(st["record"], results),
             "reply_delay_ms_p50": float(
                 np.median(
@@ -408,4 +454,31 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             ),
             "services": services,
             "cpu_ms_per_call_s": total_cpu,
+            # Commands Redis ran per caller frame sent (a pipeline of many is one round trip
+            # but still so many commands), all stages and both directions.
+            "redis_commands_per_frame": per_frame,
         }
+
+
+def measure_rest(kind: str = "pipeline", seconds: float = 10.0) -> dict[str, float]:
+    """CPU of the stack with no call at all (edge, transcoder, worker, Redis; the direct bridge
+    alone), as a percentage of one core, over ``seconds`` after it settled."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"bench-rest-{kind}-") as tmp,
+        stack(kind, Path(tmp)) as st,
+    ):
+        procs: Procs = st["procs"]
+        time.sleep(2.0)  # start-up work (imports, group creation) is not rest
+        nodes = st.get("redis_nodes", [])
+        cpu0, rcpu0 = procs.cpu_s(), sum(redis_cpu_s(c) for c in nodes)
+        time.sleep(seconds)
+        cpu1, rcpu1 = procs.cpu_s(), sum(redis_cpu_s(c) for c in nodes)
+        out = {
+            name: (cpu1[name] - cpu0[name]) * 100 / seconds
+            for name in cpu1
+            if name != "emulator" and not name.startswith("redis")
+        }
+        if nodes:
+            out["redis"] = (rcpu1 - rcpu0) * 100 / seconds
+        out["total"] = sum(out.values())
+        return out

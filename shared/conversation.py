@@ -55,6 +55,9 @@ from shared.tool_calls import CallTools
 Role = Literal["user", "assistant"]
 # The live API refuses to commit less than 100 ms (input_audio_buffer_commit_empty).
 MIN_COMMIT_MS = 100
+# After the caller's turn ends, how long the server may take to start its reply: until then a
+# switch of session would lose the reply being created, and the turn with it.
+REPLY_WAIT_US = 3_000_000
 
 
 @dataclass
@@ -141,26 +144,43 @@ class CallConversation:
                 self.transcript.append(("assistant", text.strip() + " [cut off]"))
         self.partial.clear()
 
-    def quiet(self) -> bool:
+    def quiet(self, now_us: int) -> bool:
         """A moment to move the call to another session: no reply being made or still playing,
-        the caller not speaking, no tool running or answer waiting."""
+        none about to be (the caller's turn just ended: the server is creating its response,
+        which a switch would lose with the turn; for at most REPLY_WAIT_US), the caller not
+        speaking, no tool running or answer waiting."""
         tools = self.tools
         return (
             self.active_response is None
+            and not self.reply_due(now_us)
             and not self.caller_speaking
             and self.heard.playing() is None
             and (tools is None or tools.idle())
         )
 
-    def may_switch(self, session_age_us: int, max_us: int, grace_us: int) -> bool:
+    def reply_due(self, now_us: int) -> bool:
+        """The caller's turn (or the greeting) has ended and its reply has not begun yet."""
+        awaited = self.speech_stopped_us
+        return awaited is not None and now_us - awaited <= REPLY_WAIT_US
+
+    def may_switch(self, session_age_us: int, max_us: int, grace_us: int, now_us: int) -> bool:
         """Whether a session ``session_age_us`` old should give way to the next one now: at the
-        first quiet moment past ``max_us``, and past ``max_us + grace_us`` between two replies
-        even if the caller is talking or a reply is still playing."""
+        first quiet moment past ``max_us``; past ``max_us + grace_us`` between two replies even
+        if one is still playing (it was all generated: it plays on from Redis), but not while
+        the caller speaks, whose turn would be split between two sessions and answered by
+        neither; past ``max_us + 2 * grace_us`` between two replies whatever the caller does,
+        as the server's limit comes next."""
         if max_us <= 0 or session_age_us < max_us:
             return False
-        return self.quiet() or (
-            session_age_us >= max_us + grace_us and self.active_response is None
-        )
+        if self.quiet(now_us):
+            return True
+        if (
+            self.active_response is not None
+            or self.reply_due(now_us)
+            or session_age_us < max_us + grace_us
+        ):
+            return False
+        return not self.caller_speaking or session_age_us >= max_us + 2 * grace_us
 
     # --- caller side ----------------------------------------------------------------------------
     def caller_audio(self, pcm: bytes) -> list[Action]:

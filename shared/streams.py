@@ -455,6 +455,7 @@ EventKind = Literal[
     "amd",
     "call_status",
     "supervisor",
+    "stream_resumed",
 ]
 
 
@@ -465,7 +466,9 @@ class CallEvent:
     ``data`` holds short text fields: for a transcript ``role`` (caller|assistant), ``text`` and
     ``item_id``; for an error ``code`` and ``message``; for a session ``combo``; for the end
     ``reason`` (caller_hung_up, model_hung_up, transferred, supervisor_hung_up, failed, or a
-    stage's own: stop, socket_closed, realtime_*, ...); for a DTMF key ``digit``.
+    stage's own: stop, socket_closed, realtime_*, ...); for a DTMF key ``digit``; for a
+    resumed stream (written by the edge) ``stream_sid``, the new one, and ``mark``, the last
+    mark the caller's phone had returned, from which the reply plays on.
 
     Written by the worker's tools: ``tool_call`` {call_id, name, arguments (JSON text)} and
     ``tool_result`` {call_id, name, outcome (ok|error|invalid_arguments|timeout|limit),
@@ -497,6 +500,7 @@ _EVENT_KINDS = {
     "amd",
     "call_status",
     "supervisor",
+    "stream_resumed",
 }
 
 
@@ -609,6 +613,10 @@ META_STREAM_SID = b"stream_sid"
 # without the model asking (the caller hung up, a fault).
 META_DISPOSITION = b"disposition"
 META_TRANSFER_TO = b"transfer_to"
+# Written by the edge that answered a <Connect action> for a stream that broke: the one-time
+# grant the new stream must present to be taken as the same call (see shared.resumption).
+META_RESUME_GRANT = b"resume_grant"
+META_RESUMES = b"resumes"  # how many times the call's stream was resumed
 # The call's custom parameters (JSON), as its lifecycle entry carries them: who called whom and
 # how, for a reader that has the CallSid alone (the console's call view).
 META_PARAMS = b"params"

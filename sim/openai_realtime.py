@@ -233,6 +233,7 @@ class EmulatedSession:
         self.truncations: list[dict[str, Any]] = []
         self.errors_sent: list[dict[str, Any]] = []
         self.closed = False
+        self.closed_at: float | None = None  # wall clock
         self.expired = False  # ended by the session limit (--max-session-seconds)
         self.expired_at: float | None = None  # wall clock
         self._changed = asyncio.Condition()
@@ -1180,6 +1181,7 @@ class RealtimeEmulator:
             if session.active_task:
                 session.active_task.cancel()
             session.closed = True
+            session.closed_at = time.time()
             # The record's last line says the session ended, for a reader in another process
             # (a test of containers reads the records through a mounted folder).
             session._log("emulator", {"type": "closed"})

@@ -199,7 +199,8 @@ async def run_call(
     action requests go to their path on the webhook's host. The TwiML's ``<Parameter>``s become
     ``customParameters`` (the identity's ``custom_parameters`` add to and override them).
     What follows the first stream is in its result's ``action_requests``, ``next_streams`` and
-    ``dialed``; the caller follows the same script on every stream. Raises WebhookError when the
+    ``dialed``; the caller follows ``options.next_script`` (else the same script) on every
+    later stream. Raises WebhookError when the
     voice webhook fails, OSError or InvalidHandshake when a stream cannot be opened; a failing
     action ends the call there, as Twilio hangs up then.
     """
@@ -237,7 +238,8 @@ async def run_call(
             else:
                 signed, dial = verb.url, on_host(verb.url, media_url)
             params = verb.parameters | dict(identity.custom_parameters)
-            stream = SimulatedStream(options.script, stream_identity, signed, params)
+            script = options.script if first is None else options.next_script or options.script
+            stream = SimulatedStream(script, stream_identity, signed, params)
             status = StatusCallbacks(
                 verb.status_callback, signing.twiml_url, signing.auth_token, stream_identity
             )
@@ -277,6 +279,7 @@ class CallKeywords(TypedDict, total=False):
     wait_for_reply: bool
     dtmf: list[tuple[float, str]] | None
     stop: bool
+    next_script: CallScript | None  # what the caller does on later streams
     hang_up: asyncio.Event | None  # not a script's: a live signal to end the call (REST stand-in)
 
 
@@ -306,6 +309,7 @@ def call_options(caller_audio: np.ndarray | bytes, **kw: Unpack[CallKeywords]) -
             signed_url=kw.get("signed_url"),
             extra_headers=kw.get("extra_headers") or {},
         ),
+        kw.get("next_script"),
     )
 
 

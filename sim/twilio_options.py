@@ -90,3 +90,6 @@ class CallOptions:
     script: CallScript
     identity: CallIdentity = field(default_factory=CallIdentity)
     signing: Signing = field(default_factory=Signing)
+    # What the caller does on each later stream of the call (a <Connect action>'s TwiML
+    # connecting again); None: ``script`` again.
+    next_script: CallScript | None = None

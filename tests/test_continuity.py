@@ -21,7 +21,8 @@ from sim.tool_server import ToolServer
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
 from tests.conftest import RedisServer, free_port, port_open, wait_for
-from tests.stack import ProcessStack, process_env
+from tests.stack import ProcessStack, in_process_stack, process_env
+from tests.test_pipeline import fake_factory
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +146,16 @@ async def test_sessions_roll_over_at_quiet_moments_and_the_model_hears_every_fra
         if e["type"] == "conversation.item.create" and e["item"].get("type") == "message"
     ]
     assert any("lookup_order answered" in text and "shipped" in text for text in later_context)
+    # For the note: how long each pair of sessions was open together (the old one closes once
+    # the caller's audio has moved).
+    overlaps = [
+        (old.closed_at or 0.0) - new.connected_at
+        for old, new in zip(sessions, sessions[1:], strict=False)
+    ]
+    print(
+        f"\n[{dialect}] {len(sessions) - 1} switches; sessions open together "
+        f"{min(overlaps) * 1000:.0f} to {max(overlaps) * 1000:.0f} ms"
+    )
     for name, proc in procs.procs.items():
         assert proc.poll() is None, f"{name} died: {procs.logs[name].read_text()[-2000:]}"
 
@@ -166,3 +177,44 @@ async def test_the_server_ending_a_session_is_recovered_within_a_second(
     # The caller's audio was held meanwhile and delivered to the next session.
     heard = sum(len(s.input_audio) for s in sessions) / FRAME_24K
     assert 0.98 * result.frames_sent <= heard <= result.frames_sent
+
+
+async def test_a_switch_forced_while_a_reply_plays_loses_none_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No quiet moment before the limit and its grace (here 1 s and 3 s): the call moves between two
+    replies, while the caller is still hearing one. That reply was all generated already, so it
+    plays on from Redis; the new session holds it as text, whole."""
+    import services.realtime_worker.call as worker_call
+
+    monkeypatch.setattr(worker_call, "ROLLOVER_GRACE_S", 3.0)
+    async with in_process_stack(fake_factory(), realtime_session_max_seconds=1) as stack:
+        hello = mulaw_decode(mulaw_encode(speech("Hello there, how are you doing today?")))
+        result = await asyncio.wait_for(
+            place_call(stack.media_url, hello, hold_after_s=1.5, max_duration_s=30), 60
+        )
+        await stack.emulator.sessions[-1].wait_closed(timeout=15)
+    sessions = stack.emulator.sessions
+    assert len(sessions) >= 2, "no switch was forced"
+    k, reply = next((k, s.responses[0]) for k, s in enumerate(sessions) if s.responses)
+    assert reply.status == "completed"
+    assert k + 1 < len(sessions), "no switch came after the reply"
+    started = result.started_wall or 0.0
+    reply_ms = len(reply.audio) // 48  # PCM16 at 24 kHz
+    ends = [
+        (int(name.rpartition(":")[2]), started + at)
+        for name, at in result.marks_returned
+        if name.startswith(reply.item_id)
+    ]
+    # Switched while that reply was still playing to the caller, and it was heard to its end.
+    switch_at = sessions[k + 1].connected_at
+    heard_at_switch = max((end for end, at in ends if at <= switch_at), default=0)
+    assert heard_at_switch < reply_ms - 20, (heard_at_switch, reply_ms)
+    assert ends and max(end for end, _ in ends) >= reply_ms - 20
+    # Every caller frame reached one session, once.
+    heard = sum(len(s.input_audio) for s in sessions) // FRAME_24K
+    assert heard == result.frames_sent
+    # The next session holds the reply as text in its context.
+    seeded = [e for e in sessions[k + 1].client_events if e["type"] == "conversation.item.create"]
+    assert any(e["item"].get("role") == "assistant" for e in seeded)
+    print(f"\nforced switch with {reply_ms - heard_at_switch} ms of a {reply_ms} ms reply unheard")

@@ -188,3 +188,37 @@ def test_any_event_sequence_keeps_the_core_consistent(events: list) -> None:  # 
     tracker: HeardTracker = c.heard
     for item, heard in tracker.heard_ms.items():
         assert heard >= 0 and item
+
+
+def test_a_session_gives_way_at_a_quiet_moment_else_between_replies_sparing_the_caller() -> None:
+    c = core(rd.Combo.GA)
+    s, max_us, grace_us = 1_000_000, 100 * 1_000_000, 10 * 1_000_000
+    now = 50 * s
+
+    def may(age_us: int) -> bool:
+        return c.may_switch(age_us, max_us, grace_us, now)
+
+    assert not may(max_us - 1)  # not old enough
+    assert may(max_us)  # quiet
+    c.caller_speaking = True
+    assert not may(max_us + grace_us - s)  # waits for a quiet moment
+    # Past the grace the caller's turn is still spared (it would be split and lost)...
+    assert not may(max_us + grace_us)
+    # ...until the server's limit comes close.
+    assert may(max_us + 2 * grace_us)
+    c.caller_speaking = False
+    c.heard.sent("item_1", 5000.0)  # a reply still playing (generated whole): no quiet moment
+    assert not may(max_us + grace_us - s)
+    assert may(max_us + grace_us)
+    c.active_response = "resp_1"  # a reply being made is never cut
+    assert not may(max_us + 3 * grace_us)
+
+
+def test_the_moment_a_turn_ends_is_not_quiet_until_its_reply_begins() -> None:
+    c = core(rd.Combo.GA)
+    c.server_event(rd.SpeechStarted(0, "item_1"), 1_000_000)
+    c.server_event(rd.SpeechStopped(1000, "item_1"), 2_000_000)
+    # The server is creating the reply: a switch now would lose it, and the turn.
+    assert not c.quiet(2_100_000)
+    assert not c.may_switch(10**9, 1, 1, 2_100_000)
+    assert c.quiet(2_000_000 + cv.REPLY_WAIT_US + 1)  # no reply came: not held for ever

@@ -98,7 +98,29 @@ async def test_a_call_reader_ends_with_its_call_even_if_the_client_swallows_the_
             )
         )
 
-        def readers() -> list[asyncio.Task[object]]:
-            return [t for t in asyncio.all_tasks() if "_play_replies" in t.get_coro().__qualname__]
+        def readers() -> list[asyncio.Task[object]]:  # the calls' senders, the shared read
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_send_replies" in t.get_coro().__qualname__ or t.get_name() == "edge-replies"
+            ]
 
         await wait_for(lambda: not readers(), timeout=5)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0", "unix:///tmp/none.sock"]
+)
+def test_connections_pack_commands_with_hiredis_to_the_same_bytes(url: str) -> None:
+    """The C packer (redis-py's asyncio client packs in Python, the edge's largest own cost per
+    frame) on every kind of connection, and the same bytes on the wire as redis-py's."""
+    from redis.asyncio.connection import Connection
+
+    pool = connect(load_settings(redis_url=url)).connection_pool
+    assert pool.connection_class.__name__.startswith("HiredisPacked")
+    assert issubclass(pool.connection_class, pool.connection_class.__mro__[1])
+    command = ("XADD", b"call:{CA1}:in.pcmu", "MAXLEN", "~", 3000, b"17-0", b"a", b"\0\xff")
+    more = ("CONFIG GET", "maxmemory", 1.5, memoryview(b"mv"), "é")
+    for args in (command, more):
+        ours = b"".join(pool.connection_class().pack_command(*args))
+        assert ours == b"".join(Connection().pack_command(*args))

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import call_view as cv
 from shared.audio import mulaw_decode
+from shared.backoff import Backoff
 from shared.outbound import (
     AMD_PATH,
     CALL_STATUS_PATH,
@@ -71,7 +72,8 @@ log = logging.getLogger("gateway.console")
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 16 * 1024
 SUMMARY_EVENTS = 20  # first and last entries of a call's events read for its line in the list
-SSE_BLOCK_MS = 5000
+SSE_BLOCK_MS = 1000  # like every blocking read of the gateway's (see redis_io.SOCKET_TIMEOUT_S)
+SSE_KEEPALIVE_S = 5.0
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _VOICE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 SPEECH_RMS = 300  # a caller frame louder than this (int16 RMS, about -40 dBFS) is speech
@@ -567,14 +569,30 @@ def _twilio_http_error(exc: TwilioApiError) -> HTTPException:
 async def _sse(redis: aioredis.Redis, keys: CallKeys, start: bytes) -> AsyncIterator[bytes]:
     cursor = start
     yield b"retry: 2000\n\n"
+    backoff = Backoff(cap_s=2.0)
+    quiet_since = time.monotonic()
     while True:
-        reply: Any = await redis.xread({keys.events: cursor}, count=200, block=SSE_BLOCK_MS)
-        entries = reply[0][1] if reply else []
-        if not entries:
-            if not await redis.exists(keys.meta) or await redis.hexists(keys.meta, b"ended"):
-                return  # over (or expired), and everything has been sent
-            yield b": keepalive\n\n"
+        try:
+            reply: Any = await redis.xread({keys.events: cursor}, count=200, block=SSE_BLOCK_MS)
+            entries = reply[0][1] if reply else []
+            over = not entries and (
+                not await redis.exists(keys.meta) or await redis.hexists(keys.meta, b"ended")
+            )
+        except RETRYABLE as exc:
+            # Redis away for a moment: the stream goes on from its cursor once it is back,
+            # rather than break the page's connection half-way through a response.
+            log.warning("reading a call's events failed (%s); retrying", exc)
+            await asyncio.sleep(backoff.next_delay())
             continue
+        backoff.reset()
+        if over:
+            return  # over (or expired), and everything has been sent
+        if not entries:
+            if time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": keepalive\n\n"
+            continue
+        quiet_since = time.monotonic()
         ended = False
         for entry_id, fields in entries:
             cursor = entry_id

@@ -321,7 +321,9 @@ class RealtimeCall:
             return
         now = time.monotonic()
         age = now - self.session_started
-        due = self.core.may_switch(int(age * 1e6), max_s * 1_000_000, int(ROLLOVER_GRACE_S * 1e6))
+        due = self.core.may_switch(
+            int(age * 1e6), max_s * 1_000_000, int(ROLLOVER_GRACE_S * 1e6), wall_clock_us()
+        )
         if self.next_session is None:
             # Opened at a quiet moment (or when forced), so that it is fresh when it takes over:
             # the server counts a session's time from its opening.

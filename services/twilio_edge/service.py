@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import http
+import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,11 +28,20 @@ from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, Form, respond
 from services.twilio_edge.outbound import amd_callback, call_status_callback
+from services.twilio_edge.replies import BACKLOG_LIMIT, Entries, ReplyReader, ReplyReading
+from services.twilio_edge.resume import resume_point
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import TokenBucket
 from shared.outbound import AMD_PATH, CALL_STATUS_PATH
 from shared.playback import OutboundPlayback
+from shared.resumption import (
+    RESUME_PARAMETER,
+    Admission,
+    admit_stream,
+    after_stream,
+    new_grant,
+)
 from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
 from shared.runtime.observability import (
     ACTIVE_CALLS,
@@ -40,6 +51,7 @@ from shared.runtime.observability import (
     HOP_LATENCY,
     REANNOUNCED,
     STREAM_EVENTS,
+    STREAM_RESUMES,
     bind_call,
     call_context,
     reject,
@@ -55,13 +67,16 @@ from shared.runtime.redis_io import (
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.streams import (
     LIFECYCLE_MAXLEN,
-    META_DISPOSITION,
     META_ENDED,
+    META_PARAMS,
+    META_RESUME_GRANT,
+    META_RESUMES,
     META_STARTED_US,
     META_STREAM_SID,
     META_TRANSFER_TO,
     TRANSCODER_GROUP,
     WORKER_GROUP,
+    CallEvent,
     CallKeys,
     CallStarted,
     ClearPlayback,
@@ -88,7 +103,8 @@ log = logging.getLogger("gateway.edge")
 _TWIML_TYPE = "text/xml; charset=utf-8"
 
 
-LOSS_CHECK_S = 1.0  # how often a call checks that Redis still knows it
+LOSS_CHECK_S = 1.0  # how often a call checks that Redis still knows it (and that it is its)
+RESUME_POLL_S = 0.25  # how often a broken stream's edge looks for the call's new stream
 
 
 class CallBridge:
@@ -100,8 +116,12 @@ class CallBridge:
         self.session = tw.TwilioMediaSession()
         self.keys: CallKeys | None = None
         self.stream_sid = ""
-        self.reader: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None  # sends the reply (_send_replies)
+        self.replies: _Replies | None = None  # this call's part in the edge's reply reader
         self.ended = False
+        # Another stream took the call over (a resumption): this one leaves it without ending it.
+        self.handed_over = False
+        self.hung_up = False  # the worker had the stream closed (the model's hang-up, a fault)
         self.in_frames = FRAMES.labels("edge_in")
         self.out_frames = FRAMES.labels("edge_out")
         self.expiry = KeyExpiry()
@@ -136,10 +156,51 @@ class CallBridge:
         except ConnectionClosed:
             pass
         finally:
-            if self.keys is not None and not self.ended:
-                await self._end("socket_closed")
+            if self.replies is not None:
+                self.edge.replies.remove(self.replies)
             if self.reader:
                 self.reader.cancel()
+            if self.keys is not None and not self.ended and not self.handed_over:
+                if self._broke():
+                    await outlasting_cancel(self._await_resumption())
+                else:
+                    await self._end("socket_closed")
+
+    def _broke(self) -> bool:
+        """The stream ended with no ``stop`` from Twilio and no close asked for by us (the
+        edge's stop, the worker's hang-up): a network cut (seen as a reset, or as the keepalive
+        ping going unanswered), or Twilio's side dropping it. Twilio then asks the ``<Connect
+        action>`` what next, and the call may go on on a new stream."""
+        return not self.hung_up and not self.edge.stopping
+
+    async def _await_resumption(self) -> None:
+        """Keep the call for ``EDGE_RESUME_GRACE_SECONDS``: if a new stream takes it over in
+        that time, leave it to that one; if not (no action request came, or it reached no
+        edge), end it as a closed socket."""
+        assert self.keys is not None
+        grace = self.edge.settings.edge_resume_grace_seconds
+        deadline = time.monotonic() + grace
+        log.warning("the stream broke; waiting %.1f s for it to be resumed", grace)
+        while time.monotonic() < deadline and not self.edge.stopping:
+            await asyncio.sleep(min(RESUME_POLL_S, max(0.0, deadline - time.monotonic())))
+            try:
+                holder: bytes | None = await self.edge.redis.hget(self.keys.meta, META_STREAM_SID)  # type: ignore[assignment]  # a bytes client
+            except RETRYABLE:
+                continue
+            if holder is not None and holder.decode("ascii", "replace") != self.stream_sid:
+                self._leave_to_other_stream(holder)
+                return
+        STREAM_RESUMES.labels("not_resumed").inc()
+        await self._end("socket_closed")
+
+    def _leave_to_other_stream(self, holder: bytes) -> None:
+        self.handed_over = True
+        ACTIVE_CALLS.dec()
+        STREAM_RESUMES.labels("handed_over").inc()
+        log.info(
+            "the call goes on on another stream; leaving it",
+            extra={"new_stream_sid": holder.decode("ascii", "replace")},
+        )
 
     async def _on_event(self, event: tw.Event) -> None:
         if isinstance(event, tw.InboundMedia):
@@ -173,27 +234,21 @@ class CallBridge:
             await self.ws.close(1008, "bad callSid")
             return
         keys = CallKeys.for_call(event.call_sid)
-        earlier = await self._earlier_stream(keys)
-        if earlier is not None and earlier != event.stream_sid:
-            # The pipeline keys a call's audio by CallSid, so a second stream (a <Connect
-            # action> that connects again) would replay the first one's replies and hang-up.
-            reject("edge_second_stream")
-            log.warning(
-                "refused a second Media Stream on call %s (the first was %s)",
-                event.call_sid,
-                earlier,
-            )
-            await self.ws.close(1008, "this call already had a media stream")
+        meta = await self._meta(keys)
+        grant = event.custom_parameters.get(RESUME_PARAMETER)
+        admission = admit_stream(meta, event.stream_sid, grant)
+        if admission not in ("new", "resume"):
+            await self._refuse(event, admission, meta)
             return
         self.keys = keys
         self.stream_sid = event.stream_sid
         bind_call(event.call_sid, event.stream_sid)  # this task serves this call alone
+        parameters = {k: v for k, v in event.custom_parameters.items() if k != RESUME_PARAMETER}
+        if admission == "resume":
+            await self._resume(keys, event, meta)
+            return
         started = CallStarted(
-            event.call_sid,
-            event.stream_sid,
-            event.account_sid,
-            dict(event.custom_parameters),
-            wall_clock_us(),
+            event.call_sid, event.stream_sid, event.account_sid, parameters, wall_clock_us()
         )
         self.in_ids = InboundIds(started.started_us // 1000)
         try:
@@ -207,9 +262,79 @@ class CallBridge:
             await self.ws.close(1011, "gateway storage unavailable")
             return
         ACTIVE_CALLS.inc()
-        log.info("call started", extra={"params": sorted(event.custom_parameters)})
+        log.info("call started", extra={"params": sorted(parameters)})
         playback = OutboundPlayback(event.stream_sid)
-        self.reader = asyncio.create_task(self._play_replies(keys, started, playback))
+        cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
+        self._play_replies(keys, started, playback, cursors)
+
+    async def _refuse(
+        self, event: tw.StreamStarted, admission: Admission, meta: dict[bytes, bytes]
+    ) -> None:
+        """A second stream on a call that is still connected, or a resumption that does not
+        hold: the pipeline keys a call's audio by CallSid, so taking it would replay the first
+        stream's replies and hang-up to it."""
+        reject(f"edge_{admission}")
+        if admission != "second_stream":
+            STREAM_RESUMES.labels("refused").inc()
+        log.warning(
+            "refused a Media Stream on call %s (%s; the call's stream is %s)",
+            event.call_sid,
+            admission,
+            meta.get(META_STREAM_SID, b"").decode("ascii", "replace"),
+        )
+        await self.ws.close(1008, "this call already had a media stream")
+
+    async def _resume(
+        self, keys: CallKeys, event: tw.StreamStarted, meta: dict[bytes, bytes]
+    ) -> None:
+        """Take the new stream as the call it resumes: no new registration (the stages carry
+        on, the worker's session too), the reply from the last returned mark, the caller's
+        frames after the first stream's in ``in.pcmu``."""
+        redis = self.edge.redis
+        started = CallStarted(
+            event.call_sid,
+            event.stream_sid,
+            event.account_sid,
+            _stored_parameters(meta),
+            int(meta[META_STARTED_US]),
+        )
+        try:
+            point = await resume_point(redis, keys, wall_clock_us() // 1000)
+            pipe = redis.pipeline(transaction=False)
+            pipe.hset(keys.meta, META_STREAM_SID, event.stream_sid)
+            pipe.hdel(keys.meta, META_RESUME_GRANT)
+            pipe.hincrby(keys.meta, META_RESUMES, 1)
+            event_data = {"stream_sid": event.stream_sid, "mark": _mark_text(point.mark)}
+            pipe.xadd(keys.events, CallEvent("stream_resumed", event_data).encode())  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+            await pipe.execute()
+        except RETRYABLE as exc:
+            reject("edge_redis_unavailable")
+            log.error("cannot resume the call in redis (%s); hanging up", exc)
+            self.keys = None
+            await self.ws.close(1011, "gateway storage unavailable")
+            return
+        self.in_ids = InboundIds(point.inbound_ms)
+        self.expiry.first_write(keys.in_pcmu)  # its expiry came with the first stream's frames
+        ACTIVE_CALLS.inc()
+        STREAM_RESUMES.labels("resumed").inc()
+        log.warning(
+            "call resumed on a new stream",
+            extra={
+                "previous_stream_sid": meta.get(META_STREAM_SID, b"").decode("ascii", "replace"),
+                "mark": _mark_text(point.mark),
+            },
+        )
+        playback = OutboundPlayback(event.stream_sid, cleared=point.cleared)
+        self._play_replies(keys, started, playback, point.cursors, point.first)
+
+    async def _meta(self, keys: CallKeys) -> dict[bytes, bytes]:
+        """The call's hash as a stream starts (empty when Redis cannot say now, in which case
+        the stream goes ahead as a new call, the common case)."""
+        try:
+            meta: dict[bytes, bytes] = await self.edge.redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
+        except RETRYABLE:
+            return {}
+        return meta
 
     async def _register(self, keys: CallKeys, started: CallStarted, again: bool = False) -> None:
         """Write the call's keys, then its lifecycle entry, in two round trips: on a cluster the
@@ -235,8 +360,20 @@ class CallBridge:
         """Register the call again if Redis has lost it (restarted empty, a failover to a replica
         that had not got the call, an eviction). The edge holds the one thing Redis cannot
         give back, Twilio's socket: announced again, the call is taken up by the stages afresh,
-        with a new OpenAI session, instead of leaving the caller talking to silence."""
-        if self.ended or await self.edge.redis.hexists(keys.meta, META_STARTED_US):
+        with a new OpenAI session, instead of leaving the caller talking to silence.
+
+        A call that went on on another stream (this one broke for Twilio, not for us: a
+        resumption) is left to it, and this socket closed."""
+        if self.ended:
+            return
+        found: list[bytes | None] = await self.edge.redis.hmget(  # type: ignore[assignment]  # a bytes client
+            keys.meta, [META_STARTED_US, META_STREAM_SID]
+        )
+        known, holder = found
+        if known is not None:
+            if holder is not None and holder.decode("ascii", "replace") != self.stream_sid:
+                self._leave_to_other_stream(holder)
+                await self.ws.close(1001, "the call went on on another stream")
             return
         if (
             call_ttl_s(started.started_us, wall_clock_us(), self.edge.settings.call_max_seconds)
@@ -247,15 +384,6 @@ class CallBridge:
         await self._register(keys, started, again=True)
         REANNOUNCED.inc()
         log.warning("redis had lost this call; registered it again")
-
-    async def _earlier_stream(self, keys: CallKeys) -> str | None:
-        """The StreamSid an earlier stream of this call left in its keys (``None``: none, or
-        Redis cannot say now, in which case the call goes ahead as the common case)."""
-        try:
-            value: bytes | None = await self.edge.redis.hget(keys.meta, META_STREAM_SID)  # type: ignore[assignment]  # a bytes client
-        except RETRYABLE:
-            return None
-        return value.decode("ascii", "replace") if value else None
 
     async def _end(self, reason: str) -> None:
         if self.ended or self.keys is None:
@@ -273,68 +401,136 @@ class CallBridge:
         CALLS.labels(reason).inc()
         log.info("call ended", extra={"reason": reason})
 
-    async def _play_replies(
-        self, keys: CallKeys, started: CallStarted, playback: OutboundPlayback
+    def _play_replies(
+        self,
+        keys: CallKeys,
+        started: CallStarted,
+        playback: OutboundPlayback,
+        cursors: dict[bytes, bytes],
+        first: OutboundChunk | None = None,
     ) -> None:
-        """Move reply audio and worker commands to Twilio, commands first within a batch."""
-        cursors = {keys.cmd: b"0-0", keys.out_pcmu: b"0-0"}
-        redis = self.edge.redis
-        hop = HOP_LATENCY.labels("openai_to_edge")
-        backoff = Backoff()
-        check_at = time.monotonic() + LOSS_CHECK_S
-        while True:
-            try:
-                reply: Any = await outlasting_cancel(
-                    redis.xread(cursors, count=64, block=1000)  # type: ignore[arg-type]  # bytes keys work
-                )
-                if time.monotonic() >= check_at:
-                    check_at = time.monotonic() + LOSS_CHECK_S
-                    await outlasting_cancel(self._still_known(keys, started))
-            except RETRYABLE as exc:
-                log.warning("redis unavailable for replies: %s", exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            except Exception as exc:  # a client fault must not leave the caller in silence
-                reject("edge_reply_read_error")
-                log.warning("reading replies failed (%r); retrying", exc)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            backoff.reset()
-            by_stream: dict[bytes, Any] = dict(reply) if reply else {}
-            try:
-                for entry_id, fields in by_stream.get(keys.cmd, []):
-                    cursors[keys.cmd] = entry_id
-                    await self._command(fields, playback)
-                for entry_id, fields in by_stream.get(keys.out_pcmu, []):
-                    cursors[keys.out_pcmu] = entry_id
-                    try:
-                        chunk = decode_outbound(fields)
-                    except StreamEntryError as exc:
-                        reject(f"edge_{exc.reason}")
-                        continue
-                    if isinstance(chunk, OutboundChunk):
-                        messages = playback.chunk(chunk)
-                        for message in messages:
-                            await self.ws.send(message)
-                        if messages:
-                            hop.observe(max(0, wall_clock_us() - chunk.stamp_us) / 1e6)
-                            self.out_frames.inc()
-            except ConnectionClosed:
-                return
+        """Move reply audio and worker commands to Twilio from ``cursors`` on (a resumed stream:
+        ``first``, the rest of the chunk that was playing, then what followed it): the edge's
+        reader reads them with every other call's, this call's sender sends them."""
+        replies = _Replies(keys, playback, cursors)
+        if first is not None:
+            replies.queue(playback.chunk(first), None)
+        self.replies = replies
+        self.edge.replies.add(replies)
+        self.reader = asyncio.create_task(self._send_replies(keys, started, replies))
 
-    async def _command(self, fields: dict[bytes, bytes], playback: OutboundPlayback) -> None:
+    async def _send_replies(self, keys: CallKeys, started: CallStarted, replies: _Replies) -> None:
+        """Send what the reader queued, in order; once a second check that Redis still knows
+        the call (:meth:`_still_known`)."""
+        hop = HOP_LATENCY.labels("openai_to_edge")
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + LOSS_CHECK_S
+        outbox = replies.outbox
+        try:
+            while True:
+                if not outbox:
+                    replies.ready.clear()
+                    try:
+                        async with asyncio.timeout_at(check_at):
+                            await replies.ready.wait()
+                    except TimeoutError:
+                        pass
+                while outbox:
+                    item = outbox.popleft()
+                    if isinstance(item, HangUp):
+                        log.info("hanging up", extra={"reason": item.reason})
+                        self.hung_up = True
+                        await self.ws.close(1000, item.reason[:100])
+                        continue
+                    messages, stamp_us = item
+                    replies.backlog -= len(messages)
+                    for message in messages:
+                        await self.ws.send(message)
+                    if stamp_us is not None:
+                        hop.observe(max(0, wall_clock_us() - stamp_us) / 1e6)
+                        self.out_frames.inc()
+                if loop.time() >= check_at:
+                    check_at = loop.time() + LOSS_CHECK_S
+                    try:
+                        await outlasting_cancel(self._still_known(keys, started))
+                    except RETRYABLE as exc:
+                        log.warning("redis unavailable for the call's check: %s", exc)
+        except ConnectionClosed:
+            return
+
+
+class _Replies(ReplyReading):
+    """One call's reply entries as the edge's reader hands them over: turned into Twilio
+    messages (commands before audio within a read) and queued for the call's sender."""
+
+    def __init__(
+        self,
+        keys: CallKeys,
+        playback: OutboundPlayback,
+        cursors: dict[bytes, bytes],
+    ) -> None:
+        super().__init__(cursors)
+        self.keys = keys
+        self.playback = playback
+        self.outbox: deque[tuple[list[str], int | None] | HangUp] = deque()
+        self.backlog = 0  # messages queued and not yet sent
+        self.ready = asyncio.Event()
+
+    def queue(self, messages: list[str], stamp_us: int | None) -> None:
+        if messages:
+            self.outbox.append((messages, stamp_us))
+            self.backlog += len(messages)
+
+    def wants_entries(self) -> bool:
+        return self.backlog < BACKLOG_LIMIT
+
+    def take(self, read: list[tuple[bytes, Entries]]) -> None:
+        by_stream = dict(read)
+        cmd, out = self.keys.cmd, self.keys.out_pcmu
+        for entry_id, fields in by_stream.get(cmd, ()):
+            self.cursors[cmd] = entry_id
+            self._command(fields)
+        for entry_id, fields in by_stream.get(out, ()):
+            self.cursors[out] = entry_id
+            try:
+                chunk = decode_outbound(fields)
+            except StreamEntryError as exc:
+                reject(f"edge_{exc.reason}")
+                continue
+            if isinstance(chunk, OutboundChunk):
+                messages = self.playback.chunk(chunk)
+                self.queue(messages, chunk.stamp_us if messages else None)
+        if self.outbox:
+            self.ready.set()
+
+    def _command(self, fields: dict[bytes, bytes]) -> None:
         try:
             command = decode_command(fields)
         except StreamEntryError as exc:
             reject(f"edge_{exc.reason}")
             return
         if isinstance(command, ClearPlayback):
-            for message in playback.clear(command.response_id):
-                await self.ws.send(message)
+            # Queued after what the sender has yet to send, as the old per-call loop sent each
+            # read's audio before the next read: Twilio's clear drops that audio too.
+            self.queue(self.playback.clear(command.response_id), None)
             log.info("cleared playback (barge-in)", extra={"response_id": command.response_id})
         elif isinstance(command, HangUp):
-            log.info("hanging up", extra={"reason": command.reason})
-            await self.ws.close(1000, command.reason[:100])
+            self.outbox.append(command)
+
+
+def _stored_parameters(meta: dict[bytes, bytes]) -> dict[str, str]:
+    """The call's custom parameters as its first stream registered them."""
+    try:
+        params = json.loads(meta.get(META_PARAMS, b"{}"))
+    except ValueError:
+        return {}
+    if not isinstance(params, dict):
+        return {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def _mark_text(mark: tuple[str, int] | None) -> str:
+    return f"{mark[0]}:{mark[1]}" if mark else ""
 
 
 STREAM_STATUS_PATH = "/stream-status"
@@ -353,6 +549,7 @@ class Edge:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
+        self.replies = ReplyReader(redis)  # every call's cmd and out.pcmu, one read for all
         token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
         verify = settings.verifies_signatures
         self.signatures = tw.TwilioSignatures(
@@ -362,6 +559,7 @@ class Edge:
         self.bridges: set[CallBridge] = set()
         self.server: Server | None = None
         self.background: set[asyncio.Task[None]] = set()  # REST requests under way
+        self.stopping = False  # its streams close because the edge stops, not because they broke
 
     def _base_url(self, request: Request) -> str | None:
         """The edge's public base URL: ``PUBLIC_URL``, else the address the request was sent to
@@ -457,20 +655,28 @@ class Edge:
         fields = (
             params if request.method == "POST" else dict(parse_qsl(urlsplit(request.path).query))
         )
+        return respond(http.HTTPStatus.OK, self._stream_twiml(base, fields), _TWIML_TYPE)
+
+    def _stream_twiml(
+        self, base: str, fields: dict[str, str], extra: dict[str, str] | None = None
+    ) -> str:
+        """The call's ``<Connect><Stream>``: the caller's numbers and CallSid as parameters
+        (``extra`` besides), the stream's status callback, and the action Twilio asks when it
+        ends."""
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
-        twiml = tw.connect_stream_twiml(
+        return tw.connect_stream_twiml(
             self.settings.public_media_url(base),
-            parameters,
+            parameters | (extra or {}),
             status_callback=base.rstrip("/") + STREAM_STATUS_PATH,
             action=base.rstrip("/") + CONNECT_ACTION_PATH,
         )
-        return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
 
     async def _connect_action(self, conn: ServerConnection, request: Request) -> Response:
         """Twilio asks what to do now that a call's stream has ended (``<Connect action>``):
-        dial the destination of a call the model transferred, hang up one it ended, and hang
-        up any other (see :func:`~shared.twilio_media.after_stream_twiml`). Any edge can answer:
-        how the call ended is in Redis."""
+        dial the destination of a call the model transferred, hang up one it ended or that is
+        over, connect a stream that broke again as the same call (a resumption: the edge that
+        held it died, a network cut), and one whose keys are gone as a new call (see
+        :func:`~shared.resumption.after_stream`). Any edge can answer: the call is in Redis."""
         form = self.signed_callback(conn, request)
         if isinstance(form, Response):
             return form
@@ -478,24 +684,42 @@ class Edge:
         if not valid_call_sid(call_sid):
             reject("twilio_bad_call_sid")
             return respond(http.HTTPStatus.BAD_REQUEST, "bad CallSid\n")
+        base = self._base_url(request)
+        assert base is not None  # signed_callback refused a request without one
         keys = CallKeys.for_call(call_sid)
         try:
-            found: list[bytes | None] = await self.redis.hmget(  # type: ignore[assignment]
-                keys.meta, [META_DISPOSITION, META_TRANSFER_TO]
-            )
+            meta: dict[bytes, bytes] = await self.redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
         except RETRYABLE as exc:
             log.warning("cannot read how the call ended (%s); hanging up", exc)
-            found = [None, None]
-        disposition = (found[0] or b"").decode("ascii", "replace")
-        target = (found[1] or b"").decode("utf-8", "replace")
-        answer = disposition if disposition in ("hang_up", "transfer") else "ended"
+            meta = {}
+            answer = "ended"
+        else:
+            answer = after_stream(meta, form.get("CallStatus", ""))
+        extra: dict[str, str] = {}
+        if answer == "resume":
+            grant = new_grant()
+            try:
+                await self.redis.hset(keys.meta, META_RESUME_GRANT, grant)
+            except RETRYABLE as exc:
+                log.warning("cannot grant the call's resumption (%s); hanging up", exc)
+                answer = "ended"
+            else:
+                extra[RESUME_PARAMETER] = grant
+                STREAM_RESUMES.labels("granted").inc()
         CONNECT_ACTIONS.labels(answer).inc()
         with call_context(call_sid):
-            log.info(
+            (log.warning if answer in ("resume", "new_call") else log.info)(
                 "stream ended; Twilio asks what next",
                 extra={"answer": answer, "call_status": form.get("CallStatus", "")},
             )
-        twiml = tw.after_stream_twiml(disposition, target, caller_id=form.get("To", ""))
+        if answer in ("resume", "new_call"):
+            twiml = self._stream_twiml(base, form, extra)
+        else:
+            twiml = tw.after_stream_twiml(
+                answer,
+                meta.get(META_TRANSFER_TO, b"").decode("utf-8", "replace"),
+                caller_id=form.get("To", ""),
+            )
         return respond(http.HTTPStatus.OK, twiml, _TWIML_TYPE)
 
     def signed_callback(self, conn: ServerConnection, request: Request) -> Form | Response:
@@ -569,6 +793,7 @@ class Edge:
         client, a port scan) is dropped after a moment rather than waited for: websockets would
         give it its whole opening timeout, which is longer than a clean stop may take.
         """
+        self.stopping = True
         if self.server is not None:
             log.info("stopping: closing streams")
             self.server.close(close_connections=True)
@@ -579,6 +804,7 @@ class Edge:
                     if conn.protocol.state is CONNECTING:
                         conn.transport.abort()
                 await self.server.wait_closed()
+        await self.replies.stop()
         await asyncio.wait_for(self.writer.flush(), 3.0)
 
     async def prepare(self) -> None:

@@ -151,6 +151,14 @@ CONNECT_ACTIONS = Counter(
     "Twilio's <Connect action> requests after a stream ended, by what the edge answered",
     ["answer"],
 )
+STREAM_RESUMES = Counter(
+    "gateway_stream_resumes_total",
+    "Calls whose Media Stream broke and went on on a new one, by step: granted (a <Connect "
+    "action> answered with a new stream), resumed (the new stream taken as the same call), "
+    "refused (a grant that did not match), handed_over (the old edge saw the call go on "
+    "elsewhere), not_resumed (no new stream came within EDGE_RESUME_GRACE_SECONDS)",
+    ["step"],
+)
 STREAM_EVENTS = Counter(
     "gateway_stream_events_total", "Twilio's Media Stream status callbacks, by event", ["event"]
 )

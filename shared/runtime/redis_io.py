@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
@@ -27,6 +28,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
@@ -85,6 +87,46 @@ def _forget(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so an error after the caller left is not reported
 
 
+_PACKER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+_PACKED_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def _hiredis_packed(cls: type[Any]) -> type[Any]:
+    """``cls`` (a redis-py asyncio connection class) packing commands with hiredis's C packer.
+
+    redis-py's asyncio connections pack every command in Python (about 11 µs for a frame's
+    XADD, the largest single cost in the edge's profile); its sync client already uses
+    hiredis's packer when hiredis is installed, and this is that packer: the same bytes on the
+    wire, about 2 µs."""
+    packed = _PACKED_CLASSES.get(cls)
+    if packed is None:
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            return _PACKER.pack(*args)  # type: ignore[union-attr,no-any-return]
+
+        packed = type(f"HiredisPacked{cls.__name__}", (cls,), {"pack_command": pack_command})
+        _PACKED_CLASSES[cls] = packed
+    return packed
+
+
+def _pack_with_hiredis(client: Any) -> Any:
+    """Make ``client``'s connections (a cluster's: every node's) pack with hiredis."""
+    if _PACKER is None:
+        return client
+    nodes = getattr(client, "nodes_manager", None)
+    if nodes is None:
+        pool = client.connection_pool
+        pool.connection_class = _hiredis_packed(pool.connection_class)
+        return client
+    kwargs = nodes.connection_kwargs
+    kwargs["connection_class"] = _hiredis_packed(
+        kwargs.get("connection_class", aioredis.Connection)
+    )
+    for node in nodes.startup_nodes.values():
+        node.connection_class = _hiredis_packed(node.connection_class)
+    return client
+
+
 def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out); a cluster client with
     ``REDIS_CLUSTER=1`` (every command the pipeline issues stays within one slot)."""
@@ -92,26 +134,31 @@ def connect(settings: Settings) -> aioredis.Redis:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        return _cluster_class().from_url(  # type: ignore[no-any-return]
+        return _pack_with_hiredis(  # type: ignore[no-any-return]
+            _cluster_class().from_url(
+                settings.redis_url,
+                # Every caller here retries with its own backoff. The client's own retry of a
+                # failed pipeline closes every connection of the client, cutting the blocking
+                # reads of calls on healthy nodes too; failing fast keeps a node's fault to its
+                # own calls.
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+                socket_keepalive=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                max_connections=MAX_CONNECTIONS,
+            )
+        )
+    return _pack_with_hiredis(  # type: ignore[no-any-return]
+        aioredis.from_url(
             settings.redis_url,
-            # Every caller here retries with its own backoff. The client's own retry of a
-            # failed pipeline closes every connection of the client, cutting the blocking reads
-            # of calls on healthy nodes too; failing fast keeps a node's fault to its own calls.
-            retry=Retry(NoBackoff(), 0),
             decode_responses=False,
+            health_check_interval=15,
             socket_keepalive=True,
             socket_connect_timeout=2.0,
             socket_timeout=SOCKET_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
         )
-    return aioredis.from_url(
-        settings.redis_url,
-        decode_responses=False,
-        health_check_interval=15,
-        socket_keepalive=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        max_connections=MAX_CONNECTIONS,
     )
 
 

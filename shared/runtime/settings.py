@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
+    # How long an edge whose stream broke (no stop, no close of ours) keeps the call open for
+    # its resumption on another stream (Twilio's <Connect action>) before ending it; 0: at once.
+    edge_resume_grace_seconds: float = Field(5.0, ge=0.0, le=120.0)
 
     # --- Console, outbound calls, recordings (services.console, services.recorder) --------------
     console_host: str = "127.0.0.1"

@@ -246,6 +246,8 @@ function onMessage(view, block) {
     $("notes").append(el("li", {}, at, `key ${data.digit} pressed`));
   } else if (data.kind === "supervisor") {
     $("notes").append(el("li", {}, at, "a supervisor hung up"));
+  } else if (data.kind === "stream_resumed") {
+    $("notes").append(el("li", {}, at, "the stream broke and went on on a new one (same session)"));
   } else if (data.kind === "ended") {
     view.ended = true;
     setTimeout(() => loadDetail(view), 300); // the final outcome, latency and recording
@@ -321,6 +323,10 @@ function drawTimeline() {
       parts.push(svg("line", { x1: x(e.at), x2: x(e.at), y1: 10, y2: 108, stroke: "#d13b3b",
         "stroke-dasharray": "3 2" }));
       parts.push(svg("text", { x: x(e.at) + 2, y: lanes.events + 4 }, "barge-in"));
+    } else if (e.kind === "stream_resumed") {
+      parts.push(svg("line", { x1: x(e.at), x2: x(e.at), y1: 10, y2: 108, stroke: "#b06a00",
+        "stroke-dasharray": "1 3" }));
+      parts.push(svg("text", { x: x(e.at) + 2, y: lanes.events + 4 }, "stream resumed"));
     } else if (e.kind === "error" || e.kind === "amd" || e.kind === "dtmf" || e.kind === "supervisor") {
       parts.push(svg("circle", { cx: x(e.at), cy: lanes.events, r: 4,
         fill: e.kind === "error" ? "#d13b3b" : "#687084" }));

@@ -1,0 +1,178 @@
+"""A call that outlives its Media Stream: what the edge answers when a stream has ended, whether
+a new stream is the same call, and where its reply picks up (pure).
+
+Twilio cannot reconnect a stream, but ``<Connect action>`` asks the gateway what to do each time
+one ends, whichever edge the request reaches. A stream that ended without the gateway or the
+caller ending the call (its edge was killed, a network cut: no ``stop`` from Twilio, no close
+from us) leaves the call's keys in Redis with no ``ended`` and no disposition; the edge that gets
+the action request then answers a new ``<Connect><Stream>`` carrying a one-time grant
+(:data:`RESUME_PARAMETER`), and the edge the new stream reaches takes it as the same call: the
+stages never learn of a new call, the worker's Realtime session goes on, and the reply resumes
+on the new stream from the caller's last returned mark (:class:`ReplayFinder`).
+
+The grant is what tells a resumption from the second stream that a mis-set TwiML or a replayed
+request opens on a call that is still connected, which stays refused.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.playback import parse_mark_name
+from shared.streams import (
+    META_DISPOSITION,
+    META_ENDED,
+    META_RESUME_GRANT,
+    META_STARTED_US,
+    META_STREAM_SID,
+    ClearPlayback,
+    Fields,
+    MarkPlayed,
+    OutboundChunk,
+    StreamEntryError,
+    decode_command,
+    decode_control,
+    decode_outbound,
+)
+
+# The <Parameter> that carries a resumption's grant; the edge removes it from the call's
+# parameters, so no stage sees it.
+RESUME_PARAMETER = "gw_resume"
+# Twilio's CallStatus values for a call whose caller is still on the line.
+_LIVE_STATUSES = frozenset({"in-progress", "ringing", "queued"})
+
+AfterStream = Literal["hang_up", "transfer", "ended", "resume", "new_call"]
+Admission = Literal["new", "resume", "second_stream", "bad_grant", "ended"]
+
+
+def _text(meta: Mapping[bytes, bytes], key: bytes) -> str:
+    return meta.get(key, b"").decode("utf-8", "replace")
+
+
+def after_stream(meta: Mapping[bytes, bytes], call_status: str) -> AfterStream:
+    """What follows a call's ended stream, from its keys (``meta``: its hash, empty when gone)
+    and Twilio's ``CallStatus``.
+
+    The model's hang-up or transfer first; then a call over on Twilio's side, or one the edge
+    saw end (``stop``, a clean close): ``ended``. A live call whose keys are gone cannot be
+    resumed and is connected as a new call; one whose stream just broke is ``resume``.
+    """
+    disposition = _text(meta, META_DISPOSITION)
+    if disposition in ("hang_up", "transfer"):
+        return disposition  # type: ignore[return-value]  # narrowed by the test above
+    if call_status not in _LIVE_STATUSES or META_ENDED in meta:
+        return "ended"
+    if META_STARTED_US not in meta:
+        return "new_call"
+    return "resume"
+
+
+def new_grant() -> str:
+    """A one-time token for the resumed stream's :data:`RESUME_PARAMETER`."""
+    return secrets.token_urlsafe(16)
+
+
+def admit_stream(meta: Mapping[bytes, bytes], stream_sid: str, grant: str | None) -> Admission:
+    """Whether a stream that starts on a call is a new call, the call's resumption, or refused.
+
+    ``meta``: the call's hash as the stream starts; ``grant``: its :data:`RESUME_PARAMETER`
+    (``None`` without one). A call Redis no longer knows is new whatever the stream says.
+    """
+    if META_STARTED_US not in meta:
+        return "new"
+    earlier = _text(meta, META_STREAM_SID)
+    if not earlier or earlier == stream_sid:
+        return "new"  # the same stream registering again, as after a lost Redis
+    if grant is None:
+        return "second_stream"
+    expected = _text(meta, META_RESUME_GRANT)
+    if not expected or not secrets.compare_digest(expected, grant):
+        return "bad_grant"
+    if META_ENDED in meta:
+        return "ended"
+    return "resume"
+
+
+def last_mark(newest_first: Iterable[tuple[bytes, Fields]]) -> tuple[str, int] | None:
+    """The newest of our marks the caller's phone returned, ``(item_id, end_ms)``, among a
+    call's ``ctl`` entries given newest first; ``None`` when there is none among them."""
+    for _, fields in newest_first:
+        try:
+            entry = decode_control(fields)
+        except StreamEntryError:
+            continue
+        if isinstance(entry, MarkPlayed):
+            parsed = parse_mark_name(entry.name)
+            if parsed is not None:
+                return parsed
+    return None
+
+
+def cleared_responses(commands: Iterable[tuple[bytes, Fields]]) -> set[str]:
+    """The responses a barge-in cleared, from a call's ``cmd`` entries: none of them replays."""
+    cleared: set[str] = set()
+    for _, fields in commands:
+        try:
+            command = decode_command(fields)
+        except StreamEntryError:
+            continue
+        if isinstance(command, ClearPlayback) and command.response_id:
+            cleared.add(command.response_id)
+    return cleared
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Where the resumed stream's reply starts: ``first`` (the rest of the chunk the caller was
+    hearing, if any of it is left), then the ``out.pcmu`` entries after ``cursor``."""
+
+    cursor: bytes
+    first: OutboundChunk | None = None
+
+
+@dataclass
+class ReplayFinder:
+    """Finds the reply chunk holding the last returned mark in ``out.pcmu`` read newest first,
+    a page at a time: what the caller heard ends there, and the replay starts after it.
+
+    ``mark``: :func:`last_mark` (``None``: nothing was ever heard, so the whole reply replays).
+    """
+
+    mark: tuple[str, int] | None
+    undecodable: int = field(default=0)
+
+    def older(self, page: Iterable[tuple[bytes, Fields]]) -> Replay | None:
+        """Look through a page of entries (newest first); ``None`` means read the next page."""
+        if self.mark is None:
+            return Replay(b"0-0")
+        item_id, end_ms = self.mark
+        end_us = end_ms * 1000
+        for entry_id, fields in page:
+            try:
+                chunk = decode_outbound(fields)
+            except StreamEntryError:
+                self.undecodable += 1
+                continue
+            if not isinstance(chunk, OutboundChunk) or chunk.item_id != item_id:
+                continue
+            if chunk.offset_us > end_us:
+                continue  # after the mark: unheard
+            heard_bytes = (end_us - chunk.offset_us) // 125  # 8 bytes a ms
+            if heard_bytes >= len(chunk.audio):
+                return Replay(entry_id)
+            rest = OutboundChunk(
+                chunk.audio[heard_bytes:],
+                chunk.response_id,
+                chunk.item_id,
+                chunk.offset_us + heard_bytes * 125,
+                chunk.stamp_us,
+            )
+            return Replay(entry_id, rest)
+        return None
+
+    def exhausted(self) -> Replay:
+        """The stream holds no chunk of the marked item (trimmed away): replay what is there."""
+        return Replay(b"0-0")

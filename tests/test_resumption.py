@@ -1,0 +1,130 @@
+"""A broken stream's call going on on a new one: the pure decisions (shared.resumption)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.resumption import (
+    ReplayFinder,
+    admit_stream,
+    after_stream,
+    cleared_responses,
+    last_mark,
+)
+from shared.streams import (
+    META_DISPOSITION,
+    META_ENDED,
+    META_RESUME_GRANT,
+    META_STARTED_US,
+    META_STREAM_SID,
+    ClearPlayback,
+    DtmfPressed,
+    HangUp,
+    MarkPlayed,
+    OutboundChunk,
+)
+
+LIVE = {META_STARTED_US: b"1700000000000000", META_STREAM_SID: b"MZold"}
+
+
+def wire(fields: dict[bytes, bytes | int]) -> dict[bytes, bytes]:
+    """An entry as Redis gives it back (every value bytes)."""
+    return {k: v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+
+
+def chunk(item: str, offset_ms: int, ms: int, response: str = "resp_1") -> OutboundChunk:
+    audio = bytes((offset_ms + i) % 251 for i in range(ms * 8))
+    return OutboundChunk(audio, response, item, offset_ms * 1000, 0)
+
+
+@pytest.mark.parametrize(
+    ("meta", "status", "answer"),
+    [
+        ({**LIVE, META_DISPOSITION: b"hang_up"}, "in-progress", "hang_up"),
+        ({**LIVE, META_DISPOSITION: b"transfer"}, "in-progress", "transfer"),
+        ({**LIVE, META_ENDED: b"stop"}, "in-progress", "ended"),
+        (LIVE, "completed", "ended"),  # the caller is gone: nothing to resume
+        ({}, "in-progress", "new_call"),  # the keys are gone: a new call, as before
+        (LIVE, "in-progress", "resume"),
+    ],
+)
+def test_what_follows_a_stream_that_ended(
+    meta: dict[bytes, bytes], status: str, answer: str
+) -> None:
+    assert after_stream(meta, status) == answer
+
+
+def test_a_new_stream_is_the_call_only_with_its_grant() -> None:
+    granted = {**LIVE, META_RESUME_GRANT: b"tok"}
+    assert admit_stream({}, "MZnew", None) == "new"
+    assert admit_stream({}, "MZnew", "tok") == "new"  # the call is gone: a new one
+    assert admit_stream(LIVE, "MZold", None) == "new"  # the same stream registering again
+    assert admit_stream(LIVE, "MZnew", None) == "second_stream"
+    assert admit_stream(LIVE, "MZnew", "tok") == "bad_grant"  # none was given
+    assert admit_stream(granted, "MZnew", "other") == "bad_grant"
+    assert admit_stream(granted, "MZnew", "tok") == "resume"
+    assert admit_stream({**granted, META_ENDED: b"socket_closed"}, "MZnew", "tok") == "ended"
+
+
+def test_the_newest_of_our_marks_is_where_hearing_stopped() -> None:
+    ctl = [
+        (b"5-0", wire(DtmfPressed("1").encode())),
+        (b"4-0", wire(MarkPlayed("not-ours").encode())),
+        (b"3-0", wire(MarkPlayed("item_b:300").encode())),
+        (b"2-0", wire(MarkPlayed("item_b:200").encode())),
+        (b"1-0", {b"k": b"nonsense"}),
+    ]
+    assert last_mark(ctl) == ("item_b", 300)
+    assert last_mark(ctl[:2]) is None
+    assert last_mark([]) is None
+
+
+def test_cleared_replies_are_not_played_again() -> None:
+    cmd = [
+        (b"1-0", wire(ClearPlayback("resp_1").encode())),
+        (b"2-0", {b"k": b"bad"}),
+        (b"3-0", wire(HangUp("x").encode())),
+        (b"4-0", wire(ClearPlayback("").encode())),
+    ]
+    assert cleared_responses(cmd) == {"resp_1"}
+
+
+def test_the_replay_starts_inside_the_chunk_that_was_playing() -> None:
+    out = [  # newest first, as XREVRANGE gives them
+        (b"4-0", wire(chunk("item_b", 500, 500).encode())),
+        (b"3-0", wire(chunk("item_b", 0, 500).encode())),
+        (b"2-0", wire(chunk("item_a", 0, 500).encode())),
+    ]
+    replay = ReplayFinder(("item_b", 300)).older(out)
+    assert replay is not None
+    assert replay.cursor == b"3-0"  # what follows that chunk comes from the stream
+    assert replay.first is not None
+    whole = chunk("item_b", 0, 500)
+    assert replay.first.audio == whole.audio[300 * 8 :]  # the caller had heard 300 ms of it
+    assert replay.first.offset_us == 300_000  # so the new stream's marks go on from there
+    assert (replay.first.item_id, replay.first.response_id) == ("item_b", "resp_1")
+
+
+def test_a_chunk_heard_to_its_end_replays_from_the_next() -> None:
+    out = [
+        (b"4-0", wire(chunk("item_b", 500, 500).encode())),
+        (b"3-0", wire(chunk("item_b", 0, 500).encode())),
+    ]
+    replay = ReplayFinder(("item_b", 500)).older(out)
+    assert replay is not None
+    # 500 ms is the second chunk's start: it replays whole, from its first byte.
+    assert replay.cursor == b"4-0"
+    assert replay.first is not None and replay.first.audio == chunk("item_b", 500, 500).audio
+
+
+def test_the_marked_chunk_may_be_pages_back_and_nothing_heard_replays_all() -> None:
+    finder = ReplayFinder(("item_a", 100))
+    assert finder.older([(b"9-0", wire(chunk("item_b", 0, 100).encode()))]) is None
+    assert finder.older([(b"8-0", {b"k": b"broken"})]) is None
+    assert finder.undecodable == 1
+    found = finder.older([(b"7-0", wire(chunk("item_a", 0, 100).encode()))])
+    # Heard to its end: nothing of it is left, the replay is what follows it.
+    assert found is not None and found.cursor == b"7-0" and found.first is None
+    assert finder.exhausted().cursor == b"0-0"
+    assert ReplayFinder(None).older([]) is not None
+    assert ReplayFinder(None).older([]).cursor == b"0-0"  # type: ignore[union-attr]
