@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ BLOCK_MS = 100
 BACKLOG_LIMIT = 256  # messages a call's sender may be behind before its reads pause
 
 
-class ReplyReading:
+class ReplyReading(ABC):
     """One call's part in the shared read: ``cursors`` (stream -> last entry ID taken) say where
     its next read starts; :meth:`take` moves them."""
 
@@ -53,9 +54,9 @@ class ReplyReading:
         """Whether the next read should include this call (False: its sender is behind)."""
         return True
 
+    @abstractmethod
     def take(self, read: list[tuple[bytes, Entries]]) -> None:
         """Act on the entries read for this call, per stream in the order read."""
-        raise NotImplementedError
 
 
 class _Lane:

@@ -254,12 +254,7 @@ class CallBridge:
         try:
             await self._register(keys, started)
         except RETRYABLE as exc:
-            # No stage can learn of the call: tell Twilio now (1011) rather than take audio
-            # nobody will carry.
-            reject("edge_redis_unavailable")
-            log.error("cannot register the call in redis (%s); hanging up", exc)
-            self.keys = None
-            await self.ws.close(1011, "gateway storage unavailable")
+            await self._storage_failed("register", exc)
             return
         ACTIVE_CALLS.inc()
         log.info("call started", extra={"params": sorted(parameters)})
@@ -308,10 +303,7 @@ class CallBridge:
             pipe.xadd(keys.events, CallEvent("stream_resumed", event_data).encode())  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
             await pipe.execute()
         except RETRYABLE as exc:
-            reject("edge_redis_unavailable")
-            log.error("cannot resume the call in redis (%s); hanging up", exc)
-            self.keys = None
-            await self.ws.close(1011, "gateway storage unavailable")
+            await self._storage_failed("resume", exc)
             return
         self.in_ids = InboundIds(point.inbound_ms)
         self.expiry.first_write(keys.in_pcmu)  # its expiry came with the first stream's frames
@@ -326,6 +318,14 @@ class CallBridge:
         )
         playback = OutboundPlayback(event.stream_sid, cleared=point.cleared)
         self._play_replies(keys, started, playback, point.cursors, point.first)
+
+    async def _storage_failed(self, what: str, exc: BaseException) -> None:
+        """Redis cannot take the call as it starts: no stage would carry it, so tell Twilio now
+        (1011) rather than take audio nobody will carry."""
+        reject("edge_redis_unavailable")
+        log.error("cannot %s the call in redis (%s); hanging up", what, exc)
+        self.keys = None
+        await self.ws.close(1011, "gateway storage unavailable")
 
     async def _meta(self, keys: CallKeys) -> dict[bytes, bytes]:
         """The call's hash as a stream starts (empty when Redis cannot say now, in which case

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,7 +77,7 @@ class Writes:
                 pipe.xadd(key, fields, id=entry_id or "*", maxlen=maxlen, approximate=True)
 
 
-class CallReading:
+class CallReading(ABC):
     """One call's part in the shared read; each stage subclasses it.
 
     ``cursors``: where the next read of each stream starts (the reader never moves them; the
@@ -103,16 +104,16 @@ class CallReading:
         """Whether the next read should include this call."""
         return True
 
+    @abstractmethod
     def take(self, read: Read, writes: Writes) -> None:
         """Act on what was read for this call (in order), queueing any writes on ``writes``.
         Synchronous: nothing here may wait for another call."""
-        raise NotImplementedError
 
-    def written(self, results: list[Any]) -> None:
+    def written(self, results: list[Any]) -> None:  # noqa: B027  # a hook: nothing by default
         """The round trip that carried :meth:`take`'s writes went through (``results``: the
         replies to those writes, errors included)."""
 
-    def unwritten(self) -> None:
+    def unwritten(self) -> None:  # noqa: B027  # a hook: nothing by default
         """The round trip that carried :meth:`take`'s writes failed: they will be read again."""
 
     def end(self, outcome: str) -> None:
