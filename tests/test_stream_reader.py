@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from services.realtime_worker import feed as worker_feed
+from shared.runtime import stream_reader
 from shared.runtime.observability import REJECTED
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
 
@@ -202,22 +203,22 @@ async def test_no_reads_without_calls(real_redis: aioredis.Redis) -> None:
 
 
 class SlottedFake(fakeredis.FakeAsyncRedis):
-    """A fakeredis that says which slot a key is in, as a cluster client does, and records the
-    streams each XREAD names."""
-
-    named: list[set[bytes]]
+    """A fakeredis that says which slot a key is in, as a cluster client does."""
 
     def keyslot(self, key: bytes) -> int:
         return int(key_slot(key))
 
-    async def xread(self, streams: Any, *args: Any, **kwargs: Any) -> Any:
-        self.named.append(set(streams))
-        return await super().xread(streams, *args, **kwargs)
 
-
-async def test_a_cluster_is_read_in_lanes_per_slot() -> None:
+async def test_a_cluster_is_read_in_lanes_per_slot(monkeypatch: pytest.MonkeyPatch) -> None:
     client = SlottedFake(server=fakeredis.FakeServer())
-    client.named = []
+    named_by_reads: list[set[bytes]] = []
+    xread_command = stream_reader.xread_command
+
+    def recording(streams: dict[bytes, bytes], block_ms: int, count: int) -> Any:
+        named_by_reads.append(set(streams))
+        return xread_command(streams, block_ms, count)
+
+    monkeypatch.setattr(stream_reader, "xread_command", recording)
     reader = SharedReader(client, "test")
     a1, b = Recorder("CAa"), Recorder("CAb")
     a2 = Recorder("CAa2", tag="CAa")  # the same hash tag: the same slot as a1
@@ -229,9 +230,10 @@ async def test_a_cluster_is_read_in_lanes_per_slot() -> None:
     await a1.until(1)
     await a2.until(1)
     await b.until(1)
-    for named in client.named:  # never a read across slots
+    assert named_by_reads
+    for named in named_by_reads:  # never a read across slots
         assert len({key_slot(s) for s in named}) == 1
-    assert any({inbound(a1), inbound(a2)} <= named for named in client.named)  # one lane
+    assert any({inbound(a1), inbound(a2)} <= named for named in named_by_reads)  # one lane
     for call in (a1, a2, b):
         reader.remove(call)
     await reader.stop()
@@ -298,34 +300,45 @@ async def test_a_slow_worker_call_holds_up_only_itself(real_redis: aioredis.Redi
     await reader.stop()
 
 
-class LosesOneReply(aioredis.Redis):
-    """A client whose next pipeline is sent but whose reply is lost (a connection cut after
+class LosesOneReply:
+    """Round trips whose next batch is sent but whose reply is lost (a connection cut after
     Redis took the writes): the case the transcoder's mirrored IDs are for."""
 
-    lose_next = False
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.lose_next = False
 
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)
-        if self.lose_next:
+    async def execute(self, commands: Any, timeout_s: float) -> list[Any]:
+        replies: list[Any] = await self.inner.execute(commands, timeout_s)
+        if self.lose_next and any(command[0] == "XADD" for command in commands):
             self.lose_next = False
-            send = pipe.execute
+            raise RedisConnectionError("connection lost after sending")
+        return replies
 
-            async def execute(raise_on_error: bool = True) -> Any:
-                await send(raise_on_error=False)
-                raise RedisConnectionError("connection lost after sending")
-
-            pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
+    def close(self) -> None:
+        self.inner.close()
 
 
 async def test_the_transcoder_stays_exactly_once_when_a_reply_is_lost(
-    redis_server: Any,
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.transcoder.service import _CallPump, _resume
+    from shared.runtime.resp import RespConnection
     from shared.streams import CallKeys, InboundFrame, StreamEnd
 
-    client = LosesOneReply.from_url(redis_server.url, decode_responses=False)
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=False)
     await client.flushall()
+    lossy: list[LosesOneReply] = []
+    lean = stream_reader.round_trips
+
+    def round_trips(redis: Any) -> LosesOneReply:
+        trips = LosesOneReply(lean(redis))
+        assert isinstance(trips.inner, RespConnection)  # a real Redis: the lean connection
+        trips.lose_next = not lossy  # the first lane's first batch of writes
+        lossy.append(trips)
+        return trips
+
+    monkeypatch.setattr(stream_reader, "round_trips", round_trips)
     settings = SimpleNamespace(pcm_rate=24000, stream_maxlen=1000, call_max_seconds=60)
     keys = CallKeys.for_call("CA" + "7" * 32)
     other = Recorder("CAother", forward=True)
@@ -335,8 +348,7 @@ async def test_the_transcoder_stays_exactly_once_when_a_reply_is_lost(
     ]
     duplicates = REJECTED.labels("transcoder_duplicate")
     before = duplicates._value.get()
-    reader = SharedReader(client, "transcoder")
-    client.lose_next = True  # the first batch's writes land, their reply does not
+    reader = SharedReader(client, "transcoder")  # its first batch's writes land, not its reply
     pump = _CallPump(keys, settings, await _resume(client, keys))  # type: ignore[arg-type]
     reader.add(pump)
     reader.add(other)

@@ -14,6 +14,7 @@ import asyncio
 import http
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -28,7 +29,6 @@ from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, Form, respond
 from services.twilio_edge.outbound import amd_callback, call_status_callback
-from services.twilio_edge.replies import BACKLOG_LIMIT, Entries, ReplyReader, ReplyReading
 from services.twilio_edge.resume import resume_point
 from shared import twilio_media as tw
 from shared.backoff import Backoff
@@ -65,6 +65,7 @@ from shared.runtime.redis_io import (
     outlasting_cancel,
 )
 from shared.runtime.settings import Settings, settings_or_exit
+from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
 from shared.streams import (
     LIFECYCLE_MAXLEN,
     META_ENDED,
@@ -104,6 +105,11 @@ _TWIML_TYPE = "text/xml; charset=utf-8"
 
 
 LOSS_CHECK_S = 1.0  # how often a call checks that Redis still knows it (and that it is its)
+# How long the reply read of silent calls blocks: how late a call added meanwhile joins the
+# reads (its greeting waits at most this), and how often an edge whose calls are all silent
+# reads (with no call it does not read at all).
+REPLY_BLOCK_MS = 100
+BACKLOG_LIMIT = 256  # messages a call's sender may be behind before its reads pause
 RESUME_POLL_S = 0.25  # how often a broken stream's edge looks for the call's new stream
 
 
@@ -435,6 +441,9 @@ class CallBridge:
                             await replies.ready.wait()
                     except TimeoutError:
                         pass
+                if not replies.active and not outbox:
+                    await self._reply_reading_ended(replies)
+                    return
                 while outbox:
                     item = outbox.popleft()
                     if isinstance(item, HangUp):
@@ -458,8 +467,19 @@ class CallBridge:
         except ConnectionClosed:
             return
 
+    async def _reply_reading_ended(self, replies: _Replies) -> None:
+        """The shared reader stopped reading for this call: taken over by a newer stream
+        ("removed"), or its entries could not be handled (a bug, or a key that is not a stream).
+        In the second case nothing more of the reply can reach the caller, so the call ends,
+        rather than go on in silence."""
+        if replies.outcome.cancelled() or replies.outcome.exception() is None:
+            return
+        log.error("the call's replies cannot be read: %r", replies.outcome.exception())
+        self.hung_up = True
+        await self.ws.close(1011, "reply path failed")
 
-class _Replies(ReplyReading):
+
+class _Replies(CallReading):
     """One call's reply entries as the edge's reader hands them over: turned into Twilio
     messages (commands before audio within a read) and queued for the call's sender."""
 
@@ -469,7 +489,8 @@ class _Replies(ReplyReading):
         playback: OutboundPlayback,
         cursors: dict[bytes, bytes],
     ) -> None:
-        super().__init__(cursors)
+        # A reply stream is silent whenever the model is: only the caller's side judges silence.
+        super().__init__(keys.call_sid, cursors, silent_limit_s=math.inf)
         self.keys = keys
         self.playback = playback
         self.outbox: deque[tuple[list[str], int | None] | HangUp] = deque()
@@ -484,7 +505,15 @@ class _Replies(ReplyReading):
     def wants_entries(self) -> bool:
         return self.backlog < BACKLOG_LIMIT
 
-    def take(self, read: list[tuple[bytes, Entries]]) -> None:
+    def end(self, outcome: str) -> None:
+        super().end(outcome)
+        self.ready.set()  # the sender finds out
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        self.ready.set()
+
+    def take(self, read: Read, writes: Writes) -> None:
         by_stream = dict(read)
         cmd, out = self.keys.cmd, self.keys.out_pcmu
         for entry_id, fields in by_stream.get(cmd, ()):
@@ -549,7 +578,8 @@ class Edge:
         self.settings = settings
         self.redis = redis
         self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
-        self.replies = ReplyReader(redis)  # every call's cmd and out.pcmu, one read for all
+        # Every call's cmd and out.pcmu, one read for all.
+        self.replies = SharedReader(redis, "edge", block_ms=REPLY_BLOCK_MS)
         token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
         verify = settings.verifies_signatures
         self.signatures = tw.TwilioSignatures(

@@ -32,6 +32,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
+from shared.runtime.resp import Command, RoundTrips, round_trips, xadd_command
 from shared.runtime.settings import Settings
 
 T = TypeVar("T")
@@ -324,6 +325,7 @@ class BatchedStreamWriter:
         self._dropping: set[bytes] = set()  # streams refusing audio until their backlog clears
         self._progress: asyncio.Event | None = None  # set after a round, for stream flushes
         self._node_of = getattr(redis, "get_node_from_key", None)  # a cluster client's
+        self._trips: RoundTrips = round_trips(redis)  # connects at its first batch
         self.batches = 0
         self.entries = 0
         self.failures = 0
@@ -389,6 +391,12 @@ class BatchedStreamWriter:
             self._dropping.discard(write.stream)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._trips.close()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             arrived: list[_Write] = []  # taken from the queue while waiting, first in line
@@ -444,16 +452,14 @@ class BatchedStreamWriter:
 
     async def _send(self, writes: list[_Write]) -> list[_Write]:
         """One pipeline; returns the writes to try again."""
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[Command] = []
         for w in writes:
-            pipe.xadd(
-                w.stream, dict(w.fields), id=w.entry_id or "*", maxlen=w.maxlen, approximate=True
-            )
+            commands.append(xadd_command(w.stream, w.fields, w.entry_id, w.maxlen))
             if w.expire_s is not None:
-                pipe.expire(w.stream, w.expire_s)
+                commands.append(("EXPIRE", w.stream, w.expire_s))
         self.batches += 1
         try:
-            results = iter(await pipe.execute(raise_on_error=False))
+            results = iter(await self._trips.execute(commands, SOCKET_TIMEOUT_S))
         except RETRYABLE as exc:
             log.warning("redis write failed, will retry: %s", exc)
             return writes

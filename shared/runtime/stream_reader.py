@@ -35,7 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
-from shared.runtime.redis_io import is_transient
+from shared.runtime.redis_io import SOCKET_TIMEOUT_S, is_transient
+from shared.runtime.resp import Command, RoundTrips, round_trips, xadd_command, xread_command
 
 log = logging.getLogger("gateway.reader")
 
@@ -69,12 +70,17 @@ class Writes:
     def __len__(self) -> int:
         return len(self.ops)
 
-    def queue_on(self, pipe: Any) -> None:
+    def queue_on(self, commands: list[Command]) -> None:
         for key, fields, entry_id, maxlen, seconds in self.ops:
             if seconds is not None:
-                pipe.expire(key, seconds)
+                commands.append(("EXPIRE", key, seconds))
             else:
-                pipe.xadd(key, fields, id=entry_id or "*", maxlen=maxlen, approximate=True)
+                commands.append(xadd_command(key, fields, entry_id, maxlen))
+
+
+# How long a blocking read's reply may take past its BLOCK before the connection counts as dead.
+def _reply_within(block_ms: int) -> float:
+    return block_ms / 1000 + SOCKET_TIMEOUT_S
 
 
 class CallReading(ABC):
@@ -130,14 +136,16 @@ class _Lane:
         self.calls: dict[str, CallReading] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.trips: RoundTrips | None = None  # the lane's own connection, while it runs
 
 
 class SharedReader:
     """Reads for every :class:`CallReading` registered with it; see the module's docstring."""
 
-    def __init__(self, redis: aioredis.Redis, name: str) -> None:
+    def __init__(self, redis: aioredis.Redis, name: str, block_ms: int = BLOCK_MS) -> None:
         self.redis = redis
         self.name = name
+        self.block_ms = block_ms
         self._keyslot = getattr(redis, "keyslot", None)  # a cluster client's
         self._lanes: dict[object, _Lane] = {}
         self.reads = 0  # round trips that carried a read, for tests and benchmarks
@@ -196,9 +204,11 @@ class SharedReader:
         return streams, owners
 
     async def _serve(self, lane_key: object, lane: _Lane) -> None:
+        lane.trips = round_trips(self.redis)
         try:
-            await self._loop(lane)
+            await self._loop(lane, lane.trips)
         finally:
+            lane.trips.close()
             lane.task = None
             if self._lanes.get(lane_key) is lane and not lane.calls:
                 del self._lanes[lane_key]
@@ -206,7 +216,7 @@ class SharedReader:
                 for call in list(lane.calls.values()):
                     call.fail(RedisConnectionError(f"{self.name}: the shared read stopped"))
 
-    async def _loop(self, lane: _Lane) -> None:
+    async def _loop(self, lane: _Lane, trips: RoundTrips) -> None:
         backoff = Backoff()
         ahead: tuple[dict[bytes, CallReading], Any] | None = None  # read with the last writes
         while lane.calls:
@@ -218,16 +228,15 @@ class SharedReader:
                 streams, owners = self._owners(lane)
                 if not streams:  # every call is busy: wait for one to want entries
                     try:
-                        await asyncio.wait_for(lane.wake.wait(), BLOCK_MS / 1000)
+                        await asyncio.wait_for(lane.wake.wait(), self.block_ms / 1000)
                     except TimeoutError:
                         pass
                     continue
                 try:
-                    reply = await self.redis.xread(
-                        streams,  # type: ignore[arg-type]  # bytes keys work; the stubs say str
-                        count=READ_COUNT,
-                        block=BLOCK_MS,
-                    )
+                    read = xread_command(streams, self.block_ms, READ_COUNT)
+                    [reply] = await trips.execute([read], _reply_within(self.block_ms))
+                    if isinstance(reply, Exception):
+                        raise reply
                 except Exception as exc:
                     if not is_transient(exc) and await self._isolate(owners, exc):
                         continue  # the call whose streams Redis refused is ended; read on
@@ -237,10 +246,15 @@ class SharedReader:
                     continue
                 self.reads += 1
             backoff.reset()
-            ahead = await self._handle(lane, owners, reply or [], backoff)
+            ahead = await self._handle(lane, trips, owners, reply, backoff)
 
     async def _handle(
-        self, lane: _Lane, owners: dict[bytes, CallReading], reply: Any, backoff: Backoff
+        self,
+        lane: _Lane,
+        trips: RoundTrips,
+        owners: dict[bytes, CallReading],
+        reply: Any,
+        backoff: Backoff,
     ) -> tuple[dict[bytes, CallReading], Any] | None:
         """Hand one reply to its calls, send their writes with the next read; that read's reply."""
         now = time.monotonic()
@@ -259,7 +273,7 @@ class SharedReader:
                         extra={"call_sid": call.call_id},
                     )
                     call.end("abandoned")
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Command] = []
         taken: list[tuple[CallReading, int, int]] = []
         queued = 0
         for call, read in reads.values():
@@ -272,7 +286,7 @@ class SharedReader:
                 reject(f"{self.name}_call_failed")
                 call.fail(exc)
                 continue  # its half-queued writes go with it
-            writes.queue_on(pipe)
+            writes.queue_on(commands)
             taken.append((call, queued, queued + len(writes)))
             queued += len(writes)
         if not queued:
@@ -283,9 +297,9 @@ class SharedReader:
         # Redis rather than two (a loopback send runs Redis's side of TCP too).
         streams, next_owners = self._owners(lane)
         if streams:
-            pipe.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+            commands.append(xread_command(streams, self.block_ms, READ_COUNT))
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await trips.execute(commands, _reply_within(self.block_ms))
         except Exception as exc:  # not only "server away": the batch is read and sent again
             await self._unwritten(taken, exc, backoff)
             return None
