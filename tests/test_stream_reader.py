@@ -19,6 +19,7 @@ from services.realtime_worker import feed as worker_feed
 from shared.runtime import stream_reader
 from shared.runtime.observability import REJECTED
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
+from tests.conftest import wait_for
 
 TIMEOUT_S = 5.0
 
@@ -264,8 +265,8 @@ class FakeWorkerCall:
                 return "caller_hung_up"
         return None
 
-    async def save_cursors_now_and_then(self) -> None:
-        pass
+    def cursors_to_save(self, now: float) -> None:
+        return None  # the worker's own tests cover its saves
 
 
 async def test_a_slow_worker_call_holds_up_only_itself(real_redis: aioredis.Redis) -> None:
@@ -369,3 +370,36 @@ async def test_the_transcoder_stays_exactly_once_when_a_reply_is_lost(
     reader.remove(other)
     await reader.stop()
     await client.aclose()
+
+
+class SavingWorkerCall(FakeWorkerCall):
+    """A worker call whose cursors are due for a save at every batch."""
+
+    def __init__(self, call_sid: str) -> None:
+        super().__init__(call_sid)
+        self.meta = f"call:{{{call_sid}}}:meta".encode()
+        self.cursors = SimpleNamespace(in_flight=None, saved=(b"", b""))
+
+    def cursors_to_save(self, now: float) -> tuple[bytes, dict[bytes, bytes]] | None:
+        acted = self.acted[-1] if self.acted else b"0-0"
+        return self.meta, {b"worker_cursor": acted}
+
+
+async def test_the_worker_saves_its_cursors_with_the_readers_batches(
+    real_redis: aioredis.Redis,
+) -> None:
+    reader = SharedReader(real_redis, "worker")
+    call = SavingWorkerCall("CAsave")
+    feeding = asyncio.create_task(worker_feed.feed(reader, call))  # type: ignore[arg-type]
+    first = await real_redis.xadd(call.in_pcm, {b"n": 1})
+    await wait_for(lambda: call.acted == [first])
+    second = await real_redis.xadd(call.in_pcm, {b"n": 2})  # its batch carries first's save
+    await wait_for(lambda: len(call.acted) == 2)
+    saving = call.cursors.in_flight
+    assert saving is not None
+    await asyncio.wait_for(saving, TIMEOUT_S)  # answered with the batch's round trip
+    saved = await real_redis.hget(call.meta, b"worker_cursor")
+    assert saved in (first, second)  # what the call had acted on when the batch was read
+    await real_redis.xadd(call.in_pcm, {b"end": b"1"})
+    assert await asyncio.wait_for(feeding, TIMEOUT_S) == "caller_hung_up"
+    await reader.stop()

@@ -99,6 +99,8 @@ class Cursors:
     inbound: bytes
     control: bytes
     saved_at: float = 0.0
+    saved: tuple[bytes, bytes] = (b"", b"")  # what was last saved
+    in_flight: asyncio.Future[None] | None = None  # a save sent with the reader's batch
 
 
 class RealtimeCall:
@@ -459,6 +461,12 @@ class RealtimeCall:
         )
 
     async def save_cursors(self) -> None:
+        saving = self.cursors.in_flight
+        if saving is not None and not saving.done():
+            # A save the reader sent with a batch, not yet answered: this later one must not
+            # land before it (a successor would go on from the older cursor).
+            await asyncio.wait([saving], timeout=1.0)
+        saved = (self.cursors.inbound, self.cursors.control)
         try:
             await self.worker.redis.hset(
                 self.keys.meta,
@@ -467,13 +475,18 @@ class RealtimeCall:
                     META_CONTROL_CURSOR: self.cursors.control,
                 },
             )
-            self.cursors.saved_at = time.monotonic()
+            self.cursors.saved_at, self.cursors.saved = time.monotonic(), saved
         except RETRYABLE as exc:
             log.warning("could not save cursors: %s", exc)
 
-    async def save_cursors_now_and_then(self) -> None:
-        if time.monotonic() - self.cursors.saved_at >= CURSOR_SAVE_INTERVAL_S:
-            await self.save_cursors()
+    def cursors_to_save(self, now: float) -> tuple[bytes, dict[bytes, bytes]] | None:
+        """The meta fields to write, once :data:`CURSOR_SAVE_INTERVAL_S` has passed since the
+        last save and the call has moved (the reader sends them with its next batch)."""
+        c = self.cursors
+        if now - c.saved_at < CURSOR_SAVE_INTERVAL_S or (c.inbound, c.control) == c.saved:
+            return None
+        c.saved_at, c.saved = now, (c.inbound, c.control)
+        return self.keys.meta, {META_WORKER_CURSOR: c.inbound, META_CONTROL_CURSOR: c.control}
 
     async def _finish(self, outcome: str) -> None:
         """The call is over for the worker: tell the other stages and leave only expiring keys."""

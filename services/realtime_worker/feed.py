@@ -11,13 +11,17 @@ the reads, and the others go on.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
 
 if TYPE_CHECKING:
     from services.realtime_worker.call import RealtimeCall
+
+log = logging.getLogger("gateway.worker")
 
 # A live Twilio stream sends 50 frames a second even in silence; this long without any input
 # means the edge died without ending the call.
@@ -32,6 +36,8 @@ class _CallInbox(CallReading):
 
     def __init__(self, call: RealtimeCall) -> None:
         super().__init__(call.call.call_sid, call.streams(), CALL_SILENT_LIMIT_S)
+        self.call = call
+        self.saving: asyncio.Future[None] | None = None
         self.reads: deque[Read] = deque()
         self.arrived = asyncio.Event()
 
@@ -43,6 +49,30 @@ class _CallInbox(CallReading):
             self.cursors[stream] = entries[-1][0]  # the reader's position, not the call's
         self.reads.append(read)
         self.arrived.set()
+        # Where the call is (what it acted on, behind the reader) rides with this batch's round
+        # trip now and then, rather than take one of its own.
+        save = self.call.cursors_to_save(time.monotonic())
+        if save is not None:
+            writes.hset(*save)
+            self.saving = asyncio.get_running_loop().create_future()
+            self.call.cursors.in_flight = self.saving
+
+    def written(self, results: list[Any]) -> None:
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("could not save cursors: %s", result, extra={"call_sid": self.call_id})
+                self.call.cursors.saved = (b"", b"")  # the next batch saves again
+        self._saved()
+
+    def unwritten(self) -> None:
+        if self.saving is not None:
+            self.call.cursors.saved = (b"", b"")  # the next batch saves again
+        self._saved()
+
+    def _saved(self) -> None:
+        if self.saving is not None and not self.saving.done():
+            self.saving.set_result(None)
+        self.saving = None
 
     def end(self, outcome: str) -> None:
         super().end(outcome)
@@ -76,6 +106,5 @@ async def feed(reader: SharedReader, call: RealtimeCall) -> str:
                 ended = await call.on_entries(stream, entries)
                 if ended:
                     return ended
-            await call.save_cursors_now_and_then()
     finally:
         reader.remove(inbox)

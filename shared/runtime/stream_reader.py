@@ -53,29 +53,25 @@ class Writes:
     """The writes one call queues while taking its entries: sent in the batch's pipeline (with
     every other call's and the next read), in the order queued."""
 
-    __slots__ = ("ops",)
+    __slots__ = ("commands",)
 
     def __init__(self) -> None:
-        self.ops: list[tuple[bytes, Any, bytes | None, int | None, int | None]] = []
+        self.commands: list[Command] = []
 
     def xadd(
         self, stream: bytes, fields: Any, entry_id: bytes | None = None, maxlen: int | None = None
     ) -> None:
         """``XADD stream [MAXLEN ~ maxlen] entry_id|* fields``."""
-        self.ops.append((stream, fields, entry_id, maxlen, None))
+        self.commands.append(xadd_command(stream, fields, entry_id, maxlen))
 
     def expire(self, key: bytes, seconds: int) -> None:
-        self.ops.append((key, None, None, None, seconds))
+        self.commands.append(("EXPIRE", key, seconds))
+
+    def hset(self, key: bytes, mapping: dict[bytes, bytes]) -> None:
+        self.commands.append(("HSET", key, *[x for pair in mapping.items() for x in pair]))
 
     def __len__(self) -> int:
-        return len(self.ops)
-
-    def queue_on(self, commands: list[Command]) -> None:
-        for key, fields, entry_id, maxlen, seconds in self.ops:
-            if seconds is not None:
-                commands.append(("EXPIRE", key, seconds))
-            else:
-                commands.append(xadd_command(key, fields, entry_id, maxlen))
+        return len(self.commands)
 
 
 # How long a blocking read's reply may take past its BLOCK before the connection counts as dead.
@@ -286,7 +282,7 @@ class SharedReader:
                 reject(f"{self.name}_call_failed")
                 call.fail(exc)
                 continue  # its half-queued writes go with it
-            writes.queue_on(commands)
+            commands += writes.commands
             taken.append((call, queued, queued + len(writes)))
             queued += len(writes)
         if not queued:
