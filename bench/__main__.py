@@ -2,8 +2,8 @@
 
 Measures the stack at rest (no call; the target is under 1% of a core), then prints each load's
 figures for both setups and writes everything to ``bench/results/results.json`` and the plot to
-``bench/results/pipeline.png``. ``BENCH_CALLS`` (default ``1,10,25``) lists the loads compared
-with the baseline; ``BENCH_MAX_CALLS`` (default 60) bounds the search for the largest load that
+``bench/results/pipeline.png``. ``BENCH_CALLS`` (default ``1,10,25,50``) lists the loads compared
+with the baseline; ``BENCH_MAX_CALLS`` (default 80) bounds the search for the largest load that
 keeps every hop's p99 within 20 ms (``BENCH_SEARCH=0`` skips it).
 """
 
@@ -128,6 +128,46 @@ def _print_summary(runs: list[dict]) -> None:  # type: ignore[type-arg]
         )
 
 
+CPU_TARGET = 1.5  # pipeline CPU per call-second against the direct bridge's, at 25 and 50 calls
+LARGEST_N_TARGET = 0.8  # the pipeline's largest load within budget against the direct bridge's
+
+
+def _print_targets(runs: list[dict], out: dict) -> dict[str, object]:  # type: ignore[type-arg]
+    """Issue 18's targets against this run's figures: met, or by how much they are missed."""
+    by = {(r["kind"], r["calls"]): r for r in runs}
+    found: dict[str, object] = {}
+    for n in (25, 50):
+        p, d = by.get(("pipeline", n)), by.get(("direct", n))
+        if p and d:
+            ratio = _ratio(p["cpu_ms_per_call_s"], d["cpu_ms_per_call_s"])
+            found[f"cpu_ratio_{n}"] = ratio
+            verdict = "met" if ratio <= CPU_TARGET else f"missed by x{ratio / CPU_TARGET:.2f}"
+            print(f"target: CPU at {n} calls <= x{CPU_TARGET}: x{ratio:.2f}, {verdict}", flush=True)
+    largest = out.get("largest_n") or {}
+    if largest.get("direct"):
+        share = largest["pipeline"] / largest["direct"]
+        found["largest_n_ratio"] = share
+        verdict = "met" if share >= LARGEST_N_TARGET else "missed"
+        print(
+            f"target: largest N >= {LARGEST_N_TARGET}x the direct bridge's: {share:.2f}, {verdict}",
+            flush=True,
+        )
+    rest = (out.get("rest_cpu_percent_of_a_core") or {}).get("total")
+    if rest is not None:
+        found["rest_percent"] = rest
+    pipeline = sorted((r for r in runs if r["kind"] == "pipeline"), key=lambda r: r["calls"])
+    costs = [r["cpu_ms_per_call_s"] for r in pipeline]
+    falls = all(b <= a * 1.05 for a, b in zip(costs, costs[1:], strict=False))
+    found["cost_falls_with_load"] = falls
+    print(
+        "target: per-call cost falls as N rises: "
+        + " -> ".join(f"{c:.1f}" for c in costs)
+        + f" ms per call-second, {'met' if falls else 'missed'}",
+        flush=True,
+    )
+    return found
+
+
 def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
     import matplotlib
 
@@ -186,7 +226,7 @@ def main() -> None:
         flush=True,
     )
 
-    loads = [int(x) for x in os.environ.get("BENCH_CALLS", "1,10,25").split(",") if x]
+    loads = [int(x) for x in os.environ.get("BENCH_CALLS", "1,10,25,50").split(",") if x]
     runs: list[dict] = []  # type: ignore[type-arg]
     print("== pipeline vs direct bridge (real time; each load takes ~10 s per side) ==", flush=True)
     for n in loads:
@@ -202,7 +242,7 @@ def main() -> None:
             cluster["vs_direct"] = _vs(cluster, base)
             runs.append(cluster)
     if os.environ.get("BENCH_SEARCH", "1") != "0":
-        limit = int(os.environ.get("BENCH_MAX_CALLS", "60"))
+        limit = int(os.environ.get("BENCH_MAX_CALLS", "80"))
         largest: dict[str, int] = {}
         for kind in ("direct", "pipeline"):
             best = max((r["calls"] for r in runs if r["kind"] == kind and _hop_ok(r)), default=0)
@@ -231,6 +271,7 @@ def main() -> None:
             flush=True,
         )
     _print_summary(runs)
+    out["targets"] = _print_targets(runs, out)
     out["runs"] = runs
     if os.environ.get("BENCH_TOOLS", "1") != "0":
         import asyncio

@@ -214,6 +214,16 @@ async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> l
     return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
 
 
+def _module_argv(py: str, module: str, name: str) -> list[str]:
+    """``python -m module``; under cProfile with ``BENCH_PROFILE_DIR`` set (the profile is
+    written to ``<dir>/<name>.prof`` when the stage stops: ``python -m pstats`` reads it)."""
+    folder = os.environ.get("BENCH_PROFILE_DIR")
+    if not folder:
+        return [py, "-m", module]
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return [py, "-m", "cProfile", "-o", str(Path(folder) / f"{name}.prof"), "-m", module]
+
+
 def _start_stages(
     procs: Procs,
     env: dict[str, str],
@@ -227,7 +237,7 @@ def _start_stages(
         port = free_port()
         procs.start(
             f"transcoder{i}",
-            [py, "-m", "services.transcoder"],
+            _module_argv(py, "services.transcoder", f"transcoder{i}"),
             dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-t{i}"),
         )
         info["metrics_ports"][f"transcoder{i}"] = port
@@ -235,13 +245,15 @@ def _start_stages(
         port = free_port()
         procs.start(
             f"worker{i}",
-            [py, "-m", "services.realtime_worker"],
+            _module_argv(py, "services.realtime_worker", f"worker{i}"),
             dict(env, METRICS_PORT=str(port), CONSUMER_NAME=f"bench-w{i}"),
         )
         info["metrics_ports"][f"worker{i}"] = port
     edge_metrics = free_port()
     procs.start(
-        "edge", [py, "-m", "services.twilio_edge"], dict(env, METRICS_PORT=str(edge_metrics))
+        "edge",
+        _module_argv(py, "services.twilio_edge", "edge"),
+        dict(env, METRICS_PORT=str(edge_metrics)),
     )
     info["metrics_ports"]["edge"] = edge_metrics
     wait_port(edge_port)

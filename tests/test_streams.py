@@ -179,11 +179,12 @@ class TwoNodeRedis(fakeredis.FakeAsyncRedis):
         real_execute = pipe.execute
         owner = self
         keys: list[bytes] = []
-        real_xadd = pipe.xadd
+        real_command = pipe.execute_command
 
-        def xadd(name, *args, **kwargs):  # type: ignore[no-untyped-def]
-            keys.append(name)
-            return real_xadd(name, *args, **kwargs)
+        def execute_command(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if args[0] == "XADD":
+                keys.append(args[1])
+            return real_command(*args, **kwargs)
 
         async def execute(raise_on_error: bool = True):  # type: ignore[no-untyped-def]
             on_b = any(k.startswith(b"b:") for k in keys)
@@ -196,7 +197,7 @@ class TwoNodeRedis(fakeredis.FakeAsyncRedis):
                 return [RedisConnectionError("Connection closed by server.") for _ in results]
             return results
 
-        pipe.xadd = xadd  # type: ignore[method-assign]
+        pipe.execute_command = execute_command  # type: ignore[method-assign]
         pipe.execute = execute  # type: ignore[method-assign]
         return pipe
 
