@@ -63,10 +63,12 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
     )
     commands = run.get("redis_commands_per_frame") or {}
     if commands:
+        trips = run.get("redis_round_trips_per_frame")
         print(
             f"           redis commands per caller frame: {sum(commands.values()):.2f} ("
             + ", ".join(f"{k} {v:.2f}" for k, v in commands.items() if v >= 0.01)
-            + ")",
+            + ")"
+            + (f", round trips per caller frame {trips:.2f}" if trips is not None else ""),
             flush=True,
         )
     pickup = run.get("pickup") or {}

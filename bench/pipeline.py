@@ -190,6 +190,11 @@ def redis_commands(nodes: list[redis.Redis]) -> dict[str, float]:
     return out
 
 
+def redis_reads(nodes: list[redis.Redis]) -> float:
+    """Socket reads Redis has done so far (about one per client round trip), over the nodes."""
+    return float(sum(int(client.info("stats")["total_reads_processed"]) for client in nodes))
+
+
 def redis_cpu_s(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -383,6 +388,7 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
         nodes = st.get("redis_nodes", [])
         rcpu0 = sum(redis_cpu_s(c) for c in nodes)
         cmds0 = redis_commands(nodes)
+        reads0 = redis_reads(nodes)
         t0 = time.monotonic()
         # Steady state: what the hops observed once every call is past its first 2 s (calls
         # start over the first second), as the difference of two scrapes.
@@ -434,6 +440,7 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             }
         total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
         cmds1 = redis_commands(nodes)
+        round_trips = (redis_reads(nodes) - reads0) / max(frames_sent, 1) if nodes else None
         per_frame = {
             cmd: (calls - cmds0.get(cmd, 0.0)) / max(frames_sent, 1)
             for cmd, calls in sorted(cmds1.items())
@@ -469,6 +476,9 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             # Commands Redis ran per caller frame sent (a pipeline of many is one round trip
             # but still so many commands), all stages and both directions.
             "redis_commands_per_frame": per_frame,
+            # Round trips (Redis's socket reads, about one per batch a client sends) per caller
+            # frame: what batching saves, as every round trip wakes a process at each end.
+            "redis_round_trips_per_frame": round_trips,
         }
 
 

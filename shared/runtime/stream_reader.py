@@ -47,6 +47,8 @@ READ_COUNT = 64  # entries per stream per read
 # A read blocks at most this long: also how late a call registered during a read of silent calls
 # joins the reads.
 BLOCK_MS = 250
+# How often a lane looks for calls whose input fell silent (their limits are tens of seconds).
+SILENCE_CHECK_S = 1.0
 
 
 class Writes:
@@ -92,6 +94,7 @@ class CallReading(ABC):
         self.silent_limit_s = silent_limit_s
         self.last_entry_at = time.monotonic()
         self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.owned: dict[bytes, CallReading] = dict.fromkeys(self.cursors, self)
         self.lane: object = None  # set by the reader
 
     @property
@@ -99,7 +102,8 @@ class CallReading(ABC):
         return not self.outcome.done()
 
     def read_from(self) -> dict[bytes, bytes]:
-        """The streams to read for this call next, and from where."""
+        """The streams to read for this call next (always those of ``cursors``), and from
+        where."""
         return self.cursors
 
     def wants_entries(self) -> bool:
@@ -133,6 +137,7 @@ class _Lane:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.trips: RoundTrips | None = None  # the lane's own connection, while it runs
+        self.silence_checked_at = 0.0
 
 
 class SharedReader:
@@ -192,11 +197,10 @@ class SharedReader:
     def _owners(self, lane: _Lane) -> tuple[dict[bytes, bytes], dict[bytes, CallReading]]:
         streams: dict[bytes, bytes] = {}
         owners: dict[bytes, CallReading] = {}
-        for call in lane.calls.values():
-            if call.active and call.wants_entries():
-                for stream, cursor in call.read_from().items():
-                    streams[stream] = cursor
-                    owners[stream] = call
+        for call in lane.calls.values():  # every read: kept to two dict updates a call
+            if not call.outcome.done() and call.wants_entries():
+                streams.update(call.read_from())
+                owners.update(call.owned)
         return streams, owners
 
     async def _serve(self, lane_key: object, lane: _Lane) -> None:
@@ -260,15 +264,9 @@ class SharedReader:
             if call is None or not call.active or not entries:
                 continue  # removed during the read: its successor re-reads from its cursors
             reads.setdefault(call.call_id, (call, []))[1].append((stream, entries))
-        for call in {id(c): c for c in owners.values()}.values():
-            if call.call_id not in reads and call.active:
-                if now - call.last_entry_at > call.silent_limit_s:
-                    log.warning(
-                        "no input for %.0fs; giving the call up",
-                        call.silent_limit_s,
-                        extra={"call_sid": call.call_id},
-                    )
-                    call.end("abandoned")
+        if now - lane.silence_checked_at >= SILENCE_CHECK_S:
+            lane.silence_checked_at = now
+            self._end_silent(owners, reads, now)
         commands: list[Command] = []
         taken: list[tuple[CallReading, int, int]] = []
         queued = 0
@@ -314,6 +312,20 @@ class SharedReader:
         if isinstance(ahead, BaseException):
             return None  # read again at the top of the loop
         return next_owners, ahead or []
+
+    @staticmethod
+    def _end_silent(
+        owners: dict[bytes, CallReading], reads: dict[str, tuple[CallReading, Read]], now: float
+    ) -> None:
+        for call in {id(c): c for c in owners.values()}.values():
+            if call.call_id not in reads and call.active:
+                if now - call.last_entry_at > call.silent_limit_s:
+                    log.warning(
+                        "no input for %.0fs; giving the call up",
+                        call.silent_limit_s,
+                        extra={"call_sid": call.call_id},
+                    )
+                    call.end("abandoned")
 
     async def _isolate(self, owners: dict[bytes, CallReading], exc: BaseException) -> bool:
         """A read refused as a whole (e.g. one call's key holds something else than a stream):
