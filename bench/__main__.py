@@ -71,6 +71,13 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
             + (f", round trips per caller frame {trips:.2f}" if trips is not None else ""),
             flush=True,
         )
+    by_loop = run.get("redis_round_trips_per_frame_by_loop") or {}
+    if by_loop:
+        print(
+            "           round trips per caller frame by stage: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_loop.items())),
+            flush=True,
+        )
     pickup = run.get("pickup") or {}
     if pickup.get("calls"):
         print(

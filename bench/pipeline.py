@@ -37,6 +37,7 @@ from tools.local_redis import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTES_PER_FRAME_24K = 960  # 20 ms of PCM16 at 24 kHz
+FRAME_S = 0.02  # a Twilio frame's 20 ms
 STEADY_AFTER_S = 2.0  # "steady" p99s leave out each call's first seconds (its pickup)
 
 
@@ -142,6 +143,17 @@ def histogram_quantiles(
     return out
 
 
+def round_trips_by_loop(text: str) -> dict[str, float]:
+    """``gateway_redis_round_trips_total`` of one process, by loop."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "gateway_redis_round_trips":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["loop"]] = sample.value
+    return out
+
+
 def scrape(port: int) -> str:
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
         return resp.read().decode()
@@ -205,7 +217,12 @@ async def run_calls(media_url: str, n: int, speech_s: float, hold_s: float) -> l
     audio = audio[: int(8000 * speech_s)]
 
     async def one(i: int):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(i * (1.0 / max(n, 1)))  # spread call starts over a second
+        # Starts spread over a second, as the issue's harness has them; and each call's 20 ms
+        # frame clock at a phase of its own, spread evenly over the 20 ms. Starts 1/N s apart
+        # alone put every call's frames at the same phase for N = 10, 25, 50 (1/N s is a
+        # multiple of 20 ms), which hands the stages batches real calls, whose phases are
+        # random, do not: at 50 calls that made the pipeline look a third cheaper than at 60.
+        await asyncio.sleep(i / max(n, 1) + FRAME_S * i / max(n, 1))
         # Per-call instructions name the call, so its Realtime session can be found in the
         # emulator's record (for the pickup delay).
         return await place_call(
@@ -361,11 +378,20 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
             wait_port(edge_port)
             info["metrics_ports"] = {"bridge": edge_port}
         else:
-            procs.start("redis", redis_server_argv(redis_port, workdir), base_env)
-            wait_port(redis_port)
+            cluster: dict[str, str] = {}
+            if kind == "cluster":  # three masters; the stages as a cluster deployment runs them
+                ports = _start_cluster(procs, workdir, base_env)
+                cluster = {"REDIS_CLUSTER": "1", "LIFECYCLE_PARTITIONS": "8"}
+            else:
+                procs.start("redis", redis_server_argv(redis_port, workdir), base_env)
+                wait_port(redis_port)
+                ports = [redis_port]
+            if "BENCH_REDIS_BATCH_MS" in os.environ:  # the stages' REDIS_BATCH_MS, to compare
+                cluster["REDIS_BATCH_MS"] = os.environ["BENCH_REDIS_BATCH_MS"]
             env = dict(
                 base_env,
-                REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+                **cluster,
+                REDIS_URL=f"redis://127.0.0.1:{ports[0]}/0",
                 REALTIME_URL=realtime_url,
                 EDGE_HOST="127.0.0.1",
                 EDGE_PORT=str(edge_port),
@@ -373,7 +399,7 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
                 LOG_LEVEL="WARNING",
             )
             _start_stages(procs, env, info, py, transcoders, workers, edge_port)
-            info["redis_nodes"] = [redis.Redis(port=redis_port)]
+            info["redis_nodes"] = [redis.Redis(port=port) for port in ports]
         info["media_url"] = f"ws://127.0.0.1:{edge_port}/media"
         yield info
     finally:
@@ -439,6 +465,12 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
                 "rss_mb_per_call": 0.0,
             }
         total_cpu = sum(v["cpu_ms_per_call_s"] for v in services.values())
+        # Round trips per caller frame by stage and loop: where batching works, and where not.
+        trips_by_stage = {
+            f"{name}_{loop}": count / max(frames_sent, 1)
+            for name, text in texts.items()
+            for loop, count in round_trips_by_loop(text).items()
+        }
         cmds1 = redis_commands(nodes)
         round_trips = (redis_reads(nodes) - reads0) / max(frames_sent, 1) if nodes else None
         per_frame = {
@@ -479,6 +511,7 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             # Round trips (Redis's socket reads, about one per batch a client sends) per caller
             # frame: what batching saves, as every round trip wakes a process at each end.
             "redis_round_trips_per_frame": round_trips,
+            "redis_round_trips_per_frame_by_loop": trips_by_stage,
         }
 
 

@@ -39,7 +39,7 @@ def _commands() -> list[Any]:
 
 
 async def test_replies_match_redis_pys_pipeline(real_redis: aioredis.Redis) -> None:
-    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))))
+    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))), "read")
     assert isinstance(lean, RespConnection)
     piped = PipelineRoundTrips(real_redis)
     try:
@@ -71,7 +71,9 @@ def _url(client: aioredis.Redis, user: str = "", password: str = "", db: int = 0
 async def test_user_password_and_db_from_the_url(real_redis: aioredis.Redis) -> None:
     await real_redis.execute_command("ACL", "SETUSER", "gw", "on", ">s3cret", "~*", "+@all")
     try:
-        lean = round_trips(connect(load_settings(redis_url=_url(real_redis, "gw", "s3cret", 3))))
+        lean = round_trips(
+            connect(load_settings(redis_url=_url(real_redis, "gw", "s3cret", 3))), "read"
+        )
         [entry_id] = await lean.execute([xadd_command(b"in", {b"a": b"1"})], TIMEOUT_S)
         lean.close()
         db3 = aioredis.from_url(_url(real_redis, db=3))
@@ -79,7 +81,9 @@ async def test_user_password_and_db_from_the_url(real_redis: aioredis.Redis) -> 
         assert await real_redis.exists(b"in") == 0  # not db 0
         await db3.flushdb()
         await db3.aclose()
-        wrong = round_trips(connect(load_settings(redis_url=_url(real_redis, "gw", "nope"))))
+        wrong = round_trips(
+            connect(load_settings(redis_url=_url(real_redis, "gw", "nope"))), "read"
+        )
         with pytest.raises(AuthenticationError):  # what redis-py raises for it
             await wrong.execute([("PING",)], TIMEOUT_S)
     finally:
@@ -89,7 +93,7 @@ async def test_user_password_and_db_from_the_url(real_redis: aioredis.Redis) -> 
 async def test_a_killed_connection_fails_the_batch_and_the_next_connects(
     real_redis: aioredis.Redis,
 ) -> None:
-    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))))
+    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))), "read")
     await lean.execute([("CLIENT", "SETNAME", "lean")], TIMEOUT_S)
     reading = asyncio.ensure_future(lean.execute([xread_command({b"s": b"$"}, 5000, 1)], 10.0))
     await asyncio.sleep(0)  # the read is sent
@@ -107,7 +111,7 @@ async def test_a_killed_connection_fails_the_batch_and_the_next_connects(
 async def test_a_silent_server_times_out_and_a_cancel_leaves_no_reply_behind(
     real_redis: aioredis.Redis,
 ) -> None:
-    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))))
+    lean = round_trips(connect(load_settings(redis_url=_url(real_redis))), "read")
     with pytest.raises(RedisTimeoutError):
         await lean.execute([xread_command({b"s": b"$"}, 2000, 1)], 0.05)
     read = asyncio.ensure_future(lean.execute([xread_command({b"s": b"$"}, 2000, 1)], 10.0))
@@ -126,18 +130,18 @@ async def test_an_unreachable_server_is_a_retry() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens there once closed
-    lean = round_trips(connect(load_settings(redis_url=f"redis://127.0.0.1:{port}/0")))
+    lean = round_trips(connect(load_settings(redis_url=f"redis://127.0.0.1:{port}/0")), "read")
     with pytest.raises(RedisConnectionError) as refused:
         await lean.execute([("PING",)], TIMEOUT_S)
     assert is_transient(refused.value)
 
 
 def test_other_servers_go_through_redis_pys_pipeline() -> None:
-    assert isinstance(round_trips(fakeredis.FakeAsyncRedis()), PipelineRoundTrips)
+    assert isinstance(round_trips(fakeredis.FakeAsyncRedis(), "read"), PipelineRoundTrips)
     tls = connect(load_settings(redis_url="rediss://127.0.0.1:6380/0"))
-    assert isinstance(round_trips(tls), PipelineRoundTrips)
+    assert isinstance(round_trips(tls, "read"), PipelineRoundTrips)
     unix = aioredis.from_url("unix:///tmp/redis.sock")
-    assert isinstance(round_trips(unix), PipelineRoundTrips)
+    assert isinstance(round_trips(unix, "read"), PipelineRoundTrips)
 
 
 def test_error_replies_get_redis_pys_classes() -> None:

@@ -332,8 +332,8 @@ async def test_the_transcoder_stays_exactly_once_when_a_reply_is_lost(
     lossy: list[LosesOneReply] = []
     lean = stream_reader.round_trips
 
-    def round_trips(redis: Any) -> LosesOneReply:
-        trips = LosesOneReply(lean(redis))
+    def round_trips(redis: Any, loop: str) -> LosesOneReply:
+        trips = LosesOneReply(lean(redis, loop))
         assert isinstance(trips.inner, RespConnection)  # a real Redis: the lean connection
         trips.lose_next = not lossy  # the first lane's first batch of writes
         lossy.append(trips)

@@ -41,8 +41,10 @@ class RealtimeWorker:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
-        self.reader = SharedReader(redis, "worker")  # every call's input, in one read
+        batch_s = settings.redis_batch_ms / 1000
+        self.writer = BatchedStreamWriter(redis, settings.stream_maxlen, batch_s=batch_s)
+        # Every call's input, in one read.
+        self.reader = SharedReader(redis, "worker", batch_s=batch_s)
         claims = stage_claims(
             redis,
             WORKER_GROUP,

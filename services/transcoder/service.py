@@ -44,7 +44,7 @@ class Transcoder:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.reader = SharedReader(redis, "transcoder")
+        self.reader = SharedReader(redis, "transcoder", batch_s=settings.redis_batch_ms / 1000)
         claims = stage_claims(
             redis,
             TRANSCODER_GROUP,

@@ -577,9 +577,10 @@ class Edge:
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.writer = BatchedStreamWriter(redis, settings.stream_maxlen)
+        batch_s = settings.redis_batch_ms / 1000
+        self.writer = BatchedStreamWriter(redis, settings.stream_maxlen, batch_s=batch_s)
         # Every call's cmd and out.pcmu, one read for all.
-        self.replies = SharedReader(redis, "edge", block_ms=REPLY_BLOCK_MS)
+        self.replies = SharedReader(redis, "edge", block_ms=REPLY_BLOCK_MS, batch_s=batch_s)
         token, shared = settings.twilio_auth_token, settings.twilio_shared_key_secret
         verify = settings.verifies_signatures
         self.signatures = tw.TwilioSignatures(

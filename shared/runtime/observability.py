@@ -162,6 +162,12 @@ STREAM_RESUMES = Counter(
 STREAM_EVENTS = Counter(
     "gateway_stream_events_total", "Twilio's Media Stream status callbacks, by event", ["event"]
 )
+REDIS_ROUND_TRIPS = Counter(
+    "gateway_redis_round_trips_total",
+    "Batches the per-frame loops sent to Redis, one round trip each, by loop (read: the shared "
+    "reader, its writes riding along; write: the batched writer)",
+    ["loop"],
+)
 FRAMES = Counter(
     "gateway_frames_total", "Audio entries handled, by direction (in: caller->model)", ["direction"]
 )

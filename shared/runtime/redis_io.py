@@ -311,7 +311,9 @@ class BatchedStreamWriter:
 
     UNEXPECTED_RETRIES = 5
 
-    def __init__(self, redis: aioredis.Redis, maxlen: int, max_batch: int = 512) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, maxlen: int, max_batch: int = 512, batch_s: float = 0.0
+    ) -> None:
         self._redis = redis
         self._maxlen = maxlen
         self._max_batch = max_batch
@@ -325,7 +327,9 @@ class BatchedStreamWriter:
         self._dropping: set[bytes] = set()  # streams refusing audio until their backlog clears
         self._progress: asyncio.Event | None = None  # set after a round, for stream flushes
         self._node_of = getattr(redis, "get_node_from_key", None)  # a cluster client's
-        self._trips: RoundTrips = round_trips(redis)  # connects at its first batch
+        self._trips: RoundTrips = round_trips(redis, "write")  # connects at its first batch
+        self._batch_s = batch_s  # REDIS_BATCH_MS: at most one round trip this often
+        self._sent_at = 0.0
         self.batches = 0
         self.entries = 0
         self.failures = 0
@@ -416,6 +420,9 @@ class BatchedStreamWriter:
                 for writes in self._held.values():
                     send.extend(writes)
                 self._held.clear()
+            wait = self._sent_at + self._batch_s - loop.time()
+            if wait > 0 and (arrived or not self._queue.empty()):
+                await asyncio.sleep(wait)  # what arrives meanwhile goes in the same round trip
             while arrived or (len(send) < self._max_batch and not self._queue.empty()):
                 write = arrived.pop() if arrived else self._queue.get_nowait()
                 held = self._held.get(write.stream)
@@ -425,6 +432,7 @@ class BatchedStreamWriter:
                     send.append(write)
             if not send:
                 continue
+            self._sent_at = loop.time()
             failed = [w for group in await self._send_per_node(send) for w in group]
             if self._progress is not None:  # wake stream flushes to look again
                 self._progress.set()

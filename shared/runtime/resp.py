@@ -33,6 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.runtime.observability import REDIS_ROUND_TRIPS
+
 Command = tuple[Any, ...]  # e.g. ("XADD", stream, "*", field, value): redis-py keys its
 # reply parsers by the command's name as a str
 XREAD = "XREAD"
@@ -59,9 +61,10 @@ class RoundTrips(Protocol):
     def close(self) -> None: ...
 
 
-def round_trips(client: aioredis.Redis) -> RoundTrips:
+def round_trips(client: aioredis.Redis, loop: str) -> RoundTrips:
     """The leanest round trips ``client``'s server allows: a :class:`RespConnection` to the same
-    plain TCP Redis, else redis-py's pipeline on ``client`` itself."""
+    plain TCP Redis, else redis-py's pipeline on ``client`` itself. ``loop`` names the loop
+    sending them in ``gateway_redis_round_trips_total`` ("read" or "write")."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     cls = getattr(pool, "connection_class", None)
@@ -69,7 +72,7 @@ def round_trips(client: aioredis.Redis) -> RoundTrips:
         base is aioredis.Connection for base in cls.__mro__[:2]
     )  # redis-py's TCP connection, or our hiredis-packed subclass of it; not SSL, not a fake
     if not plain or kwargs is None or "host" not in kwargs:
-        return PipelineRoundTrips(client)
+        return PipelineRoundTrips(client, loop)
     return RespConnection(
         kwargs["host"],
         int(kwargs.get("port", 6379)),
@@ -77,6 +80,7 @@ def round_trips(client: aioredis.Redis) -> RoundTrips:
         username=kwargs.get("username"),
         password=kwargs.get("password"),
         connect_timeout_s=float(kwargs.get("socket_connect_timeout") or 2.0),
+        loop=loop,
     )
 
 
@@ -144,8 +148,10 @@ class RespConnection:
         username: str | None = None,
         password: str | None = None,
         connect_timeout_s: float = 2.0,
+        loop: str = "read",
     ) -> None:
         self.host, self.port, self.db = host, port, db
+        self._counted = REDIS_ROUND_TRIPS.labels(loop)
         self.username, self.password = username, password
         self.connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
@@ -178,6 +184,7 @@ class RespConnection:
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connect()
+        self._counted.inc()
         replies = await self._send(protocol, commands, timeout_s)
         return [
             _entries(reply)
@@ -219,10 +226,12 @@ class PipelineRoundTrips:
     """The same round trips through redis-py's pipeline: for a cluster (whose client routes each
     batch's keys, all of one slot, to their node), TLS, a Unix socket, and fakeredis."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, loop: str = "read") -> None:
         self.client = client
+        self._counted = REDIS_ROUND_TRIPS.labels(loop)
 
     async def execute(self, commands: Sequence[Command], timeout_s: float) -> list[Any]:
+        self._counted.inc()
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)

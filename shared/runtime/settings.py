@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # The lifecycle stream split in this many hash-tagged partitions, so that on a cluster no
     # single slot carries every call's start (1 keeps the single key gw:calls).
     lifecycle_partitions: int = Field(1, ge=1, le=256)
+    # The per-frame loops (the stages' shared readers, the batched writers) send to Redis at most
+    # once per this many milliseconds each: under load a round trip then carries every frame that
+    # arrived meanwhile, instead of one frame per call (what each round trip costs, at both ends,
+    # is most of the pipeline's CPU). It adds at most this much to each hop, and nothing when
+    # frames are further apart; 0 sends each batch as soon as the last one is answered.
+    redis_batch_ms: float = Field(3.0, ge=0, le=20)
     # Approximate cap of every per-call audio stream, in entries (one entry is one 20 ms frame).
     stream_maxlen: int = Field(3000, ge=100, le=1_000_000)
     # How long a call's keys live after it ends (transcripts can be read back until then).

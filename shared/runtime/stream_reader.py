@@ -138,15 +138,19 @@ class _Lane:
         self.task: asyncio.Task[None] | None = None
         self.trips: RoundTrips | None = None  # the lane's own connection, while it runs
         self.silence_checked_at = 0.0
+        self.trip_at = 0.0  # when its last round trip was sent (loop time)
 
 
 class SharedReader:
     """Reads for every :class:`CallReading` registered with it; see the module's docstring."""
 
-    def __init__(self, redis: aioredis.Redis, name: str, block_ms: int = BLOCK_MS) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, name: str, block_ms: int = BLOCK_MS, batch_s: float = 0.0
+    ) -> None:
         self.redis = redis
         self.name = name
         self.block_ms = block_ms
+        self.batch_s = batch_s  # REDIS_BATCH_MS: at most one round trip per lane this often
         self._keyslot = getattr(redis, "keyslot", None)  # a cluster client's
         self._lanes: dict[object, _Lane] = {}
         self.reads = 0  # round trips that carried a read, for tests and benchmarks
@@ -204,7 +208,7 @@ class SharedReader:
         return streams, owners
 
     async def _serve(self, lane_key: object, lane: _Lane) -> None:
-        lane.trips = round_trips(self.redis)
+        lane.trips = round_trips(self.redis, "read")
         try:
             await self._loop(lane, lane.trips)
         finally:
@@ -224,6 +228,7 @@ class SharedReader:
                 owners, reply = ahead
                 ahead = None
             else:
+                await self._pace(lane)
                 lane.wake.clear()
                 streams, owners = self._owners(lane)
                 if not streams:  # every call is busy: wait for one to want entries
@@ -289,6 +294,7 @@ class SharedReader:
             return None
         # The next read rides in the same round trip as these writes: a batch costs one send to
         # Redis rather than two (a loopback send runs Redis's side of TCP too).
+        await self._pace(lane)
         streams, next_owners = self._owners(lane)
         if streams:
             commands.append(xread_command(streams, self.block_ms, READ_COUNT))
@@ -312,6 +318,16 @@ class SharedReader:
         if isinstance(ahead, BaseException):
             return None  # read again at the top of the loop
         return next_owners, ahead or []
+
+    async def _pace(self, lane: _Lane) -> None:
+        """Wait out what is left of ``batch_s`` since the lane's last round trip: under load the
+        next one carries every frame that arrived meanwhile (with calls' frame clocks at random
+        phases, a read sent at once finds one frame). Idle, the read goes at once and blocks."""
+        loop = asyncio.get_running_loop()
+        wait = lane.trip_at + self.batch_s - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        lane.trip_at = loop.time()
 
     @staticmethod
     def _end_silent(
