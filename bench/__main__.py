@@ -201,6 +201,7 @@ def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
         )
         ax2.plot(n, [r["cpu_ms_per_call_s"] for r in sel], style, label=kind)
     ax1.axhline(P99_BUDGET_MS, color="red", lw=0.8, ls=":")
+    ax1.set_ylim(0, 4 * P99_BUDGET_MS)  # a saturated run's hundreds of ms would hide the budget
     ax1.set(xlabel="concurrent calls", ylabel="hop latency p99 (ms)", title="Steady p99 per hop")
     ax2.set(xlabel="concurrent calls", ylabel="CPU ms per call-second", title="CPU cost")
     ax1.legend(fontsize=8)
