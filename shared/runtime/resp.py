@@ -91,6 +91,13 @@ def _error(reply: ResponseError) -> Exception:
     return parsed
 
 
+def _as_redis_py(command: Command, reply: Any) -> Any:
+    """A raw reply as redis-py gives it: an error as its exception class, an XREAD as pairs."""
+    if isinstance(reply, ResponseError):
+        return _error(reply)
+    return _entries(reply) if command[0] == XREAD else reply
+
+
 def _entries(reply: Any) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
     if reply is None:
         return []
@@ -186,14 +193,7 @@ class RespConnection:
             protocol = await self._connect()
         self._counted.inc()
         replies = await self._send(protocol, commands, timeout_s)
-        return [
-            _entries(reply)
-            if command[0] == XREAD and not isinstance(reply, ResponseError)
-            else _error(reply)
-            if isinstance(reply, ResponseError)
-            else reply
-            for command, reply in zip(commands, replies, strict=True)
-        ]
+        return [_as_redis_py(c, r) for c, r in zip(commands, replies, strict=True)]
 
     async def _send(
         self, protocol: _Protocol, commands: Sequence[Command], timeout_s: float
