@@ -3,9 +3,9 @@
 Per Media Stream (:class:`CallBridge`): Twilio's messages go through the pure
 :class:`~shared.twilio_media.TwilioMediaSession`; caller frames are queued on the shared
 :class:`~shared.runtime.redis_io.BatchedStreamWriter` (one pipeline for all calls' frames per
-round trip);
-a reader task per call moves the reply (``out.pcmu``) and the worker's commands (``cmd``) to
-Twilio through :class:`~shared.playback.OutboundPlayback`.
+round trip); the edge's one :class:`~shared.runtime.stream_reader.SharedReader` reads every
+call's reply (``out.pcmu``) and the worker's commands (``cmd``), and each call's sender task
+moves them to Twilio through :class:`~shared.playback.OutboundPlayback`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The stages' hot loops (the shared readers, the batched writers) do one thing with Redis: send a
 batch of commands (``XADD``s, ``EXPIRE``s, at most one ``XREAD``) and wait for the replies.
-Through redis-py's asyncio pipeline that costs about 80 µs of CPU per round trip and 12 µs per
+Through redis-py's asyncio pipeline that costs about 105 µs of CPU per round trip and 12 µs per
 command on a machine of this kind (its connection pool, retry wrapper, per-reply timeout,
 observability hooks and response callbacks, some 250 Python calls for one ``XREAD``), which is
 more than the frame's own work. :class:`RespConnection` is that round trip and nothing else: a

@@ -3,10 +3,10 @@
 Each call a stage serves registers a :class:`CallReading` (its streams, where it is in each, what
 to do with what was read). The reader reads every registered call's streams with one blocking
 ``XREAD`` naming them all, hands each call its entries, and sends the writes the calls queued in
-one pipeline that also carries the next read: one round trip per batch for all calls. It loops
-without sleeping while anything is ready, so under load a read comes back at once with entries
-for many calls and the round trips per frame fall as calls rise; with no call registered nothing
-is read at all.
+one pipeline that also carries the next read: one round trip per batch for all calls. A lane
+sends at most one round trip per ``batch_s`` (``REDIS_BATCH_MS``) and otherwise never sleeps
+while anything is ready, so under load a read comes back with entries for many calls and the
+round trips per frame fall as calls rise; with no call registered nothing is read at all.
 
 A Redis Cluster refuses a command whose keys span slots, and each call's keys share one slot of
 their own (the CallSid hash tag), so calls are read in lanes, one per slot (calls that share a
