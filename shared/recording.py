@@ -17,11 +17,12 @@ files, no clock.
 
   Marks come back late, never early, and by a varying amount (Twilio returns a mark at its
   next 20 ms frame, and the network and the edge add their own delay): one mark alone does not
-  say when its piece played. The rule (:func:`heard_pieces`): a reply's audio is contiguous
-  unless its marks prove a stall, that is a mark later than contiguous playback allows by more
-  than ``JITTER_MS``; then what follows plays from where that mark says (never before the
-  chunk holding it was written). A contiguous run is placed by its least late mark, and a
-  reply's audio never overlaps itself nor what played before it.
+  say when its piece played. The rule (:func:`heard_pieces`, :func:`contiguous_bases`): a
+  reply's audio is contiguous unless its marks prove a stall, that is a mark, and every one
+  after it, later than contiguous playback allows by more than ``JITTER_MS``; then what follows
+  plays from where those marks say (never before the chunk holding it was written). A run is
+  placed by its least late mark, and a reply's audio never overlaps itself nor what played
+  before it.
 
 Both channels share one origin, the call's start as the edge registered it (``started_us``);
 marks and clears are timed by their entry IDs (Redis's clock), so the hosts' clocks are assumed in
@@ -239,24 +240,23 @@ def heard_pieces(
 
 def contiguous_bases(marks: Sequence[tuple[float, float]]) -> list[float]:
     """For an item's marks in order, ``(returned at ms, audio before it ms)``: when the item's
-    audio would have begun had it played without a break up to each mark, as the marks show.
+    audio began, as placed for each mark's piece (each piece at that plus its offset).
 
-    Each mark alone says "at most ``returned at - audio before it``" (marks are late, never
-    early). Marks are cut into runs: a mark more than ``JITTER_MS`` later than its run allows so
-    far proves a stall before it, and begins a run of its own. Every mark of a run gets the run's
-    least late figure (its minimum), so the run plays without a gap or an overlap.
+    A mark says the item began at most ``returned at - audio before it`` (marks are late, never
+    early), and so does every later mark if playback went on without a break: the latest start
+    consistent with a mark and all after it is the least of their figures, a figure that only
+    grows along the item. A run of pieces keeps its figure until that has grown by more than
+    ``JITTER_MS``: then every mark from there on came back that much later, which is a stall,
+    not jitter (one late mark followed by a timely one is jitter, and changes nothing).
     """
-    runs: list[tuple[int, float]] = []  # (first mark, its run's base so far)
-    for k, (at, before) in enumerate(marks):
-        implied = at - before
-        if runs and implied <= runs[-1][1] + JITTER_MS:
-            runs[-1] = (runs[-1][0], min(runs[-1][1], implied))
-        else:
-            runs.append((k, implied))
+    implied = [at - before for at, before in marks]
+    latest = list(np.minimum.accumulate(implied[::-1])[::-1]) if implied else []
     bases: list[float] = []
-    for r, (first, base) in enumerate(runs):
-        upto = runs[r + 1][0] if r + 1 < len(runs) else len(marks)
-        bases.extend([base] * (upto - first))
+    base: float | None = None
+    for figure in latest:
+        if base is None or figure > base + JITTER_MS:
+            base = float(figure)
+        bases.append(base)
     return bases
 
 

@@ -4,17 +4,21 @@ mid-call, against what the simulated caller sent and heard."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import stat
 import time
 import wave
 from pathlib import Path
 
+import fakeredis
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.recorder.service import Recorder
 from shared.audio import mulaw_decode, mulaw_encode
 from shared.recording import (
     JITTER_MS,
@@ -24,6 +28,7 @@ from shared.recording import (
     heard_audio,
     heard_pieces,
 )
+from shared.runtime.settings import load_settings
 from shared.streams import CallKeys, InboundFrame
 from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
@@ -117,6 +122,25 @@ def test_a_reply_whose_marks_come_back_with_jitter_is_placed_in_one_piece(
     assert sum(p.end_ms - p.start_ms for p in pieces) == pytest.approx(count * PIECE_MS)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 20), st.floats(JITTER_MS + 1, 400), st.integers(0, 10), st.data())
+def test_one_mark_held_up_on_its_way_back_is_not_a_stall(
+    before: int, held_ms: float, extra: int, data: st.DataObject
+) -> None:
+    """A mark delayed far beyond the jitter (a hiccup on the way back; those behind it wait on
+    the one connection), then timely ones again: they show playback went on, so the reply stays
+    in one piece where it played."""
+    after = int(held_ms // PIECE_MS) + 2 + extra  # enough for the marks to be timely again
+    count = before + 1 + after
+    jitter = data.draw(st.lists(st.floats(0, 30), min_size=count, max_size=count))
+    jitter[before] = held_ms
+    ends = [500 + (k + 1) * PIECE_MS for k in range(count)]
+    pieces = heard_pieces(ORIGIN, reply(count), jittered(ends, jitter), [])
+    for one, next_one in zip(pieces, pieces[1:], strict=False):
+        assert next_one.start_ms == pytest.approx(one.end_ms), (one, next_one)
+    assert 500 <= pieces[0].start_ms <= 550
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(2, 30), st.integers(200, 3000), st.data())
 def test_a_stall_the_marks_prove_is_kept_and_the_rest_stays_in_one_piece(
@@ -160,6 +184,32 @@ def test_whatever_the_marks_say_the_reply_never_overlaps_itself(
         assert piece.start_ms >= (second_at if piece.item == "i2" else 0)
     right = heard_audio(ORIGIN, chunks, named, [(ORIGIN + at, r) for at, r in clears])
     assert right.size <= round(max((p.end_ms for p in pieces), default=0) * 8) + 1
+
+
+async def test_recordings_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # made more open beforehand: made private by the recorder
+    umask = os.umask(0o022)
+    redis = fakeredis.FakeAsyncRedis()
+    try:
+        recorder = Recorder(load_settings(recordings_dir=str(folder)), redis)
+        left = recorder.partial / "CA1.left.raw"
+        left.write_bytes(np.zeros(800, "<i2").tobytes())
+        spool, state = recorder.partial / "CA1.reply.jsonl", recorder.partial / "CA1.json"
+        spool.touch()
+        old = folder / "CA1.wav"  # a file of that name, world-readable: replaced, private
+        old.write_bytes(b"")
+        recorder._finish("CA1", CallRecording(0, length=800), left, spool, state)
+    finally:
+        os.umask(umask)
+        await redis.aclose()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(recorder.partial.stat().st_mode) == 0o700
+    wav = folder / "CA1.wav"
+    assert stat.S_IMODE(wav.stat().st_mode) == 0o600
+    with wave.open(str(wav)) as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 800)
 
 
 def test_the_caller_channel_and_the_state() -> None:
@@ -235,6 +285,7 @@ async def test_a_recording_survives_its_recorder_killed_mid_call(
         # The recorder has taken the call and saved some of it: kill it mid-sentence ...
         state = folder / ".partial" / f"{keys.call_sid}.json"
         await wait_for(lambda: state.exists() and state.stat().st_size > 0, timeout=10)
+        partial_modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.parent.iterdir()}
         await wait_for(lambda: _entries(client, keys.in_pcmu, 100), timeout=10)
         killed_at = time.monotonic()
         stack.kill("r0", signal.SIGKILL)
@@ -250,6 +301,10 @@ async def test_a_recording_survives_its_recorder_killed_mid_call(
         await client.aclose()
         await emulator.stop()
     assert result.barge_in_at is not None and result.clears, "the caller never barged in"
+    # Every file of it readable by the recorder's user alone, in folders only it can open.
+    assert set(partial_modes.values()) == {0o600}, partial_modes
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert {stat.S_IMODE(d.stat().st_mode) for d in (folder, state.parent)} == {0o700}
     with wave.open(str(target)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, RATE)
         stereo = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
