@@ -141,7 +141,9 @@ class Settings(BaseSettings):
 
     # --- Every service ----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
+    # Loopback unless said: /metrics and /healthz are for this machine (make run). The container
+    # image sets METRICS_HOST=0.0.0.0, where probes and scrapers come from outside.
+    metrics_host: str = "127.0.0.1"
     consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}", max_length=200)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
