@@ -163,10 +163,11 @@ class Settings(BaseSettings):
     ``X-Twilio-Webhooks-Signature-Settings`` (a Webhook Rule signing with that key, HMAC-SHA256)
     are verified with it, and refused while it is unset."""
     twilio_signatures: Literal["auto", "on", "off"] = "auto"
-    """``auto``: verify when a secret is set, and refuse to start (exit 2) when
-    ``OPENAI_API_KEY`` is set, ``REALTIME_URL`` is not a local emulator and neither Twilio secret
-    is set; ``on``: a secret is required whatever the model; ``off``: accept unsigned requests
-    even with a secret set (a warning at start)."""
+    """``auto``: verify when a secret is set, and refuse to start (exit 2, one line naming the
+    variables) when ``OPENAI_API_KEY`` is set, ``REALTIME_URL`` is not a local emulator (a loopback
+    host) and neither Twilio secret is set; ``on``: a secret is required whatever the model;
+    ``off``: accept unsigned requests on ``/twiml`` and ``/media`` even with a secret set (a
+    warning at start)."""
     max_calls: int = Field(200, ge=1, le=100_000)
     """Concurrent streams per edge; more are refused with 503."""
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
