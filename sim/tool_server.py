@@ -33,7 +33,7 @@ SIGNATURE_HEADER = "x-gateway-signature"
 
 
 def signature_ok(secret: str, header: str, body: bytes, now_s: int) -> bool:
-    """The receiver's recipe from the README, written out here on its own (not the gateway's
+    """The receiver's recipe from docs/agent.md, written out here on its own (not the gateway's
     code): HMAC-SHA256 of "<t>.<raw body>", and t within 5 minutes of now."""
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     if not fields.get("t", "").isdigit() or abs(now_s - int(fields["t"])) > 300:

@@ -22,8 +22,9 @@ from tests.console_stack import AUTH_TOKEN, TOKEN, console_alone, console_stack
 pytestmark = [pytest.mark.slow, pytest.mark.redis_server]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# The README's screenshot is taken by this test; it is written there only when asked
-# (CONSOLE_SCREENSHOT=docs/console.png), so that a test run leaves the tree as it found it.
+# The console's screenshot (README.md, docs/console.md) is taken by this test; it is written
+# there only when asked (CONSOLE_SCREENSHOT=docs/console.png), so that a test run leaves the
+# tree as it found it.
 SCREENSHOT = Path(os.environ.get("CONSOLE_SCREENSHOT") or "/nonexistent")
 # The flags a root, offline machine needs (no sandbox as root, no background connections).
 CHROMIUM_ARGS = [
