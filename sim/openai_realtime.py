@@ -992,9 +992,9 @@ class RealtimeEmulator:
         ``beta``: ``"refuse"`` (what the live API does since May 2026) or ``"accept"`` (the
         retired beta dialect, combo B, for testing it); None reads ``EMULATOR_BETA``, default
         refuse. ``reply_lead_ms``: how far ahead of real time a Realtime reply's audio is sent
-        (a burst that long, then real time). ``live_chunk_ms``: the duration of each Live audio delta (sent one per that
-        many ms of wall time); ``live_close_drain_s``: how long a Live ``session.close`` lets
-        the speech in progress finish."""
+        (a burst that long, then real time). ``live_chunk_ms``: the duration of each Live
+        audio delta (one is sent per that many ms of wall time); ``live_close_drain_s``: how
+        long a Live ``session.close`` lets the speech in progress finish."""
         self.host, self.port = host, port
         self.record_dir = Path(record_dir) if record_dir else None
         self.api_key = api_key
