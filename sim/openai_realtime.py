@@ -59,14 +59,7 @@ from sim.realtime_tools import (
     stream_function_call,
 )
 from sim.realtime_voice import synthetic_voice
-from sim.wire_audio import (
-    VAD_THRESHOLD_DBFS,
-    VAD_WINDOW_MS,
-    at_rate,
-    dbfs,
-    decode,
-    encode,
-)
+from sim.wire_audio import EnergyVad, at_rate, decode, encode
 
 MIN_COMMIT_MS = 100
 _ids = itertools.count(1)
@@ -194,12 +187,9 @@ class EmulatedSession:
         self.last_user_audio = b""
         self.active: ResponseRecord | None = None
         self.active_task: asyncio.Task[None] | None = None
-        # VAD state (milliseconds of input audio since the session began)
-        self.audio_ms = 0.0
-        self.speaking = False
-        self.silence_ms = 0.0
+        # server VAD (sim/wire_audio.py, shared with the Live emulator)
+        self.vad = EnergyVad(self.input_format)
         self.speech_item: str | None = None
-        self._vad_carry = bytearray()  # input not yet a whole VAD window, in input_format
         if record:
             record.mkdir(parents=True, exist_ok=True)
 
@@ -340,7 +330,7 @@ class EmulatedSession:
 
     def _set_input_format(self, fmt: WireFormat) -> None:
         if fmt != self.input_format:
-            self._vad_carry.clear()  # bytes of the old format are no window of the new one
+            self.vad.set_format(fmt)
         self.input_format = fmt
 
     def _apply_session(self, s: dict[str, Any]) -> None:
@@ -653,29 +643,20 @@ class EmulatedSession:
     # --- VAD -----------------------------------------------------------------------------------
     async def _vad(self, data: bytes) -> None:
         """Server VAD on the energy of each 20 ms window of input, decoded from its format."""
-        fmt, td = self.input_format, self.turn_detection
+        td = self.turn_detection
         if not td:
-            self.audio_ms += fmt.ms(len(data))
+            self.vad.audio_ms += self.input_format.ms(len(data))
             return
-        self._vad_carry += data
-        window = fmt.nbytes(VAD_WINDOW_MS)
-        while len(self._vad_carry) >= window:
-            level = dbfs(decode(fmt, self._vad_carry[:window]))
-            del self._vad_carry[:window]
-            self.audio_ms += VAD_WINDOW_MS
-            if level > VAD_THRESHOLD_DBFS:
-                self.silence_ms = 0.0
-                if not self.speaking:
-                    await self._speech_started(td)
-            elif self.speaking:
-                self.silence_ms += VAD_WINDOW_MS
-                if self.silence_ms >= td.get("silence_duration_ms", 500):
-                    await self._speech_stopped(td)
+        self.vad.silence_ms = td.get("silence_duration_ms", 500)
+        for event in self.vad.feed(data):
+            if event.kind == "started":
+                await self._speech_started(td, event.at_ms)
+            else:
+                await self._speech_stopped(td, event.at_ms)
 
-    async def _speech_started(self, td: dict[str, Any]) -> None:
-        self.speaking = True
+    async def _speech_started(self, td: dict[str, Any], at_ms: float) -> None:
         self.speech_item = _id("item")
-        start = max(0.0, self.audio_ms - VAD_WINDOW_MS - td.get("prefix_padding_ms", 300))
+        start = max(0.0, at_ms - td.get("prefix_padding_ms", 300))
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -686,13 +667,12 @@ class EmulatedSession:
         if self.active is not None and td.get("interrupt_response", True):
             await self._cancel("turn_detected")
 
-    async def _speech_stopped(self, td: dict[str, Any]) -> None:
-        self.speaking = False
+    async def _speech_stopped(self, td: dict[str, Any], at_ms: float) -> None:
         item_id = self.speech_item or _id("item")
         await self.send(
             {
                 "type": "input_audio_buffer.speech_stopped",
-                "audio_end_ms": int(self.audio_ms),
+                "audio_end_ms": int(at_ms),
                 "item_id": item_id,
             }
         )

@@ -121,6 +121,11 @@ class EnergyVad:
         self.quiet_ms = 0.0  # silence since the last speech window, while speaking
         self._carry = bytearray()  # input not yet a whole window
 
+    def set_format(self, fmt: WireFormat) -> None:
+        """The input's format changed: bytes of the old one are no window of the new one."""
+        self.fmt = fmt
+        self._carry.clear()
+
     def feed(self, data: bytes) -> list[VadEvent]:
         self._carry += data
         window = self.fmt.nbytes(VAD_WINDOW_MS)
