@@ -25,6 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim.live_rules import check_delegation_update, declared_functions
+from sim.realtime_rules import Rejection
+from sim.realtime_tools import ScriptedToolCall
+
 _ids = itertools.count(1)
 
 
@@ -150,3 +154,126 @@ def message_response(d: Delegation, model: str, text: str) -> list[dict[str, Any
 
 def _numbered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**e, "sequence_number": n} for n, e in enumerate(events)]
+
+
+class Delegator:
+    """A session's delegation: its configuration, the tasks delegated, the tools' outputs.
+
+    Pure: each method takes a command (or a turn) and returns the server events to send, or
+    raises :class:`~sim.realtime_rules.Rejection` for what the live API refuses."""
+
+    def __init__(self, config: dict[str, Any] | None) -> None:
+        self.config = config  # as session.start / session.update gave it (None: the client's)
+        self.tasks: dict[str, Delegation] = {}
+        self.tool_outputs: list[dict[str, Any]] = []  # function_call_output items received
+
+    @property
+    def target(self) -> str:
+        return str((self.config or {}).get("type") or "client")
+
+    @property
+    def backend_model(self) -> str:
+        return str(((self.config or {}).get("responses") or {}).get("model", "gpt-5"))
+
+    def update(self, raw_session: dict[str, Any]) -> None:
+        """A session.update's delegation: the same type, its settings merged."""
+        check_delegation_update(raw_session, self.target)
+        new = raw_session.get("delegation")
+        if new is None:
+            return
+        merged = {**(self.config or {}), **new}
+        if "responses" in new:
+            merged["responses"] = {**(self.config or {}).get("responses", {}), **new["responses"]}
+        self.config = merged
+
+    def check_id(self, delegation_id: str | None) -> None:
+        """A commentary / thinking append's ``delegation_id``: null, or a client delegation's."""
+        if delegation_id is None:
+            return
+        if self.target == "responses":
+            raise Rejection(
+                "invalid_value",
+                "Invalid 'delegation_id': non-null IDs are not accepted with Responses delegation.",
+                "delegation_id",
+            )
+        if delegation_id not in self.tasks:
+            raise Rejection(
+                "invalid_value", f"Invalid 'delegation_id': '{delegation_id}'.", "delegation_id"
+            )
+
+    def delegate(
+        self, scripted: list[ScriptedToolCall], turn: int, offset_ms: int
+    ) -> list[dict[str, Any]]:
+        """The calls scripted for a caller's turn, through the delegation: the events to send
+        (none when nothing applies: a Responses backend calls only the functions declared)."""
+        if self.target == "responses":
+            declared = declared_functions(self.config)
+            scripted = [c for c in scripted if c.name in declared]
+        if not scripted or self.target == "decisions":
+            return []
+        d = Delegation(new_id("deleg"), self.target, offset_ms, turn)
+        self.tasks[d.id] = d
+        if d.target == "client":
+            return [created_event(d)]
+        inner = function_call_response(
+            d, self.backend_model, [(c.name, c.arguments) for c in scripted]
+        )
+        return [created_event(d), *_wrapped(d, inner)]
+
+    def add_output(self, item: dict[str, Any]) -> None:
+        """``response.item.create``'s item: a function call's output."""
+        self._require_responses()
+        if item.get("type") != "function_call_output":
+            raise Rejection(
+                "invalid_value",
+                "Invalid 'item.type': the emulator takes function_call_output items only.",
+                "item.type",
+            )
+        call_id = item["call_id"]
+        owner = next((d for d in self.tasks.values() if call_id in d.calls), None)
+        if owner is None:
+            raise Rejection("invalid_value", f"Tool call ID '{call_id}' not found.", "item.call_id")
+        output = item["output"] if isinstance(item["output"], str) else json.dumps(item["output"])
+        owner.outputs[call_id] = output
+        self.tool_outputs.append(item)
+
+    def continue_(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """``response.create``: every waiting delegation continues once every call in the
+        session has its output. The events to send, and what the live model then says."""
+        self._require_responses()
+        waiting = [d for d in self.tasks.values() if d.waiting]
+        if not waiting:
+            raise Rejection(
+                "no_response_waiting",
+                "No delegated response is waiting for tool results (the emulator does not "
+                "start backend responses of its own).",
+                None,
+            )
+        missing = [c for d in waiting for c in d.missing()]
+        if missing:
+            raise Rejection(
+                "function_call_outputs_required",
+                "Every function call needs a function_call_output before response.create; "
+                f"missing: {', '.join(missing)}.",
+                None,
+            )
+        events: list[dict[str, Any]] = []
+        said: list[str] = []
+        for d in waiting:
+            d.continued += 1
+            text = "Here is what I found: " + "; ".join(d.outputs[c] for c in d.calls)
+            events += _wrapped(d, message_response(d, self.backend_model, text))
+            said.append(text)
+        return events, said
+
+    def _require_responses(self) -> None:
+        if self.target != "responses":
+            raise Rejection(
+                "responses_delegation_required",
+                "This command requires Responses delegation.",
+                "type",
+            )
+
+
+def _wrapped(d: Delegation, inner: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "response.event", "delegation_id": d.id, "event": e} for e in inner]

@@ -33,19 +33,11 @@ from typing import Any, Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from sim.live_delegation import (
-    Delegation,
-    created_event,
-    function_call_response,
-    message_response,
-    new_id,
-)
+from sim.live_delegation import Delegation, Delegator, new_id
 from sim.live_rules import (
     WITH_EVENT_ID,
     audio_format,
-    check_delegation_update,
     check_start,
-    declared_functions,
     validate_client_event,
 )
 from sim.live_stream import OutputStream, Utterance, transcript_windows
@@ -100,10 +92,8 @@ class LiveSession:
         self.output_audio = bytearray()  # the whole stream as sent, silence included
         self.config: dict[str, Any] | None = None  # session.start's session, as sent
         self.format = WireFormat("pcm16", 24000)
-        self.delegation: dict[str, Any] | None = None
+        self.delegator = Delegator(None)
         self.turns: list[Turn] = []
-        self.delegations: dict[str, Delegation] = {}
-        self.tool_outputs: list[dict[str, Any]] = []  # function_call_output items received
         self.appended: list[dict[str, Any]] = []  # commentary / thinking / instructions
         self.closing = False
         self.closed = False
@@ -124,6 +114,16 @@ class LiveSession:
     def history(self) -> list[dict[str, Any]]:
         """The text history session.start seeded the session with (its ``input``)."""
         return list((self.config or {}).get("input") or [])
+
+    @property
+    def delegations(self) -> dict[str, Delegation]:
+        """Every task delegated, by delegation id."""
+        return self.delegator.tasks
+
+    @property
+    def tool_outputs(self) -> list[dict[str, Any]]:
+        """The function_call_output items received, in order."""
+        return self.delegator.tool_outputs
 
     @property
     def started(self) -> bool:
@@ -202,7 +202,7 @@ class LiveSession:
         return {
             **config,
             "audio": audio,
-            "delegation": self.delegation,
+            "delegation": self.delegator.config,
             "id": self.id,
             "expires_at": int(self.connected_at) + 3600,
             "status": "active",
@@ -248,7 +248,7 @@ class LiveSession:
         check_start(session)
         self.format = audio_format(session)
         self.config = session
-        self.delegation = session.get("delegation")
+        self.delegator = Delegator(session.get("delegation"))
         self.stream = OutputStream(self.format, self.host.live_chunk_ms)
         self._vad = EnergyVad(self.format, SILENCE_MS)
         if self._record:
@@ -257,15 +257,7 @@ class LiveSession:
         self._tasks.append(asyncio.create_task(self._pump()))
 
     async def _on_session_update(self, e: dict[str, Any]) -> None:
-        check_delegation_update(e["session"], (self.delegation or {}).get("type"))
-        new = e["session"].get("delegation")
-        if new is not None and self.delegation is not None:
-            merged = {**self.delegation, **new}
-            if "responses" in new:
-                merged["responses"] = {**self.delegation.get("responses", {}), **new["responses"]}
-            self.delegation = merged
-        elif new is not None:
-            self.delegation = new
+        self.delegator.update(e["session"])
         await self.send({"type": "session.updated", "session": self.resource(), **_answering(e)})
 
     async def _on_session_input_audio_append(self, e: dict[str, Any]) -> None:
@@ -313,74 +305,26 @@ class LiveSession:
         await self._appended(e, "instructions")
 
     async def _on_session_thinking_append(self, e: dict[str, Any]) -> None:
-        self._check_delegation_id(e)
+        self.delegator.check_id(e.get("delegation_id"))
         await self._appended(e, "thinking")
 
     async def _on_session_commentary_append(self, e: dict[str, Any]) -> None:
         """Speakable context: the model says it (the emulator: word for word, in its voice)."""
-        self._check_delegation_id(e)
+        self.delegator.check_id(e.get("delegation_id"))
         await self._appended(e, "commentary")
         self._say(e["content"], "greeting" if not self.turns else "commentary")
 
-    def _check_delegation_id(self, e: dict[str, Any]) -> None:
-        delegation_id = e.get("delegation_id")
-        if delegation_id is None:
-            return
-        if (self.delegation or {}).get("type") == "responses":
-            raise Rejection(
-                "invalid_value",
-                "Invalid 'delegation_id': non-null IDs are not accepted with Responses delegation.",
-                "delegation_id",
-            )
-        if delegation_id not in self.delegations:
-            raise Rejection(
-                "invalid_value", f"Invalid 'delegation_id': '{delegation_id}'.", "delegation_id"
-            )
-
     async def _on_response_item_create(self, e: dict[str, Any]) -> None:
-        self._require_responses()
-        item = e["item"]
-        if item.get("type") != "function_call_output":
-            raise Rejection(
-                "invalid_value",
-                "Invalid 'item.type': the emulator takes function_call_output items only.",
-                "item.type",
-            )
-        call_id = item["call_id"]
-        owner = next((d for d in self.delegations.values() if call_id in d.calls), None)
-        if owner is None:
-            raise Rejection("invalid_value", f"Tool call ID '{call_id}' not found.", "item.call_id")
-        output = item["output"] if isinstance(item["output"], str) else json.dumps(item["output"])
-        owner.outputs[call_id] = output
-        self.tool_outputs.append(item)
+        self.delegator.add_output(e["item"])
         await self._notify()
 
     async def _on_response_create(self, e: dict[str, Any]) -> None:
-        self._require_responses()
-        waiting = [d for d in self.delegations.values() if d.waiting]
-        if not waiting:
-            raise Rejection(
-                "no_response_waiting",
-                "No delegated response is waiting for tool results (the emulator does not "
-                "start backend responses of its own).",
-                None,
-            )
-        for d in waiting:
-            if d.missing():
-                raise Rejection(
-                    "function_call_outputs_required",
-                    "Every function call needs a function_call_output before response.create; "
-                    f"missing: {', '.join(d.missing())}.",
-                    None,
-                )
-        for d in waiting:
-            d.continued += 1
-            answers = "; ".join(d.outputs[c] for c in d.calls)
-            text = f"Here is what I found: {answers}"
-            for inner in message_response(d, self._backend_model(), text):
-                await self.send({"type": "response.event", "delegation_id": d.id, "event": inner})
+        events, said = self.delegator.continue_()
+        for event in events:
+            await self.send(event)
+        for text in said:
             # The live model relays the answer; the voice says a short sentence (the synthetic
-            # voice would take seconds over JSON) and the transcript carries the answer.
+            # voice would take seconds over JSON) and the transcript carries the whole answer.
             self._say("Here is what I found.", "tool_result", transcript=text[:400])
 
     async def _on_session_close(self, e: dict[str, Any]) -> None:
@@ -396,17 +340,6 @@ class LiveSession:
 
     _on_decision_create = _on_decision_item_create = _on_decision_item_delete = _refused
     _on_session_output_audio_fixture_play = _refused
-
-    def _require_responses(self) -> None:
-        if (self.delegation or {}).get("type") != "responses":
-            raise Rejection(
-                "responses_delegation_required",
-                "This command requires Responses delegation.",
-                "type",
-            )
-
-    def _backend_model(self) -> str:
-        return str(((self.delegation or {}).get("responses") or {}).get("model", "gpt-5"))
 
     # --- the caller's turns ------------------------------------------------------------------
     async def _caller_started(self, at_ms: float) -> None:
@@ -458,24 +391,9 @@ class LiveSession:
             for c in self.host.tool_calls
             if c.turn == turn.number or (c.turn == 0 and session_turn == 1)
         ]
-        target = (self.delegation or {}).get("type") or "client"
-        if target == "responses":
-            declared = declared_functions(self.delegation)
-            scripted = [c for c in scripted if c.name in declared]
-        if not scripted or target == "decisions":
-            return
         assert self.stream is not None
-        d = Delegation(new_id("deleg"), target, self.stream.position_ms, turn.number)
-        self.delegations[d.id] = d
-        if target == "client":
-            await self.send(created_event(d))
-            return
-        inner = function_call_response(
-            d, self._backend_model(), [(c.name, c.arguments) for c in scripted]
-        )
-        await self.send(created_event(d))
-        for event in inner:
-            await self.send({"type": "response.event", "delegation_id": d.id, "event": event})
+        for event in self.delegator.delegate(scripted, turn.number, self.stream.position_ms):
+            await self.send(event)
 
     # --- the output stream ---------------------------------------------------------------------
     async def _pump(self) -> None:
