@@ -421,3 +421,27 @@ async def test_client_delegation_gives_only_the_delegation_and_takes_commentary_
             said += (await live.next("session.output_transcript.delta"))["delta"]
         assert not any(e["type"] == "response.event" for e in live.events)
         assert_live_server_events(emu.live_sessions[0].server_events)
+
+
+async def test_the_session_limit_closes_with_reason_expired() -> None:
+    async with RealtimeEmulator(max_session_seconds=1.0) as emu, live_ws(emu) as ws:
+        live = Live(ws)
+        await live.start()
+        closed = await live.next("session.closed", timeout=5)
+        assert closed["reason"] == "expired"
+        with pytest.raises(ConnectionClosed) as err:
+            await ws.recv()
+        assert err.value.rcvd is not None and err.value.rcvd.code == 1000
+        assert emu.live_sessions[0].close_reason == "expired"
+
+
+async def test_a_long_running_stand_in_keeps_no_stream_in_memory() -> None:
+    async with RealtimeEmulator(keep_sessions=1) as emu, live_ws(emu) as ws:
+        live = Live(ws)
+        await live.start()
+        await live.next("session.usage.updated")
+        session = emu.live_sessions[0]
+        assert not session.output_audio
+        deltas = [e for e in session.server_events if e["type"] == "session.output_audio.delta"]
+        assert deltas and all(e["delta"] == "" for e in deltas)
+        assert live.audio  # the client got the stream all the same
