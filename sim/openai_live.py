@@ -244,7 +244,9 @@ class LiveSession:
                     "wait for session.started.",
                     "type",
                 )
-            if self.closing:
+            # While it drains, the caller's audio may still come (a bridge streams until the
+            # call ends): taken and not heard; any other command is refused.
+            if self.closing and kind != "session.input_audio.append":
                 raise Rejection("session_closing", "The session is closing.", "type")
             await getattr(self, "_on_" + kind.replace(".", "_"))(event)
         except Rejection as rejection:
@@ -281,7 +283,7 @@ class LiveSession:
         if self._record:
             with open(self._record / "input.pcm", "ab") as f:
                 f.write(data)
-        if self.muted:
+        if self.muted or self.closing:
             return
         assert self._vad is not None
         self._heard += data

@@ -253,12 +253,15 @@ async def test_close_drains_at_most_the_bound() -> None:
         await live.next("session.output_transcript.delta")
         t0 = time.monotonic()
         await live.send({"type": "session.close"})
+        await live.say(TURN)  # the caller's audio may still come while it drains: no error
         error = await live.error({"type": "session.close"})
         assert error["code"] == "session_closing"
         closed = await live.next("session.closed")
         assert time.monotonic() - t0 < 2.0  # the speech had 4 s to go
         assert closed["reason"] == "close_requested"
-        assert emu.live_sessions[0].stream.spoken[0].interrupted_ms is not None
+        session = emu.live_sessions[0]
+        assert session.stream.spoken[0].interrupted_ms is not None
+        assert len(session.errors_sent) == 1 and not session.turns
 
 
 # --- refusals ------------------------------------------------------------------------------------
