@@ -1191,7 +1191,9 @@ async def _main(args: argparse.Namespace) -> None:
         record_dir=args.record_dir,
         api_key=args.api_key,
         beta=args.beta,
+        reply_lead_ms=args.reply_lead_ms,
         live_chunk_ms=args.live_chunk_ms,
+        live_close_drain_s=args.live_close_drain_s,
         keep_sessions=args.keep_sessions,
         tool_calls=[ScriptedToolCall.parse(spec) for spec in args.tool_call],
         max_session_seconds=args.max_session_seconds,
@@ -1228,6 +1230,18 @@ def main() -> None:
         default=None,
         help="the retired beta dialect (OpenAI-Beta: realtime=v1): refuse it as the live API "
         "does (default; EMULATOR_BETA sets the default), or accept it (combo B, for testing)",
+    )
+    parser.add_argument(
+        "--reply-lead-ms",
+        type=int,
+        default=300,
+        help="how far ahead of real time a Realtime reply is sent (then real time)",
+    )
+    parser.add_argument(
+        "--live-close-drain-s",
+        type=float,
+        default=10.0,
+        help="how long a GPT-Live session.close lets the speech in progress finish",
     )
     parser.add_argument(
         "--live-chunk-ms",

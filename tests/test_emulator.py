@@ -777,3 +777,35 @@ async def test_a_long_running_emulator_keeps_only_its_newest_ended_sessions() ->
             await session.wait_closed(timeout=5)
         assert emulator.opened == 4 and len(emulator.sessions) == 2
         assert emulator.sessions[-1] is session
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "accepted"),
+    [([], {}, False), (["--beta", "accept"], {}, True), ([], {"EMULATOR_BETA": "accept"}, True)],
+)
+async def test_the_command_line_serves_both_paths_and_takes_beta_from_flag_or_environment(
+    args: list[str], env: dict[str, str], accepted: bool
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "EMULATOR_BETA"} | env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.openai_realtime", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        env=environ,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = json.loads(await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20))
+        assert line["live_url"].endswith("/v1/live/sessions")
+        assert line["beta"] == ("accept" if accepted else "refuse")
+        headers = {"Authorization": "Bearer k", "OpenAI-Beta": "realtime=v1"}
+        async with connect(line["url"] + "?model=gpt-realtime", additional_headers=headers) as ws:
+            first = json.loads(await ws.recv())
+        assert (first["type"] == "session.created") is accepted
+    finally:
+        proc.terminate()
+        proc.wait(10)
