@@ -277,7 +277,11 @@ class LiveSession:
                 "invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.", "audio"
             ) from None
         if not self.input_audio and self._record:
-            timing = {"connected_at": self.connected_at, "first_append_at": time.time()}
+            timing = {
+                "connected_at": self.connected_at,
+                "first_append_at": time.time(),
+                "instructions": (self.config or {}).get("instructions"),
+            }
             (self._record / "timing.json").write_text(json.dumps(timing))
         self.input_audio += data
         if self._record:

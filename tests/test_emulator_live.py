@@ -448,3 +448,57 @@ async def test_a_long_running_stand_in_keeps_no_stream_in_memory() -> None:
         deltas = [e for e in session.server_events if e["type"] == "session.output_audio.delta"]
         assert deltas and all(e["delta"] == "" for e in deltas)
         assert live.audio  # the client got the stream all the same
+
+
+async def test_a_whole_conversation_sends_only_events_the_official_types_parse() -> None:
+    """Greeting, a caller turn answered with the caller's words and a delegated tool call, the
+    tool's answer spoken, a second turn, then close: every event the emulator sent parses as
+    ``openai.types.live.ServerEvent`` (and the Responses events inside as Responses events)."""
+    calls = [ScriptedToolCall(1, "lookup_order", {"order_id": "7"})]
+    async with RealtimeEmulator(tool_calls=calls) as emu, live_ws(emu) as ws:
+        live = Live(ws)
+        await live.start(audio={"format": PCM24}, delegation=TOOLS, instructions="Be kind.")
+        await live.send(
+            {"type": "session.commentary.append", "delegation_id": None, "content": "Hello!"}
+        )
+        await live.next("session.output_transcript.delta")
+        await live.say(TURN)
+        done = None
+        while done is None:
+            event = await live.next("response.event")
+            if event["event"]["type"] == "response.output_item.done":
+                done = event["event"]["item"]
+        await live.send(
+            {
+                "type": "response.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": done["call_id"],
+                    "output": "ok",
+                },
+            }
+        )
+        await live.send({"type": "response.create", "event_id": "cont"})
+        said = ""
+        while "found: ok" not in said:
+            said += (await live.next("session.output_transcript.delta"))["delta"]
+        await live.say(TURN)
+        session = emu.live_sessions[0]
+        await session.wait_for(lambda: len(session.turns) == 2)
+        await live.send({"type": "session.close"})
+        await live.next("session.closed", timeout=15)
+    kinds = {e["type"] for e in session.server_events}
+    assert kinds >= {
+        "session.started",
+        "session.output_audio.delta",
+        "session.output_transcript.delta",
+        "session.input_transcript.delta",
+        "session.commentary.appended",
+        "session.delegation.created",
+        "response.event",
+        "session.usage.updated",
+        "session.closed",
+    }
+    assert not session.errors_sent
+    assert [t.number for t in session.turns] == [1, 2]
+    assert_live_server_events(session.server_events)
