@@ -154,6 +154,10 @@ async def port_open(port: int) -> bool:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    """An OpenAI Realtime emulator on a free loopback port, for one test."""
-    async with RealtimeEmulator() as emu:
+    """An OpenAI Realtime emulator on a free loopback port, for one test. It accepts the
+    retired beta dialect (combo B), which the emulator refuses by default as the live API
+    does: the tests that take this fixture test both dialects' shapes. Its replies come in one
+    burst (the emulator's default paces them after 300 ms, which these rule checks do not
+    need and which cost them 36 s; tests/test_emulator_close.py covers the pacing)."""
+    async with RealtimeEmulator(beta="accept", reply_lead_ms=10**6) as emu:
         yield emu

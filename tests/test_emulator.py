@@ -212,14 +212,49 @@ async def test_handshake_needs_a_key_and_a_model(emulator: RealtimeEmulator) -> 
     assert err.value.response.status_code == 400
 
 
-async def test_beta_disabled_closes_with_4000() -> None:
-    async with RealtimeEmulator(beta_disabled=True) as emu:
+@pytest.mark.parametrize("env", [None, "refuse"])
+async def test_the_beta_header_is_refused_by_default_as_the_live_api_does(
+    env: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env is None:
+        monkeypatch.delenv("EMULATOR_BETA", raising=False)
+    else:
+        monkeypatch.setenv("EMULATOR_BETA", env)
+    async with RealtimeEmulator() as emu:
         async with await raw(emu, beta=True) as ws:
             r = Raw(ws)
-            assert (await r.next("error"))["error"]["code"] == "beta_api_shape_disabled"
+            error = (await r.next("error"))["error"]
+            assert error == {
+                "type": "invalid_request_error",
+                "code": "beta_api_shape_disabled",
+                "message": "The Realtime Beta API is no longer supported. Please use "
+                "/v1/realtime for the GA API.",
+                "param": None,
+                "event_id": None,
+            }
             with pytest.raises(ConnectionClosed) as err:
                 await ws.recv()
             assert err.value.rcvd is not None and err.value.rcvd.code == 4000
+        # GA (combo A) is unaffected
+        async with await raw(emu) as ws:
+            assert (await Raw(ws).next("session.created"))["session"]["type"] == "realtime"
+
+
+async def test_beta_accept_restores_combo_b_by_argument_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMULATOR_BETA", "accept")
+    for emulator in (RealtimeEmulator(), RealtimeEmulator(beta="accept")):
+        async with emulator as emu:
+            async with await raw(emu, beta=True) as ws:
+                created = await Raw(ws).next("session.created")
+                assert created["session"]["input_audio_format"] == "pcm16"
+    monkeypatch.setenv("EMULATOR_BETA", "accept")
+    async with RealtimeEmulator(beta="refuse") as emu:  # the argument wins over the variable
+        async with await raw(emu, beta=True) as ws:
+            assert (await Raw(ws).next("error"))["error"]["code"] == "beta_api_shape_disabled"
+    with pytest.raises(ValueError, match="accept"):
+        RealtimeEmulator(beta="sometimes")
 
 
 def _client(emulator: RealtimeEmulator) -> Any:
@@ -312,7 +347,9 @@ async def test_server_vad_answers_by_itself_and_a_barge_in_cancels(
                     "audio": base64.b64encode(PCM[i : i + 960]).decode(),
                 }
             )
-        done = await session.wait_for_event("response.done")
+        # Read what was sent (a client that stops reading cannot close: its websockets stops
+        # reading past 16 queued messages and never sees the close frame that answers it).
+        done = await r.next("response.done")
         assert done["response"]["status"] in ("cancelled", "completed")
         for event in session.server_events:
             GA_SERVER.validate_python(event)
@@ -740,3 +777,35 @@ async def test_a_long_running_emulator_keeps_only_its_newest_ended_sessions() ->
             await session.wait_closed(timeout=5)
         assert emulator.opened == 4 and len(emulator.sessions) == 2
         assert emulator.sessions[-1] is session
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "accepted"),
+    [([], {}, False), (["--beta", "accept"], {}, True), ([], {"EMULATOR_BETA": "accept"}, True)],
+)
+async def test_the_command_line_serves_both_paths_and_takes_beta_from_flag_or_environment(
+    args: list[str], env: dict[str, str], accepted: bool
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "EMULATOR_BETA"} | env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.openai_realtime", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        env=environ,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = json.loads(await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20))
+        assert line["live_url"].endswith("/v1/live/sessions")
+        assert line["beta"] == ("accept" if accepted else "refuse")
+        headers = {"Authorization": "Bearer k", "OpenAI-Beta": "realtime=v1"}
+        async with connect(line["url"] + "?model=gpt-realtime", additional_headers=headers) as ws:
+            first = json.loads(await ws.recv())
+        assert (first["type"] == "session.created") is accepted
+    finally:
+        proc.terminate()
+        proc.wait(10)

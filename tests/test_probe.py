@@ -52,6 +52,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, out: Path, **extra: str) -> None:
         "PROBE_OUT": str(out),
         "REALTIME_SCHEMA": "audio",
         "REALTIME_BETA_HEADER": "0",
+        # The probe's own emulator accepts the retired beta (combo B) so that these checks
+        # cover both shapes; by default it refuses it as the live API does.
+        "EMULATOR_BETA": "accept",
         **extra,
     }
     for name, value in values.items():
@@ -271,7 +274,7 @@ async def test_http_errors_and_silent_servers_are_findings(
 async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Path) -> None:
     from sim.openai_realtime import RealtimeEmulator
 
-    emulator = RealtimeEmulator(host="127.0.0.1", port=0, beta_disabled=True)
+    emulator = RealtimeEmulator(host="127.0.0.1", port=0)  # refuses the beta, as the API does
     await emulator.start()
     try:
         settings = load_settings(
@@ -385,7 +388,7 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     from tools.probe_findings import Combo
     from tools.probe_io import Target, probe_run
 
-    async with RealtimeEmulator() as emulator:
+    async with RealtimeEmulator(beta="accept") as emulator:  # the flat rows are combo B's
         target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
         pcm = b"\x00\x00" * 24000
         finding = await probe_run(
