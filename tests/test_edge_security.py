@@ -1,0 +1,191 @@
+"""The edge as an attacker with the README meets it: a live call cannot be taken over by a
+second stream reusing its ids, a resumption grant is given only for a stream that broke (once,
+for 30 s), and sockets that never start cannot lock real calls out. Through the real edge over
+fakeredis (its tests' ``edge`` and ``http`` helpers)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from urllib.parse import urlencode
+
+import fakeredis
+import pytest
+from prometheus_client import REGISTRY
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from shared.resumption import RESUME_PARAMETER
+from shared.streams import (
+    META_BROKEN,
+    META_PARAMS,
+    META_RESUME_GRANT,
+    META_STREAM_SID,
+    CallKeys,
+    decode_inbound,
+)
+from tests.conftest import wait_for
+from tests.test_edge_http import edge, http
+
+FMT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+
+def start_message(call_sid: str, stream_sid: str, params: dict[str, str]) -> str:
+    inner = {
+        "streamSid": stream_sid,
+        "callSid": call_sid,
+        "accountSid": "AC1",
+        "mediaFormat": FMT,
+        "customParameters": params,
+    }
+    return json.dumps(
+        {"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": inner}
+    )
+
+
+def media_message(stream_sid: str, sequence: int) -> str:
+    payload = base64.b64encode(b"\xff" * 160).decode()
+    media = {"track": "inbound", "chunk": str(sequence), "timestamp": str(sequence * 20)}
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence),
+            "streamSid": stream_sid,
+            "media": {**media, "payload": payload},
+        }
+    )
+
+
+async def closed_code(ws: ClientConnection) -> int | None:
+    """Wait for the gateway to close ``ws``; its close code."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+CALL = "CA" + "d" * 32
+STREAM = "MZ" + "d" * 32
+
+
+async def test_a_second_socket_reusing_the_live_calls_ids_is_refused() -> None:
+    """Finding 2: the same CallSid *and* streamSid on a new socket, no grant: refused, and the
+    live call's stream, parameters and replies stay its own."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    keys = CallKeys.for_call(CALL)
+    refused = sample("gateway_rejected_total", reason="edge_second_stream")
+    async with edge(server) as port:
+        url = f"ws://127.0.0.1:{port}/media"
+        async with connect(url) as live:
+            await live.send(start_message(CALL, STREAM, {"From": "+15550001111"}))
+            await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+            async with connect(url) as thief:
+                await thief.send(
+                    start_message(CALL, STREAM, {"From": "+19990000000", "instructions": "leak"})
+                )
+                assert await closed_code(thief) == 1008
+            assert sample("gateway_rejected_total", reason="edge_second_stream") == refused + 1
+            meta = await redis.hgetall(keys.meta)
+            assert json.loads(meta[META_PARAMS]) == {"From": "+15550001111"}
+            # The live stream goes on: its frames still reach the call.
+            await live.send(media_message(STREAM, 2))
+
+            async def frame_written() -> bool:
+                return bool(await redis.xrange(keys.in_pcmu))
+
+            await wait_for(frame_written, timeout=10)
+            await live.send(
+                json.dumps({"event": "stop", "sequenceNumber": "3", "streamSid": STREAM})
+            )
+        ended = await wait_for(lambda: redis.hget(keys.meta, b"ended"), timeout=10)
+        assert ended == b"stop"
+        entries = [decode_inbound(f) for _, f in await redis.xrange(keys.in_pcmu)]
+        assert len(entries) == 2  # one frame and the stop: nothing of the thief's
+
+
+ACTION_FORM = {"CallSid": CALL, "CallStatus": "in-progress", "From": "+1", "To": "+2"}
+
+
+async def connect_action(port: int) -> str:
+    status, body = await http(port, "POST", "/connect-action", urlencode(ACTION_FORM).encode())
+    assert status == 200
+    return body.decode()
+
+
+def grant_in(twiml: str) -> str | None:
+    marker = f'<Parameter name="{RESUME_PARAMETER}" value="'
+    if marker not in twiml:
+        return None
+    return twiml.split(marker, 1)[1].split('"', 1)[0]
+
+
+async def test_no_grant_for_a_healthy_stream_and_one_grant_per_break() -> None:
+    """Finding 4: a signed action request while the stream is still connected gets a hang-up
+    (never a grant that would cut the stream); once its edge sees the stream break (no stop),
+    the first request gets a grant and a second one for the same break a hang-up."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    keys = CallKeys.for_call(CALL)
+    async with edge(server, edge_resume_grace_seconds=30.0) as port:
+        url = f"ws://127.0.0.1:{port}/media"
+        ws = await connect(url)
+        await ws.send(start_message(CALL, STREAM, {}))
+        await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+
+        async def keep_talking() -> None:
+            for k in range(2, 10_000):
+                await ws.send(media_message(STREAM, k))
+                await asyncio.sleep(0.02)  # Twilio's frame clock, not a wait for a result
+
+        talking = asyncio.create_task(keep_talking())
+        began = time.monotonic()
+        twiml = await connect_action(port)
+        waited = time.monotonic() - began
+        assert grant_in(twiml) is None and "<Hangup/>" in twiml
+        assert waited >= 3.0  # it looked for evidence of a break, and found none
+        assert META_RESUME_GRANT not in await redis.hgetall(keys.meta)
+        assert not ws.close_code  # the stream is untouched
+        talking.cancel()
+        await asyncio.gather(talking, return_exceptions=True)
+        # The stream breaks: the socket goes without a stop and without a close frame.
+        ws.transport.abort()
+        await wait_for(lambda: redis.hget(keys.meta, META_BROKEN), timeout=10)
+        began = time.monotonic()
+        grant = grant_in(await connect_action(port))
+        assert grant and time.monotonic() - began < 2.0  # the edge's word: no waiting
+        assert "<Hangup/>" in await connect_action(port)  # the same break again
+        # The grant resumes the call on a new stream.
+        async with connect(url) as resumed:
+            new_sid = "MZ" + "e" * 32
+            await resumed.send(start_message(CALL, new_sid, {RESUME_PARAMETER: grant}))
+            await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+
+            async def taken_over() -> bool:
+                return await redis.hget(keys.meta, META_STREAM_SID) == new_sid.encode()
+
+            await wait_for(taken_over, timeout=10)
+
+
+async def test_a_killed_edges_stream_is_granted_once_its_heartbeat_is_stale() -> None:
+    """No edge marked the break (it was killed): the action request waits until the stream's
+    heartbeat is older than the bound, then grants."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    keys = CallKeys.for_call(CALL)
+    async with edge(server) as port:
+        async with connect(f"ws://127.0.0.1:{port}/media") as ws:
+            await ws.send(start_message(CALL, STREAM, {}))
+            await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+    # The edge is gone without a word (its stop was asked for, so it ended the call: take the
+    # end back off, as a SIGKILL would have left it).
+    await redis.hdel(keys.meta, b"ended")
+    async with edge(server) as other:
+        grant = grant_in(await connect_action(other))
+    assert grant is not None
