@@ -15,7 +15,7 @@ import fakeredis
 import pytest
 from prometheus_client import REGISTRY
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.resumption import RESUME_PARAMETER
 from shared.streams import (
@@ -183,9 +183,63 @@ async def test_a_killed_edges_stream_is_granted_once_its_heartbeat_is_stale() ->
         async with connect(f"ws://127.0.0.1:{port}/media") as ws:
             await ws.send(start_message(CALL, STREAM, {}))
             await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
-    # The edge is gone without a word (its stop was asked for, so it ended the call: take the
-    # end back off, as a SIGKILL would have left it).
-    await redis.hdel(keys.meta, b"ended")
+    # The edge is gone without a word: a SIGKILL leaves neither its mark of the break nor the
+    # call's end (its stop here wrote both: take them back off).
+    await redis.hdel(keys.meta, b"ended", META_BROKEN)
     async with edge(server) as other:
+        began = time.monotonic()
         grant = grant_in(await connect_action(other))
+        waited = time.monotonic() - began
     assert grant is not None
+    # It waited for the heartbeat to go stale (written at the start, under a second ago).
+    assert 1.0 <= waited <= 4.5, waited
+
+
+CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+async def test_sockets_that_never_start_cannot_lock_a_call_out() -> None:
+    """Finding 5: five sockets that send ``connected`` and no ``start`` against MAX_CALLS=5
+    leave room for a call, and are closed once they have waited STREAM_START_TIMEOUT_SECONDS."""
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    timeouts = sample("gateway_rejected_total", reason="edge_start_timeout")
+    async with edge(server, max_calls=5, stream_start_timeout_seconds=1.0) as port:
+        url = f"ws://127.0.0.1:{port}/media"
+        idle = [await connect(url) for _ in range(5)]
+        for ws in idle:
+            await ws.send(CONNECTED)
+        began = time.monotonic()
+        async with connect(url) as call:  # no 503: the idle sockets are not calls
+            await call.send(start_message(CALL, STREAM, {}))
+            keys = CallKeys.for_call(CALL)
+            await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+            codes = [await closed_code(ws) for ws in idle]
+            assert codes == [1008] * 5
+            assert 0.9 <= time.monotonic() - began <= 5.0
+            assert sample("gateway_rejected_total", reason="edge_start_timeout") == timeouts + 5
+            # The started call is not one of them: it is still open.
+            await call.send(media_message(STREAM, 2))
+            assert call.close_code is None
+
+
+async def test_the_oldest_socket_without_a_start_makes_room_and_started_calls_are_capped() -> None:
+    server = fakeredis.FakeServer()
+    async with edge(server, max_calls=1, max_pending_streams=2) as port:
+        url = f"ws://127.0.0.1:{port}/media"
+        first, second = await connect(url), await connect(url)
+        third = await connect(url)  # the limit of two: the oldest goes
+        assert await closed_code(first) == 1008
+        assert second.close_code is None and third.close_code is None
+        await second.send(start_message(CALL, STREAM, {}))
+        redis = fakeredis.FakeAsyncRedis(server=server)
+        keys = CallKeys.for_call(CALL)
+        await wait_for(lambda: redis.hget(keys.meta, META_STREAM_SID), timeout=10)
+        # One call is MAX_CALLS: a new socket is refused at its handshake, and one that was
+        # already waiting is refused at its start (1013: try again later).
+        with pytest.raises(InvalidStatus) as err:
+            await connect(url)
+        assert err.value.response.status_code == 503
+        await third.send(start_message("CA" + "f" * 32, "MZ" + "f" * 32, {}))
+        assert await closed_code(third) == 1013
+        await second.close()

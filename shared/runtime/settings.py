@@ -113,7 +113,12 @@ class Settings(BaseSettings):
     # auto: verify when a secret is set, and refuse to start against the live API without one;
     # on: a secret is required whatever the model; off: accept unsigned requests (a warning).
     twilio_signatures: Literal["auto", "on", "off"] = "auto"
+    # Started streams only: a socket counts once its start is taken.
     max_calls: int = Field(200, ge=1, le=100_000)
+    # Sockets that have opened but not yet sent a valid start: closed after this long, and at
+    # most this many at once (one more closes the oldest), so that they never lock a call out.
+    stream_start_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0)
+    max_pending_streams: int = Field(50, ge=1, le=100_000)
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
