@@ -30,6 +30,7 @@ from websockets.protocol import CONNECTING
 from services.twilio_edge.http import EdgeConnection, Form, respond
 from services.twilio_edge.outbound import amd_callback, call_status_callback
 from services.twilio_edge.resume import answer_action, resume_point
+from services.twilio_edge.token import StreamTokens
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import PendingSockets, TokenBucket
@@ -66,6 +67,7 @@ from shared.runtime.redis_io import (
 )
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
+from shared.stream_token import TOKEN_PARAMETER
 from shared.streams import (
     LIFECYCLE_MAXLEN,
     META_ENDED,
@@ -248,6 +250,12 @@ class CallBridge:
             reject("twilio_bad_call_sid")
             await self.ws.close(1008, "bad callSid")
             return
+        refusal = await self.edge.tokens.refusal(self.edge.redis, event)
+        if refusal is not None:
+            # Not a stream of TwiML the gateway wrote for this call with these parameters.
+            reject(f"edge_token_{refusal}")
+            await self.ws.close(1008, f"stream token refused: {refusal}")
+            return
         keys = CallKeys.for_call(event.call_sid)
         meta = await self._meta(keys)
         grant = event.custom_parameters.get(RESUME_PARAMETER)
@@ -259,7 +267,11 @@ class CallBridge:
         self.stream_sid = event.stream_sid
         self.heard_us = wall_clock_us()
         bind_call(event.call_sid, event.stream_sid)  # this task serves this call alone
-        parameters = {k: v for k, v in event.custom_parameters.items() if k != RESUME_PARAMETER}
+        parameters = {
+            k: v
+            for k, v in event.custom_parameters.items()
+            if k not in (RESUME_PARAMETER, TOKEN_PARAMETER)
+        }
         if admission == "resume":
             await self._resume(keys, event, meta)
             return
@@ -601,6 +613,7 @@ class Edge:
             token.get_secret_value() if token and verify else None,
             shared.get_secret_value() if shared and verify else None,
         )
+        self.tokens = StreamTokens(settings.stream_token_key(), verify)
         self.bridges: set[CallBridge] = set()
         # Sockets that have not started yet: apart from MAX_CALLS, with a limit of their own.
         self.pending: PendingSockets[CallBridge] = PendingSockets(
@@ -713,9 +726,10 @@ class Edge:
         (``extra`` besides), the stream's status callback, and the action Twilio asks when it
         ends."""
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
+        parameters = self.tokens.with_token(fields.get("CallSid"), parameters | (extra or {}))
         return tw.connect_stream_twiml(
             self.settings.public_media_url(base),
-            parameters | (extra or {}),
+            parameters,
             status_callback=base.rstrip("/") + STREAM_STATUS_PATH,
             action=base.rstrip("/") + CONNECT_ACTION_PATH,
         )

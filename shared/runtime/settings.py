@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
+from shared.stream_token import derive_key
 
 Schema = Literal["audio", "flat", "auto"]
 
@@ -113,6 +114,9 @@ class Settings(BaseSettings):
     # auto: verify when a secret is set, and refuse to start against the live API without one;
     # on: a secret is required whatever the model; off: accept unsigned requests (a warning).
     twilio_signatures: Literal["auto", "on", "off"] = "auto"
+    # The key of the per-call stream tokens (shared.stream_token) is derived from this, else from
+    # TWILIO_AUTH_TOKEN, else TWILIO_SHARED_KEY_SECRET: every edge and the console must agree.
+    stream_token_secret: SecretStr | None = None
     # Started streams only: a socket counts once its start is taken.
     max_calls: int = Field(200, ge=1, le=100_000)
     # Sockets that have opened but not yet sent a valid start: closed after this long, and at
@@ -314,6 +318,18 @@ class Settings(BaseSettings):
         """Whether the edge checks Twilio's signatures (a secret is set and they are not off)."""
         has_secret = bool(self.twilio_auth_token or self.twilio_shared_key_secret)
         return has_secret and self.twilio_signatures != "off"
+
+    def stream_token_key(self) -> bytes | None:
+        """The key stream tokens are minted and checked with (``None``: no secret to derive it
+        from). Tokens are required at ``start`` whenever signatures are checked."""
+        for secret in (
+            self.stream_token_secret,
+            self.twilio_auth_token,
+            self.twilio_shared_key_secret,
+        ):
+            if secret is not None and secret.get_secret_value():
+                return derive_key(secret.get_secret_value())
+        return None
 
     # --- Derived values ---------------------------------------------------------------------------
     def session_config(self) -> SessionConfig:
