@@ -266,6 +266,9 @@ class CallBridge:
         self.keys = keys
         self.stream_sid = event.stream_sid
         self.heard_us = wall_clock_us()
+        # A call now: it counts against MAX_CALLS (a refused start never does, however long
+        # its peer takes to answer the close).
+        self.edge.started.add(self)
         bind_call(event.call_sid, event.stream_sid)  # this task serves this call alone
         parameters = {
             k: v
@@ -614,7 +617,9 @@ class Edge:
             shared.get_secret_value() if shared and verify else None,
         )
         self.tokens = StreamTokens(settings.stream_token_key(), verify)
-        self.bridges: set[CallBridge] = set()
+        # The streams whose start was taken: what MAX_CALLS counts. A socket closed for want of
+        # a start is in neither set while its close handshake runs (a peer may never answer it).
+        self.started: set[CallBridge] = set()
         # Sockets that have not started yet: apart from MAX_CALLS, with a limit of their own.
         self.pending: PendingSockets[CallBridge] = PendingSockets(
             settings.max_pending_streams, settings.stream_start_timeout_seconds
@@ -672,7 +677,7 @@ class Edge:
                 return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
             if not self._signed(self._signed_url(base, request), {}, request):
                 return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
-            if self._started_streams() >= self.settings.max_calls:
+            if len(self.started) >= self.settings.max_calls:
                 reject("edge_max_calls")
                 return respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many calls\n")
             return None
@@ -817,15 +822,13 @@ class Edge:
                 log.info("Twilio reports %s", status.event)
         return respond(http.HTTPStatus.NO_CONTENT, b"")
 
-    def _started_streams(self) -> int:
-        return len(self.bridges) - len(self.pending)
-
     async def admit_start(self, bridge: CallBridge) -> bool:
         """Whether a socket's start may go on: it was still pending (not closed for waiting too
-        long or to make room) and a call's place is free under ``MAX_CALLS``."""
+        long or to make room) and a call's place is free under ``MAX_CALLS`` (taken once the
+        start is admitted as a call)."""
         if not self.pending.started(bridge):
             return False  # closing already
-        if self._started_streams() > self.settings.max_calls:  # itself counted now
+        if len(self.started) >= self.settings.max_calls:
             reject("edge_max_calls")
             await bridge.ws.close(1013, "too many calls")
             return False
@@ -850,13 +853,12 @@ class Edge:
         evicted = self.pending.open(bridge, loop.time())
         self._close_pending(evicted, "edge_pending_evicted", "too many sockets without a start")
         timer = loop.call_later(self.pending.timeout_s, self._start_overdue)
-        self.bridges.add(bridge)
         try:
             await bridge.run()
         finally:
             timer.cancel()
             self.pending.closed(bridge)
-            self.bridges.discard(bridge)
+            self.started.discard(bridge)
 
     async def listen(self) -> int:
         """Open the public port (``EDGE_PORT``); returns the port bound."""
