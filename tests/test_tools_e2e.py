@@ -161,9 +161,7 @@ async def call(rig: Rig, text: str, **kwargs: Any) -> CallResult:
     kwargs.setdefault("hold_after_s", 2.5)
     kwargs.setdefault("auth_token", TOKEN)  # signed as Twilio signs the stream
     call_sid = kwargs.setdefault("call_sid", new_sid("CA"))
-    kwargs["custom_parameters"] = token_parameters(
-        TOKEN, call_sid, kwargs.get("custom_parameters")
-    )
+    kwargs["custom_parameters"] = token_parameters(TOKEN, call_sid, kwargs.get("custom_parameters"))
     kwargs.setdefault("signed_url", PUBLIC.replace("https", "wss") + "/media")
     kwargs.setdefault("max_duration_s", 40)
     return await asyncio.wait_for(place_call(rig.stack.media_url, caller(text), **kwargs), 60)
