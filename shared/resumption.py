@@ -165,6 +165,22 @@ def admit_stream(meta: Mapping[bytes, bytes], grant: str | None, now_us: int) ->
     return "resume"
 
 
+Holding = Literal["held", "taken_over", "lost"]
+
+
+def check_holding(started_us: bytes | None, holder: bytes | None, stream_sid: str) -> Holding:
+    """What the bridge that holds ``stream_sid`` finds when it checks its call (the hash's
+    ``started_us`` and ``stream_sid``): still its own (``held``), gone on on another stream
+    after a resumption (``taken_over``: it leaves the call), or lost by Redis (``lost``: this
+    very bridge registers it again, under the ids it holds; a new socket that claims them gets
+    no such right, see :func:`admit_stream`)."""
+    if started_us is None:
+        return "lost"
+    if holder is not None and holder != stream_sid.encode():
+        return "taken_over"
+    return "held"
+
+
 def last_mark(newest_first: Iterable[tuple[bytes, Fields]]) -> tuple[str, int] | None:
     """The newest of our marks the caller's phone returned, ``(item_id, end_ms)``, among a
     call's ``ctl`` entries given newest first; ``None`` when there is none among them."""

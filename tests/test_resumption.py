@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.resumption import (
     GRANT_TTL_US,
     HEARD_STALE_US,
+    Admission,
+    AfterStream,
     ReplayFinder,
     admit_stream,
     after_stream,
     break_marking,
+    check_holding,
     cleared_responses,
     grant_fields,
     granted_field,
@@ -18,9 +25,11 @@ from shared.resumption import (
     last_mark,
 )
 from shared.streams import (
+    META_BROKEN,
     META_DISPOSITION,
     META_ENDED,
     META_RESUME_GRANT,
+    META_RESUME_GRANT_EXPIRES_US,
     META_STARTED_US,
     META_STREAM_SID,
     ClearPlayback,
@@ -108,6 +117,42 @@ def test_a_new_stream_is_the_call_only_with_its_grant() -> None:
     assert GRANT_TTL_US <= 30_000_000
     assert admit_stream({**granted, META_ENDED: b"socket_closed"}, "tok", NOW) == "ended"
     assert admit_stream({**LIVE, META_RESUME_GRANT: b"tok"}, "tok", NOW) == "expired_grant"
+
+
+def test_only_the_bridge_that_holds_a_stream_registers_it_again() -> None:
+    assert check_holding(b"1", b"MZold", "MZold") == "held"
+    assert check_holding(b"1", None, "MZold") == "held"
+    assert check_holding(b"1", b"MZnew", "MZold") == "taken_over"
+    assert check_holding(None, None, "MZold") == "lost"  # this bridge registers it again
+    # whereas a new socket claiming the same ids, on a call Redis still knows, needs a grant
+    assert admit_stream(LIVE, None, NOW) == "second_stream"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                META_STARTED_US,
+                META_STREAM_SID,
+                META_ENDED,
+                META_DISPOSITION,
+                META_RESUME_GRANT,
+                META_BROKEN,
+                META_RESUME_GRANT_EXPIRES_US,
+                heard_field("MZold"),
+                granted_field(LIVE),
+            ]
+        ),
+        st.binary(max_size=12),
+    ),
+    st.one_of(st.none(), st.text(max_size=12)),
+    st.text(max_size=12),
+)
+def test_any_hash_gives_an_answer_and_never_raises(
+    meta: dict[bytes, bytes], grant: str | None, status: str
+) -> None:
+    assert after_stream(meta, status, NOW) in get_args(AfterStream)
+    assert admit_stream(meta, grant, NOW) in get_args(Admission)
 
 
 def test_the_newest_of_our_marks_is_where_hearing_stopped() -> None:

@@ -41,6 +41,7 @@ from shared.resumption import (
     Admission,
     admit_stream,
     break_marking,
+    check_holding,
     heard_field,
 )
 from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
@@ -403,12 +404,16 @@ class CallBridge:
         pipe.hmget(keys.meta, [META_STARTED_US, META_STREAM_SID])
         # The heartbeat a <Connect action> reads: stale once this edge or the stream is gone.
         pipe.hset(keys.meta, heard_field(self.stream_sid), self.heard_us)
+        # A hash Redis had lost is written anew by it: never without an expiry.
+        pipe.expire(keys.meta, self.edge.settings.call_max_seconds, nx=True)
         found: list[bytes | None] = (await pipe.execute())[0]
         known, holder = found
-        if known is not None:
-            if holder is not None and holder.decode("ascii", "replace") != self.stream_sid:
-                self._leave_to_other_stream(holder)
-                await self.ws.close(1001, "the call went on on another stream")
+        holding = check_holding(known, holder, self.stream_sid)
+        if holding == "taken_over":
+            assert holder is not None
+            self._leave_to_other_stream(holder)
+            await self.ws.close(1001, "the call went on on another stream")
+        if holding != "lost":
             return
         if (
             call_ttl_s(started.started_us, wall_clock_us(), self.edge.settings.call_max_seconds)
