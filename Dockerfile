@@ -39,6 +39,9 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PATH=/opt/venv/bin:$PATH
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gateway
+# /metrics and /healthz (METRICS_PORT) for the orchestrator's probes and Prometheus, which reach
+# the container from outside it (the settings' default, for make run, is loopback).
+ENV METRICS_HOST=0.0.0.0
 WORKDIR /app
 EXPOSE 8080 8090 9100
 CMD ["python", "-m", "services.twilio_edge"]

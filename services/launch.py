@@ -18,6 +18,11 @@ what supervisord's own configuration cannot express:
   1, at most 8), with a stable ``CONSUMER_NAME`` (a restarted instance takes its own calls back
   at once) and its own ``METRICS_PORT`` (``METRICS_PORT_BASE`` + 0, 10 or 30, + N; base 9100).
 * ``edge``: the Twilio edge, its ``METRICS_PORT`` ``METRICS_PORT_BASE`` + 20.
+
+Every metrics port listens on ``METRICS_HOST``, 127.0.0.1 unless set (the settings' default): a
+local stack's counters and call figures are not for the network. Set ``METRICS_HOST=0.0.0.0``
+for a Prometheus on another machine; the container image does (its probes and scrapers come
+from outside the container).
 * ``console``: the operators' console (``make run`` makes up a ``CONSOLE_TOKEN`` when none is set
   and prints the console's address with it).
 * ``recorder``: the recorder, only when ``RECORDINGS_DIR`` is set.

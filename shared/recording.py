@@ -15,6 +15,15 @@ files, no clock.
   and nothing of it after. A piece whose mark never came (the call ended first) is placed
   after the one before it, as Twilio plays in order.
 
+  Marks come back late, never early, and by a varying amount (Twilio returns a mark at its
+  next 20 ms frame, and the network and the edge add their own delay): one mark alone does not
+  say when its piece played. The rule (:func:`heard_pieces`, :func:`contiguous_bases`): a
+  reply's audio is contiguous unless its marks prove a stall, that is a mark, and every one
+  after it, later than contiguous playback allows by more than ``JITTER_MS``; then what follows
+  plays from where those marks say (never before the chunk holding it was written). A run is
+  placed by its least late mark, and a reply's audio never overlaps itself nor what played
+  before it.
+
 Both channels share one origin, the call's start as the edge registered it (``started_us``);
 marks and clears are timed by their entry IDs (Redis's clock), so the hosts' clocks are assumed in
 step, as the hop-latency metrics assume.
@@ -34,10 +43,10 @@ from shared.streams import InboundFrame
 
 RATE = 8000
 _PER_MS = RATE // 1000
-# A piece starting within this of the previous one's end was played right after it (Twilio
-# returns a mark at its next 20 ms frame, so a mark's time is up to a frame late, and it takes
-# a few ms to reach Redis).
-CONTIGUOUS_MS = 30
+# How much later than its fellows a mark may come back and still be taken as jitter, not a
+# stall: Twilio returns a mark at its next 20 ms frame, and the way back (Twilio, the edge,
+# Redis) adds its own varying delay (0-30 ms measured against a jittery peer; room to spare).
+JITTER_MS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,16 @@ class ReplyChunk:
     audio: bytes  # mu-law
 
 
+@dataclass(frozen=True, slots=True)
+class HeardPiece:
+    """``item``'s audio from byte ``lo`` played from ``start_ms`` to ``end_ms`` (call time)."""
+
+    start_ms: float
+    end_ms: float
+    item: str
+    lo: int
+
+
 def heard_audio(
     origin_ms: int,
     chunks: Sequence[ReplyChunk],
@@ -116,18 +135,50 @@ def heard_audio(
     ``marks``: (entry time ms, mark name) as Twilio returned them; ``clears``: (entry time ms,
     response_id); ``end_ms``: the call's end (nothing is heard after it).
     """
+    items = _item_audio(chunks)
+    pieces = heard_pieces(origin_ms, chunks, marks, clears)
+    last = max((p.end_ms for p in pieces), default=0.0)
+    if end_ms is not None:
+        last = min(last, float(end_ms - origin_ms))
+    out = np.zeros(max(0, int(last * _PER_MS)), dtype=np.int16)
+    for piece in pieces:
+        first = int(round(piece.start_ms * _PER_MS))
+        count = int(round((min(piece.end_ms, last) - piece.start_ms) * _PER_MS))
+        if count <= 0:
+            continue
+        samples = mulaw_decode(bytes(items[piece.item][piece.lo : piece.lo + count]))
+        out[first : first + samples.size] = samples[: max(0, out.size - first)]
+    return out
+
+
+def _item_audio(chunks: Sequence[ReplyChunk]) -> dict[str, bytearray]:
     items: dict[str, bytearray] = {}
-    response_of: dict[str, str] = {}
-    first_at: dict[str, int] = {}
-    arrivals: dict[str, list[tuple[int, int]]] = {}  # item -> (from byte, written at ms)
     for chunk in sorted(chunks, key=lambda c: c.at_ms):
         audio = items.setdefault(chunk.item_id, bytearray())
         at_byte = chunk.offset_us * _PER_MS // 1000
         if len(audio) < at_byte:
             audio.extend(b"\xff" * (at_byte - len(audio)))
         audio[at_byte : at_byte + len(chunk.audio)] = chunk.audio
+    return items
+
+
+def heard_pieces(
+    origin_ms: int,
+    chunks: Sequence[ReplyChunk],
+    marks: Sequence[tuple[int, str]],
+    clears: Sequence[tuple[int, str]],
+) -> list[HeardPiece]:
+    """Where each piece of the reply played (ms from the call's start), in playing order: no
+    two overlap, and a reply's pieces follow each other without a gap unless a stall is proven
+    (see the module's docstring)."""
+    items = _item_audio(chunks)
+    response_of: dict[str, str] = {}
+    first_at: dict[str, int] = {}
+    arrivals: dict[str, list[tuple[int, int]]] = {}  # item -> (from byte, written at ms)
+    for chunk in sorted(chunks, key=lambda c: c.at_ms):
         response_of[chunk.item_id] = chunk.response_id
         first_at.setdefault(chunk.item_id, chunk.at_ms - origin_ms)
+        at_byte = chunk.offset_us * _PER_MS // 1000
         arrivals.setdefault(chunk.item_id, []).append((at_byte, chunk.at_ms - origin_ms))
 
     def written_at(item: str, byte: int) -> float:
@@ -153,8 +204,7 @@ def heard_audio(
         hi = min(end_of_piece * _PER_MS, len(items[item]))
         if hi > lo:
             done.append((float(at - origin_ms), lo, hi))
-    # Pieces as Twilio played them: (start ms, end ms, item, from byte).
-    pieces: list[tuple[float, float, str, int]] = []
+    pieces: list[HeardPiece] = []
     played_to: dict[str, int] = {}  # item -> bytes accounted for
     previous_end = 0.0
     for item in sorted(items, key=lambda it: first_at[it]):
@@ -165,25 +215,18 @@ def heard_audio(
         flushed_from = next(
             (k for k, (at, _, _) in enumerate(run) if cut is not None and at >= cut - 5), len(run)
         )
-        # Marks come back late, never early (without a clear): at Twilio's next frame, or after
-        # a stall. The latest start consistent with every later mark of the item is where a
-        # piece played (a later stall cannot have made it earlier); Twilio plays in order.
-        implied = [at - hi / _PER_MS for at, _, hi in run[:flushed_from]]
-        suffix_min = list(np.minimum.accumulate(implied[::-1])[::-1]) if implied else []
+        bases = contiguous_bases([(at, hi / _PER_MS) for at, _, hi in run[:flushed_from]])
         for k, (mark_at, lo, hi) in enumerate(run):
             duration = (hi - lo) / _PER_MS
             if k < flushed_from:
-                start = float(suffix_min[k]) + lo / _PER_MS
-                if start < previous_end + CONTIGUOUS_MS:
-                    start = previous_end
-                start = max(start, written_at(item, lo))
+                start = max(bases[k] + lo / _PER_MS, previous_end, written_at(item, lo))
                 end = start + duration if cut is None else min(start + duration, cut)
             else:
                 start = max(previous_end, written_at(item, lo))
                 end = min(mark_at, start + duration)
             played_to[item] = hi
             if end > start:
-                pieces.append((start, end, item, lo))
+                pieces.append(HeardPiece(start, end, item, lo))
                 previous_end = end
     # Audio whose mark never came back: it played after what came before, unless a clear took it.
     for item, audio in sorted(items.items(), key=lambda kv: first_at[kv[0]]):
@@ -191,19 +234,30 @@ def heard_audio(
         if lo < len(audio) and response_of[item] not in cut_at:
             start = max(previous_end, float(first_at[item]))
             previous_end = start + (len(audio) - lo) / _PER_MS
-            pieces.append((start, previous_end, item, lo))
-    last = max((end for _, end, _, _ in pieces), default=0.0)
-    if end_ms is not None:
-        last = min(last, float(end_ms - origin_ms))
-    out = np.zeros(max(0, int(last * _PER_MS)), dtype=np.int16)
-    for start, end, item, lo in pieces:
-        end = min(end, last)
-        first, count = int(start * _PER_MS), int((end - start) * _PER_MS)
-        if count <= 0:
-            continue
-        samples = mulaw_decode(bytes(items[item][lo : lo + count]))
-        out[first : first + samples.size] = samples[: max(0, out.size - first)]
-    return out
+            pieces.append(HeardPiece(start, previous_end, item, lo))
+    return pieces
+
+
+def contiguous_bases(marks: Sequence[tuple[float, float]]) -> list[float]:
+    """For an item's marks in order, ``(returned at ms, audio before it ms)``: when the item's
+    audio began, as placed for each mark's piece (each piece at that plus its offset).
+
+    A mark says the item began at most ``returned at - audio before it`` (marks are late, never
+    early), and so does every later mark if playback went on without a break: the latest start
+    consistent with a mark and all after it is the least of their figures, a figure that only
+    grows along the item. A run of pieces keeps its figure until that has grown by more than
+    ``JITTER_MS``: then every mark from there on came back that much later, which is a stall,
+    not jitter (one late mark followed by a timely one is jitter, and changes nothing).
+    """
+    implied = [at - before for at, before in marks]
+    latest = list(np.minimum.accumulate(implied[::-1])[::-1]) if implied else []
+    bases: list[float] = []
+    base: float | None = None
+    for figure in latest:
+        if base is None or figure > base + JITTER_MS:
+            base = float(figure)
+        bases.append(base)
+    return bases
 
 
 def interleave(left: np.ndarray, right: np.ndarray) -> bytes:

@@ -5,6 +5,12 @@ The tool runner checks the model's arguments against the tool's schema before an
 builds the request (body, ``Idempotency-Key``, ``X-Gateway-Signature``), and turns the answer,
 or the lack of one, into the text the model gets.
 
+An answer is read as it arrives and never past ``MAX_TOOL_OUTPUT_BYTES`` (64 KiB,
+:class:`CappedBody`): a longer 2xx answer is not used, cut or whole; the model gets an error that
+says it was too long (a cut JSON document is not JSON, and half an answer read out as if whole
+misleads the caller), and it is counted (``gateway_rejected_total{reason="tool_answer_too_large"}``
+and the call's ``error`` outcome).
+
 Signature: ``X-Gateway-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">``
 with ``TOOLS_SIGNING_SECRET``. A receiver recomputes it over the raw body and refuses a ``t``
 more than 5 minutes away from its clock (:func:`verify_signature` is that recipe).
@@ -25,7 +31,6 @@ from shared.streams import MAX_TOOL_OUTPUT_BYTES, ToolCall, ToolOutcome
 SIGNATURE_HEADER = "X-Gateway-Signature"
 SIGNATURE_TOLERANCE_S = 300
 RETRY_STATUSES = frozenset({502, 503, 504})  # worth another try within the tool's timeout
-_CUT_NOTE = "\n[cut: the tool's answer was longer than 64 KiB]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +114,47 @@ def verify_signature(secret: str, header: str, body: bytes, now_s: int) -> bool:
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
+class CappedBody:
+    """A tool's answer as it arrives, kept up to ``cap`` bytes and one more: :meth:`take` says
+    whether to read on, so an answer of any length costs at most the cap in memory and reading
+    stops as soon as it is known to be too long."""
+
+    def __init__(self, cap: int = MAX_TOOL_OUTPUT_BYTES) -> None:
+        self.cap = cap
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    @property
+    def too_large(self) -> bool:
+        return self._size > self.cap
+
+    def take(self, chunk: bytes) -> bool:
+        """Keep ``chunk`` (as much as the cap allows); ``False``: stop reading, it is too long."""
+        room = self.cap + 1 - self._size
+        if room > 0 and chunk:
+            kept = chunk[:room]
+            self._parts.append(kept)
+            self._size += len(kept)
+        return not self.too_large
+
+    def body(self) -> bytes:
+        return b"".join(self._parts)
+
+
 def answer(status: int, body: bytes) -> ToolAnswer:
-    """A 2xx answer's body is the output (cut at 64 KiB, saying so); any other status tells the
-    model it failed, so it can apologise rather than hang."""
+    """A 2xx answer's body is the output; one longer than 64 KiB (as :class:`CappedBody` keeps
+    it: the cap and one byte more) is an error that says so. Any other status tells the model it
+    failed, so it can apologise rather than hang."""
     if 200 <= status < 300:
-        text = body[:MAX_TOOL_OUTPUT_BYTES].decode("utf-8", "replace")
         if len(body) > MAX_TOOL_OUTPUT_BYTES:
-            text = text[: MAX_TOOL_OUTPUT_BYTES - len(_CUT_NOTE)] + _CUT_NOTE
-        return ToolAnswer(text or "(empty answer)", "ok", status)
+            return too_large(status)
+        return ToolAnswer(body.decode("utf-8", "replace") or "(empty answer)", "ok", status)
     return failure(f"the tool answered HTTP {status}", status)
+
+
+def too_large(status: int) -> ToolAnswer:
+    limit = f"{MAX_TOOL_OUTPUT_BYTES} bytes (64 KiB)"
+    return failure(f"the tool's answer was longer than {limit} and was not used", status)
 
 
 def failure(message: str, status: int = 0, outcome: ToolOutcome = "error") -> ToolAnswer:

@@ -9,7 +9,12 @@ path says how it answers:
 * ``/fail``: HTTP 500
 * ``/flaky?times=N``: 503 for the first N requests of a call_id, then as ``/order``
 * ``/big``: a 100 KiB answer
+* ``/trickle?ms=N``: a 2xx's headers at once, then its body one byte every N ms (default 1000)
+* ``/huge?mb=N``: a 2xx answer of N MiB (default 100), written as fast as it is read
 * anything else: 404
+
+How many body bytes each trickled or huge answer got written before it ended (finished, or the
+gateway dropped the connection) is in ``sent``, in the order they ended.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ SIGNATURE_HEADER = "x-gateway-signature"
 
 
 def signature_ok(secret: str, header: str, body: bytes, now_s: int) -> bool:
-    """The receiver's recipe from the README, written out here on its own (not the gateway's
+    """The receiver's recipe from docs/agent.md, written out here on its own (not the gateway's
     code): HMAC-SHA256 of "<t>.<raw body>", and t within 5 minutes of now."""
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     if not fields.get("t", "").isdigit() or abs(now_s - int(fields["t"])) > 300:
@@ -59,6 +64,7 @@ class ToolServer:
     _server: asyncio.AbstractServer | None = None
     _seen: asyncio.Condition = field(default_factory=asyncio.Condition)
     _tries: dict[str, int] = field(default_factory=dict)
+    sent: list[int] = field(default_factory=list)  # body bytes of each streamed answer
 
     @property
     def url(self) -> str:
@@ -80,6 +86,12 @@ class ToolServer:
             await self._seen.wait_for(lambda: len(self.requests) >= count)
         return self.requests
 
+    async def wait_sent(self, count: int, timeout: float = 10.0) -> list[int]:
+        """Until ``count`` streamed answers have ended; their body bytes written."""
+        async with asyncio.timeout(timeout), self._seen:
+            await self._seen.wait_for(lambda: len(self.sent) >= count)
+        return self.sent
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -95,6 +107,10 @@ class ToolServer:
             async with self._seen:
                 self.requests.append(seen)
                 self._seen.notify_all()
+            path = urlsplit(seen.path).path
+            if path in ("/trickle", "/huge"):
+                await self._stream(seen, writer)
+                return
             status, answer = await self._answer(seen)
             writer.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
@@ -106,6 +122,34 @@ class ToolServer:
             pass
         finally:
             writer.close()
+
+    async def _stream(self, seen: ToolRequestSeen, writer: asyncio.StreamWriter) -> None:
+        """A body that takes its time or is huge: each piece is drained before the next, so
+        ``sent`` counts what the peer's socket took (the loopback buffers hold a few MiB)."""
+        query = parse_qs(urlsplit(seen.path).query)
+        if urlsplit(seen.path).path == "/trickle":
+            every, piece, total = int(query.get("ms", ["1000"])[0]) / 1000, b"x", 60
+        else:
+            every, piece, total = 0.0, b"x" * 65536, int(query.get("mb", ["100"])[0]) * 16
+        written = 0
+        try:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                + f"Content-Length: {len(piece) * total}\r\nConnection: close\r\n\r\n".encode()
+            )
+            for _ in range(total):
+                await writer.drain()
+                if every:
+                    await asyncio.sleep(every)
+                writer.write(piece)
+                written += len(piece)
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            async with self._seen:
+                self.sent.append(written)
+                self._seen.notify_all()
 
     async def _answer(self, seen: ToolRequestSeen) -> tuple[int, bytes]:
         if self.secret is not None:

@@ -109,13 +109,32 @@ async def _drive(
     def now() -> float:
         return time.monotonic() - t0
 
+    later: asyncio.Queue[tuple[float, str]] = asyncio.Queue()  # (due, text), in order
+    last_due = 0.0
+
     async def perform(actions: list[Action]) -> bool:
         """Send what the core returned; False once it hangs up."""
+        nonlocal last_due
         for action in actions:
             if isinstance(action, HangUp):
                 return False
-            await ws.send(action.text)
+            if action.delay_s > 0:
+                last_due = max(last_due, time.monotonic() + action.delay_s)
+                later.put_nowait((last_due, action.text))
+            else:
+                await ws.send(action.text)
         return True
+
+    async def send_later() -> None:
+        try:
+            while True:
+                due, text = await later.get()
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # a network's delay, not a wait for an event
+                await ws.send(text)
+        except ConnectionClosed:
+            pass  # the gateway went away: the pacing loop notices and records it
 
     async def receive() -> None:
         try:
@@ -128,6 +147,7 @@ async def _drive(
     status.post("stream-started")
     t0 = time.monotonic()
     receiver = asyncio.create_task(receive())
+    delayed = asyncio.create_task(send_later())
     try:
         while not receiver.done():
             delay = t0 + stream.next_frame_at - time.monotonic()
@@ -144,6 +164,7 @@ async def _drive(
         if receiver.done() or ws.close_code is not None:
             stream.gateway_closed(ws.close_code)
         result = stream.finish(now())
+        delayed.cancel()
         await ws.close()
         receiver.cancel()
         (outcome,) = await asyncio.gather(receiver, return_exceptions=True)
@@ -280,6 +301,8 @@ class CallKeywords(TypedDict, total=False):
     wait_for_reply: bool
     dtmf: list[tuple[float, str]] | None
     stop: bool
+    mark_jitter_ms: float
+    mark_jitter_seed: int
     next_script: CallScript | None  # what the caller does on later streams
     hang_up: asyncio.Event | None  # not a script's: a live signal to end the call (REST stand-in)
 
@@ -296,6 +319,8 @@ def call_options(caller_audio: np.ndarray | bytes, **kw: Unpack[CallKeywords]) -
             max_duration_s=kw.get("max_duration_s", script.max_duration_s),
             wait_for_reply=kw.get("wait_for_reply", script.wait_for_reply),
             stop=kw.get("stop", script.stop),
+            mark_jitter_ms=kw.get("mark_jitter_ms", script.mark_jitter_ms),
+            mark_jitter_seed=kw.get("mark_jitter_seed", script.mark_jitter_seed),
         ),
         CallIdentity(
             call_sid=kw.get("call_sid") or ids.call_sid,

@@ -33,7 +33,9 @@ class CallScript:
     ``hold_after_s`` and Twilio's buffer is empty; but not before a reply has come when
     ``wait_for_reply`` (nor before a configured ``barge_in``), and never after
     ``max_duration_s``. ``dtmf``: (seconds, digit) key presses. ``stop``: send ``stop`` before
-    closing (Twilio does; a test of an abrupt loss may not).
+    closing (Twilio does; a test of an abrupt loss may not). ``mark_jitter_ms``: each mark
+    goes back up to that much later than Twilio's playback returns it (uniformly, in order, as a
+    real network's delay varies; ``mark_jitter_seed`` makes it repeatable).
 
     Raises ValueError for a key press Twilio could not send.
     """
@@ -45,6 +47,8 @@ class CallScript:
     max_duration_s: float = 30.0
     wait_for_reply: bool = True
     stop: bool = True
+    mark_jitter_ms: float = 0.0
+    mark_jitter_seed: int = 0
 
     def __post_init__(self) -> None:
         if any(digit not in DTMF_DIGITS for _, digit in self.dtmf):

@@ -21,6 +21,7 @@ error. The shell (:mod:`sim.twilio_call`) owns the socket and the clock.
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,9 +54,11 @@ def speech_end_s(ulaw: bytes) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send this text frame to the gateway."""
+    """Send this text frame to the gateway, ``delay_s`` from now (delayed sends keep their order
+    among themselves: a mark's way back, whose delay varies)."""
 
     text: str
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ class SimulatedStream:
         self._barge_cleared = False  # a clear has come since the caller talked over the reply
         self._talked_over = 0  # reply bytes played during the barge-in, before its clear
         self._after_clear = 0  # reply bytes played after the first clear
+        self._jitter = random.Random(script.mark_jitter_seed)
         self.result = CallResult(
             identity.call_sid,
             identity.stream_sid,
@@ -327,8 +331,12 @@ class SimulatedStream:
     # --- rules ----------------------------------------------------------------------------------
 
     def _return_marks(self, names: list[str], t: float) -> list[Action]:
-        self.result.marks_returned.extend((name, t) for name in names)
-        return [Send(self._outbox.mark(name)) for name in names]
+        actions: list[Action] = []
+        for name in names:
+            late = self._jitter.uniform(0, self.script.mark_jitter_ms) / 1000
+            self.result.marks_returned.append((name, t + late))
+            actions.append(Send(self._outbox.mark(name), late))
+        return actions
 
     def _caller_is_done(self) -> bool:
         """The hang-up rule, checked after each frame (CallScript's docstring says it)."""

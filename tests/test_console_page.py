@@ -22,8 +22,9 @@ from tests.console_stack import AUTH_TOKEN, TOKEN, console_alone, console_stack
 pytestmark = [pytest.mark.slow, pytest.mark.redis_server]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# The README's screenshot is taken by this test; it is written there only when asked
-# (CONSOLE_SCREENSHOT=docs/console.png), so that a test run leaves the tree as it found it.
+# The console's screenshot (README.md, docs/console.md) is taken by this test; it is written
+# there only when asked (CONSOLE_SCREENSHOT=docs/console.png), so that a test run leaves the
+# tree as it found it.
 SCREENSHOT = Path(os.environ.get("CONSOLE_SCREENSHOT") or "/nonexistent")
 # The flags a root, offline machine needs (no sandbox as root, no background connections).
 CHROMIUM_ARGS = [
@@ -210,3 +211,58 @@ async def test_the_page_keeps_up_with_a_hundred_live_calls(redis_url: str, chrom
     # Bounds far from a fast machine's figures, near what a person calls sluggish.
     assert max(api_ms) < 2000 and first_render_ms < 5000
     assert render_ms < 100 and max(click_ms) < 2000 and event_ms < 2000
+
+
+WAV_IN_A_BLOB = """async () => {
+  // A recording as the page plays one: fetched with the token, then an <audio> on a blob: URL.
+  const n = 800, buf = new ArrayBuffer(44 + n * 2), v = new DataView(buf);
+  const put = (at, s) => [...s].forEach((c, i) => v.setUint8(at + i, c.charCodeAt(0)));
+  put(0, "RIFF"); v.setUint32(4, 36 + n * 2, true); put(8, "WAVE"); put(12, "fmt ");
+  v.setUint32(16, 16, true); v.setUint16(20, 1, true); v.setUint16(22, 1, true);
+  v.setUint32(24, 8000, true); v.setUint32(28, 16000, true); v.setUint16(32, 2, true);
+  v.setUint16(34, 16, true); put(36, "data"); v.setUint32(40, n * 2, true);
+  const audio = document.createElement("audio");
+  const loaded = new Promise((ok) => {
+    audio.onloadedmetadata = () => ok(audio.duration);
+    audio.onerror = () => ok(-1);
+  });
+  audio.src = URL.createObjectURL(new Blob([buf], { type: "audio/wav" }));
+  return await loaded;
+}"""
+
+
+async def test_the_pages_work_under_their_policies_and_none_can_be_framed(
+    redis_url: str, chromium: str
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    async with console_alone(redis_url) as (console_url, _), async_playwright() as pw:
+        browser = await _browser(pw, chromium)
+        page = await browser.new_page()
+        refused: list[str] = []
+        page.on(
+            "console",
+            lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        # The console: signed in, listing, and able to play a recording from a blob: URL.
+        await page.goto(f"{console_url}/#token={TOKEN}")
+        await expect(page.locator("#console")).to_be_visible()
+        assert await page.evaluate(WAV_IN_A_BLOB) == pytest.approx(0.1)
+        # Swagger UI from its vendored files: its script ran and drew its page, styled (its
+        # icons are data: URLs, its styles partly inline), nothing refused. (The vendored 4.15
+        # cannot read FastAPI's OpenAPI 3.1 and says so: a known limit of swagger-ui-bundle.)
+        await page.goto(f"{console_url}/docs")
+        drawn = page.locator("#swagger-ui .swagger-ui")
+        await expect(drawn).to_be_visible(timeout=10_000)
+        await expect(drawn.locator("svg, img").first).to_be_attached()
+        assert refused == [], refused
+        # Framed by another page (any origin: here an opaque one), neither loads.
+        for path in ("/", "/docs"):
+            await page.set_content(f'<iframe src="{console_url}{path}"></iframe>')
+            frame = page.frames[1]
+            await frame.wait_for_load_state()
+            assert await frame.locator("body *").count() == 0 or not frame.url.startswith(
+                console_url
+            ), f"{path} loaded in a frame"
+        assert any("frame-ancestors" in text for text in refused), refused
+        await browser.close()

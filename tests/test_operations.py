@@ -184,6 +184,8 @@ def test_container_files_parse_and_name_real_commands() -> None:
         assert "healthz" in json.dumps(services[name]["healthcheck"])
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install ." in dockerfile and "USER" in dockerfile
+    # Metrics listen on loopback by default; in a container the probes come from outside it.
+    assert "ENV METRICS_HOST=0.0.0.0" in dockerfile.splitlines()
 
 
 @pytest.mark.parametrize(

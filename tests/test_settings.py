@@ -42,6 +42,8 @@ def test_defaults_are_the_reports() -> None:
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert (s.edge_host, s.edge_port) == ("0.0.0.0", 8080)
     assert s.openai_api_key is None
+    # Metrics and health on loopback unless said (make run's stack); the image says 0.0.0.0.
+    assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 0)
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:

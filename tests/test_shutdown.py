@@ -21,7 +21,7 @@ from tests.stack import process_env
 
 pytestmark = pytest.mark.slow
 
-STOP_WITHIN_S = 5.0  # what the README promises; supervisord kills at 6 (stopwaitsecs)
+STOP_WITHIN_S = 5.0  # what docs/reliability.md promises; supervisord kills at 6 (stopwaitsecs)
 MODULES = ["services.twilio_edge", "services.transcoder", "services.realtime_worker"]
 
 

@@ -17,6 +17,7 @@ from shared.streams import MAX_TOOL_OUTPUT_BYTES, HangUp, MarkPlayed, ToolCall, 
 from shared.tool_calls import CallIdentity, CallTools
 from shared.tool_requests import (
     SIGNATURE_HEADER,
+    CappedBody,
     answer,
     build_request,
     check_arguments,
@@ -225,10 +226,31 @@ def test_the_request_has_the_body_headers_and_a_signature_the_receiver_can_check
 
 def test_answers_become_what_the_model_gets() -> None:
     assert answer(200, b'{"ok": true}').output == '{"ok": true}'
-    big = answer(200, b"x" * (MAX_TOOL_OUTPUT_BYTES + 10))
-    assert len(big.output.encode()) <= MAX_TOOL_OUTPUT_BYTES and big.output.endswith("64 KiB]")
+    whole = answer(200, b"x" * MAX_TOOL_OUTPUT_BYTES)
+    assert whole.outcome == "ok" and len(whole.output) == MAX_TOOL_OUTPUT_BYTES
+    big = answer(200, b"x" * (MAX_TOOL_OUTPUT_BYTES + 1))  # as CappedBody keeps a longer one
+    assert big.outcome == "error" and json.loads(big.output) == {
+        "error": "the tool's answer was longer than 65536 bytes (64 KiB) and was not used",
+        "status": 200,
+    }
     failed = answer(404, b"nope")
     assert failed.outcome == "error" and json.loads(failed.output)["status"] == 404
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=12), st.integers(0, 100))
+def test_a_capped_body_keeps_the_cap_and_one_byte_and_stops_there(
+    chunks: list[bytes], cap: int
+) -> None:
+    body = CappedBody(cap)
+    taken = b""
+    for chunk in chunks:
+        going_on = body.take(chunk)
+        taken += chunk
+        assert going_on == (len(taken) <= cap)
+        if not going_on:
+            break
+    assert body.body() == taken[: cap + 1] and body.too_large == (len(taken) > cap)
 
 
 @settings(max_examples=200, deadline=None)

@@ -385,6 +385,35 @@ async def test_an_echo_is_heard_as_sent_and_each_mark_returns_after_its_audio() 
     assert all(m["streamSid"] == result.stream_sid for _, m in returned)
 
 
+async def test_marks_can_come_back_with_a_varying_delay_in_order() -> None:
+    async def echo(gw: FakeGateway, message: dict[str, Any]) -> None:
+        if message["event"] == "media":
+            audio = base64.b64decode(message["media"]["payload"])
+            if audio != sim.SILENCE:
+                await gw.audio(audio)
+                await gw.send("mark", mark={"name": f"echo:{message['media']['chunk']}"})
+
+    gw = FakeGateway(on_message=echo)
+    caller = speech("Echo, echo, echo.", engine="synthetic")
+    async with gateway(gw) as url:
+        result = await asyncio.wait_for(
+            place_call(url, caller, hold_after_s=0.5, mark_jitter_ms=40, mark_jitter_seed=3), 10
+        )
+        last = result.marks_returned[-1][0]
+        await gw.wait_for(returned_mark(last))
+    names = [n for n, _ in result.marks_returned]
+    assert names == [n for n, _ in result.marks_received]
+    assert [m["mark"]["name"] for _, m in gw.of("mark")] == names  # in order
+    late = [
+        back_at - chunk.finished_at
+        for (_, back_at), chunk in zip(result.marks_returned, result.reply_chunks, strict=True)
+        if chunk.finished_at is not None
+    ]
+    # Never early; later by a window or two (a loaded runner's tick) and the jitter, varying.
+    assert min(late) >= -0.005 and max(late) < 0.25 + 0.04
+    assert max(late) - min(late) > 0.015
+
+
 async def test_marks_wait_for_playback_and_clear_drops_the_rest_at_once() -> None:
     sent: dict[str, float] = {}
 

@@ -15,11 +15,16 @@ from shared.runtime.settings import EXIT_CONFIG_ERROR, describe_error
 class RunSettings(BaseSettings):
     """``RUNS``, ``AUDIO_MS`` and ``TIMEOUT_MS``, named and defaulted as the report has them."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", use_attribute_docstrings=True
+    )
 
-    runs: int = Field(10, ge=1, le=10_000)  # consecutive runs that must return audio
-    audio_ms: int = Field(600, ge=100, le=60_000)  # caller audio per run
-    timeout_ms: int = Field(8000, ge=100, le=600_000)  # per run
+    runs: int = Field(10, ge=1, le=10_000)
+    """Consecutive runs that must each return audio."""
+    audio_ms: int = Field(600, ge=100, le=60_000)
+    """Caller audio sent in each run, in milliseconds."""
+    timeout_ms: int = Field(8000, ge=100, le=600_000)
+    """How long each run may take, in milliseconds."""
 
 
 def run_settings_or_exit(tool: str) -> RunSettings:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from services.console.app import create_app
+from services.console.hardening import GuardedH11Protocol, SecurityHeaders
 from shared.runtime.lifecycle import run_service
 from shared.runtime.redis_io import connect
 from shared.runtime.settings import EXIT_CONFIG_ERROR, Settings
@@ -28,9 +29,10 @@ async def run_console(
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
     own_redis = redis is None
     redis = redis or connect(settings)
-    app = create_app(settings, redis)
+    app = SecurityHeaders(create_app(settings, redis))  # outermost: error pages get them too
     config = uvicorn.Config(
         app,
+        http=GuardedH11Protocol,  # a deadline over each request's head and body
         host=settings.console_host,
         port=settings.console_port,
         log_config=None,

@@ -12,6 +12,10 @@ written twice lands on the same samples, a spool line written twice counts once.
 end :func:`~shared.recording.heard_audio` places the reply as Twilio played it, and the two
 channels become ``RECORDINGS_DIR/<CallSid>.wav`` (8 kHz, 16-bit, stereo: the caller left, what
 the caller heard right). ``RECORDINGS_RETENTION_DAYS`` removes old files.
+
+A recording is the caller's voice: every file is created ``0600`` and the folder (and its
+``.partial``) made ``0700``, whatever the umask; the console, which serves them, runs as the same
+user. A folder the recorder cannot make private (not its own) is used as it is, with a warning.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 import wave
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -62,7 +66,21 @@ BLOCK_MS = 1000
 # follows the edge's within a few hundred milliseconds; a dead worker writes none).
 REPLY_GRACE_S = 3.0
 CALL_SILENT_LIMIT_S = 30.0
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 RETENTION_CHECK_S = 3600.0
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """``path`` truncated for writing, readable by its owner only (even if it was there)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)
+    return os.fdopen(fd, "wb")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    with _open_private(path) as file:
+        file.write(data)
 
 
 class Recorder:
@@ -71,7 +89,12 @@ class Recorder:
         self.redis = redis
         self.folder = Path(settings.recordings_dir)
         self.partial = self.folder / ".partial"
-        self.partial.mkdir(parents=True, exist_ok=True)
+        for folder in (self.folder, self.partial):
+            folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            try:
+                folder.chmod(PRIVATE_DIR)  # made earlier, or by someone else, more open
+            except PermissionError:
+                log.warning("cannot make %s private (mode 0700): not ours", folder)
         self.consumer = settings.consumer_name
         claims = stage_claims(
             redis,
@@ -124,8 +147,8 @@ class Recorder:
             await self._take_pending(stream)
         left_path = self.partial / f"{keys.call_sid}.left.raw"
         spool_path = self.partial / f"{keys.call_sid}.reply.jsonl"
-        left = os.open(left_path, os.O_RDWR | os.O_CREAT, 0o600)
-        spool = os.open(spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        left = os.open(left_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+        spool = os.open(spool_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         try:
             # What this consumer had read but not saved, then what nobody has read yet.
             start = b"0"
@@ -146,7 +169,7 @@ class Recorder:
                 if any(batch.values()):
                     last_input = time.monotonic()
                     self._apply(recording, streams, batch, left, spool)
-                    state_path.with_suffix(".tmp").write_text(recording.to_json())
+                    _write_private(state_path.with_suffix(".tmp"), recording.to_json().encode())
                     os.replace(state_path.with_suffix(".tmp"), state_path)
                     await self._ack(batch)
                 if recording.caller_done and caller_done_at is None:
@@ -251,7 +274,7 @@ class Recorder:
         right = heard_audio(recording.origin_ms, chunks, marks, clears, end_ms)
         target = self.folder / f"{call_sid}.wav"
         tmp = target.with_suffix(".wav.tmp")
-        with wave.open(str(tmp), "wb") as w:
+        with _open_private(tmp) as file, wave.open(file, "wb") as w:
             w.setnchannels(2)
             w.setsampwidth(2)
             w.setframerate(RATE)

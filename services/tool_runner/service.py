@@ -9,7 +9,11 @@ own pending calls at once. The answer goes to the call's ``ctl`` stream, which t
 holding the call already reads, and the entry is acknowledged only then.
 
 A slow or failing tool costs its call ``timeout_ms`` and nothing else: each call is its own
-task, and the audio never passes through here.
+task, and the audio never passes through here. ``timeout_ms`` is one deadline over the whole
+call (connecting, sending, the answer's headers and every byte of its body, the retries): a tool
+that trickles its answer is cut at the deadline like one that never answers (httpx's own timeout
+bounds each read, not the request). The body is read as it arrives and never past 64 KiB; a longer
+one is not used (see :mod:`shared.tool_requests`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from shared.streams import (
 )
 from shared.tool_requests import (
     RETRY_STATUSES,
+    CappedBody,
     ToolAnswer,
     answer,
     build_request,
@@ -74,7 +79,15 @@ class ToolRunner:
         self.idle_ms = settings.owner_idle_ms
         secret = settings.tools_signing_secret
         self.secret = secret.get_secret_value() if secret else None
-        self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        # No httpx timeout: its timeouts bound each read, and _call's deadline bounds the whole.
+        # Identity: the body is read raw and capped as it arrives; a compressed answer would be
+        # inflated by httpx a network chunk at a time, megabytes from a few kilobytes.
+        self.http = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=None,
+            headers={"Accept-Encoding": "identity"},
+        )
         self.running: dict[bytes, asyncio.Task[None]] = {}  # by entry ID
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
 
@@ -219,7 +232,7 @@ class ToolRunner:
 
     async def _call(self, tool: Tool, call: ToolCall, arguments: dict[str, Any]) -> ToolAnswer:
         """POST the call; connection errors and 502/503/504 are retried with backoff until the
-        tool's ``timeout_ms`` is spent."""
+        tool's ``timeout_ms`` is spent. The deadline covers each attempt whole, body included."""
         deadline = time.monotonic() + tool.timeout_ms / 1000
         backoff = Backoff(base_s=0.1, cap_s=1.0)
         request = build_request(tool, call, arguments, self.secret, int(time.time()))
@@ -228,22 +241,40 @@ class ToolRunner:
             if left <= 0:
                 return timed_out(tool.timeout_ms)
             try:
-                response = await self.http.post(
-                    request.url, content=request.body, headers=request.headers, timeout=left
-                )
-                body = await response.aread()
-            except httpx.TimeoutException:
+                async with asyncio.timeout(left):
+                    result = await self._post(call.name, request.url, request.body, request.headers)
+            except (TimeoutError, httpx.TimeoutException):
                 return timed_out(tool.timeout_ms)
             except httpx.TransportError as exc:  # refused, reset, DNS: worth another try
                 log.info("tool %s unreachable (%s); retrying", call.name, type(exc).__name__)
             else:
-                if response.status_code not in RETRY_STATUSES:
-                    return answer(response.status_code, body)
-                log.info("tool %s answered %d; retrying", call.name, response.status_code)
-                last = answer(response.status_code, body)
+                if result.status not in RETRY_STATUSES:
+                    return result
+                log.info("tool %s answered %d; retrying", call.name, result.status)
                 if deadline - time.monotonic() < 0.05:
-                    return last
+                    return result
             await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+
+    async def _post(self, name: str, url: str, body: bytes, headers: dict[str, str]) -> ToolAnswer:
+        """One attempt. A 2xx answer's body is read as it arrives, as :class:`CappedBody` keeps
+        it (the cap and a byte more at most: reading stops there and the connection is dropped);
+        other statuses' bodies are not read, the model is told the status alone."""
+        async with self.http.stream("POST", url, content=body, headers=headers) as response:
+            status = response.status_code
+            if not 200 <= status < 300:
+                return answer(status, b"")
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                # Identity was asked for; inflating it here would undo the cap.
+                reject("tool_answer_encoded")
+                return failure(f"the tool's answer was {encoding}-encoded", status)
+            capped = CappedBody()
+            async for chunk in response.aiter_raw():
+                if not capped.take(chunk):
+                    reject("tool_answer_too_large")
+                    log.warning("tool %s answered more than 64 KiB; not used", name)
+                    break
+            return answer(status, capped.body())
 
     async def _answer(self, call: ToolCall, result: ToolAnswer, duration_ms: int) -> None:
         """To the call's ``ctl``, which its worker reads; retried while Redis is away. A call

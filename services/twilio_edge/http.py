@@ -1,4 +1,5 @@
-"""HTTP beside the WebSocket on one port: Twilio's POST webhook, health and metrics.
+"""HTTP beside the WebSocket on one port: Twilio's POST webhooks and health (never metrics:
+like every service's, the edge's ``/metrics`` is on its own ``METRICS_PORT``).
 
 The edge is a ``websockets`` server. Its HTTP parser reads request heads only and refuses any
 request with a body, but Twilio's voice webhook is a form POST. :class:`EdgeConnection` takes the

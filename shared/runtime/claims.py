@@ -1,6 +1,6 @@
 """Which instance of a stage serves which call: per-call streams, calls assigned by consumer group.
 
-Why this pattern (the README's "Who serves which call") rather than partitioned
+Why this pattern (docs/architecture.md, "Who serves which call") rather than partitioned
 streams: a call's frames must be handled in order by one transcoder and one worker, each holding
 per-call state (resampler history, the OpenAI socket). With a consumer group on the lifecycle
 stream, Redis itself hands each new call to exactly one instance; the instance owns the call while

@@ -5,7 +5,7 @@ and, on SIGTERM, stops cleanly: it hands its calls over and flushes what it stil
 What is the same for every stage lives here, once: the Redis client, the wait for it at start
 (which a SIGTERM ends at once: a stage that never got going has nothing to hand over), the
 metrics and health server on ``METRICS_PORT``, the rule that a loop ending by itself is a bug,
-and the bound on a clean stop (:data:`STOP_GRACE_S`, inside the 5 s the README promises and
+and the bound on a clean stop (:data:`STOP_GRACE_S`, inside the 5 s docs/reliability.md promises and
 supervisord's ``stopwaitsecs``), after which whatever is left is cancelled.
 """
 

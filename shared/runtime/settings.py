@@ -35,124 +35,205 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseSettings):
-    """All settings; field names are the environment variables' names in lower case."""
+    """All settings; field names are the environment variables' names in lower case.
+
+    Each field's docstring is its documentation: ``python -m tools.settings_doc`` writes
+    docs/configuration.md from them, and a test fails when a field has none or the page is stale.
+    """
 
     model_config = SettingsConfigDict(
-        env_prefix="", case_sensitive=False, extra="ignore", frozen=True, validate_default=True
+        env_prefix="",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     # --- OpenAI Realtime: the dialect report's variables, with its defaults -----------------
     realtime_model: str = Field("gpt-realtime", min_length=1)
+    """The Realtime model (the URL's ``?model=``). ``make probe`` takes several, comma-separated."""
     realtime_url: str = "wss://api.openai.com/v1/realtime"
-    # Unset: follows the schema (combo A: audio without it, combo B: flat with it).
-    realtime_beta_header: bool = False
+    """The Realtime endpoint; ``make run`` points it at the local emulator when there is no
+    ``OPENAI_API_KEY``."""
+    realtime_beta_header: bool = Field(
+        False, json_schema_extra={"default_doc": "follows the schema: 0 for audio, 1 for flat"}
+    )
+    """``1`` sends ``OpenAI-Beta: realtime=v1``. Unset, it follows ``REALTIME_SCHEMA`` (combo A:
+    ``audio`` without it, combo B: ``flat`` with it). The services refuse to start with ``audio``
+    and ``1`` or ``flat`` and ``0``: neither is one of the dialect report's combos, and every call
+    would be refused (``make smoke`` may try them)."""
     realtime_schema: Schema = "audio"
+    """The session's dialect: ``audio`` (combo A, GA), ``flat`` (combo B, beta) or ``auto``
+    (start with combo A, switch once when the server refuses its shape)."""
     realtime_audio_rate: int = Field(24000, gt=0)
+    """The audio schema's PCM rate, declared to OpenAI and used by the transcoder: at least 24000
+    (``audio/pcm``) and a whole multiple of 8000 (e.g. 48000); ``auto`` needs 24000. The flat
+    schema's ``pcm16`` is always 24 kHz, so ``flat`` ignores it. Every stage must share it."""
     realtime_commit_frames: int = Field(50, ge=5, le=3000)
+    """With turn detection ``none``: Twilio frames (20 ms) per commit; 5 is 100 ms."""
     openai_api_key: SecretStr | None = None
-    # How long the worker gives a new Realtime session to connect and accept its update.
+    """The OpenAI key; never logged, never written to Redis."""
     realtime_open_timeout_ms: int = Field(8000, ge=100, le=600_000)
+    """How long the worker gives a new Realtime session to connect and accept its
+    ``session.update``."""
 
     # --- What the model is told and how it speaks ---------------------------------------------
     realtime_voice: str = Field("alloy", min_length=1, max_length=64)
+    """The model's voice."""
     realtime_instructions: str = Field(
         "You are a helpful voice assistant on a phone call. "
         "Keep answers short and speak naturally.",
         max_length=16_000,
     )
+    """The session's instructions."""
     realtime_greeting: str = Field("", max_length=2_000)
+    """When set, the model speaks first, with this greeting."""
     realtime_turn_detection: TurnDetection = "server_vad"
+    """``server_vad``, ``semantic_vad``, or ``none`` (the worker commits the caller's audio and
+    asks for responses itself)."""
     realtime_transcription_model: str = Field("whisper-1", max_length=64)
-    # The agent file (TOML): instructions, voice, greeting, turn detection, tools. It overrides
-    # the REALTIME_* variables above; a call's <Parameter>s override it.
+    """The caller's transcription model; empty turns transcription off."""
     agent_file: str = ""
+    """The agent file (TOML, see the agent page): instructions, voice, greeting, turn detection,
+    tools and the ``voicemail_message`` an answering machine gets. It overrides the ``REALTIME_*``
+    variables above; a call's ``<Parameter>``s override it. Checked whole at start."""
     # --- Tools ------------------------------------------------------------------------------------
     tool_calls_per_call: int = Field(50, ge=0, le=10_000)
-    tool_calls_in_flight: int = Field(4, ge=1, le=100)  # per call, at once
-    # A tool still running this long gets the model to tell the caller it is still on it.
+    """Tool calls one phone call may make; beyond, the model is told so at once."""
+    tool_calls_in_flight: int = Field(4, ge=1, le=100)
+    """Tool calls one phone call may have running at once."""
     tool_still_working_ms: int = Field(3000, ge=500, le=120_000)
-    # Signs every HTTP tool request (X-Gateway-Signature) when set.
+    """A tool still running this long gets the model to tell the caller, once per call, that it
+    is still on it."""
     tools_signing_secret: SecretStr | None = None
-    # A Realtime session this old gives way to the next at the first quiet moment (the live API
-    # ends GA sessions at 60 minutes, beta ones at 30); 0: never before the server ends it.
+    """When set, signs every HTTP tool request (``X-Gateway-Signature``)."""
+
+    # --- Long calls: Realtime sessions one after another ---------------------------------------
     realtime_session_max_seconds: int = Field(3300, ge=0, le=86_400)
-    # How much of the conversation (characters of text) a new session is given as context.
+    """A Realtime session this old gives way to the next at the first quiet moment (the live API
+    ends GA sessions at 60 minutes, beta ones at 30); 0: never before the server ends it."""
     realtime_context_chars: int = Field(12_000, ge=0, le=1_000_000)
-    # How long a call may go without a working Realtime session before it is ended for the caller.
+    """How much of the conversation (characters of text) a new session is given as context."""
     realtime_restore_seconds: float = Field(15.0, gt=0, le=600)
+    """How long a call may go without a working Realtime session before it is ended for the
+    caller."""
 
     # --- Redis ------------------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # REDIS_URL names one node of a Redis Cluster; the cluster client finds the rest.
+    """``redis://``, ``rediss://`` (TLS) or ``unix://``; an ACL ``user:password@`` works (the
+    password is never logged)."""
     redis_cluster: bool = False
-    # The lifecycle stream split in this many hash-tagged partitions, so that on a cluster no
-    # single slot carries every call's start (1 keeps the single key gw:calls).
+    """``1``: ``REDIS_URL`` names one node of a Redis Cluster; the cluster client finds the rest."""
     lifecycle_partitions: int = Field(1, ge=1, le=256)
-    # The per-frame loops (the stages' shared readers, the batched writers) send to Redis at most
-    # once per this many milliseconds each: under load a round trip then carries every frame that
-    # arrived meanwhile, instead of one frame per call (what each round trip costs, at both ends,
-    # is most of the pipeline's CPU). It adds at most this much to each hop, and nothing when
-    # frames are further apart; 0 sends each batch as soon as the last one is answered.
+    """The lifecycle stream split in this many hash-tagged partitions, so that on a cluster no
+    single slot carries every call's start (use e.g. 16 there; 1 keeps the single key
+    ``gw:calls``). Every service must agree."""
     redis_batch_ms: float = Field(3.0, ge=0, le=20)
-    # Approximate cap of every per-call audio stream, in entries (one entry is one 20 ms frame).
+    """The per-frame loops (the stages' shared readers, the batched writers) send to Redis at
+    most once per this many milliseconds each: under load a round trip then carries every frame
+    that arrived meanwhile, instead of one frame per call (what each round trip costs, at both
+    ends, is most of the pipeline's CPU). It adds at most this much to each hop, and nothing when
+    frames are further apart; 0 sends each batch as soon as the last one is answered."""
     stream_maxlen: int = Field(3000, ge=100, le=1_000_000)
-    # How long a call's keys live after it ends (transcripts can be read back until then).
+    """Approximate cap of every per-call audio stream, in entries (one entry is one 20 ms frame:
+    3000 is 60 s). Also the most caller audio the edge holds per call while Redis is away."""
     call_retention_seconds: int = Field(3600, ge=10, le=30 * 86400)
-    # Longest call; also the expiry every per-call key gets while the call runs.
+    """How long a call's keys (its transcript among them) live after it ends."""
     call_max_seconds: int = Field(4 * 3600, ge=60, le=7 * 86400)
-    # A call whose owner has not refreshed its claim for this long is taken over by another
-    # instance.
+    """The longest call; also the expiry every per-call key gets while the call runs."""
     owner_idle_ms: int = Field(3000, ge=500, le=600_000)
+    """A call whose owner has not refreshed its claim for this long is taken over by another
+    instance."""
 
     # --- Twilio edge ------------------------------------------------------------------------------
     edge_host: str = "0.0.0.0"
-    edge_port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    """The edge's public listening address, the one Twilio reaches (``/media``, ``/twiml``,
+    ``/connect-action``, ``/stream-status``, ``/amd``, ``/call-status``, ``/healthz``; never
+    ``/metrics``)."""
+    edge_port: int = Field(8080, ge=0, le=65535)
+    """The edge's public port (0: any free port, for tests)."""
     public_url: str = ""
+    """The https base at which Twilio reaches the edge (a ``wss://`` base is taken as its
+    ``https://`` form); unset: each request's ``Host`` and ``X-Forwarded-Proto``."""
     twilio_auth_token: SecretStr | None = None
-    # The secret of a Twilio SharedKey, for webhooks a Webhook Rule signs with it (HMAC-SHA256).
+    """When set, Twilio's signatures are verified (403 otherwise); with ``TWILIO_ACCOUNT_SID``,
+    also Twilio's REST API."""
     twilio_shared_key_secret: SecretStr | None = None
-    # auto: verify when a secret is set, and refuse to start against the live API without one;
-    # on: a secret is required whatever the model; off: accept unsigned requests (a warning).
+    """The secret of a Twilio SharedKey: requests carrying
+    ``X-Twilio-Webhooks-Signature-Settings`` (a Webhook Rule signing with that key, HMAC-SHA256)
+    are verified with it, and refused while it is unset."""
     twilio_signatures: Literal["auto", "on", "off"] = "auto"
-    # The key of the per-call stream tokens (shared.stream_token) is derived from this, else from
-    # TWILIO_AUTH_TOKEN, else TWILIO_SHARED_KEY_SECRET: every edge and the console must agree.
+    """``auto``: verify when a secret is set, and refuse to start (exit 2, one line naming the
+    variables) when ``OPENAI_API_KEY`` is set, ``REALTIME_URL`` is not a local emulator (a loopback
+    host) and neither Twilio secret is set; ``on``: a secret is required whatever the model;
+    ``off``: accept unsigned requests on ``/twiml`` and ``/media`` even with a secret set (a
+    warning at start)."""
     stream_token_secret: SecretStr | None = None
-    # Started streams only: a socket counts once its start is taken.
+    """The secret the per-call stream tokens' key (``gw_token``, docs/security.md) is derived
+    from; unset: ``TWILIO_AUTH_TOKEN``, else ``TWILIO_SHARED_KEY_SECRET``. Every edge and the
+    console of a deployment must agree. Tokens are required at ``start`` whenever signatures are
+    checked."""
     max_calls: int = Field(200, ge=1, le=100_000)
-    # Sockets that have opened but not yet sent a valid start: closed after this long, and at
-    # most this many at once (one more closes the oldest), so that they never lock a call out.
+    """Started streams per edge; a handshake beyond is refused with 503 (a socket still waiting
+    for its ``start`` does not count, and one that starts when the edge is full gets 1013)."""
     stream_start_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0)
+    """How long a socket may wait to send a valid ``start``; then it is closed (1008)."""
     max_pending_streams: int = Field(50, ge=1, le=100_000)
+    """Sockets waiting for their ``start`` at once; one more closes the oldest waiting one, so
+    that sockets that never start cannot lock a call out."""
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    # Twilio sends 50 media messages a second; this leaves room for bursts after network stalls.
+    """The largest WebSocket message; a bigger one closes the socket with 1009."""
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
-    # How long an edge whose stream broke (no stop, no close of ours) keeps the call open for
-    # its resumption on another stream (Twilio's <Connect action>) before ending it; 0: at once.
+    """Per-connection message rate; excess media is dropped and counted. Twilio sends 50 media
+    messages a second: this leaves room for bursts after network stalls."""
     edge_resume_grace_seconds: float = Field(5.0, ge=0.0, le=120.0)
+    """How long an edge whose stream broke (no ``stop``, no close of ours) keeps the call open
+    for its resumption on another stream (Twilio's ``<Connect action>``) before ending it;
+    0: at once."""
 
     # --- Console, outbound calls, recordings (services.console, services.recorder) --------------
     console_host: str = "127.0.0.1"
-    console_port: int = Field(8090, ge=0, le=65535)  # 0: any free port (tests)
-    # Every /api request must carry "Authorization: Bearer <CONSOLE_TOKEN>"; the console refuses
-    # to start without one.
+    """The console's listening address."""
+    console_port: int = Field(8090, ge=0, le=65535)
+    """The console's port (0: any free port, for tests)."""
     console_token: SecretStr | None = None
-    # Twilio's REST API, for outbound calls (console) and the voicemail of an answering machine
-    # (edge); the Auth Token above signs and verifies as before.
+    """The bearer token every ``/api`` request must carry (``Authorization: Bearer ...``); the
+    console refuses to start without one (``make run`` makes one up)."""
     twilio_account_sid: str = Field("", max_length=64)
+    """With ``TWILIO_AUTH_TOKEN``: Twilio's REST API, for outbound calls (console) and the
+    voicemail of an answering machine (edge)."""
     twilio_from_number: str = Field("", max_length=16)
-    # Where the twilio package sends its REST requests (a local stand-in in tests); empty: Twilio.
+    """E.164; the caller ID of outbound calls when a request names none."""
     twilio_api_base: str = ""
-    # What an answering machine gets on an outbound call, unless the agent file says.
+    """Where the ``twilio`` package sends its REST requests (a local stand-in in tests); empty:
+    Twilio."""
     voicemail_message: str = Field("", max_length=2_000)
-    # Recording is off unless set: one stereo WAV per call in this folder.
+    """What an answering machine gets on an outbound call when the agent file says nothing
+    (empty: hang up without a message)."""
     recordings_dir: str = ""
+    """Recording is off unless set: the recorder writes one stereo ``<CallSid>.wav`` per call
+    here, and the console serves them from here."""
     recordings_retention_days: float = Field(30.0, gt=0, le=3650)
+    """Recordings older than this are removed (checked hourly)."""
 
     # --- Every service ----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
-    consumer_name: str = Field(default_factory=lambda: f"{socket.gethostname()}", max_length=200)
+    """Every service's ``/metrics`` and ``/healthz`` port (0: off). The edge's too: keep it off
+    the public network."""
+    metrics_host: str = "127.0.0.1"
+    """The address ``METRICS_PORT`` listens on: loopback unless set (``make run``'s stack keeps
+    its figures on the machine). The container image sets ``0.0.0.0``, where probes and
+    scrapers come from outside the container."""
+    consumer_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}",
+        max_length=200,
+        json_schema_extra={"default_doc": "the host name"},
+    )
+    """This instance's name in the consumer groups; keep it stable across restarts, so that a
+    restarted instance takes its own calls back at once."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The lowest level logged."""
 
     @model_validator(mode="before")
     @classmethod
