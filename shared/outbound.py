@@ -16,6 +16,8 @@ from typing import Final, Literal
 from xml.sax.saxutils import escape
 
 from shared.agent import E164_RE
+from shared.resumption import RESUME_PARAMETER
+from shared.stream_token import OUTBOUND_TTL_S, TOKEN_PARAMETER, mint
 from shared.twilio_media import _XML_ILLEGAL, connect_stream_twiml
 
 DIRECTION_PARAM: Final = "direction"
@@ -29,7 +31,9 @@ MAX_TWIML_CHARS: Final = 4000
 MAX_PARAMETER_CHARS: Final = 1024
 MAX_PARAMETERS: Final = 20
 # Names the gateway sets itself; a request's "parameters" may not override them.
-RESERVED_PARAMETERS: Final = frozenset({DIRECTION_PARAM, "From", "To", "CallSid"})
+RESERVED_PARAMETERS: Final = frozenset(
+    {DIRECTION_PARAM, "From", "To", "CallSid", TOKEN_PARAMETER, RESUME_PARAMETER}
+)
 
 # AnsweredBy values with DetectMessageEnd: the machine_end_* ones come after the greeting's end.
 MACHINE_ANSWERS: Final = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
@@ -95,10 +99,21 @@ def outbound_parameters(
     return params
 
 
-def outbound_twiml(media_url: str, status_callback: str, parameters: Mapping[str, str]) -> str:
-    """TwiML connecting the answered call to ``media_url``; raises OutboundError when it is
-    longer than Twilio takes inline."""
-    twiml = connect_stream_twiml(media_url, dict(parameters), status_callback=status_callback)
+def outbound_twiml(
+    media_url: str,
+    status_callback: str,
+    parameters: Mapping[str, str],
+    token_key: bytes | None = None,
+    now_s: int = 0,
+) -> str:
+    """TwiML connecting the answered call to ``media_url``, with the stream token that covers
+    ``parameters`` when there is a ``token_key`` (:mod:`shared.stream_token`: the call has no
+    CallSid yet, so the token is one the edge takes once, good for OUTBOUND_TTL_S from
+    ``now_s``); raises OutboundError when it is longer than Twilio takes inline."""
+    params = dict(parameters)
+    if token_key is not None:
+        params[TOKEN_PARAMETER] = mint(token_key, None, params, now_s, OUTBOUND_TTL_S)
+    twiml = connect_stream_twiml(media_url, params, status_callback=status_callback)
     if len(twiml) > MAX_TWIML_CHARS:
         raise OutboundError(
             f"the call's TwiML would be {len(twiml)} characters; Twilio takes {MAX_TWIML_CHARS}: "

@@ -617,6 +617,18 @@ META_TRANSFER_TO = b"transfer_to"
 # grant the new stream must present to be taken as the same call (see shared.resumption).
 META_RESUME_GRANT = b"resume_grant"
 META_RESUMES = b"resumes"  # how many times the call's stream was resumed
+# When the grant expires (wall clock, µs): a grant is for the break it answered, not for later.
+META_RESUME_GRANT_EXPIRES_US = b"resume_grant_expires_us"
+# Written once per break by the edge that grants its resumption (HSETNX, its name holds the
+# broken stream's streamSid): a second <Connect action> for the same break is hung up.
+META_GRANTED_PREFIX = b"granted:"
+# The streamSid of a stream its edge saw break (ended with no stop from Twilio and no close
+# asked for by the gateway): the evidence a resumption needs (see shared.resumption).
+META_BROKEN = b"broken"
+# "heard:<streamSid>": the last time (wall clock, µs) the stream's edge heard from Twilio on it,
+# written about once a second while it holds the stream: when it goes stale, the stream or its
+# edge is gone. One field per stream, so a stream's old edge never writes over its successor's.
+META_HEARD_PREFIX = b"heard:"
 # The call's custom parameters (JSON), as its lifecycle entry carries them: who called whom and
 # how, for a reader that has the CallSid alone (the console's call view).
 META_PARAMS = b"params"

@@ -75,7 +75,6 @@ def build_request(
     body = json.dumps(
         {
             "call_sid": call.call_sid,
-            "stream_sid": call.stream_sid,
             "call_id": call.call_id,
             "name": call.name,
             "arguments": dict(arguments),

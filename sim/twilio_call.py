@@ -36,6 +36,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from shared.stream_token import TOKEN_PARAMETER, derive_key, mint
 from sim.speech import resample, speech
 from sim.twilio_http import StatusCallbacks, fetch_twiml, on_host, signature
 from sim.twilio_options import BargeIn, CallIdentity, CallOptions, CallScript, Signing
@@ -445,6 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     barge = None
     if args.barge_after is not None:
         barge = BargeIn(args.barge_after, speech("Wait, sorry, let me interrupt you there."))
+    identity = CallIdentity(custom_parameters=params)
+    if args.auth_token and not args.twiml_url:
+        # Straight to the socket, as a TwiML server of the user's own would connect it: with
+        # signatures on, the gateway takes the stream only under the token such a server mints.
+        key = derive_key(os.environ.get("STREAM_TOKEN_SECRET") or args.auth_token)
+        token = mint(key, identity.call_sid, params, int(time.time()))
+        identity = dataclasses.replace(
+            identity, custom_parameters=params | {TOKEN_PARAMETER: token}
+        )
     options = CallOptions(
         CallScript(
             audio,
@@ -453,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             hold_after_s=args.hold,
             max_duration_s=args.max_duration,
         ),
-        CallIdentity(custom_parameters=params),
+        identity,
         Signing(
             auth_token=args.auth_token,
             twiml_url=args.twiml_url,

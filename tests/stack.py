@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from services.tool_runner.service import run_tool_runner
 from services.transcoder.service import run_transcoder
 from services.twilio_edge.service import run_edge
 from shared.runtime.settings import Settings, load_settings
+from shared.stream_token import TOKEN_PARAMETER, derive_key, mint
 from sim.openai_realtime import RealtimeEmulator
 from tests.conftest import ROOT, free_port
 
@@ -159,3 +161,14 @@ def process_env(redis_url: str, edge_port: int, emulator_port: int, **extra: str
 
 
 __all__ = ["InProcessStack", "ProcessStack", "free_port", "in_process_stack", "process_env"]
+
+
+def token_parameters(
+    auth_token: str, call_sid: str, parameters: dict[str, str] | None = None
+) -> dict[str, str]:
+    """``parameters`` with the stream token a TwiML server of one's own mints (see
+    docs/security.md): what a stream dialled straight to ``/media`` carries when the edge checks
+    signatures."""
+    params = dict(parameters or {})
+    token = mint(derive_key(auth_token), call_sid, params, int(time.time()))
+    return params | {TOKEN_PARAMETER: token}

@@ -141,6 +141,18 @@ async def test_signed_media_handshake_accepted_unsigned_refused() -> None:
             assert err.value.response.status_code == 403
 
 
+FMT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+
+
+async def _one_started(port: int) -> bool:
+    """Whether a new socket is refused now (a stream has started on the one-call edge)."""
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/media"):
+            return False
+    except InvalidStatus:
+        return True
+
+
 async def test_oversized_messages_close_with_1009_and_calls_are_capped() -> None:
     async with edge(max_message_bytes=2048, max_calls=1) as port:
         url = f"ws://127.0.0.1:{port}/media"
@@ -149,7 +161,11 @@ async def test_oversized_messages_close_with_1009_and_calls_are_capped() -> None
             with pytest.raises(ConnectionClosed) as err:
                 await asyncio.wait_for(ws.recv(), 5)
             assert err.value.rcvd is not None and err.value.rcvd.code == 1009
-        async with connect(url):
+        async with connect(url) as ws:
+            # Only started streams count against MAX_CALLS.
+            inner = {"streamSid": "MZ1", "callSid": "CA" + "a" * 32, "mediaFormat": FMT}
+            await ws.send(json.dumps({"event": "start", "sequenceNumber": "1", "start": inner}))
+            await wait_for(lambda: _one_started(port), timeout=10)
             with pytest.raises(InvalidStatus) as err2:
                 async with connect(url):
                     pass

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.resumption import (
+    GRANT_TTL_US,
+    HEARD_STALE_US,
+    Admission,
+    AfterStream,
     ReplayFinder,
     admit_stream,
     after_stream,
+    break_marking,
+    check_holding,
     cleared_responses,
+    grant_fields,
+    granted_field,
+    heard_field,
     last_mark,
 )
 from shared.streams import (
+    META_BROKEN,
     META_DISPOSITION,
     META_ENDED,
     META_RESUME_GRANT,
+    META_RESUME_GRANT_EXPIRES_US,
     META_STARTED_US,
     META_STREAM_SID,
     ClearPlayback,
@@ -37,33 +52,107 @@ def chunk(item: str, offset_ms: int, ms: int, response: str = "resp_1") -> Outbo
     return OutboundChunk(audio, response, item, offset_ms * 1000, 0)
 
 
+NOW = 1_700_000_010_000_000
+# The stream's edge heard from it a second ago: a healthy stream as far as anyone knows.
+HEALTHY = {**LIVE, heard_field("MZold"): str(NOW - 1_000_000).encode()}
+BROKEN = {**HEALTHY, **break_marking("MZold")}
+
+
 @pytest.mark.parametrize(
     ("meta", "status", "answer"),
     [
-        ({**LIVE, META_DISPOSITION: b"hang_up"}, "in-progress", "hang_up"),
-        ({**LIVE, META_DISPOSITION: b"transfer"}, "in-progress", "transfer"),
-        ({**LIVE, META_ENDED: b"stop"}, "in-progress", "ended"),
-        (LIVE, "completed", "ended"),  # the caller is gone: nothing to resume
+        ({**BROKEN, META_DISPOSITION: b"hang_up"}, "in-progress", "hang_up"),
+        ({**BROKEN, META_DISPOSITION: b"transfer"}, "in-progress", "transfer"),
+        ({**BROKEN, META_ENDED: b"stop"}, "in-progress", "ended"),
+        (BROKEN, "completed", "ended"),  # the caller is gone: nothing to resume
         ({}, "in-progress", "new_call"),  # the keys are gone: a new call, as before
-        (LIVE, "in-progress", "resume"),
+        (BROKEN, "in-progress", "resume"),  # its edge saw it break
+        (HEALTHY, "in-progress", "not_broken"),  # no evidence: no grant for a live stream
+        (LIVE, "in-progress", "not_broken"),  # nothing heard of at all: no evidence either
+        # Its edge has not heard from it for longer than the bound: killed, or cut off.
+        (
+            {**LIVE, heard_field("MZold"): str(NOW - HEARD_STALE_US - 1).encode()},
+            "in-progress",
+            "resume",
+        ),
+        # Another stream's marks and heartbeat say nothing about this one.
+        (
+            {**HEALTHY, **break_marking("MZother"), heard_field("MZother"): b"1"},
+            "in-progress",
+            "not_broken",
+        ),
+        # The break was answered with a grant already: a second request is hung up.
+        ({**BROKEN, granted_field(BROKEN): b"tok"}, "in-progress", "already_granted"),
     ],
 )
 def test_what_follows_a_stream_that_ended(
     meta: dict[bytes, bytes], status: str, answer: str
 ) -> None:
-    assert after_stream(meta, status) == answer
+    assert after_stream(meta, status, NOW) == answer
+
+
+def test_a_grant_follows_the_stream_a_break_is_of() -> None:
+    """Once resumed, the new stream's own break is a new break: granted once again."""
+    resumed = {
+        **BROKEN,
+        granted_field(BROKEN): b"tok",
+        META_STREAM_SID: b"MZnew",
+        heard_field("MZnew"): str(NOW).encode(),
+    }
+    assert after_stream(resumed, "in-progress", NOW) == "not_broken"
+    assert after_stream({**resumed, **break_marking("MZnew")}, "in-progress", NOW) == "resume"
 
 
 def test_a_new_stream_is_the_call_only_with_its_grant() -> None:
-    granted = {**LIVE, META_RESUME_GRANT: b"tok"}
-    assert admit_stream({}, "MZnew", None) == "new"
-    assert admit_stream({}, "MZnew", "tok") == "new"  # the call is gone: a new one
-    assert admit_stream(LIVE, "MZold", None) == "new"  # the same stream registering again
-    assert admit_stream(LIVE, "MZnew", None) == "second_stream"
-    assert admit_stream(LIVE, "MZnew", "tok") == "bad_grant"  # none was given
-    assert admit_stream(granted, "MZnew", "other") == "bad_grant"
-    assert admit_stream(granted, "MZnew", "tok") == "resume"
-    assert admit_stream({**granted, META_ENDED: b"socket_closed"}, "MZnew", "tok") == "ended"
+    granted = {**LIVE, **grant_fields("tok", NOW)}
+    assert admit_stream({}, None, NOW) == "new"
+    assert admit_stream({}, "tok", NOW) == "new"  # the call is gone: a new one
+    # A new socket reusing the live stream's ids is no re-registration: it needs a grant.
+    assert admit_stream(LIVE, None, NOW) == "second_stream"
+    assert admit_stream(LIVE, "tok", NOW) == "bad_grant"  # none was given
+    assert admit_stream(granted, "other", NOW) == "bad_grant"
+    assert admit_stream(granted, "tok", NOW) == "resume"
+    assert admit_stream(granted, "tok", NOW + GRANT_TTL_US) == "resume"
+    assert admit_stream(granted, "tok", NOW + GRANT_TTL_US + 1) == "expired_grant"
+    assert GRANT_TTL_US <= 30_000_000
+    assert admit_stream({**granted, META_ENDED: b"socket_closed"}, "tok", NOW) == "ended"
+    assert admit_stream({**LIVE, META_RESUME_GRANT: b"tok"}, "tok", NOW) == "expired_grant"
+
+
+def test_only_the_bridge_that_holds_a_stream_registers_it_again() -> None:
+    assert check_holding(b"1", b"MZold", "MZold") == "held"
+    assert check_holding(b"1", None, "MZold") == "held"
+    assert check_holding(b"1", b"MZnew", "MZold") == "taken_over"
+    assert check_holding(None, None, "MZold") == "lost"  # this bridge registers it again
+    # whereas a new socket claiming the same ids, on a call Redis still knows, needs a grant
+    assert admit_stream(LIVE, None, NOW) == "second_stream"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                META_STARTED_US,
+                META_STREAM_SID,
+                META_ENDED,
+                META_DISPOSITION,
+                META_RESUME_GRANT,
+                META_BROKEN,
+                META_RESUME_GRANT_EXPIRES_US,
+                heard_field("MZold"),
+                granted_field(LIVE),
+            ]
+        ),
+        st.binary(max_size=12),
+    ),
+    st.one_of(st.none(), st.text(max_size=12)),
+    st.text(max_size=12),
+)
+def test_any_hash_gives_an_answer_and_never_raises(
+    meta: dict[bytes, bytes], grant: str | None, status: str
+) -> None:
+    assert after_stream(meta, status, NOW) in get_args(AfterStream)
+    assert admit_stream(meta, grant, NOW) in get_args(Admission)
 
 
 def test_the_newest_of_our_marks_is_where_hearing_stopped() -> None:

@@ -202,9 +202,11 @@ def test_the_request_has_the_body_headers_and_a_signature_the_receiver_can_check
     tc = ToolCall(IDENTITY.call_sid, "MZ1", "call_1", "lookup_order", "{}", "+1", "+2", {"a": "b"})
     request = build_request(tool, tc, {"order_id": "123"}, "s3cret", 1_700_000_000)
     body = json.loads(request.body)
+    # No streamSid: with the CallSid it is what taking the call's stream over would need, and
+    # the CallSid alone correlates the request with the call.
+    assert "stream_sid" not in body
     assert body == {
         "call_sid": IDENTITY.call_sid,
-        "stream_sid": "MZ1",
         "call_id": "call_1",
         "name": "lookup_order",
         "arguments": {"order_id": "123"},

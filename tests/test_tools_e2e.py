@@ -24,10 +24,10 @@ from sim.openai_realtime import EmulatedSession, RealtimeEmulator
 from sim.realtime_tools import ScriptedToolCall
 from sim.speech import speech
 from sim.tool_server import ToolServer
-from sim.twilio_call import CallResult, place_call
+from sim.twilio_call import CallResult, new_sid, place_call
 from tests.audio_checks import pcm24_to_8k, similarity
 from tests.conftest import RedisServer, free_port, port_open, wait_for
-from tests.stack import ProcessStack, process_env
+from tests.stack import ProcessStack, process_env, token_parameters
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +160,8 @@ def caller(text: str) -> np.ndarray:
 async def call(rig: Rig, text: str, **kwargs: Any) -> CallResult:
     kwargs.setdefault("hold_after_s", 2.5)
     kwargs.setdefault("auth_token", TOKEN)  # signed as Twilio signs the stream
+    call_sid = kwargs.setdefault("call_sid", new_sid("CA"))
+    kwargs["custom_parameters"] = token_parameters(TOKEN, call_sid, kwargs.get("custom_parameters"))
     kwargs.setdefault("signed_url", PUBLIC.replace("https", "wss") + "/media")
     kwargs.setdefault("max_duration_s", 40)
     return await asyncio.wait_for(place_call(rig.stack.media_url, caller(text), **kwargs), 60)
@@ -177,7 +179,7 @@ async def test_an_http_tool_is_called_and_its_answer_is_spoken(rig: Rig) -> None
     [request] = rig.tools.requests
     body = request.json
     assert request.path == "/order" and request.method == "POST"
-    assert body["call_sid"] == result.call_sid and body["stream_sid"] == result.stream_sid
+    assert body["call_sid"] == result.call_sid and "stream_sid" not in body
     assert body["name"] == "lookup_order" and body["arguments"] == {"order_id": "123"}
     [call_id] = list(session.function_calls)
     assert body["call_id"] == call_id == request.headers["idempotency-key"]

@@ -467,6 +467,8 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
                 settings.public_media_url(),
                 settings.public_url + "/stream-status",
                 params,
+                settings.stream_token_key(),
+                int(time.time()),
             )
         except OutboundError as exc:
             raise HTTPException(422, str(exc)) from None

@@ -1,17 +1,32 @@
-"""What a resumed stream needs from Redis before it plays anything: where the caller's hearing
-stopped, what is left of the reply, which replies a barge-in cleared, and where the call's
-inbound entry IDs go on. The decisions are :mod:`shared.resumption`'s; this reads the entries.
+"""What a resumption needs from Redis: the answer to Twilio's ``<Connect action>`` (a grant only
+for a stream known to have broken, once per break), and, before a resumed stream plays anything,
+where the caller's hearing stopped, what is left of the reply, which replies a barge-in cleared,
+and where the call's inbound entry IDs go on. The decisions are :mod:`shared.resumption`'s; this
+reads and writes the entries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from shared.resumption import ReplayFinder, cleared_responses, last_mark
+from shared.resumption import (
+    HEARD_STALE_US,
+    AfterStream,
+    ReplayFinder,
+    after_stream,
+    cleared_responses,
+    grant_fields,
+    granted_field,
+    last_mark,
+    new_grant,
+)
 from shared.streams import CallKeys, OutboundChunk
 
 # Marks come back every 100 ms of reply, so the newest is nearly always in the first page; the
@@ -19,6 +34,43 @@ from shared.streams import CallKeys, OutboundChunk
 _CTL_PAGE = 200
 _CTL_PAGES = 5
 _OUT_PAGE = 64
+# How long an action request for a stream that shows no break waits for the evidence: a killed
+# edge's last word goes stale HEARD_STALE_US after it (plus its write interval, a second).
+BREAK_WAIT_S = HEARD_STALE_US / 1e6 + 1.5
+_BREAK_POLL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class ActionAnswer:
+    """What the ``<Connect action>`` answers: ``answer`` (:data:`AfterStream`), the call's hash
+    as last read, and the grant when the answer is ``resume``."""
+
+    answer: AfterStream
+    meta: dict[bytes, bytes]
+    grant: str | None = None
+
+
+async def answer_action(
+    redis: aioredis.Redis, keys: CallKeys, call_status: str, now_us: Callable[[], int]
+) -> ActionAnswer:
+    """Decide the action's answer (:func:`~shared.resumption.after_stream`): a stream that shows
+    no break yet is watched for up to :data:`BREAK_WAIT_S`; a grant is given by whichever edge
+    sets the break's ``granted:`` field first, so a second request for the same break is hung up.
+    Raises redis' errors (the caller hangs up)."""
+    deadline = time.monotonic() + BREAK_WAIT_S
+    while True:
+        meta: dict[bytes, bytes] = await redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
+        answer = after_stream(meta, call_status, now_us())
+        if answer != "not_broken" or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(_BREAK_POLL_S)
+    if answer != "resume":
+        return ActionAnswer(answer, meta)
+    grant = new_grant()
+    if not await redis.hsetnx(keys.meta, granted_field(meta), grant):
+        return ActionAnswer("already_granted", meta)
+    await redis.hset(keys.meta, mapping=grant_fields(grant, now_us()))  # type: ignore[arg-type]  # redis-py's stubs
+    return ActionAnswer("resume", meta, grant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,18 +29,20 @@ from websockets.protocol import CONNECTING
 
 from services.twilio_edge.http import EdgeConnection, Form, respond
 from services.twilio_edge.outbound import amd_callback, call_status_callback
-from services.twilio_edge.resume import resume_point
+from services.twilio_edge.resume import answer_action, resume_point
+from services.twilio_edge.token import StreamTokens
 from shared import twilio_media as tw
 from shared.backoff import Backoff
-from shared.limits import TokenBucket
+from shared.limits import PendingSockets, TokenBucket
 from shared.outbound import AMD_PATH, CALL_STATUS_PATH
 from shared.playback import OutboundPlayback
 from shared.resumption import (
     RESUME_PARAMETER,
     Admission,
     admit_stream,
-    after_stream,
-    new_grant,
+    break_marking,
+    check_holding,
+    heard_field,
 )
 from shared.runtime.lifecycle import run_service, serve_stage, wall_clock_us
 from shared.runtime.observability import (
@@ -66,11 +68,13 @@ from shared.runtime.redis_io import (
 )
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
+from shared.stream_token import TOKEN_PARAMETER
 from shared.streams import (
     LIFECYCLE_MAXLEN,
     META_ENDED,
     META_PARAMS,
     META_RESUME_GRANT,
+    META_RESUME_GRANT_EXPIRES_US,
     META_RESUMES,
     META_STARTED_US,
     META_STREAM_SID,
@@ -132,6 +136,7 @@ class CallBridge:
         self.out_frames = FRAMES.labels("edge_out")
         self.expiry = KeyExpiry()
         self.in_ids = InboundIds(0)  # replaced at start
+        self.heard_us = 0  # when Twilio last sent a frame on this stream (wall clock)
         settings = edge.settings
         self.bucket = TokenBucket(
             settings.max_messages_per_second, settings.max_messages_per_second * 2.0
@@ -184,6 +189,11 @@ class CallBridge:
         that time, leave it to that one; if not (no action request came, or it reached no
         edge), end it as a closed socket."""
         assert self.keys is not None
+        try:
+            # The evidence the <Connect action> request needs to grant a resumption.
+            await self.edge.redis.hset(self.keys.meta, mapping=break_marking(self.stream_sid))  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+        except RETRYABLE as exc:
+            log.warning("cannot mark the stream broken (%s); its heartbeat will say so", exc)
         grace = self.edge.settings.edge_resume_grace_seconds
         deadline = time.monotonic() + grace
         log.warning("the stream broke; waiting %.1f s for it to be resumed", grace)
@@ -213,6 +223,7 @@ class CallBridge:
             if self.keys is None:
                 return
             frame = InboundFrame(event.payload, event.sequence, event.timestamp_ms, wall_clock_us())
+            self.heard_us = frame.stamp_us
             first = self.expiry.first_write(self.keys.in_pcmu)
             expire = self.edge.settings.call_max_seconds if first else None
             self.edge.writer.add(
@@ -230,7 +241,8 @@ class CallBridge:
             if self.keys is not None:
                 self.edge.writer.add(self.keys.ctl, DtmfPressed(event.digit).encode())
         elif isinstance(event, tw.StreamStarted):
-            await self._start(event)
+            if await self.edge.admit_start(self):
+                await self._start(event)
         elif isinstance(event, tw.StreamStopped):
             await self._end("stop")
 
@@ -239,17 +251,31 @@ class CallBridge:
             reject("twilio_bad_call_sid")
             await self.ws.close(1008, "bad callSid")
             return
+        refusal = await self.edge.tokens.refusal(self.edge.redis, event)
+        if refusal is not None:
+            # Not a stream of TwiML the gateway wrote for this call with these parameters.
+            reject(f"edge_token_{refusal}")
+            await self.ws.close(1008, f"stream token refused: {refusal}")
+            return
         keys = CallKeys.for_call(event.call_sid)
         meta = await self._meta(keys)
         grant = event.custom_parameters.get(RESUME_PARAMETER)
-        admission = admit_stream(meta, event.stream_sid, grant)
+        admission = admit_stream(meta, grant, wall_clock_us())
         if admission not in ("new", "resume"):
             await self._refuse(event, admission, meta)
             return
         self.keys = keys
         self.stream_sid = event.stream_sid
+        self.heard_us = wall_clock_us()
+        # A call now: it counts against MAX_CALLS (a refused start never does, however long
+        # its peer takes to answer the close).
+        self.edge.started.add(self)
         bind_call(event.call_sid, event.stream_sid)  # this task serves this call alone
-        parameters = {k: v for k, v in event.custom_parameters.items() if k != RESUME_PARAMETER}
+        parameters = {
+            k: v
+            for k, v in event.custom_parameters.items()
+            if k not in (RESUME_PARAMETER, TOKEN_PARAMETER)
+        }
         if admission == "resume":
             await self._resume(keys, event, meta)
             return
@@ -303,7 +329,8 @@ class CallBridge:
             point = await resume_point(redis, keys, wall_clock_us() // 1000)
             pipe = redis.pipeline(transaction=False)
             pipe.hset(keys.meta, META_STREAM_SID, event.stream_sid)
-            pipe.hdel(keys.meta, META_RESUME_GRANT)
+            pipe.hset(keys.meta, heard_field(event.stream_sid), self.heard_us)
+            pipe.hdel(keys.meta, META_RESUME_GRANT, META_RESUME_GRANT_EXPIRES_US)
             pipe.hincrby(keys.meta, META_RESUMES, 1)
             event_data = {"stream_sid": event.stream_sid, "mark": _mark_text(point.mark)}
             pipe.xadd(keys.events, CallEvent("stream_resumed", event_data).encode())  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
@@ -352,6 +379,7 @@ class CallBridge:
         if again:  # what a stage wrote after the loss (a cursor into streams that are gone) goes
             pipe.delete(keys.meta)
         pipe.hset(keys.meta, mapping=call_meta(started, reannounced=again))  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+        pipe.hset(keys.meta, heard_field(started.stream_sid), self.heard_us or wall_clock_us())
         pipe.expire(keys.meta, ttl)
         await pipe.execute()
         lifecycle = lifecycle_stream_for(started.call_sid, settings.lifecycle_partitions)
@@ -372,14 +400,20 @@ class CallBridge:
         resumption) is left to it, and this socket closed."""
         if self.ended:
             return
-        found: list[bytes | None] = await self.edge.redis.hmget(  # type: ignore[assignment]  # a bytes client
-            keys.meta, [META_STARTED_US, META_STREAM_SID]
-        )
+        pipe = self.edge.redis.pipeline(transaction=False)
+        pipe.hmget(keys.meta, [META_STARTED_US, META_STREAM_SID])
+        # The heartbeat a <Connect action> reads: stale once this edge or the stream is gone.
+        pipe.hset(keys.meta, heard_field(self.stream_sid), self.heard_us)
+        # A hash Redis had lost is written anew by it: never without an expiry.
+        pipe.expire(keys.meta, self.edge.settings.call_max_seconds, nx=True)
+        found: list[bytes | None] = (await pipe.execute())[0]
         known, holder = found
-        if known is not None:
-            if holder is not None and holder.decode("ascii", "replace") != self.stream_sid:
-                self._leave_to_other_stream(holder)
-                await self.ws.close(1001, "the call went on on another stream")
+        holding = check_holding(known, holder, self.stream_sid)
+        if holding == "taken_over":
+            assert holder is not None
+            self._leave_to_other_stream(holder)
+            await self.ws.close(1001, "the call went on on another stream")
+        if holding != "lost":
             return
         if (
             call_ttl_s(started.started_us, wall_clock_us(), self.edge.settings.call_max_seconds)
@@ -587,7 +621,14 @@ class Edge:
             token.get_secret_value() if token and verify else None,
             shared.get_secret_value() if shared and verify else None,
         )
-        self.bridges: set[CallBridge] = set()
+        self.tokens = StreamTokens(settings.stream_token_key(), verify)
+        # The streams whose start was taken: what MAX_CALLS counts. A socket closed for want of
+        # a start is in neither set while its close handshake runs (a peer may never answer it).
+        self.started: set[CallBridge] = set()
+        # Sockets that have not started yet: apart from MAX_CALLS, with a limit of their own.
+        self.pending: PendingSockets[CallBridge] = PendingSockets(
+            settings.max_pending_streams, settings.stream_start_timeout_seconds
+        )
         self.server: Server | None = None
         self.background: set[asyncio.Task[None]] = set()  # REST requests under way
         self.stopping = False  # its streams close because the edge stops, not because they broke
@@ -641,7 +682,7 @@ class Edge:
                 return respond(http.HTTPStatus.BAD_REQUEST, "bad Host header\n")
             if not self._signed(self._signed_url(base, request), {}, request):
                 return respond(http.HTTPStatus.FORBIDDEN, "invalid Twilio signature\n")
-            if len(self.bridges) >= self.settings.max_calls:
+            if len(self.started) >= self.settings.max_calls:
                 reject("edge_max_calls")
                 return respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many calls\n")
             return None
@@ -695,9 +736,10 @@ class Edge:
         (``extra`` besides), the stream's status callback, and the action Twilio asks when it
         ends."""
         parameters = {k: fields[k] for k in ("From", "To", "CallSid") if fields.get(k)}
+        parameters = self.tokens.with_token(fields.get("CallSid"), parameters | (extra or {}))
         return tw.connect_stream_twiml(
             self.settings.public_media_url(base),
-            parameters | (extra or {}),
+            parameters,
             status_callback=base.rstrip("/") + STREAM_STATUS_PATH,
             action=base.rstrip("/") + CONNECT_ACTION_PATH,
         )
@@ -718,28 +760,23 @@ class Edge:
         base = self._base_url(request)
         assert base is not None  # signed_callback refused a request without one
         keys = CallKeys.for_call(call_sid)
+        extra: dict[str, str] = {}
         try:
-            meta: dict[bytes, bytes] = await self.redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
+            decided = await answer_action(
+                self.redis, keys, form.get("CallStatus", ""), wall_clock_us
+            )
         except RETRYABLE as exc:
             log.warning("cannot read how the call ended (%s); hanging up", exc)
-            meta = {}
+            meta: dict[bytes, bytes] = {}
             answer = "ended"
         else:
-            answer = after_stream(meta, form.get("CallStatus", ""))
-        extra: dict[str, str] = {}
-        if answer == "resume":
-            grant = new_grant()
-            try:
-                await self.redis.hset(keys.meta, META_RESUME_GRANT, grant)
-            except RETRYABLE as exc:
-                log.warning("cannot grant the call's resumption (%s); hanging up", exc)
-                answer = "ended"
-            else:
-                extra[RESUME_PARAMETER] = grant
+            meta, answer = decided.meta, decided.answer
+            if decided.grant is not None:
+                extra[RESUME_PARAMETER] = decided.grant
                 STREAM_RESUMES.labels("granted").inc()
         CONNECT_ACTIONS.labels(answer).inc()
         with call_context(call_sid):
-            (log.warning if answer in ("resume", "new_call") else log.info)(
+            (log.info if answer in ("hang_up", "transfer", "ended") else log.warning)(
                 "stream ended; Twilio asks what next",
                 extra={"answer": answer, "call_status": form.get("CallStatus", "")},
             )
@@ -790,13 +827,43 @@ class Edge:
                 log.info("Twilio reports %s", status.event)
         return respond(http.HTTPStatus.NO_CONTENT, b"")
 
+    async def admit_start(self, bridge: CallBridge) -> bool:
+        """Whether a socket's start may go on: it was still pending (not closed for waiting too
+        long or to make room) and a call's place is free under ``MAX_CALLS`` (taken once the
+        start is admitted as a call)."""
+        if not self.pending.started(bridge):
+            return False  # closing already
+        if len(self.started) >= self.settings.max_calls:
+            reject("edge_max_calls")
+            await bridge.ws.close(1013, "too many calls")
+            return False
+        return True
+
+    def _close_pending(self, bridges: list[CallBridge], reason: str, text: str) -> None:
+        for bridge in bridges:
+            reject(reason)
+            log.warning("closing a socket that sent no start: %s", text)
+            task = asyncio.create_task(bridge.ws.close(1008, text))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    def _start_overdue(self) -> None:
+        # The loop may run a timer a hair before its time (its clock's resolution).
+        late = self.pending.overdue(asyncio.get_running_loop().time() + 0.01)
+        self._close_pending(late, "edge_start_timeout", "no start in time")
+
     async def handle(self, ws: ServerConnection) -> None:
         bridge = CallBridge(self, ws)
-        self.bridges.add(bridge)
+        loop = asyncio.get_running_loop()
+        evicted = self.pending.open(bridge, loop.time())
+        self._close_pending(evicted, "edge_pending_evicted", "too many sockets without a start")
+        timer = loop.call_later(self.pending.timeout_s, self._start_overdue)
         try:
             await bridge.run()
         finally:
-            self.bridges.discard(bridge)
+            timer.cancel()
+            self.pending.closed(bridge)
+            self.started.discard(bridge)
 
     async def listen(self) -> int:
         """Open the public port (``EDGE_PORT``); returns the port bound."""

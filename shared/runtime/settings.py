@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
+from shared.stream_token import derive_key
 
 Schema = Literal["audio", "flat", "auto"]
 
@@ -168,8 +169,19 @@ class Settings(BaseSettings):
     host) and neither Twilio secret is set; ``on``: a secret is required whatever the model;
     ``off``: accept unsigned requests on ``/twiml`` and ``/media`` even with a secret set (a
     warning at start)."""
+    stream_token_secret: SecretStr | None = None
+    """The secret the per-call stream tokens' key (``gw_token``, docs/security.md) is derived
+    from; unset: ``TWILIO_AUTH_TOKEN``, else ``TWILIO_SHARED_KEY_SECRET``. Every edge and the
+    console of a deployment must agree. Tokens are required at ``start`` whenever signatures are
+    checked."""
     max_calls: int = Field(200, ge=1, le=100_000)
-    """Concurrent streams per edge; more are refused with 503."""
+    """Started streams per edge; a handshake beyond is refused with 503 (a socket still waiting
+    for its ``start`` does not count, and one that starts when the edge is full gets 1013)."""
+    stream_start_timeout_seconds: float = Field(5.0, gt=0.0, le=60.0)
+    """How long a socket may wait to send a valid ``start``; then it is closed (1008)."""
+    max_pending_streams: int = Field(50, ge=1, le=100_000)
+    """Sockets waiting for their ``start`` at once; one more closes the oldest waiting one, so
+    that sockets that never start cannot lock a call out."""
     max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """The largest WebSocket message; a bigger one closes the socket with 1009."""
     max_messages_per_second: int = Field(400, ge=10, le=100_000)
@@ -387,6 +399,18 @@ class Settings(BaseSettings):
         """Whether the edge checks Twilio's signatures (a secret is set and they are not off)."""
         has_secret = bool(self.twilio_auth_token or self.twilio_shared_key_secret)
         return has_secret and self.twilio_signatures != "off"
+
+    def stream_token_key(self) -> bytes | None:
+        """The key stream tokens are minted and checked with (``None``: no secret to derive it
+        from). Tokens are required at ``start`` whenever signatures are checked."""
+        for secret in (
+            self.stream_token_secret,
+            self.twilio_auth_token,
+            self.twilio_shared_key_secret,
+        ):
+            if secret is not None and secret.get_secret_value():
+                return derive_key(secret.get_secret_value())
+        return None
 
     # --- Derived values ---------------------------------------------------------------------------
     def session_config(self) -> SessionConfig:
