@@ -28,7 +28,7 @@ async def run_console(
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
     own_redis = redis is None
     redis = redis or connect(settings)
-    app = create_app(settings, redis)
+    app = create_app(settings, redis, stop.is_set)
     config = uvicorn.Config(
         app,
         host=settings.console_host,
