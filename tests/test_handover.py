@@ -241,3 +241,76 @@ async def test_sigterm_on_a_transcoder_mid_call_hands_the_call_to_its_peer_at_on
 
 async def _count(items: list[tuple[bytes, float]], n: int) -> bool:
     return len(items) >= n
+
+
+# --- the tool runner ------------------------------------------------------------------------------
+
+
+async def test_a_stopping_tool_runner_finishes_short_calls_and_hands_long_ones_over_at_once(
+    real_redis: aioredis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from services.tool_runner.service import FINISH_S, ToolRunner
+    from shared.runtime.settings import load_settings
+    from shared.streams import TOOL_CALLS_STREAM, ToolCall, decode_control
+    from sim.tool_server import ToolServer
+
+    tools = await ToolServer().start()
+    agent = tmp_path / "agent.toml"
+    agent.write_text(
+        f"""
+instructions = "A test agent."
+[[tools]]
+name = "quick"
+description = "Done well within the stop's bound."
+url = "{tools.url}/slow?ms=300"
+[[tools]]
+name = "long"
+description = "Still running when the stop's bound is over."
+url = "{tools.url}/slow?ms={int(FINISH_S * 1000) + 1500}"
+timeout_ms = 20000
+"""
+    )
+
+    def runner(name: str) -> ToolRunner:
+        settings = load_settings(
+            redis_url=redis_server.url,
+            agent_file=str(agent),
+            owner_idle_ms=IDLE_MS,
+            consumer_name=name,
+        )
+        return ToolRunner(settings, aioredis.from_url(redis_server.url, decode_responses=False))
+
+    keys = CallKeys.for_call(_started(3).call_sid)
+    await real_redis.hset(keys.meta, mapping=call_meta(_started(3)))  # type: ignore[arg-type]
+    a, b = runner("a"), runner("b")
+    loops = [asyncio.create_task(loop) for loop in a.loops()]
+    try:
+        for call_id, name in (("call-quick", "quick"), ("call-long", "long")):
+            call = ToolCall(keys.call_sid, "MZ3", call_id, name, "{}")
+            await real_redis.xadd(TOOL_CALLS_STREAM, call.encode())  # type: ignore[arg-type]
+        first = await tools.wait_for(2)
+        assert sorted(r.headers["idempotency-key"] for r in first) == ["call-long", "call-quick"]
+        loops += [asyncio.create_task(loop) for loop in b.loops()]
+        await a.stop()
+        t_handed = time.monotonic()
+        assert not a.running
+        seen = await tools.wait_for(3, timeout=HANDOVER_BOUND_S)
+        assert time.monotonic() - t_handed < HANDOVER_BOUND_S
+        assert seen[2].headers["idempotency-key"] == "call-long"  # run again, same key
+        assert list(b.running) and len(b.running) == 1
+
+        async def answered() -> bool:
+            return await real_redis.xlen(keys.ctl) >= 2
+
+        await wait_for(answered, timeout=10)
+        results = [decode_control(f) for _, f in await real_redis.xrange(keys.ctl)]
+        assert sorted(r.call_id for r in results) == ["call-long", "call-quick"]  # type: ignore[union-attr]
+        assert (await real_redis.xpending(TOOL_CALLS_STREAM, b"tool_runner"))["pending"] == 0
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await b.stop()
+        await tools.stop()
+        await a.redis.aclose()
+        await b.redis.aclose()
