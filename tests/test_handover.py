@@ -314,3 +314,38 @@ timeout_ms = 20000
         await tools.stop()
         await a.redis.aclose()
         await b.redis.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_hand_over_notes_work_on_a_redis_cluster(tmp_path: Path, partitions: int) -> None:
+    """One group read covers a lifecycle partition and its notes: same slot, on a cluster."""
+    from shared.runtime.claims import stage_claims
+    from shared.runtime.redis_io import connect
+    from shared.runtime.settings import load_settings
+    from tests.test_cluster import ClusterNodes, cluster_ok
+
+    nodes = ClusterNodes(tmp_path, masters=3, replicas=0)
+    nodes.create()
+    try:
+        await wait_for(lambda: cluster_ok(nodes.ports), timeout=20)
+        settings = load_settings(
+            redis_url=f"redis://127.0.0.1:{nodes.ports[0]}/0", redis_cluster=True
+        )
+        client = connect(settings)
+        try:
+            a = stage_claims(client, b"g", "a", IDLE_MS, partitions)
+            b = stage_claims(client, b"g", "b", IDLE_MS, partitions)
+            for claims in a:
+                await claims.ensure_group()
+                await client.xadd(claims.stream, _started(1).encode())  # type: ignore[arg-type]
+            for mine, peer in zip(a, b, strict=True):
+                [claim] = await mine.take_unassigned(block_ms=100)
+                await mine.hand_over([claim.entry_id])
+                [taken] = await peer.take_unassigned(block_ms=100)
+                assert taken.entry_id == claim.entry_id and taken.recovered
+        finally:
+            await client.aclose()
+    finally:
+        nodes.stop()
