@@ -210,8 +210,12 @@ async def test_sigterm_on_a_transcoder_mid_call_hands_the_call_to_its_peer_at_on
         holder = owner["name"].decode()
         peer = "t-b" if holder == "t-a" else "t-a"
         procs[holder].send_signal(signal.SIGTERM)
-        assert not await _ready(ports[holder]) or procs[holder].poll() is not None
-        assert procs[holder].wait(5) == 0
+
+        async def unready() -> bool:  # 503 from the signal on, then the port closes
+            return procs[holder].poll() is not None or not await _ready(ports[holder])
+
+        await wait_for(unready, timeout=1)
+        assert await asyncio.to_thread(procs[holder].wait, 5) == 0  # the loop records on
         at_stop = len(arrived)
         await wait_for(lambda: _count(arrived, at_stop + 50), timeout=10)
         stop_feeding.set()
