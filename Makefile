@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server espeak-ng chromium test test-cluster run smoke demo bench probe lint docs clean images test-containers
+.PHONY: venv redis-server espeak-ng chromium test test-cluster k8s-check run smoke demo bench probe lint docs clean images test-containers
 
 venv: $(STAMP)
 
@@ -39,8 +39,13 @@ chromium:
 	  echo "installing chromium with apt-get"; \
 	  $(APT_INSTALL) --no-install-recommends chromium fonts-liberation >/dev/null; }
 
-test: venv redis-server espeak-ng chromium docs
+test: venv redis-server espeak-ng chromium docs k8s-check
 	$(PY) -m pytest -q
+
+# deploy/kubernetes/ rendered as kustomize would (no cluster needed) and every object validated
+# against the Kubernetes schema offline, with the project's own rules (tools/k8s_check.py).
+k8s-check: venv
+	$(PY) -m tools.k8s_check
 
 test-cluster: venv redis-server
 	$(PY) -m pytest -q tests/test_cluster.py

@@ -58,6 +58,35 @@ def lifecycle_stream_for(call_sid: str, partitions: int) -> bytes:
     return f"gw:calls:{{{zlib.crc32(call_sid.encode()) % partitions}}}".encode()
 
 
+def handover_stream(stream: bytes, group: bytes) -> bytes:
+    """Where an instance of ``group`` that stops says which of ``stream``'s entries it handed
+    over, so that a peer blocked on ``stream`` wakes and claims them at once
+    (:mod:`shared.runtime.claims`). In ``stream``'s cluster slot (its hash tag, or its whole
+    name as the tag), so one group read covers both."""
+    # Redis's rule: the first "{" and the first "}" after it, if anything lies between.
+    start = stream.find(b"{")
+    end = stream.find(b"}", start + 1) if start >= 0 else -1
+    tag = stream[start + 1 : end] if 0 <= start < end - 1 else stream
+    return b"gw:handover:{" + tag + b"}:" + group
+
+
+HANDOVER_MAXLEN = 10_000
+
+
+def encode_handover(entry_id: bytes) -> dict[bytes, bytes]:
+    return {b"k": b"handover", b"e": entry_id}
+
+
+def decode_handover(fields: Fields) -> bytes:
+    """The handed-over entry's ID."""
+    if _kind(fields) != b"handover":
+        raise StreamEntryError("unknown_kind", repr(_kind(fields)[:20]))
+    entry_id = fields.get(b"e", b"")
+    if not re.fullmatch(rb"\d{1,20}-\d{1,20}", entry_id):
+        raise StreamEntryError("bad_entry_id", repr(entry_id[:40]))
+    return entry_id
+
+
 # Twilio's CallSids are CA + 32 hex digits; we accept any short token without hash-tag braces so
 # a malformed SID can never move a call's keys into another slot or key space.
 _CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{2,64}")

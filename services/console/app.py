@@ -229,7 +229,10 @@ def _now_us() -> int:
 # --- the application ---------------------------------------------------------------------------
 
 
-def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
+def create_app(
+    settings: Settings, redis: aioredis.Redis, stopping: Callable[[], bool] = lambda: False
+) -> FastAPI:
+    """The console's app; ``stopping`` says the process got SIGTERM (``/readyz`` then fails)."""
     token = settings.console_token.get_secret_value().encode() if settings.console_token else b""
     if not token:
         raise ValueError("CONSOLE_TOKEN is required")
@@ -289,6 +292,19 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
         except (*RETRYABLE, TimeoutError):
             ok = False
         return JSONResponse({"ok": ok}, 200 if ok else 503)
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Ready for new requests: not stopping, and Redis answers."""
+        if stopping():
+            return JSONResponse({"ready": False, "reason": "stopping"}, 503)
+        try:
+            ok = bool(await asyncio.wait_for(redis.ping(), 1.0))
+        except (*RETRYABLE, TimeoutError):
+            ok = False
+        return JSONResponse(
+            {"ready": ok} | ({} if ok else {"reason": "redis_unreachable"}), 200 if ok else 503
+        )
 
     # --- reading calls ----------------------------------------------------------------------
 

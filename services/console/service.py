@@ -29,7 +29,7 @@ async def run_console(
     """Serve until ``stop`` is set; ``on_listening`` gets the bound port (tests bind port 0)."""
     own_redis = redis is None
     redis = redis or connect(settings)
-    app = SecurityHeaders(create_app(settings, redis))  # outermost: error pages get them too
+    app = SecurityHeaders(create_app(settings, redis, stop.is_set))  # outermost: error pages too
     config = uvicorn.Config(
         app,
         http=GuardedH11Protocol,  # a deadline over each request's head and body

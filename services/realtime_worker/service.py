@@ -91,6 +91,12 @@ class RealtimeWorker:
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self.writer.run(), self.owned.run()]
 
+    def calls_held(self) -> int:
+        return len(self.owned.tasks)
+
+    def unready(self) -> str | None:
+        return None
+
     async def stop(self) -> None:
         await self.owned.stop(hand_over=True)
         await self.reader.stop()

@@ -108,6 +108,12 @@ class Recorder:
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self.owned.run(), self.retention_loop()]
 
+    def calls_held(self) -> int:
+        return len(self.owned.tasks)
+
+    def unready(self) -> str | None:
+        return None
+
     async def stop(self) -> None:
         await self.owned.stop()
 

@@ -5,8 +5,11 @@ one consumer group, so any instance may run any call. An instance keeps the call
 pending under its name, refreshing them while they run; one that dies stops refreshing, and
 another takes its calls over (``XAUTOCLAIM``) after ``OWNER_IDLE_MS`` and runs them again, with
 the same ``Idempotency-Key``. A restarted instance with the same ``CONSUMER_NAME`` re-runs its
-own pending calls at once. The answer goes to the call's ``ctl`` stream, which the worker
-holding the call already reads, and the entry is acknowledged only then.
+own pending calls at once. On SIGTERM it takes no more calls, gives the ones running up to
+:data:`FINISH_S` to finish, and hands the rest to a peer at once
+(:func:`~shared.runtime.claims.hand_over`), which runs them again with the same key. The answer
+goes to the call's ``ctl`` stream, which the worker holding the call already reads, and the entry
+is acknowledged only then.
 
 A slow or failing tool costs its call ``timeout_ms`` and nothing else: each call is its own
 task, and the audio never passes through here. ``timeout_ms`` is one deadline over the whole
@@ -30,6 +33,7 @@ from prometheus_client import Counter, Histogram
 
 from shared.agent import Tool
 from shared.backoff import Backoff
+from shared.runtime.claims import claim_handed_over, hand_over
 from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import call_context, label, reject
 from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
@@ -42,6 +46,7 @@ from shared.streams import (
     ToolCall,
     ToolResult,
     decode_tool_call,
+    handover_stream,
 )
 from shared.tool_requests import (
     RETRY_STATUSES,
@@ -68,6 +73,10 @@ TOOL_SECONDS = Histogram(
 READ_COUNT = 16
 BLOCK_MS = 1000
 MAX_CONCURRENT = 256  # calls one instance runs at once
+# On SIGTERM, how long the calls under way may take to finish before they are handed over
+# (within the lifecycle's STOP_GRACE_S, and at most half of OWNER_IDLE_MS, so that no peer
+# takes a call over while it still runs here).
+FINISH_S = 2.0
 
 
 class ToolRunner:
@@ -90,55 +99,111 @@ class ToolRunner:
         )
         self.running: dict[bytes, asyncio.Task[None]] = {}  # by entry ID
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self.handover = handover_stream(TOOL_CALLS_STREAM, TOOL_RUNNER_GROUP)
+        self._loops: set[asyncio.Task[Any]] = set()  # _take and _keep, stopped first on SIGTERM
+
+    def _loop_started(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._loops.add(task)
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self._take(), self._keep()]
 
+    def calls_held(self) -> int:
+        return len(self.running)
+
+    def unready(self) -> str | None:
+        return "busy" if len(self.running) >= MAX_CONCURRENT else None
+
     async def stop(self) -> None:
-        """Stop taking calls; the ones still running stay pending for another instance."""
+        """Take no more calls; let the running ones finish within :data:`FINISH_S`; hand the
+        rest to another instance at once."""
+        for loop in self._loops:  # no new calls, and no hand-over note read by ourselves
+            loop.cancel()
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=1.0)
+        if self.running:
+            try:
+                await self._refresh()  # their idle clock starts again while they finish
+            except RETRYABLE as exc:
+                log.warning("could not refresh tool calls: %s", exc)
+            finish_s = min(FINISH_S, self.idle_ms / 2000)
+            await asyncio.wait(list(self.running.values()), timeout=finish_s)
+        # Captured before cancelling: a cancelled task leaves ``running`` as it ends.
+        unfinished = list(self.running)
         for task in self.running.values():
             task.cancel()
         if self.running:
             await asyncio.wait(list(self.running.values()), timeout=1.0)
-        if self.running:
-            # Idle at once: another instance takes them at its next pass.
+        if unfinished:
+            log.info("handing %d tool call(s) over", len(unfinished))
             try:
-                await self.redis.xclaim(
+                await hand_over(
+                    self.redis,
                     TOOL_CALLS_STREAM,
                     TOOL_RUNNER_GROUP,
                     self.consumer,
-                    0,
-                    list(self.running),
-                    idle=self.idle_ms * 10,
-                    justid=True,
+                    self.idle_ms,
+                    unfinished,
                 )
-            except RETRYABLE as exc:
+            except RETRYABLE as exc:  # they go to a peer after OWNER_IDLE_MS instead
                 log.warning("could not hand tool calls over: %s", exc)
         await self.http.aclose()
 
+    async def _refresh(self) -> None:
+        if self.running:
+            await self.redis.xclaim(
+                TOOL_CALLS_STREAM,
+                TOOL_RUNNER_GROUP,
+                self.consumer,
+                0,
+                list(self.running),
+                justid=True,
+            )
+
     # --- taking calls ----------------------------------------------------------------------------
     async def _take(self) -> None:
-        """New calls, and after (re)start our own pending ones; survives Redis faults."""
+        """New calls, calls a stopping peer handed over, and after (re)start our own pending
+        ones; survives Redis faults."""
+        self._loop_started()
         backoff = Backoff()
-        start = b"0"  # first our own pending calls (a restart), then new ones
         while True:
             try:
                 await ensure_group(self.redis, TOOL_CALLS_STREAM, TOOL_RUNNER_GROUP)
+                await ensure_group(self.redis, self.handover, TOOL_RUNNER_GROUP)
+                # Our own pending entries of both streams first (a restart), then new ones.
+                cursors = {TOOL_CALLS_STREAM: b"0", self.handover: b"0"}
                 while True:
+                    history = cursors[TOOL_CALLS_STREAM] != b">"
                     reply: Any = await self.redis.xreadgroup(
                         TOOL_RUNNER_GROUP,  # type: ignore[arg-type]
                         self.consumer,
-                        {TOOL_CALLS_STREAM: start},
+                        dict(cursors),  # type: ignore[arg-type]
                         count=READ_COUNT,
-                        block=None if start == b"0" else BLOCK_MS,
+                        block=None if history else BLOCK_MS,
                     )
-                    entries = reply[0][1] if reply else []
+                    entries: list[Any] = []
+                    more = False
+                    for name, got in reply or []:
+                        stream = name.encode() if isinstance(name, str) else name
+                        if history and got:
+                            cursors[stream], more = got[-1][0], True
+                        if stream == self.handover:
+                            entries += await claim_handed_over(
+                                self.redis,
+                                TOOL_CALLS_STREAM,
+                                TOOL_RUNNER_GROUP,
+                                self.consumer,
+                                self.idle_ms,
+                                got,
+                            )
+                        else:
+                            entries += got
                     for entry_id, fields in entries:
                         await self._start(entry_id, fields)
-                    if start == b"0" and not entries:
-                        start = b">"
-                    elif start == b"0":
-                        start = entries[-1][0]  # the rest of our pending ones
+                    if history and not more:
+                        cursors = dict.fromkeys(cursors, b">")
                     backoff.reset()
             except RETRYABLE as exc:
                 log.warning("redis unavailable (%s)", exc)
@@ -146,24 +211,16 @@ class ToolRunner:
                 if not is_nogroup(exc):
                     reject("tool_runner_loop_error")
                     log.warning("tool call loop error: %r", exc)
-            start = b"0"
             await asyncio.sleep(backoff.next_delay())
 
     async def _keep(self) -> None:
         """Refresh the calls we run (so nobody takes them) and take over dead instances'."""
+        self._loop_started()
         backoff = Backoff()
         while True:
             await asyncio.sleep(self.idle_ms / 4000)
             try:
-                if self.running:
-                    await self.redis.xclaim(
-                        TOOL_CALLS_STREAM,
-                        TOOL_RUNNER_GROUP,
-                        self.consumer,
-                        0,
-                        list(self.running),
-                        justid=True,
-                    )
+                await self._refresh()
                 reply: Any = await self.redis.xautoclaim(
                     TOOL_CALLS_STREAM,
                     TOOL_RUNNER_GROUP,

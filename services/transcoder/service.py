@@ -57,6 +57,12 @@ class Transcoder:
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self.owned.run()]
 
+    def calls_held(self) -> int:
+        return len(self.owned.tasks)
+
+    def unready(self) -> str | None:
+        return None
+
     async def stop(self) -> None:
         await self.owned.stop(hand_over=True)
         await self.reader.stop()

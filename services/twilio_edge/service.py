@@ -884,6 +884,13 @@ class Edge:
         # Without the writer no call's audio reaches Redis: it never ends by design.
         return [self.writer.run()]
 
+    def calls_held(self) -> int:
+        return len(self.bridges)
+
+    def unready(self) -> str | None:
+        """At ``MAX_CALLS`` a new stream would be refused (503): send it to another edge."""
+        return "max_calls" if len(self.bridges) >= self.settings.max_calls else None
+
     async def stop(self) -> None:
         """Close every stream (1001) and the port, then flush the audio still unwritten.
 

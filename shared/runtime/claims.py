@@ -13,6 +13,17 @@ streams need not cost a read per call: each stage reads all of its calls' stream
 
 Lease timing: an owner refreshes its claims every ``idle_ms / 4``; another instance takes a call
 over after ``idle_ms`` without a refresh. Work on a lost call stops at the next refresh.
+
+Hand-over on a clean stop (SIGTERM): a peer takes the calls at once, not after ``idle_ms``.
+Redis has no verb that gives a pending entry back to the group for the next ``XREADGROUP >``,
+and a copy of the lifecycle entry would reach every stage's group, not only ours. So the
+stopping instance (1) makes its entries look idle for ``10 * idle_ms`` (``XCLAIM ... IDLE``): any
+peer's next ``XAUTOCLAIM`` pass takes them, the fallback; and (2) adds one note per entry to the
+group's hand-over stream (:func:`~shared.streams.handover_stream`, same cluster slot), which each
+instance reads in the same blocking ``XREADGROUP`` as new calls: the note wakes one blocked peer,
+which ``XCLAIM``s that entry (only if still idle past ``idle_ms``, so a call already taken is not
+taken twice) and starts it. Notes are spread over the peers as Redis serves blocked readers in
+turn. The stopping instance first stops its own reading, so it cannot be handed its own notes.
 """
 
 from __future__ import annotations
@@ -30,14 +41,77 @@ from shared.backoff import Backoff
 from shared.runtime.observability import RECOVERED, reject
 from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
 from shared.streams import (
+    HANDOVER_MAXLEN,
     LIFECYCLE_STREAM,
     CallStarted,
     StreamEntryError,
+    decode_handover,
     decode_lifecycle,
+    encode_handover,
+    handover_stream,
     lifecycle_streams,
 )
 
 log = logging.getLogger("gateway.claims")
+
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]  # a stream entry as redis-py gives it
+
+
+async def hand_over(
+    redis: aioredis.Redis,
+    stream: bytes,
+    group: bytes,
+    consumer: str,
+    idle_ms: int,
+    entry_ids: list[bytes],
+) -> None:
+    """Give ``consumer``'s pending ``entry_ids`` of ``stream`` to the group's other consumers:
+    each looks idle for ``10 * idle_ms`` (any peer's next ``XAUTOCLAIM`` takes it) and a note on
+    the group's hand-over stream wakes a blocked peer to take it now
+    (:func:`claim_handed_over`). Call once ``consumer`` reads no more."""
+    if not entry_ids:
+        return
+    await redis.xclaim(
+        stream, group, consumer, 0, list[Any](entry_ids), idle=idle_ms * 10, justid=True
+    )
+    notes = handover_stream(stream, group)
+    pipe = redis.pipeline(transaction=False)
+    for entry_id in entry_ids:
+        pipe.xadd(
+            notes,
+            encode_handover(entry_id),  # type: ignore[arg-type]
+            maxlen=HANDOVER_MAXLEN,
+            approximate=True,
+        )
+    await pipe.execute()
+
+
+async def claim_handed_over(
+    redis: aioredis.Redis,
+    stream: bytes,
+    group: bytes,
+    consumer: str,
+    idle_ms: int,
+    notes: list[Entry],
+) -> list[Entry]:
+    """The entries of ``stream`` these hand-over notes name, now ``consumer``'s: only those
+    still idle past ``idle_ms`` (a peer that took one first keeps it). The notes are
+    acknowledged; an undecodable one is counted and dropped."""
+    entry_ids: list[bytes] = []
+    for _, fields in notes:
+        try:
+            entry_ids.append(decode_handover(fields or {}))
+        except StreamEntryError as exc:
+            reject(f"handover_{exc.reason}")
+            log.warning("undecodable hand-over note: %s", exc)
+    taken: list[Entry] = []
+    if entry_ids:
+        reply: Any = await redis.xclaim(stream, group, consumer, idle_ms, list[Any](entry_ids))
+        taken = reply
+    if notes:
+        await redis.xack(handover_stream(stream, group), group, *[n for n, _ in notes])
+    return taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +140,13 @@ class CallClaims:
         self.consumer = consumer
         self.idle_ms = idle_ms
         self.stream = stream
+        self.handover = handover_stream(stream, group)
 
     async def ensure_group(self) -> None:
         await ensure_group(self.redis, self.stream, self.group)
+        await ensure_group(self.redis, self.handover, self.group)
 
-    def _decode(
-        self, entries: list[tuple[bytes, dict[bytes, bytes] | None]], recovered: bool
-    ) -> tuple[list[Claim], list[bytes]]:
+    def _decode(self, entries: list[Entry], recovered: bool) -> tuple[list[Claim], list[bytes]]:
         claims: list[Claim] = []
         junk: list[bytes] = []
         for entry_id, fields in entries:
@@ -93,12 +167,26 @@ class CallClaims:
         reply: Any = await self.redis.xreadgroup(
             self.group,  # type: ignore[arg-type]  # bytes work; the stubs say str
             self.consumer,
-            {self.stream: start},
+            {self.stream: start, self.handover: start},
             count=64,
             block=block_ms,
         )
-        entries = reply[0][1] if reply else []
-        claims, junk = self._decode(entries, recovered)
+        claims: list[Claim] = []
+        for name, entries in reply or []:
+            if _name(name) == self.handover:
+                claims.extend(await self._take_handed_over(entries))
+                continue
+            got, junk = self._decode(entries, recovered)
+            claims.extend(got)
+            if junk:
+                await self.redis.xack(self.stream, self.group, *junk)
+        return claims
+
+    async def _take_handed_over(self, notes: list[Entry]) -> list[Claim]:
+        taken = await claim_handed_over(
+            self.redis, self.stream, self.group, self.consumer, self.idle_ms, notes
+        )
+        claims, junk = self._decode(taken, recovered=True)
         if junk:
             await self.redis.xack(self.stream, self.group, *junk)
         return claims
@@ -153,17 +241,10 @@ class CallClaims:
         await self.redis.xack(self.stream, self.group, entry_id)
 
     async def hand_over(self, entry_ids: list[bytes]) -> None:
-        """Make our calls look abandoned so another instance takes them over at its next pass."""
-        if entry_ids:
-            await self.redis.xclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                0,
-                list[Any](entry_ids),
-                idle=self.idle_ms * 10,
-                justid=True,
-            )
+        """Give our calls to the peers: each looks abandoned (any peer's next ``XAUTOCLAIM``
+        pass takes it) and a note on the hand-over stream wakes a blocked peer to take it now.
+        Call only once this instance reads no more (it could be handed its own notes)."""
+        await hand_over(self.redis, self.stream, self.group, self.consumer, self.idle_ms, entry_ids)
 
 
 class OwnedCalls:
@@ -183,6 +264,7 @@ class OwnedCalls:
         self._successors: dict[str, tuple[CallClaims, Claim]] = {}  # waiting for a task to stop
         self._stopping = False
         self._setup_done = 0
+        self._loops: list[asyncio.Future[None]] = []
         self.ready = asyncio.Event()
 
     def _start(self, claims: CallClaims, claim: Claim) -> None:
@@ -235,7 +317,8 @@ class OwnedCalls:
 
     async def run(self) -> None:
         """Serve calls until cancelled; survives Redis going away and coming back empty."""
-        await asyncio.gather(*(self._run_partition(c) for c in self.partitions))
+        self._loops = [asyncio.ensure_future(self._run_partition(c)) for c in self.partitions]
+        await asyncio.gather(*self._loops)
 
     async def _run_partition(self, claims: CallClaims) -> None:
         backoff = Backoff()
@@ -295,8 +378,13 @@ class OwnedCalls:
                 await asyncio.sleep(delay)
 
     async def stop(self, hand_over: bool = True, grace_s: float = 2.0) -> None:
-        """Stop serving: cancel call tasks and (by default) let another instance take them."""
+        """Stop serving: stop reading, cancel call tasks and (by default) hand them to another
+        instance at once (:meth:`CallClaims.hand_over`)."""
         self._stopping = True
+        for loop in self._loops:  # a read under way could be handed our own notes
+            loop.cancel()
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=grace_s)
         by_partition = {id(c): (c, list(self._entries(c))) for c in self.partitions}
         tasks = list(self.tasks.values())
         for task in tasks:
@@ -315,6 +403,10 @@ class OwnedCalls:
                     await claims.hand_over(entry_ids)
                 except Exception as exc:  # e.g. the partition's node lost its data
                     log.warning("could not hand calls over: %r", exc)
+
+
+def _name(name: bytes | str) -> bytes:
+    return name.encode() if isinstance(name, str) else name
 
 
 def _awaiting(task: asyncio.Task[None]) -> str:

@@ -7,11 +7,18 @@ What is the same for every stage lives here, once: the Redis client, the wait fo
 metrics and health server on ``METRICS_PORT``, the rule that a loop ending by itself is a bug,
 and the bound on a clean stop (:data:`STOP_GRACE_S`, inside the 5 s docs/reliability.md promises and
 supervisord's ``stopwaitsecs``), after which whatever is left is cancelled.
+
+Readiness (``/readyz``, :class:`Readiness`) and load (``gateway_stage_calls``,
+``gateway_saturation``, :func:`watch_loop`) are the lifecycle's too: a stage is ready only
+once built, while Redis answers, while it reports no reason of its own (:meth:`Stage.unready`),
+and never again from the moment SIGTERM sets ``stop`` (the signal handler sets it; the readiness
+reads it, before any of the stop's work has run).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -20,7 +27,15 @@ from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 
-from shared.runtime.observability import register_settings_secrets, serve_metrics, setup_logging
+from shared.loop_load import LoopLag
+from shared.runtime.observability import (
+    LOOP_LAG,
+    SATURATION,
+    STAGE_CALLS,
+    register_settings_secrets,
+    serve_metrics,
+    setup_logging,
+)
 from shared.runtime.redis_io import answers, connect, prepare
 from shared.runtime.settings import Settings
 
@@ -37,16 +52,73 @@ def wall_clock_us() -> int:
 
 
 class Stage(Protocol):
-    """What a service is once built: its loops and its clean stop. (Its health is the
-    lifecycle's: whether Redis answers.)"""
+    """What a service is once built: its loops, its load, its own reason not to take new calls
+    and its clean stop. (Its health is the lifecycle's: whether Redis answers.)"""
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         """The stage's long-lived work; none of it ends by design."""
         ...
 
+    def calls_held(self) -> int:
+        """How many calls (the tool runner: tool calls) this instance holds now."""
+        ...
+
+    def unready(self) -> str | None:
+        """Why this instance should get no new calls now (a short reason), or None."""
+        ...
+
     async def stop(self) -> None:
         """Stop taking work, hand calls over, flush writes (bounded by the lifecycle)."""
         ...
+
+
+class Readiness:
+    """Whether a stage takes new calls: ``/readyz``'s answer.
+
+    Not ready while starting (no stage built yet), from the moment ``stop`` is set (SIGTERM),
+    while the stage gives a reason of its own, or while Redis does not answer.
+    """
+
+    def __init__(self, stop: asyncio.Event, redis: aioredis.Redis) -> None:
+        self.stop = stop
+        self.redis = redis
+        self.stage: Stage | None = None
+
+    async def reason(self) -> str | None:
+        """None when ready, else why not (``starting``, ``stopping``, the stage's own reason,
+        ``redis_unreachable``)."""
+        if self.stop.is_set():
+            return "stopping"
+        if self.stage is None:
+            return "starting"
+        own = self.stage.unready()
+        if own is not None:
+            return own
+        if not await answers(self.redis):
+            return "redis_unreachable"
+        return None
+
+
+async def watch_loop(lag: LoopLag, on_tick: Callable[[LoopLag], None] | None = None) -> None:
+    """Measure the running loop's lag for ever: a timer every ``lag.interval_s``, how late it
+    fired fed to ``lag`` (shared/loop_load.py has the formula). ``on_tick`` runs after each."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + lag.interval_s
+        await asyncio.sleep(lag.interval_s)
+        lag.observe(loop.time() - due)
+        if on_tick is not None:
+            on_tick(lag)
+
+
+def _export_lag(name: str) -> Callable[[LoopLag], None]:
+    lag_gauge, saturation_gauge = LOOP_LAG.labels(name), SATURATION.labels(name)
+
+    def export(lag: LoopLag) -> None:
+        lag_gauge.set(lag.lag_s)
+        saturation_gauge.set(lag.saturation)
+
+    return export
 
 
 async def until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
@@ -76,11 +148,16 @@ async def serve_stage(
     own_redis = redis is None
     client = redis or connect(settings)
     metrics = None
+    readiness = Readiness(stop, client)
+    watcher = asyncio.ensure_future(watch_loop(LoopLag(), _export_lag(name)))
     try:
         if settings.metrics_port:
             # Up from the start, before Redis answers: /healthz then says 503, not "no one".
             metrics = await serve_metrics(
-                settings.metrics_host, settings.metrics_port, lambda: answers(client)
+                settings.metrics_host,
+                settings.metrics_port,
+                lambda: answers(client),
+                readiness.reason,
             )
 
         async def started() -> Stage:
@@ -91,6 +168,8 @@ async def serve_stage(
         if stage is None:
             log.info("%s: stopped before it was ready", name)
             return
+        readiness.stage = stage
+        STAGE_CALLS.labels(name).set_function(stage.calls_held)
         tasks = [asyncio.ensure_future(loop) for loop in stage.loops()]
         stopper = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,6 +192,9 @@ async def serve_stage(
             task.cancel()
         await asyncio.wait(tasks, timeout=0.5)
     finally:
+        watcher.cancel()
+        with contextlib.suppress(KeyError):  # a stage that never got built has none
+            STAGE_CALLS.remove(name)
         if metrics is not None:
             metrics.close()
         if own_redis:

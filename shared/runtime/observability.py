@@ -196,6 +196,22 @@ REANNOUNCED = Counter(
     "gateway_calls_reannounced_total", "Calls the edge registered again after Redis lost them"
 )
 REJECTED = Counter("gateway_rejected_total", "Inputs rejected, by reason", ["reason"])
+# A stage instance's load, for an autoscaler (docs/deploy.md, "Load metrics").
+STAGE_CALLS = Gauge(
+    "gateway_stage_calls",
+    "Calls this stage instance holds now (the tool runner: tool calls it is running)",
+    ["stage"],
+)
+LOOP_LAG = Gauge(
+    "gateway_loop_lag_seconds",
+    "How late the event loop's periodic timer fires, smoothed (shared/loop_load.py)",
+    ["stage"],
+)
+SATURATION = Gauge(
+    "gateway_saturation",
+    "The event loop's load from 0 to 1: its smoothed lag over one 20 ms frame, capped at 1",
+    ["stage"],
+)
 
 _LABEL_RE = re.compile(r"^[a-z0-9_.]{1,48}$")
 
@@ -214,12 +230,21 @@ def metrics_text() -> bytes:
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` on the event loop (no thread). Closing it also drops the
-    connections still open: one that never sends a request (a load balancer's spare, a port
-    scan) must not hold a service's clean stop."""
+    """``/metrics``, ``/healthz`` and ``/readyz`` on the event loop (no thread). Closing it also
+    drops the connections still open: one that never sends a request (a load balancer's spare, a
+    port scan) must not hold a service's clean stop.
 
-    def __init__(self, healthy: Callable[[], Awaitable[bool]]) -> None:
+    ``/healthz``: 200 while Redis answers (the process can work). ``/readyz``: 200 while the
+    stage takes new calls; otherwise 503 with the reason ``unready`` gives (e.g. ``stopping``).
+    """
+
+    def __init__(
+        self,
+        healthy: Callable[[], Awaitable[bool]],
+        unready: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
         self._healthy = healthy
+        self._unready = unready
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -251,6 +276,11 @@ class MetricsServer:
                 ok = await self._healthy()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "text/plain", b"ok\n" if ok else b"unhealthy\n"
+            elif path == b"/readyz":
+                reason = await self._unready() if self._unready else None
+                status = "200 OK" if reason is None else "503 Service Unavailable"
+                ctype = "text/plain"
+                body = b"ready\n" if reason is None else f"not ready: {reason}\n".encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(
@@ -267,7 +297,10 @@ class MetricsServer:
 
 
 async def serve_metrics(
-    host: str, port: int, healthy: Callable[[], Awaitable[bool]]
+    host: str,
+    port: int,
+    healthy: Callable[[], Awaitable[bool]],
+    unready: Callable[[], Awaitable[str | None]] | None = None,
 ) -> MetricsServer:
     """Start a :class:`MetricsServer` on ``host:port``."""
-    return await MetricsServer(healthy).start(host, port)
+    return await MetricsServer(healthy, unready).start(host, port)
