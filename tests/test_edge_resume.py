@@ -164,7 +164,10 @@ async def test_the_call_resumes_on_the_other_edge_when_its_edge_is_killed_mid_re
     first_reply = session.responses[0]
     assert first_reply.item_id == item and first_reply.status == "completed"
     again = _marks(resumed.marks_received, item)
-    assert again and heard_ms < again[0] <= heard_ms + 100, (heard_ms, again[:3])
+    # A mark the phone returned in the killed edge's last batch window may have died with it
+    # (SIGKILL: nothing flushed), so the reply may go on from the mark before: at most one mark
+    # (100 ms) heard twice, never a gap.
+    assert again and heard_ms - 100 < again[0] <= heard_ms + 100, (heard_ms, again[:3])
     reply_ms = len(first_reply.audio) // 48  # PCM16 at 24 kHz: 48 bytes a ms
     assert abs(again[-1] - reply_ms) <= 20, (again[-1], reply_ms)
     assert again[-1] in _marks(resumed.marks_returned, item)  # heard to its end
