@@ -48,6 +48,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is valid and free too."""
+    import socket
+
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A throwaway redis-server process on 127.0.0.1 (restartable, for fault tests)."""
 

@@ -23,28 +23,11 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import free_port, port_open, wait_for, wait_for_line
+from tests.conftest import cluster_port, free_port, port_open, wait_for, wait_for_line
 from tests.stack import ProcessStack, process_env
 from tools.local_redis import redis_server_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is valid and free too."""
-    import socket
-
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 class ClusterNodes:
