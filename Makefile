@@ -61,10 +61,11 @@ chromium:
 	  $(APT_INSTALL) --no-install-recommends chromium fonts-liberation >/dev/null; }
 
 # The suite on TEST_WORKERS pytest-xdist workers: its end-to-end tests mostly wait on real time
-# (a serial run used a third of one core), so three share two cores; more made the real-time
-# bounds (barge-in within 400 ms, a killed stage back within the call) fail under load. Slow
-# tests go first and a few files stay on one worker each (tests/conftest.py); the slowest are
-# listed at the end. TEST_WORKERS=0 runs the suite in this one process.
+# (a serial run used a third of one core: 643 s), so three share two cores (262 s on 2 cores,
+# 2026-12-04; four took 201 s but, on a machine loaded by other jobs, broke more real-time
+# bounds: barge-in within 400 ms, a killed stage back within the call). Slow tests go first and
+# a few files stay on one worker each (tests/conftest.py); the slowest are listed at the end.
+# TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 3
 test: venv redis-server espeak-ng chromium
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
