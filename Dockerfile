@@ -19,9 +19,15 @@ RUN update-ca-certificates >/dev/null
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 # The dependencies first, in a layer of their own: a change to the code reinstalls only the code.
-COPY pyproject.toml ./
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >requirements.txt \
- && /opt/venv/bin/pip install -q -r requirements.txt
+# They are uv.lock's exact versions, checked against its hashes (docs/install.md): uv (pinned by
+# hash itself) lists the service's packages out of the lock, and pip installs them from the
+# build's package index.
+COPY requirements-uv.txt pyproject.toml uv.lock ./
+RUN python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install -q --require-hashes -r requirements-uv.txt \
+ && UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 /opt/uv/bin/uv export --frozen --no-dev --no-emit-project \
+      --format requirements-txt --quiet -o requirements.txt \
+ && /opt/venv/bin/pip install -q --require-hashes --no-deps -r requirements.txt
 COPY README.md ./
 COPY shared ./shared
 COPY services ./services

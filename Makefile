@@ -5,15 +5,36 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis-server espeak-ng chromium test test-cluster k8s-check run smoke demo bench probe lint docs clean images test-containers
+.PHONY: venv lock redis-server espeak-ng chromium test test-cluster k8s-check run smoke demo bench probe lint docs clean images test-containers
+
+# The virtualenv is installed from uv.lock (exact versions and hashes of every package, for every
+# Python and platform), with uv itself pinned by hash in requirements-uv.txt and installed by pip
+# into a small bootstrap venv of its own. A changed lock or pin reinstalls. docs/install.md.
+UV_HOME ?= .uv
+UV := $(UV_HOME)/bin/uv
+# uv is told which Python to use (never downloads one) and where the venv is; with Debian's CA
+# bundle it trusts the system's certificates (a local CA of a network that inspects TLS too).
+UV_RUN = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON=$(PYTHON) UV_PYTHON_DOWNLOADS=never \
+  $(if $(wildcard /etc/ssl/certs/ca-certificates.crt),UV_SYSTEM_CERTS=1) $(UV)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[test,bench,dev]'
+$(UV): requirements-uv.txt
+	@test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	@$(UV_HOME)/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements-uv.txt
+	@touch $(UV)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)  # with pip in it, for one's own experiments
+	@$(UV_RUN) sync --locked --all-extras --compile-bytecode --quiet
 	@touch $(STAMP)
+
+# Every package to the newest release that pyproject allows, uv too (LOCK_ARGS= keeps the locked
+# versions and only brings uv.lock in line with an edited pyproject).
+LOCK_ARGS ?= --upgrade
+lock: $(UV)
+	$(UV_RUN) lock $(LOCK_ARGS)
+	echo uv | $(UV_RUN) pip compile $(LOCK_ARGS) --universal --generate-hashes --no-header --no-annotate --quiet - -o requirements-uv.txt
 
 # Debian packages a target needs, installed with apt-get when their command is missing.
 APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -39,8 +60,15 @@ chromium:
 	  echo "installing chromium with apt-get"; \
 	  $(APT_INSTALL) --no-install-recommends chromium fonts-liberation >/dev/null; }
 
+# The suite on TEST_WORKERS pytest-xdist workers: its end-to-end tests mostly wait on real time
+# (a serial run used a third of one core: 643 s), so three share two cores (262 s on 2 cores,
+# 2026-12-04; four took 201 s but, on a machine loaded by other jobs, broke more real-time
+# bounds: barge-in within 400 ms, a killed stage back within the call). Slow tests go first and
+# a few files stay on one worker each (tests/conftest.py); the slowest are listed at the end.
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 3
 test: venv redis-server espeak-ng chromium docs k8s-check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # deploy/kubernetes/ rendered as kustomize would (no cluster needed) and every object validated
 # against the Kubernetes schema offline, with the project's own rules (tools/k8s_check.py).
@@ -85,4 +113,4 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache site

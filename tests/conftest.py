@@ -20,6 +20,27 @@ from tools.local_redis import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# make test runs the suite on several pytest-xdist workers (--dist loadgroup). A file named here
+# runs whole on one worker, its tests one after the other: the cluster test (six redis-servers
+# and a stack per run: two at once would only slow both), the console page test (one Chromium),
+# and the probe, whose module fixture runs the probe's CLI once for all its checks.
+XDIST_GROUPS = {
+    "test_cluster.py": "cluster",
+    "test_console_page.py": "chromium",
+    "test_probe.py": "probe",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The groups above; and the slow tests (real processes, seconds each) first, so that with
+    several workers the quick ones fill in around them instead of one slow test running alone at
+    the end."""
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 def wait_for_line(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
     """Read a child's output until a line contains ``needle`` (the child says it is ready)."""
@@ -46,6 +67,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is valid and free too."""
+    import socket
+
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisServer:
@@ -140,6 +178,13 @@ async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):  # 
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# How long a test waits for the processes it started to listen. They start in a second or two;
+# the bound only catches one that never does, and must hold when the suite's workers start
+# stacks at the same moment on a loaded machine (20 s did not, with four workers on two cores
+# that other jobs were using too).
+PROCESS_START_S = 60.0
 
 
 async def port_open(port: int) -> bool:

@@ -23,28 +23,18 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import free_port, port_open, wait_for, wait_for_line
+from tests.conftest import (
+    PROCESS_START_S,
+    cluster_port,
+    free_port,
+    port_open,
+    wait_for,
+    wait_for_line,
+)
 from tests.stack import ProcessStack, process_env
 from tools.local_redis import redis_server_argv
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is valid and free too."""
-    import socket
-
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 class ClusterNodes:
@@ -179,7 +169,7 @@ async def test_calls_spread_over_the_cluster_and_survive_a_master_failover(
         await client.initialize()
         masters = sorted(node.port for node in client.get_primaries())
         assert len(masters) == 3
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
 
         # Six calls, three with their keys on the master about to fail, three elsewhere; each
         # caller says something of their own, long enough for the failover to land mid-speech.

@@ -20,7 +20,7 @@ from sim.speech import silence, speech
 from sim.tool_server import ToolServer
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, in_process_stack, process_env
 from tests.test_pipeline import fake_factory
 
@@ -88,7 +88,7 @@ async def stack(
         ):
             procs.start(name, module, {"CONSUMER_NAME": name})
         started.append((procs, emulator, tools))
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
         return procs, emulator
 
     yield start

@@ -35,7 +35,7 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import silence, speech
 from sim.twilio_call import CallScript, new_sid, place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, in_process_stack, process_env
 
 pytestmark = pytest.mark.slow
@@ -85,7 +85,7 @@ async def two_edges(
         stack = TwoEdges(procs, emulator, balancer, redis)
         started.append(stack)
         for port in ports:
-            await wait_for(lambda port=port: port_open(port), timeout=20)
+            await wait_for(lambda port=port: port_open(port), timeout=PROCESS_START_S)
         return stack
 
     yield start

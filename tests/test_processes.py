@@ -16,7 +16,7 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, process_env
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ async def processes(
     stack.start("worker", "services.realtime_worker", {"CONSUMER_NAME": "w-0"})
     stack.start("edge", "services.twilio_edge")
     try:
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
         yield stack, emulator
     finally:
         stack.stop_all()

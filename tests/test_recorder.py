@@ -33,7 +33,7 @@ from shared.streams import CallKeys, InboundFrame
 from sim.openai_realtime import RealtimeEmulator
 from sim.speech import speech
 from sim.twilio_call import BargeIn, place_call
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, process_env
 
 RATE = 8000
@@ -260,7 +260,7 @@ async def test_a_recording_survives_its_recorder_killed_mid_call(
         stack.start("w0", "services.realtime_worker", {"CONSUMER_NAME": "w0"})
         stack.start("e0", "services.twilio_edge", {"CONSUMER_NAME": "e0"})
         stack.start("r0", "services.recorder", recorder_env)
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
         caller = mulaw_decode(
             mulaw_encode(
                 speech("Good morning, I am calling to ask about the delivery of my order.")

@@ -24,7 +24,7 @@ from sim.openai_realtime import RealtimeEmulator
 from sim.speech import silence, speech
 from sim.twilio_call import place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, process_env
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
     for name in ("t0", "w0", "e0"):
         r.start(name)
     try:
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
         yield r
     finally:
         r.stack.stop_all()

@@ -147,5 +147,8 @@ def test_other_servers_go_through_redis_pys_pipeline() -> None:
 def test_error_replies_get_redis_pys_classes() -> None:
     assert isinstance(_error(ResponseError("LOADING Redis is loading")), BusyLoadingError)
     assert is_transient(_error(ResponseError("LOADING Redis is loading")))
+    assert is_transient(_error(ResponseError("ERR max number of clients reached")))
+    assert is_transient(_error(ResponseError("MASTERDOWN Link with MASTER is down")))
+    assert str(_error(ResponseError("ERR unknown command"))) == "unknown command"
     refused = _error(ResponseError("WRONGTYPE Operation against a key"))
     assert type(refused) is ResponseError and not is_transient(refused)

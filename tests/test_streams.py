@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fakeredis
 import pytest
 from hypothesis import given
@@ -10,7 +12,6 @@ from redis.exceptions import ResponseError
 
 from shared import streams as s
 from shared.runtime.redis_io import BatchedStreamWriter, is_duplicate_id, last_entry_id
-from tests.conftest import free_port
 
 
 def test_every_call_key_shares_the_call_sid_hash_tag() -> None:
@@ -285,64 +286,74 @@ async def test_a_long_outage_bounds_each_streams_waiting_audio_and_keeps_its_con
     await client.aclose()
 
 
-async def test_a_cluster_client_fault_is_a_lost_connection_and_our_own_bug_is_not(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.redis_server
+async def test_a_cluster_connection_lost_is_retried_and_our_own_bug_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.asyncio.cluster import RedisCluster
-    from redis.asyncio.connection import Connection
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    """What the gateway's loops see through the public API of its cluster client, not which
+    file in redis-py raised: a connection the server closed is an error they retry, and an
+    error of ours in code redis-py calls (our command packer) is not."""
+    import asyncio
+    import shutil
+    import subprocess
 
-    from shared.runtime.redis_io import _cluster_class, is_client_fault
+    import redis.asyncio as aioredis
 
-    async def faulty_send(*args: object, **kwargs: object) -> None:
-        # What redis-py does when a node's connection was closed under it mid-failover.
-        await Connection()._send_packed_command([b"PING"])
+    from shared.runtime import redis_io
+    from shared.runtime.redis_io import RETRYABLE, connect, is_transient, prepare
+    from shared.runtime.settings import Settings
+    from tests.conftest import cluster_port, wait_for, wait_for_line
+    from tools.local_redis import redis_server_argv
 
-    with pytest.raises(AttributeError) as fault:
-        await faulty_send()
-    assert is_client_fault(fault.value)
-    with pytest.raises(AttributeError) as ours:
-        None.writelines  # type: ignore[attr-defined]  # noqa: B018
-    assert not is_client_fault(ours.value)
-
-    monkeypatch.setattr(RedisCluster, "execute_command", faulty_send)
-    client = _cluster_class()(host="127.0.0.1", port=free_port())
-    with pytest.raises(RedisConnectionError, match="cluster client fault"):
-        await client.execute_command("PING")
-
-
-async def test_a_transport_closed_under_redis_py_is_a_client_fault() -> None:
-    # Under uvloop the innermost frames are asyncio's and uvloop's, called from redis-py.
-    import asyncio.streams
-
-    from redis.asyncio.connection import Connection
-
-    from shared.runtime.redis_io import is_client_fault
-
-    conn = Connection()
-    from types import SimpleNamespace
-
-    closed = SimpleNamespace(is_closing=lambda: True)  # a transport without writelines
-    conn._writer = asyncio.streams.StreamWriter(
-        closed,
-        None,
-        None,
-        asyncio.get_running_loop(),  # type: ignore[arg-type]
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    port = cluster_port()
+    proc = subprocess.Popen(
+        redis_server_argv(port, tmp_path, binary=binary, cluster=True),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    with pytest.raises(AttributeError) as fault:
-        await conn._send_packed_command([b"PING"])
-    assert is_client_fault(fault.value)
+    admin = aioredis.Redis(port=port)
+    try:
+        wait_for_line(proc, b"Ready to accept connections", timeout=10)
+        await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # a one-node cluster
 
-    # The same error raised by our own code that redis-py calls back is ours, not a fault.
-    class OurWriter:
-        def writelines(self, data: object) -> None:
-            raise RuntimeError("a bug of ours")
+        async def cluster_ok() -> bool:
+            return b"cluster_state:ok" in await admin.execute_command("CLUSTER", "INFO")
 
-    conn._writer = OurWriter()  # type: ignore[assignment]
-    with pytest.raises(RuntimeError) as ours:
-        await conn._send_packed_command([b"PING"])
-    assert not is_client_fault(ours.value)
-    conn._writer = None  # nothing to close when the connection is collected
+        await wait_for(cluster_ok, timeout=10)
+        client = connect(Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_cluster=True))
+        await prepare(client)
+        writer = BatchedStreamWriter(client, maxlen=1000)
+        task = asyncio.create_task(writer.run())
+        for round_ in range(3):
+            for i in range(20):
+                writer.add(b"{call}:audio", {b"n": f"{round_}.{i}"})
+            await asyncio.wait_for(writer.flush(), 10)
+            # The server closes every connection the gateway's client holds.
+            assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            try:
+                await client.xlen(b"{call}:audio")
+            except Exception as lost:  # the command that finds its connection gone
+                assert isinstance(lost, RETRYABLE) and is_transient(lost), repr(lost)
+        assert await client.xlen(b"{call}:audio") == 60  # nothing lost, nothing doubled
+        assert writer.failures == 0
+        task.cancel()
+
+        def bug(*args: object) -> list[bytes]:
+            raise AttributeError("a bug of ours")
+
+        monkeypatch.setattr(redis_io, "_pack", bug)
+        with pytest.raises(AttributeError) as ours:
+            await client.xlen(b"{call}:audio")
+        assert not isinstance(ours.value, RETRYABLE) and not is_transient(ours.value)
+        monkeypatch.undo()
+        await client.aclose()
+    finally:
+        await admin.aclose()
+        proc.terminate()
+        proc.wait(5)
 
 
 def test_inbound_ids_increase_from_the_call_start() -> None:

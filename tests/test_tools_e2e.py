@@ -26,7 +26,7 @@ from sim.speech import speech
 from sim.tool_server import ToolServer
 from sim.twilio_call import CallResult, new_sid, place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.conftest import PROCESS_START_S, RedisServer, free_port, port_open, wait_for
 from tests.stack import ProcessStack, process_env, token_parameters
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ async def rig(dialect: str, redis_server: RedisServer, tmp_path: Path) -> AsyncI
     for name in ("t0", "w0", "r0", "e0"):
         rig.start(name)
     try:
-        await wait_for(lambda: port_open(edge_port), timeout=20)
+        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
         yield rig
     finally:
         rig.stack.stop_all()

@@ -8,19 +8,18 @@ health checks and keepalive notice a dead server instead of waiting on it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import os
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    DataError,
     MovedError,
     RedisClusterException,
     ResponseError,
@@ -28,7 +27,6 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import HIREDIS_AVAILABLE
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
@@ -88,22 +86,37 @@ def _forget(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so an error after the caller left is not reported
 
 
-_PACKER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
 _PACKED_CLASSES: dict[type[Any], type[Any]] = {}
+
+
+def _pack(*args: Any) -> list[bytes]:
+    """A command packed as redis-py's connections pack it, by hiredis's ``pack_command``: a
+    first argument with spaces (``"CLIENT SETNAME"``) is several words; an argument hiredis
+    cannot pack (None, a bool) is redis-py's DataError."""
+    first = args[0]
+    if isinstance(first, str):
+        args = (*first.encode().split(), *args[1:])
+    elif b" " in first:
+        args = (*first.split(), *args[1:])
+    # hiredis's stub types the tuple as of one element; it takes any number.
+    words: Any = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+    try:
+        return [hiredis.pack_command(words)]
+    except TypeError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def _hiredis_packed(cls: type[Any]) -> type[Any]:
     """``cls`` (a redis-py asyncio connection class) packing commands with hiredis's C packer.
 
     redis-py's asyncio connections pack every command in Python (about 11 µs for a frame's
-    XADD, the largest single cost in the edge's profile); its sync client already uses
-    hiredis's packer when hiredis is installed, and this is that packer: the same bytes on the
-    wire, about 2 µs."""
+    XADD, the largest single cost in the edge's profile); hiredis's packer gives the same bytes
+    on the wire in about 2 µs."""
     packed = _PACKED_CLASSES.get(cls)
     if packed is None:
 
         def pack_command(self: Any, *args: Any) -> list[bytes]:
-            return _PACKER.pack(*args)  # type: ignore[union-attr,no-any-return]
+            return _pack(*args)
 
         packed = type(f"HiredisPacked{cls.__name__}", (cls,), {"pack_command": pack_command})
         _PACKED_CLASSES[cls] = packed
@@ -112,8 +125,6 @@ def _hiredis_packed(cls: type[Any]) -> type[Any]:
 
 def _pack_with_hiredis(client: Any) -> Any:
     """Make ``client``'s connections (a cluster's: every node's) pack with hiredis."""
-    if _PACKER is None:
-        return client
     nodes = getattr(client, "nodes_manager", None)
     if nodes is None:
         pool = client.connection_pool
@@ -132,11 +143,12 @@ def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for ``REDIS_URL`` (bytes in, bytes out); a cluster client with
     ``REDIS_CLUSTER=1`` (every command the pipeline issues stays within one slot)."""
     if settings.redis_cluster:
+        from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         return _pack_with_hiredis(  # type: ignore[no-any-return]
-            _cluster_class().from_url(
+            RedisCluster.from_url(
                 settings.redis_url,
                 # Every caller here retries with its own backoff. The client's own retry of a
                 # failed pipeline closes every connection of the client, cutting the blocking
@@ -163,70 +175,16 @@ def connect(settings: Settings) -> aioredis.Redis:
     )
 
 
-def is_client_fault(exc: BaseException) -> bool:
-    """An error raised from inside redis-py for what is really a lost connection.
-
-    Its cluster client, when a node dies under it, has raised AttributeError (``'NoneType'
-    object has no attribute 'writelines'``) and, under uvloop, RuntimeError (transport closed)
-    from its own code (seen in tests/test_cluster.py). The same types raised by our code are
-    bugs and stay what they are.
-    """
-    if not isinstance(exc, (AttributeError, RuntimeError)):
-        return False
-    in_redis = False
-    tb = exc.__traceback__
-    while tb is not None:  # outermost to innermost
-        filename = tb.tb_frame.f_code.co_filename
-        if f"{os.sep}redis{os.sep}" in filename:
-            in_redis = True
-        elif filename.startswith(_PROJECT_ROOT):
-            in_redis = False  # raised in our code, even if redis-py called it
-        tb = tb.tb_next
-    return in_redis
-
-
 def is_transient(error: object) -> bool:
     """A reply or error that means "not now" (retry), not "never": what a pipeline's per-command
-    results are checked with."""
-    return isinstance(error, RETRYABLE) or (isinstance(error, Exception) and is_client_fault(error))
+    results are checked with.
 
-
-# The repository: shared/runtime/ is two levels below it.
-_PROJECT_ROOT = os.sep.join(os.path.abspath(__file__).split(os.sep)[:-3]) + os.sep
-
-
-@functools.cache
-def _cluster_class() -> Any:
-    """redis-py's asyncio cluster client, with its client faults raised as ConnectionError so
-    that every caller's "server away, retry" path handles them."""
-    from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-
-    class GatewayClusterPipeline(ClusterPipeline):
-        async def execute(
-            self, raise_on_error: bool = True, allow_redirections: bool = True
-        ) -> Any:
-            try:
-                return await super().execute(raise_on_error, allow_redirections)
-            except (AttributeError, RuntimeError) as exc:
-                if is_client_fault(exc):
-                    raise RedisConnectionError(f"cluster client fault: {exc!r}") from exc
-                raise
-
-    class GatewayCluster(RedisCluster):
-        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return await super().execute_command(*args, **kwargs)
-            except (AttributeError, RuntimeError) as exc:
-                if is_client_fault(exc):
-                    raise RedisConnectionError(f"cluster client fault: {exc!r}") from exc
-                raise
-
-        def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-            if shard_hint:
-                raise RedisClusterException("shard_hint is deprecated in cluster mode")
-            return GatewayClusterPipeline(self, transaction)  # type: ignore[abstract]
-
-    return GatewayCluster
+    A connection lost under redis-py is its ConnectionError, from its cluster client too
+    (redis-py 8.2 and later, the floor in pyproject: before, a node's connection closed
+    mid-failover leaked AttributeError or RuntimeError out of its write path). Any other error,
+    such as a bug of ours in code redis-py calls, is not transient and stays what it is.
+    """
+    return isinstance(error, RETRYABLE)
 
 
 async def prepare(redis: aioredis.Redis) -> None:

@@ -28,9 +28,24 @@ from typing import Any, Protocol
 
 import hiredis
 import redis.asyncio as aioredis
-from redis._parsers.base import BaseParser
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    ExecAbortError,
+    MasterDownError,
+    MaxClientsReachedError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.runtime.observability import REDIS_ROUND_TRIPS
@@ -84,11 +99,42 @@ def round_trips(client: aioredis.Redis, loop: str) -> RoundTrips:
     )
 
 
+# An error reply's code (its first word) and redis-py's public class for it, as redis-py's own
+# parser maps them: the class is given the message after the code. Replies with other codes are
+# ResponseError with their whole text ("WRONGTYPE ...").
+_ERROR_CLASSES: dict[str, type[Exception]] = {
+    "ERR": ResponseError,
+    "OOM": OutOfMemoryError,
+    "WRONGPASS": AuthenticationError,
+    "NOAUTH": AuthenticationError,
+    "EXECABORT": ExecAbortError,
+    "LOADING": BusyLoadingError,
+    "NOSCRIPT": NoScriptError,
+    "READONLY": ReadOnlyError,
+    "NOPERM": NoPermissionError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "MOVED": MovedError,
+    "CLUSTERDOWN": ClusterDownError,
+    "CROSSSLOT": ClusterCrossSlotError,
+    "MASTERDOWN": MasterDownError,
+}
+# ERR replies redis-py gives a class of their own: a full server is a connection error (retry).
+_ERR_CLASSES: dict[str, type[Exception]] = {
+    "max number of clients reached": MaxClientsReachedError,
+    "invalid password": AuthenticationError,
+}
+
+
 def _error(reply: ResponseError) -> Exception:
     """hiredis gives every error reply as a ResponseError; redis-py's own class for it (a server
     still loading its data is BusyLoadingError, a "retry", not a refusal)."""
-    parsed: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
-    return parsed
+    text = str(reply)
+    code, _, message = text.partition(" ")
+    cls = _ERROR_CLASSES.get(code)
+    if cls is None:
+        return ResponseError(text)
+    return _ERR_CLASSES.get(message, cls)(message) if code == "ERR" else cls(message)
 
 
 def _as_redis_py(command: Command, reply: Any) -> Any:
