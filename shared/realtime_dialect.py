@@ -74,6 +74,14 @@ class SessionConfig:
     noise_reduction: str | None = None
     # session.tools, in the flat shape both dialects share (``Tool.declaration``).
     tools: tuple[Mapping[str, Any], ...] = ()
+    # GA only (the beta dialect has none of them and leaves them out): the model (the URL's
+    # ?model=, over REALTIME_MODEL), session.reasoning.effort, parallel_tool_calls, truncation
+    # ("auto", "disabled" or a retention ratio) and remote MCP servers (``McpServer.declaration``).
+    model: str | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: str | float | None = None
+    mcp_tools: tuple[Mapping[str, Any], ...] = ()
 
     def with_overrides(self, overrides: Mapping[str, str]) -> SessionConfig:
         """This session with a call's ``voice``/``instructions`` (Twilio ``<Parameter>``s);
@@ -306,6 +314,19 @@ def _turn_detection(
     return {"type": kind, **shown}
 
 
+def _ga_only_keys(c: SessionConfig) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if c.reasoning_effort is not None:
+        keys["reasoning"] = {"effort": c.reasoning_effort}
+    if c.parallel_tool_calls is not None:
+        keys["parallel_tool_calls"] = c.parallel_tool_calls
+    if isinstance(c.truncation, float):
+        keys["truncation"] = {"type": "retention_ratio", "retention_ratio": c.truncation}
+    elif c.truncation is not None:
+        keys["truncation"] = c.truncation
+    return keys
+
+
 def _noise_reduction(kind: str) -> dict[str, Any] | None:
     return None if kind == "off" else {"type": kind}
 
@@ -339,7 +360,7 @@ class RealtimeDialect:
     def connect_request(self, url: str, model: str, api_key: str) -> ConnectRequest:
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
-        query.append(("model", model))
+        query.append(("model", self.config.model or model))
         full = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
         headers = {"Authorization": f"Bearer {api_key}"}
         if self.beta_header:
@@ -365,6 +386,7 @@ class RealtimeDialect:
                 "instructions": c.instructions,
                 "audio": {"input": audio_in, "output": {"format": dict(fmt), "voice": c.voice}},
             }
+            session.update(_ga_only_keys(c))
         else:
             session = {
                 "modalities": ["audio", "text"],
@@ -378,9 +400,13 @@ class RealtimeDialect:
                 session["input_audio_transcription"] = {"model": c.transcription_model}
             if c.noise_reduction is not None:
                 session["input_audio_noise_reduction"] = _noise_reduction(c.noise_reduction)
-        if c.tools:
-            # The same flat function shape in both dialects (no nested "function" key).
-            session["tools"] = [dict(tool) for tool in c.tools]
+        # The same flat function shape in both dialects (no nested "function" key); remote MCP
+        # servers only in the GA one.
+        tools = [dict(tool) for tool in c.tools]
+        if self.combo is Combo.GA:
+            tools += [dict(tool) for tool in c.mcp_tools]
+        if tools:
+            session["tools"] = tools
             session["tool_choice"] = "auto"
         return {"type": "session.update", "session": session}
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
+from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file, reasoning_mistake
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
 
@@ -299,9 +299,28 @@ class Settings(BaseSettings):
     def _agent_file_is_good(self) -> Settings:
         if self.agent_file:
             try:
-                object.__setattr__(self, "_agent_cache", load_agent_file(self.agent_file))
+                agent = load_agent_file(self.agent_file)
             except AgentFileError as exc:
                 raise ValueError(str(exc)) from None
+            where = f"AGENT_FILE={self.agent_file}"
+            if mistake := reasoning_mistake(agent, self.realtime_model):
+                raise ValueError(f"{where}: {mistake} (REALTIME_MODEL)")
+            ga_only = [
+                key
+                for key, value in (
+                    ("reasoning_effort", agent.reasoning_effort),
+                    ("parallel_tool_calls", agent.parallel_tool_calls),
+                    ("truncation", agent.truncation),
+                    ("mcp_servers", agent.mcp_servers or None),
+                )
+                if value is not None
+            ]
+            if ga_only and self.realtime_schema == "flat":
+                raise ValueError(
+                    f"{where}: {', '.join(ga_only)}: only in the GA dialect "
+                    "(REALTIME_SCHEMA=audio or auto), not with REALTIME_SCHEMA=flat"
+                )
+            object.__setattr__(self, "_agent_cache", agent)
         return self
 
     @property
@@ -408,6 +427,11 @@ class Settings(BaseSettings):
             turn_knobs=dict(turn.knobs) if turn else {},
             noise_reduction=agent.noise_reduction,
             tools=tuple(tool.declaration() for tool in agent.tools),
+            model=agent.model,
+            reasoning_effort=agent.reasoning_effort,
+            parallel_tool_calls=agent.parallel_tool_calls,
+            truncation=agent.truncation,
+            mcp_tools=tuple(server.declaration() for server in agent.mcp_servers),
         )
 
     @property
