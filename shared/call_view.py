@@ -29,6 +29,7 @@ from shared.streams import (
     StreamEntryError,
     decode_event,
 )
+from shared.usage import CallUsage
 
 State = Literal["ringing", "in_progress", "ended"]
 Direction = Literal["inbound", "outbound"]
@@ -272,6 +273,7 @@ class CallDetail:
     errors: list[CallError] = field(default_factory=list)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
+    usage: CallUsage = field(default_factory=CallUsage)
 
 
 def _number(text: str | None) -> float | None:
@@ -330,6 +332,8 @@ def detail(
             out.errors.append(CallError(at, data.get("code", ""), data.get("message", "")))
         elif kind == "dtmf":
             out.dtmf.append({"digit": data.get("digit", ""), "at": at})
+        elif kind == "usage":
+            out.usage.add_event(data)
     if not out.barge_ins:
         out.barge_ins = [BargeIn(entry_ms(c), "", None) for c in clears]
     return out

@@ -51,6 +51,7 @@ from shared.streams import (
     ToolResult,
 )
 from shared.tool_calls import CallTools
+from shared.usage import usage_fields
 
 Role = Literal["user", "assistant"]
 # The live API refuses to commit less than 100 ms (input_audio_buffer_commit_empty).
@@ -92,6 +93,8 @@ class CallConversation:
     caller_speaking: bool = False
     # What the model has said of each reply item not yet done (kept if the session dies).
     partial: dict[str, str] = field(default_factory=dict)
+    # The model the sessions use, named in each response's ``usage`` event (its price).
+    model: str = ""
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
@@ -249,15 +252,17 @@ class CallConversation:
         if isinstance(event, ResponseDone):
             if self.active_response == event.response_id:
                 self.active_response = None
+            used = usage_fields(self.model, event.response_id, event.usage)
+            counted: list[Action] = [WriteEvent(CallEvent("usage", used))] if used else []
             if self.tools is None:
-                return []
+                return counted
             if event.status == "completed":
                 for call in event.calls:  # for a later session's context
                     self.transcript.append(
                         ("assistant", f"[I called the tool {call.name}({call.arguments[:500]})]")
                     )
             actions = self.tools.response_done(event.calls, event.status, self.heard, now_us)
-            return actions + self.tick(now_us)
+            return counted + actions + self.tick(now_us)
         if isinstance(event, InputCommitted):
             self.frames_since_commit = self.bytes_since_commit = 0
             return []

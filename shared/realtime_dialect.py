@@ -202,6 +202,8 @@ class ResponseDone:
     # The response's function calls; run only when the response completed (a cancelled or
     # interrupted response's calls are not run).
     calls: tuple[FunctionCall, ...] = ()
+    # response.usage as the server sent it (tokens by modality; read by shared.usage).
+    usage: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +593,13 @@ def _response_done(response: dict[str, Any]) -> ServerEvent:
                     _s(item, "status") or "completed",
                 )
             )
-    return ResponseDone(_s(response, "id"), _s(response, "status"), tuple(calls))
+    usage = response.get("usage")
+    return ResponseDone(
+        _s(response, "id"),
+        _s(response, "status"),
+        tuple(calls),
+        usage if isinstance(usage, dict) else None,
+    )
 
 
 def _response(d: dict[str, Any]) -> dict[str, Any]:

@@ -456,6 +456,7 @@ EventKind = Literal[
     "call_status",
     "supervisor",
     "stream_resumed",
+    "usage",
 ]
 
 
@@ -475,7 +476,10 @@ class CallEvent:
     duration_ms, output}; ``barge_in`` {item_id, heard_ms}. Written by the edge for an outbound
     call: ``amd`` {answered_by, action (voicemail|agent)} and ``call_status`` {status}, Twilio's
     word on the call (queued, ringing, in-progress, completed, busy, no-answer, failed,
-    canceled). Written by the console: ``supervisor`` {action: hangup}.
+    canceled). Written by the console: ``supervisor`` {action: hangup}. Written by the worker
+    for each response that used tokens: ``usage`` {model, response_id, and the counts by kind of
+    :mod:`shared.usage` (text_in, text_cached, audio_in, audio_cached, image_in, image_cached,
+    text_out, audio_out), those above 0 only}.
     """
 
     kind: EventKind
@@ -501,6 +505,7 @@ _EVENT_KINDS = {
     "call_status",
     "supervisor",
     "stream_resumed",
+    "usage",
 }
 
 

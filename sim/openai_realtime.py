@@ -59,6 +59,7 @@ from sim.realtime_tools import (
     function_call_item,
     stream_function_call,
 )
+from sim.realtime_usage import UsageMeter
 from sim.realtime_voice import synthetic_voice
 
 MIN_COMMIT_MS = 100
@@ -238,6 +239,7 @@ class EmulatedSession:
         self.expired_at: float | None = None  # wall clock
         self._changed = asyncio.Condition()
         self._record = record
+        self.meter = UsageMeter()  # response.done's usage (GA)
         # session state
         self.instructions = ""
         self.voice: Any = "alloy"
@@ -951,8 +953,24 @@ class EmulatedSession:
         record.status = "completed"
         self.active = None
         await self.send(
-            {"type": "response.done", "response": self._response_object(record, output)}
+            {"type": "response.done", "response": self._done_object(record, output, transcript)}
         )
+
+    def _done_object(
+        self, record: ResponseRecord, output: list[dict[str, Any]], text: str
+    ) -> dict[str, Any]:
+        """The response as response.done ends it: with its usage (GA; the beta's is left null)."""
+        obj = self._response_object(record, output)
+        if self.dialect == "ga":
+            before = [(i.role, i.audio_ms) for i in self.items.values() if i.id != record.item_id]
+            obj["usage"] = self.meter.response(
+                self.instructions,
+                before,
+                record.format.ms(len(record.audio)),
+                text,
+                speaks=record.speaks,
+            )
+        return obj
 
     def _scripted_calls(self, record: ResponseRecord) -> list[ScriptedToolCall]:
         """The tool calls scripted for the turn this response answers, of functions the
@@ -978,7 +996,7 @@ class EmulatedSession:
             await asyncio.gather(task, return_exceptions=True)
         record.status = "cancelled"
         record.cancel_reason = reason
-        await self.send({"type": "response.done", "response": self._response_object(record, [])})
+        await self.send({"type": "response.done", "response": self._done_object(record, [], "")})
 
 
 def _opens_with_audio(item: dict[str, Any]) -> bool:

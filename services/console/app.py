@@ -126,6 +126,11 @@ class CallDetailOut(CallOut):
         "{role: caller|assistant, start, end} in epoch ms"
     )
     recording: bool = Field(description="a recording can be fetched at .../recording")
+    usage: dict[str, Any] = Field(
+        description="the Realtime tokens the call used, summed from response.done's usage: "
+        "responses, tokens by kind, by_model, estimated_cost_usd (null when no model of the "
+        "call has a price), unpriced_models, prices_as_of (the built-in table's date)"
+    )
 
 
 class OutboundIn(BaseModel):
@@ -399,6 +404,7 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
             errors=[asdict(e) for e in view.errors],
             dtmf=view.dtmf,
             latency=view.latency,
+            usage=view.usage.report(settings.prices),
             turns=turns,
             recording=bool(recordings and (recordings / f"{call_sid}.wav").is_file()),
         )

@@ -46,6 +46,7 @@ from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import (
     FIRST_REPLY,
     REALTIME_ERRORS,
+    REALTIME_TOKENS,
     RECONNECTS,
     ROLLOVERS,
     label,
@@ -132,6 +133,7 @@ class RealtimeCall:
             greeting=greeting,
             rate=config.rate,
             context_chars=settings.realtime_context_chars,
+            model=config.model or settings.realtime_model,
             tools=CallTools(
                 tools,
                 CallIdentity(
@@ -447,7 +449,11 @@ class RealtimeCall:
         else:
             stream, fields = keys.events, action.event.encode()
             event = action.event
-            if event.kind == "transcript":
+            if event.kind == "usage":  # tokens by kind, never by call (no label per call)
+                for kind, count in event.data.items():
+                    if count.isdigit() and kind not in ("model", "response_id"):
+                        REALTIME_TOKENS.labels(kind).inc(int(count))
+            elif event.kind == "transcript":
                 log.info(
                     "transcript",
                     extra={"role": event.data.get("role"), "text": event.data.get("text")},

@@ -196,6 +196,12 @@ REANNOUNCED = Counter(
     "gateway_calls_reannounced_total", "Calls the edge registered again after Redis lost them"
 )
 REJECTED = Counter("gateway_rejected_total", "Inputs rejected, by reason", ["reason"])
+REALTIME_TOKENS = Counter(
+    "gateway_realtime_tokens_total",
+    "Tokens the Realtime sessions used, from response.done's usage, by kind (text_in, "
+    "text_cached, audio_in, audio_cached, image_in, image_cached, text_out, audio_out)",
+    ["kind"],
+)
 
 _LABEL_RE = re.compile(r"^[a-z0-9_.]{1,48}$")
 

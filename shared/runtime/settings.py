@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file, reasoning_mistake
 from shared.audio import AudioFormatError, resampling_ratio
 from shared.realtime_dialect import SessionConfig, TurnDetection
+from shared.usage import PriceTableError, load_prices
 
 Schema = Literal["audio", "flat", "auto"]
 
@@ -97,6 +98,12 @@ class Settings(BaseSettings):
     """The agent file (TOML, see the agent page): instructions, voice, greeting, turn detection,
     tools and the ``voicemail_message`` an answering machine gets. It overrides the ``REALTIME_*``
     variables above; a call's ``<Parameter>``s override it. Checked whole at start."""
+    realtime_prices: str = ""
+    """The price table that turns a call's tokens into an estimated cost: JSON
+    (``{"gpt-realtime": {"text_in": 4.0, ...}}``, US dollars per million tokens, every kind of
+    the usage page) or the path of a file holding it. A model named here replaces that model's
+    built-in prices; empty keeps the built-in table (dated; see the usage page), which the
+    operator must keep current."""
     # --- Tools ------------------------------------------------------------------------------------
     tool_calls_per_call: int = Field(50, ge=0, le=10_000)
     """Tool calls one phone call may make; beyond, the model is told so at once."""
@@ -322,6 +329,24 @@ class Settings(BaseSettings):
                 )
             object.__setattr__(self, "_agent_cache", agent)
         return self
+
+    @field_validator("realtime_prices")
+    @classmethod
+    def _prices(cls, value: str) -> str:
+        try:
+            load_prices(value)
+        except PriceTableError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def prices(self) -> dict[str, dict[str, float]]:
+        """The price table (US dollars per million tokens, by model and kind)."""
+        cached = self.__dict__.get("_prices_cache")
+        if not isinstance(cached, dict):
+            cached = load_prices(self.realtime_prices)
+            object.__setattr__(self, "_prices_cache", cached)
+        return cached
 
     @property
     def agent(self) -> Agent:
