@@ -274,6 +274,9 @@ class CallDetail:
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
     usage: CallUsage = field(default_factory=CallUsage)
+    # Remote MCP calls: the gateway's answers to approval requests and the calls the server ran,
+    # each {at, server, name, arguments, outcome, output, error, duration_ms} as recorded.
+    mcp_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _number(text: str | None) -> float | None:
@@ -334,6 +337,19 @@ def detail(
             out.dtmf.append({"digit": data.get("digit", ""), "at": at})
         elif kind == "usage":
             out.usage.add_event(data)
+        elif kind == "mcp_call":
+            out.mcp_calls.append(
+                {
+                    "at": at,
+                    "server": data.get("server", ""),
+                    "name": data.get("name", ""),
+                    "arguments": _arguments(data.get("arguments", "")),
+                    "outcome": data.get("outcome", ""),
+                    "output": data.get("output"),
+                    "error": data.get("error"),
+                    "duration_ms": _number(data.get("duration_ms")),
+                }
+            )
     if not out.barge_ins:
         out.barge_ins = [BargeIn(entry_ms(c), "", None) for c in clears]
     return out

@@ -25,6 +25,7 @@ from shared.call_actions import (
     WriteOutbound,
     send,
 )
+from shared.mcp import ApprovalRequest, CallMcp, McpCallStarted
 from shared.playback import HeardTracker
 from shared.realtime_dialect import (
     AudioDelta,
@@ -95,6 +96,8 @@ class CallConversation:
     partial: dict[str, str] = field(default_factory=dict)
     # The model the sessions use, named in each response's ``usage`` event (its price).
     model: str = ""
+    # The call's remote MCP calls (None: the agent declares no MCP server).
+    mcp: CallMcp | None = None
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
@@ -254,15 +257,17 @@ class CallConversation:
                 self.active_response = None
             used = usage_fields(self.model, event.response_id, event.usage)
             counted: list[Action] = [WriteEvent(CallEvent("usage", used))] if used else []
+            counted += self._mcp_done(event, now_us)
             if self.tools is None:
-                return counted
+                return counted + self._mcp_continue([])
             if event.status == "completed":
                 for call in event.calls:  # for a later session's context
                     self.transcript.append(
                         ("assistant", f"[I called the tool {call.name}({call.arguments[:500]})]")
                     )
             actions = self.tools.response_done(event.calls, event.status, self.heard, now_us)
-            return counted + actions + self.tick(now_us)
+            actions += self.tick(now_us)
+            return counted + actions + self._mcp_continue(actions)
         if isinstance(event, InputCommitted):
             self.frames_since_commit = self.bytes_since_commit = 0
             return []
@@ -273,6 +278,42 @@ class CallConversation:
             return self._transcript("user", event.transcript, event.item_id)
         if isinstance(event, ServerError):
             return self._error(event)
+        if isinstance(event, ApprovalRequest):
+            return self._mcp_approval(event)
+        if isinstance(event, McpCallStarted) and self.mcp is not None:
+            self.mcp.in_progress(event.item_id, now_us)
+        return []
+
+    # --- remote MCP calls ------------------------------------------------------------------------
+    def _mcp_approval(self, request: ApprovalRequest) -> list[Action]:
+        """Answer the model's request to call an MCP tool from the agent file's approve list
+        (refused when the agent has no such server), and record the decision."""
+        if self.mcp is None:
+            self.mcp = CallMcp({})  # refuse: nothing in the file approves anything
+        item, record = self.mcp.approval(request)
+        if item is None:
+            return []
+        actions: list[Action] = [
+            send(self.dialect.mcp_approval_response(item)),
+            WriteEvent(CallEvent("mcp_call", record)),
+        ]
+        return actions + self._mcp_continue([])
+
+    def _mcp_done(self, event: ResponseDone, now_us: int) -> list[Action]:
+        if self.mcp is None or not event.mcp_calls:
+            return []
+        return [
+            WriteEvent(CallEvent("mcp_call", r)) for r in self.mcp.done(event.mcp_calls, now_us)
+        ]
+
+    def _mcp_continue(self, actions: list[Action]) -> list[Action]:
+        """The ``response.create`` an approval is owed, once no response is active (and none
+        is being asked for by ``actions`` already)."""
+        if self.mcp is None or self.active_response is not None:
+            return []
+        asked = any(isinstance(a, SendToModel) and '"response.create"' in a.text for a in actions)
+        if self.mcp.continue_now() and not asked:
+            return [send(self.dialect.response_create())]
         return []
 
     def _audio(self, delta: AudioDelta, now_us: int) -> list[Action]:

@@ -139,3 +139,110 @@ def _headers(raw: Any, where: str, fail: Fail, environ: Mapping[str, str]) -> di
             raise fail(f"{where}.{name}", f"the environment variable {match.group(1)} is not set")
         headers[name] = value
     return headers
+
+
+# --- a call's MCP calls: approvals answered, each call recorded ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """The model asks to call ``name`` on ``server_label`` (an ``mcp_approval_request`` item)."""
+
+    item_id: str
+    server_label: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class McpCallItem:
+    """An ``mcp_call`` item as ``response.done`` lists it: the server ran it (or failed to)."""
+
+    item_id: str
+    server_label: str
+    name: str
+    arguments: str
+    output: str | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class CallMcp:
+    """One call's MCP calls, across its sessions. Pure: events in, what to do out.
+
+    Approval requests are answered at once from the agent file (:meth:`McpServer.approves`);
+    the model goes on only with a new ``response.create``, which waits for the response that
+    asked to end (the live API refuses a second active response). Each call is recorded once,
+    with its duration from ``response.mcp_call.in_progress`` to the ``response.done`` that
+    lists it."""
+
+    servers: Mapping[str, McpServer]
+    started_us: dict[str, int] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
+    recorded: set[str] = field(default_factory=set)
+    continue_after_response: bool = False
+
+    def approval(self, request: ApprovalRequest) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        """The ``mcp_approval_response`` item to send (``None``: already answered) and the event
+        recording the decision (an ``mcp_call`` event with outcome ``approved`` or ``refused``)."""
+        if request.item_id in self.answered:
+            return None, {}
+        self.answered.add(request.item_id)
+        server = self.servers.get(request.server_label)
+        approve = server is not None and server.approves(request.name)
+        self.continue_after_response = True
+        item: dict[str, Any] = {
+            "type": "mcp_approval_response",
+            "id": f"apr_{request.item_id}"[:64],
+            "approval_request_id": request.item_id,
+            "approve": approve,
+        }
+        if not approve:
+            item["reason"] = "not in the agent file's approve list"
+        record = {
+            "item_id": request.item_id,
+            "server": request.server_label,
+            "name": request.name,
+            "arguments": request.arguments[:2000],
+            "outcome": "approved" if approve else "refused",
+        }
+        return item, record
+
+    def in_progress(self, item_id: str, now_us: int) -> None:
+        self.started_us.setdefault(item_id, now_us)
+
+    def done(self, calls: tuple[McpCallItem, ...], now_us: int) -> list[dict[str, str]]:
+        """The ``mcp_call`` events of a response's finished calls (each recorded once)."""
+        out = []
+        for call in calls:
+            if call.item_id in self.recorded:
+                continue
+            self.recorded.add(call.item_id)
+            started = self.started_us.pop(call.item_id, None)
+            record = {
+                "item_id": call.item_id,
+                "server": call.server_label,
+                "name": call.name,
+                "arguments": call.arguments[:2000],
+                "outcome": "error" if call.error else "ok",
+                "output": (call.output or "")[:2000],
+            }
+            if call.error:
+                record["error"] = call.error[:500]
+            if started is not None:
+                record["duration_ms"] = str(max(0, now_us - started) // 1000)
+            out.append(record)
+        return out
+
+    def continue_now(self) -> bool:
+        """Whether a ``response.create`` is owed now that no response is active (after an
+        approval the model waits for one)."""
+        owed, self.continue_after_response = self.continue_after_response, False
+        return owed
+
+
+@dataclass(frozen=True, slots=True)
+class McpCallStarted:
+    """``response.mcp_call.in_progress``: the server began running an MCP call."""
+
+    item_id: str

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from shared.mcp import ApprovalRequest, McpCallItem, McpCallStarted
+
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 
@@ -204,6 +206,8 @@ class ResponseDone:
     calls: tuple[FunctionCall, ...] = ()
     # response.usage as the server sent it (tokens by modality; read by shared.usage).
     usage: Mapping[str, Any] | None = None
+    # The remote MCP calls the server ran in this response (GA).
+    mcp_calls: tuple[McpCallItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,8 @@ ServerEvent = (
     | ResponseCreated
     | ResponseDone
     | ServerError
+    | ApprovalRequest
+    | McpCallStarted
     | OtherEvent
 )
 
@@ -445,6 +451,11 @@ class RealtimeDialect:
         }
 
     @staticmethod
+    def mcp_approval_response(item: Mapping[str, Any]) -> dict[str, Any]:
+        """The gateway's answer to the model's ``mcp_approval_request`` (GA only)."""
+        return {"type": "conversation.item.create", "item": dict(item)}
+
+    @staticmethod
     def system_text_item(text: str) -> dict[str, Any]:
         """A note to the model from the gateway, e.g. a tool's result for a call the session
         did not make (it went with a session that is gone)."""
@@ -582,7 +593,22 @@ def _session_created(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
 def _response_done(response: dict[str, Any]) -> ServerEvent:
     output = response.get("output")
     calls = []
+    mcp_calls = []
     for item in output if isinstance(output, list) else []:
+        if isinstance(item, dict) and item.get("type") == "mcp_call":
+            error = item.get("error")
+            mcp_calls.append(
+                McpCallItem(
+                    _s(item, "id"),
+                    _s(item, "server_label"),
+                    _s(item, "name"),
+                    _s(item, "arguments"),
+                    item["output"] if isinstance(item.get("output"), str) else None,
+                    (_s(error, "message") or _s(error, "type") or "error")
+                    if isinstance(error, dict)
+                    else None,
+                )
+            )
         if isinstance(item, dict) and item.get("type") == "function_call":
             calls.append(
                 FunctionCall(
@@ -599,7 +625,17 @@ def _response_done(response: dict[str, Any]) -> ServerEvent:
         _s(response, "status"),
         tuple(calls),
         usage if isinstance(usage, dict) else None,
+        tuple(mcp_calls),
     )
+
+
+def _item_done(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
+    item = d.get("item")
+    if isinstance(item, dict) and item.get("type") == "mcp_approval_request":
+        return ApprovalRequest(
+            _s(item, "id"), _s(item, "server_label"), _s(item, "name"), _s(item, "arguments")
+        )
+    return OtherEvent(_s(d, "type"))
 
 
 def _response(d: dict[str, Any]) -> dict[str, Any]:
@@ -638,6 +674,9 @@ _HANDLERS: dict[str, _Handler] = {
     "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
     "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
     "response.done": lambda _, d: _response_done(_response(d)),
+    "response.output_item.done": _item_done,
+    "conversation.item.done": _item_done,
+    "response.mcp_call.in_progress": lambda _, d: McpCallStarted(_s(d, "item_id")),
     "error": _error,
 }
 

@@ -457,6 +457,7 @@ EventKind = Literal[
     "supervisor",
     "stream_resumed",
     "usage",
+    "mcp_call",
 ]
 
 
@@ -479,7 +480,9 @@ class CallEvent:
     canceled). Written by the console: ``supervisor`` {action: hangup}. Written by the worker
     for each response that used tokens: ``usage`` {model, response_id, and the counts by kind of
     :mod:`shared.usage` (text_in, text_cached, audio_in, audio_cached, image_in, image_cached,
-    text_out, audio_out), those above 0 only}.
+    text_out, audio_out), those above 0 only}; ``mcp_call`` {item_id, server, name, arguments,
+    outcome (approved|refused: the gateway's answer to an approval request; ok|error: the call
+    the server ran), output, error, duration_ms}.
     """
 
     kind: EventKind
@@ -506,6 +509,7 @@ _EVENT_KINDS = {
     "supervisor",
     "stream_resumed",
     "usage",
+    "mcp_call",
 }
 
 

@@ -42,6 +42,7 @@ from shared.audio import (
     mulaw_decode,
     mulaw_encode,
 )
+from sim.realtime_mcp import ScriptedMcpCall, ScriptedMcpServer, SessionMcp
 from sim.realtime_rules import (
     CLIENT_EVENTS,
     PCM_24K,
@@ -174,6 +175,7 @@ class ResponseRecord:
     turn: int = 0  # the caller's turn this response answers (0: not one, e.g. a greeting)
     session_turn: int = 0  # the same, counted in this session alone
     audio: bytearray = field(default_factory=bytearray)  # wire bytes of ``format``
+    mcp_items: list[dict[str, Any]] = field(default_factory=list)  # sim/realtime_mcp.py
 
     @property
     def speaks(self) -> bool:
@@ -240,6 +242,7 @@ class EmulatedSession:
         self._changed = asyncio.Condition()
         self._record = record
         self.meter = UsageMeter()  # response.done's usage (GA)
+        self.mcp = SessionMcp(emulator.mcp_servers, emulator.mcp_calls)  # remote MCP (GA)
         # session state
         self.instructions = ""
         self.voice: Any = "alloy"
@@ -517,6 +520,8 @@ class EmulatedSession:
         check_session(self.dialect, e.get("session"))
         self._apply_session(e["session"])
         await self.send({"type": "session.updated", "session": self.session_object()})
+        if self.dialect == "ga":
+            await self.mcp.declare(self.tools, self.send)
 
     async def _on_input_audio_buffer_append(self, e: dict[str, Any]) -> None:
         audio = e.get("audio")
@@ -634,8 +639,15 @@ class EmulatedSession:
             "message",
             "function_call",
             "function_call_output",
+            "mcp_approval_response",
         ):
             raise Rejection("invalid_value", "Invalid 'item.type'.", "item.type")
+        if item["type"] == "mcp_approval_response" and not self.mcp.answer(item):
+            raise Rejection(
+                "invalid_value",
+                f"No approval request '{item.get('approval_request_id')}' awaits an answer.",
+                "item.approval_request_id",
+            )
         ok_types = {
             "user": {"input_text", "input_audio"},
             "system": {"input_text"},
@@ -853,10 +865,14 @@ class EmulatedSession:
         }
         audio, transcript = self._reply(record)
         kind = "audio" if record.speaks else "text"
+        run, ask = self.mcp.plan(record.turn)
+        refused = self.mcp.take_refusals()
         try:
             await self.send(
                 {"type": "response.created", "response": self._response_object(record, [])}
             )
+            if run or ask or refused:
+                audio, transcript = await self._mcp_steps(record, run, ask, bool(refused))
             await self.send(
                 {
                     "type": "response.output_item.added",
@@ -882,6 +898,33 @@ class EmulatedSession:
             await self._finish(record, ids, item, kind, transcript)
         except ConnectionClosed:
             self.active = None
+
+    async def _mcp_steps(
+        self,
+        record: ResponseRecord,
+        run: list[ScriptedMcpCall],
+        ask: list[ScriptedMcpCall],
+        refused: bool,
+    ) -> tuple[bytes, str]:
+        """Run the response's MCP calls (or ask approval for them) before it speaks; what it
+        then says: the calls' results, a word before the approval, or a refusal's apology."""
+        for call in ask:
+            record.mcp_items.append(await self.mcp.ask(call, record.id, self.send))
+        results = []
+        for call in run:
+            item = await self.mcp.run(call, record.id, self.send, lambda: asyncio.sleep(0.05))
+            record.mcp_items.append(item)
+            results.append(item.get("output") or "the tool failed")
+        if results:
+            text = f"Here is what I found: {'; '.join(results)[:160]}"
+        elif ask:
+            text = "Let me look that up for you."
+        else:
+            text = "I am sorry, I am not allowed to do that."
+        spoken = text if not results else "Here is what I found."
+        fmt = record.format
+        audio = encode(fmt, synthetic_voice(spoken, fmt.rate)) if record.speaks else b""
+        return audio, text
 
     async def _stream_audio(
         self, record: ResponseRecord, ids: dict[str, Any], audio: bytes, transcript: str
@@ -940,7 +983,7 @@ class EmulatedSession:
             await self.send(
                 {"type": "conversation.item.done", "previous_item_id": None, "item": item}
             )
-        output = [item]
+        output = [*record.mcp_items, item]
         for scripted in self._scripted_calls(record):
             call = function_call_item(
                 _id("item"), _id("call"), scripted.name, json.dumps(scripted.arguments)
@@ -1063,6 +1106,8 @@ class RealtimeEmulator:
         keep_sessions: int | None = None,
         tool_calls: list[ScriptedToolCall] | None = None,
         max_session_seconds: float = 0.0,
+        mcp_servers: list[ScriptedMcpServer] | None = None,
+        mcp_calls: list[ScriptedMcpCall] | None = None,
     ) -> None:
         """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
         tests that inspect them). A long-running stand-in keeps only the newest, or it would
@@ -1074,6 +1119,9 @@ class RealtimeEmulator:
         self.reply_chunk_ms = reply_chunk_ms
         # Scripted function calls (sim/realtime_tools.py): a test's or the demo's control.
         self.tool_calls: list[ScriptedToolCall] = list(tool_calls or [])
+        # Scripted remote MCP servers and calls (sim/realtime_mcp.py).
+        self.mcp_servers: list[ScriptedMcpServer] = list(mcp_servers or [])
+        self.mcp_calls: list[ScriptedMcpCall] = list(mcp_calls or [])
         # The live API ends a session after 60 minutes (GA; 30 beta): a test sets seconds.
         self.max_session_seconds = max_session_seconds
         # Caller turns answered, over all sessions: a scripted tool call's turn counts these, so

@@ -126,6 +126,11 @@ class CallDetailOut(CallOut):
         "{role: caller|assistant, start, end} in epoch ms"
     )
     recording: bool = Field(description="a recording can be fetched at .../recording")
+    mcp_calls: list[dict[str, Any]] = Field(
+        description="remote MCP calls: {at, server, name, arguments, outcome (approved|refused: "
+        "the gateway's answer to an approval request; ok|error: a call the server ran), output, "
+        "error, duration_ms}"
+    )
     usage: dict[str, Any] = Field(
         description="the Realtime tokens the call used, summed from response.done's usage: "
         "responses, tokens by kind, by_model, estimated_cost_usd (null when no model of the "
@@ -405,6 +410,7 @@ def create_app(settings: Settings, redis: aioredis.Redis) -> FastAPI:
             dtmf=view.dtmf,
             latency=view.latency,
             usage=view.usage.report(settings.prices),
+            mcp_calls=view.mcp_calls,
             turns=turns,
             recording=bool(recordings and (recordings / f"{call_sid}.wav").is_file()),
         )

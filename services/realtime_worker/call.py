@@ -35,6 +35,7 @@ from shared.call_actions import (
     WriteOutbound,
 )
 from shared.conversation import CallConversation, Role
+from shared.mcp import CallMcp
 from shared.realtime_dialect import (
     RealtimeDialect,
     RealtimeProtocolError,
@@ -45,6 +46,7 @@ from shared.realtime_handshake import RealtimeHandshake
 from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import (
     FIRST_REPLY,
+    MCP_CALLS,
     REALTIME_ERRORS,
     REALTIME_TOKENS,
     RECONNECTS,
@@ -134,6 +136,9 @@ class RealtimeCall:
             rate=config.rate,
             context_chars=settings.realtime_context_chars,
             model=config.model or settings.realtime_model,
+            mcp=CallMcp({s.label: s for s in settings.agent.mcp_servers})
+            if settings.agent.mcp_servers
+            else None,
             tools=CallTools(
                 tools,
                 CallIdentity(
@@ -453,6 +458,15 @@ class RealtimeCall:
                 for kind, count in event.data.items():
                     if count.isdigit() and kind not in ("model", "response_id"):
                         REALTIME_TOKENS.labels(kind).inc(int(count))
+            elif event.kind == "mcp_call":
+                data = event.data
+                known = self.core.mcp.servers if self.core.mcp else {}
+                server = data.get("server", "")  # a label of the agent file's: bounded
+                MCP_CALLS.labels(server if server in known else "other", data["outcome"]).inc()
+                log.info(
+                    "mcp call",
+                    extra={k: data.get(k) for k in ("server", "name", "outcome", "duration_ms")},
+                )
             elif event.kind == "transcript":
                 log.info(
                     "transcript",

@@ -196,6 +196,12 @@ REANNOUNCED = Counter(
     "gateway_calls_reannounced_total", "Calls the edge registered again after Redis lost them"
 )
 REJECTED = Counter("gateway_rejected_total", "Inputs rejected, by reason", ["reason"])
+MCP_CALLS = Counter(
+    "gateway_mcp_calls_total",
+    "Remote MCP calls, by the agent file's server label and outcome (approved, refused: the "
+    "gateway's answers to approval requests; ok, error: the calls the server ran)",
+    ["server", "outcome"],
+)
 REALTIME_TOKENS = Counter(
     "gateway_realtime_tokens_total",
     "Tokens the Realtime sessions used, from response.done's usage, by kind (text_in, "
