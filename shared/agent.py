@@ -69,6 +69,8 @@ _TURN_KEYS = {
     "idle_timeout_ms",
     "create_response",
     "interrupt_response",
+    "idle_prompts",
+    "idle_action",
 }
 _TOOL_KEYS = {"name", "description", "url", "parameters", "timeout_ms", "action", "to"}
 _TOOL_KEYS_ALL = _TOOL_KEYS | {"destinations"}
@@ -85,6 +87,10 @@ class TurnDetectionConfig:
     type: TurnDetectionType = "server_vad"
     # Only the knobs the file sets; each dialect takes the ones it has.
     knobs: Mapping[str, Any] = field(default_factory=dict)
+    # The gateway's own (never sent): after idle_timeout_ms of silence the model may ask this
+    # many times, then idle_action ("hang_up") ends the call after a goodbye.
+    idle_prompts: int = 0
+    idle_action: Literal["hang_up"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +293,21 @@ def _turn_detection(raw: Any, fail: Any) -> TurnDetectionConfig | None:
     kind = raw.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad", "none"):
         raise fail("turn_detection.type", "must be server_vad, semantic_vad or none")
-    knobs = {k: v for k, v in raw.items() if k != "type"}
+    idle_prompts = raw.get("idle_prompts", 1 if "idle_action" in raw else None)
+    idle_action = raw.get("idle_action")
+    if (idle_prompts is not None or idle_action is not None) and "idle_timeout_ms" not in raw:
+        raise fail("turn_detection.idle_action", "needs idle_timeout_ms (server_vad)")
+    if idle_prompts is not None and idle_action is None:
+        raise fail("turn_detection.idle_prompts", 'needs idle_action = "hang_up"')
+    if idle_action is not None and idle_action != "hang_up":
+        raise fail("turn_detection.idle_action", "must be hang_up")
+    if idle_prompts is not None and not (
+        isinstance(idle_prompts, int)
+        and not isinstance(idle_prompts, bool)
+        and 0 <= idle_prompts <= 10
+    ):
+        raise fail("turn_detection.idle_prompts", "must be a whole number from 0 to 10")
+    knobs = {k: v for k, v in raw.items() if k not in ("type", "idle_prompts", "idle_action")}
     allowed = {
         "server_vad": {
             "threshold",
@@ -318,7 +338,7 @@ def _turn_detection(raw: Any, fail: Any) -> TurnDetectionConfig | None:
             raise fail(f"turn_detection.{key}", "must be a whole number of ms from 0 to 600000")
         if key in ("create_response", "interrupt_response") and not isinstance(value, bool):
             raise fail(f"turn_detection.{key}", "must be true or false")
-    return TurnDetectionConfig(kind, knobs)
+    return TurnDetectionConfig(kind, knobs, idle_prompts or 0, idle_action)
 
 
 def _tool(raw: Any, where: str, fail: Any) -> Tool:

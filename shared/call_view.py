@@ -43,6 +43,7 @@ _OUTCOMES = {
     "model_hung_up": "model_hung_up",
     "transferred": "transferred",
     "supervisor_hung_up": "supervisor_hung_up",
+    "caller_idle": "caller_idle",
     "socket_closed": "disconnected",
     "completed": "completed",
     "failed": "failed",

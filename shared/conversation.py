@@ -20,16 +20,19 @@ from shared.call_actions import (
     EndCall,
     Measure,
     SendToModel,
+    SetDisposition,
     WriteCommand,
     WriteEvent,
     WriteOutbound,
     send,
 )
+from shared.idle import GOODBYE, IDLE_REASON, IdleWatch
 from shared.mcp import ApprovalRequest, CallMcp, McpCallStarted
 from shared.playback import HeardTracker
 from shared.realtime_dialect import (
     AudioDelta,
     ErrorKind,
+    IdleTimeout,
     InputCommitted,
     InputTranscript,
     RealtimeDialect,
@@ -47,6 +50,7 @@ from shared.streams import (
     ClearPlayback,
     Control,
     DtmfPressed,
+    HangUp,
     MarkPlayed,
     OutboundChunk,
     ToolResult,
@@ -98,6 +102,8 @@ class CallConversation:
     model: str = ""
     # The call's remote MCP calls (None: the agent declares no MCP server).
     mcp: CallMcp | None = None
+    # A silent caller asked, then hung up on (None: the agent file sets no idle_action).
+    idle: IdleWatch | None = None
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
@@ -239,6 +245,8 @@ class CallConversation:
             return self._audio(event, now_us)
         if isinstance(event, SpeechStarted):
             self.caller_speaking = True
+            if self.idle is not None:
+                self.idle.caller_spoke()
             return self._barge_in()
         if isinstance(event, SpeechStopped):
             self.caller_speaking = False
@@ -251,6 +259,10 @@ class CallConversation:
             self.active_response = event.response_id
             if self.tools is not None:
                 self.tools.awaiting_response = False
+            if self.idle is not None and self.idle.response_created(event.response_id):
+                # The server's answer to one silence too many: never heard; a goodbye instead.
+                self.cancelled.add(event.response_id)
+                return [send(self.dialect.cancel_response())]
             return []
         if isinstance(event, ResponseDone):
             if self.active_response == event.response_id:
@@ -258,6 +270,7 @@ class CallConversation:
             used = usage_fields(self.model, event.response_id, event.usage)
             counted: list[Action] = [WriteEvent(CallEvent("usage", used))] if used else []
             counted += self._mcp_done(event, now_us)
+            counted += self._idle_done(event, now_us)
             if self.tools is None:
                 return counted + self._mcp_continue([])
             if event.status == "completed":
@@ -282,7 +295,38 @@ class CallConversation:
             return self._mcp_approval(event)
         if isinstance(event, McpCallStarted) and self.mcp is not None:
             self.mcp.in_progress(event.item_id, now_us)
+        if isinstance(event, IdleTimeout) and self.idle is not None:
+            over = self.idle.timeout()
+            return [
+                WriteEvent(
+                    CallEvent(
+                        "idle",
+                        {"timeouts": str(self.idle.timeouts), "hang_up": "1" if over else "0"},
+                    )
+                )
+            ]
         return []
+
+    # --- a silent caller --------------------------------------------------------------------------
+    def _idle_done(self, event: ResponseDone, now_us: int) -> list[Action]:
+        idle = self.idle
+        if idle is None or self.active_response is not None:
+            return []
+        unheard_us = int(self.heard.unheard_ms() * 1000)
+        if idle.response_done(event.response_id, unheard_us, now_us):
+            return [send(self.dialect.response_create(GOODBYE))]
+        return []
+
+    def _idle_due(self, now_us: int) -> list[Action]:
+        """The goodbye was heard: the call ends as a hang_up tool ends it."""
+        idle = self.idle
+        if idle is None or not idle.ends_now(self.heard.playing() is not None, now_us):
+            return []
+        return [
+            SetDisposition("hang_up", ""),
+            WriteCommand(HangUp(IDLE_REASON)),
+            EndCall(IDLE_REASON),
+        ]
 
     # --- remote MCP calls ------------------------------------------------------------------------
     def _mcp_approval(self, request: ApprovalRequest) -> list[Action]:
@@ -378,11 +422,11 @@ class CallConversation:
         last words were heard, a word to the caller while a slow tool runs."""
         tools = self.tools
         if tools is None:
-            return []
+            return self._idle_due(now_us)
         busy = self.active_response is not None or tools.awaiting_response
         actions: list[Action] = [] if busy else tools.deliver(self.dialect)
         busy = busy or tools.awaiting_response
-        return actions + tools.due(self.heard, now_us, busy, self.dialect)
+        return actions + tools.due(self.heard, now_us, busy, self.dialect) + self._idle_due(now_us)
 
     def restore(self, transcript: Sequence[tuple[Role, str]], greeted: bool) -> None:
         """After a worker restart: what the previous owner had (read back from Redis)."""

@@ -177,6 +177,13 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class IdleTimeout:
+    """``input_audio_buffer.timeout_triggered``: the caller stayed silent for idle_timeout_ms."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class InputCommitted:
     item_id: str
 
@@ -241,6 +248,7 @@ ServerEvent = (
     | ServerError
     | ApprovalRequest
     | McpCallStarted
+    | IdleTimeout
     | OtherEvent
 )
 
@@ -672,6 +680,7 @@ _HANDLERS: dict[str, _Handler] = {
         _i(d, "audio_end_ms"), _s(d, "item_id")
     ),
     "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
+    "input_audio_buffer.timeout_triggered": lambda _, d: IdleTimeout(_s(d, "item_id")),
     "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
     "response.done": lambda _, d: _response_done(_response(d)),
     "response.output_item.done": _item_done,

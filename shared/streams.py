@@ -458,6 +458,7 @@ EventKind = Literal[
     "stream_resumed",
     "usage",
     "mcp_call",
+    "idle",
 ]
 
 
@@ -482,7 +483,8 @@ class CallEvent:
     :mod:`shared.usage` (text_in, text_cached, audio_in, audio_cached, image_in, image_cached,
     text_out, audio_out), those above 0 only}; ``mcp_call`` {item_id, server, name, arguments,
     outcome (approved|refused: the gateway's answer to an approval request; ok|error: the call
-    the server ran), output, error, duration_ms}.
+    the server ran), output, error, duration_ms}; ``idle`` {timeouts (since the caller last
+    spoke), hang_up (1: one too many, the goodbye follows)}.
     """
 
     kind: EventKind
@@ -510,6 +512,7 @@ _EVENT_KINDS = {
     "stream_resumed",
     "usage",
     "mcp_call",
+    "idle",
 }
 
 

@@ -42,6 +42,7 @@ from shared.audio import (
     mulaw_decode,
     mulaw_encode,
 )
+from sim.realtime_idle import IDLE_PROMPT, IdleClock
 from sim.realtime_mcp import ScriptedMcpCall, ScriptedMcpServer, SessionMcp
 from sim.realtime_rules import (
     CLIENT_EVENTS,
@@ -242,6 +243,7 @@ class EmulatedSession:
         self._changed = asyncio.Condition()
         self._record = record
         self.meter = UsageMeter()  # response.done's usage (GA)
+        self.idle = IdleClock()  # server VAD's idle_timeout_ms (GA)
         self.mcp = SessionMcp(emulator.mcp_servers, emulator.mcp_calls)  # remote MCP (GA)
         # session state
         self.instructions = ""
@@ -753,11 +755,29 @@ class EmulatedSession:
             if level > VAD_THRESHOLD_DBFS:
                 self.silence_ms = 0.0
                 if not self.speaking:
+                    self.idle.pause()
                     await self._speech_started(td)
             elif self.speaking:
                 self.silence_ms += VAD_WINDOW_MS
                 if self.silence_ms >= td.get("silence_duration_ms", 500):
                     await self._speech_stopped(td)
+            elif self.active is None and (
+                span := self.idle.due(self.audio_ms, td.get("idle_timeout_ms"))
+            ):
+                await self._idle_timeout(*span)
+
+    async def _idle_timeout(self, start_ms: float, end_ms: float) -> None:
+        """The caller stayed silent for idle_timeout_ms: say so, and answer it (the server's
+        own response, which the client may cancel)."""
+        await self.send(
+            {
+                "type": "input_audio_buffer.timeout_triggered",
+                "audio_start_ms": int(start_ms),
+                "audio_end_ms": int(end_ms),
+                "item_id": _id("item"),
+            }
+        )
+        self._start_response({"instructions": IDLE_PROMPT})
 
     async def _speech_started(self, td: dict[str, Any]) -> None:
         self.speaking = True
@@ -784,6 +804,7 @@ class EmulatedSession:
             }
         )
         await self._commit(item_id)
+        self.idle.reset(self.audio_ms)
         if td.get("create_response", True) and self.active is None:
             self._start_response({})
 
@@ -1004,6 +1025,8 @@ class EmulatedSession:
     ) -> dict[str, Any]:
         """The response as response.done ends it: with its usage (GA; the beta's is left null)."""
         obj = self._response_object(record, output)
+        # Silence counts from the end of this response's audio, as the caller hears it.
+        self.idle.reset(self.audio_ms + record.format.ms(len(record.audio)))
         if self.dialect == "ga":
             before = [(i.role, i.audio_ms) for i in self.items.values() if i.id != record.item_id]
             obj["usage"] = self.meter.response(

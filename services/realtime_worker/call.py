@@ -35,6 +35,7 @@ from shared.call_actions import (
     WriteOutbound,
 )
 from shared.conversation import CallConversation, Role
+from shared.idle import IdleWatch
 from shared.mcp import CallMcp
 from shared.realtime_dialect import (
     RealtimeDialect,
@@ -138,6 +139,9 @@ class RealtimeCall:
             model=config.model or settings.realtime_model,
             mcp=CallMcp({s.label: s for s in settings.agent.mcp_servers})
             if settings.agent.mcp_servers
+            else None,
+            idle=IdleWatch(turn.idle_prompts)
+            if (turn := settings.agent.turn_detection) and turn.idle_action == "hang_up"
             else None,
             tools=CallTools(
                 tools,
