@@ -343,6 +343,11 @@ def decode_control(fields: Fields) -> Control:
 TOOL_CALLS_STREAM = b"gw:tools"
 TOOL_RUNNER_GROUP = b"tool_runner"
 TOOL_CALLS_MAXLEN = 100_000
+# End-of-call reports to deliver (POST_CALL_WEBHOOK_URL): one entry per ended call, written by
+# the worker, taken by the tool runners' group (shared.call_report has the entry's codec).
+REPORTS_STREAM = b"gw:reports"
+REPORTS_GROUP = b"reporters"
+REPORTS_MAXLEN = 100_000
 MAX_TOOL_ARGUMENTS_BYTES = 16 * 1024  # the model's arguments, as JSON text
 MAX_TOOL_OUTPUT_BYTES = 64 * 1024  # a tool's answer, as the model gets it
 

@@ -34,6 +34,7 @@ from shared.call_actions import (
     WriteEvent,
     WriteOutbound,
 )
+from shared.call_report import ReportRequest
 from shared.conversation import CallConversation, Role
 from shared.idle import IdleWatch
 from shared.mcp import CallMcp
@@ -63,6 +64,8 @@ from shared.streams import (
     META_REANNOUNCED,
     META_TRANSFER_TO,
     META_WORKER_CURSOR,
+    REPORTS_MAXLEN,
+    REPORTS_STREAM,
     TOOL_CALLS_MAXLEN,
     TOOL_CALLS_STREAM,
     CallEvent,
@@ -173,6 +176,11 @@ class RealtimeCall:
         )
         self.next_attempt_at = 0.0
         self.closing: set[asyncio.Task[None]] = set()  # sessions being closed after a rollover
+        # The end-of-call report's analysis, or why there is none (POST_CALL_WEBHOOK_URL).
+        self.analysis: tuple[dict[str, Any] | None, str] = (
+            None,
+            "the agent file has no [analysis]",
+        )
 
     # --- the call, session after session ----------------------------------------------------------
     async def run(self, recovered: bool) -> str:
@@ -520,9 +528,13 @@ class RealtimeCall:
             self._write(WriteCommand(HangUp(outcome)))
         self._write(WriteEvent(CallEvent("ended", {"reason": outcome})))
         worker.writer.add(keys.out_pcm, StreamEnd(outcome).encode())
+        if worker.settings.post_call_webhook_url:
+            request = ReportRequest(self.call.call_sid, *self.analysis)
+            worker.writer.add(REPORTS_STREAM, request.encode(), maxlen=REPORTS_MAXLEN)
         try:
             await self.save_cursors()
-            await asyncio.wait_for(worker.writer.flush(keys.out_pcm, keys.cmd, keys.events), 5.0)
+            flushed = (keys.out_pcm, keys.cmd, keys.events, REPORTS_STREAM)
+            await asyncio.wait_for(worker.writer.flush(*flushed), 5.0)
             await expire_all(worker.redis, keys.all(), worker.settings.call_retention_seconds)
         except (*RETRYABLE, TimeoutError) as exc:
             log.warning("could not finish the call cleanly in redis: %s", exc)

@@ -24,6 +24,7 @@ import httpx
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
+from services.tool_runner.reports import ReportSender
 from shared.agent import Tool
 from shared.backoff import Backoff
 from shared.runtime.lifecycle import run_service, serve_stage
@@ -77,12 +78,15 @@ class ToolRunner:
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
         self.running: dict[bytes, asyncio.Task[None]] = {}  # by entry ID
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # End-of-call reports (POST_CALL_WEBHOOK_URL), sent from here too.
+        self.reports = ReportSender(settings, redis, self.http)
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._take(), self._keep()]
+        return [self._take(), self._keep(), *self.reports.loops()]
 
     async def stop(self) -> None:
         """Stop taking calls; the ones still running stay pending for another instance."""
+        await self.reports.stop()
         for task in self.running.values():
             task.cancel()
         if self.running:

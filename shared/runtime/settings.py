@@ -113,7 +113,12 @@ class Settings(BaseSettings):
     """A tool still running this long gets the model to tell the caller, once per call, that it
     is still on it."""
     tools_signing_secret: SecretStr | None = None
-    """When set, signs every HTTP tool request (``X-Gateway-Signature``)."""
+    """When set, signs every HTTP tool request (``X-Gateway-Signature``), and every end-of-call
+    report."""
+    post_call_webhook_url: str = ""
+    """When set, each call's end-of-call report is POSTed here (JSON, signed like the tool
+    requests, ``Idempotency-Key: report-<CallSid>``), retried with backoff until a 2xx; the tool
+    runners send it (see the usage and reports page)."""
 
     # --- Long calls: Realtime sessions one after another ---------------------------------------
     realtime_session_max_seconds: int = Field(3300, ge=0, le=86_400)
@@ -329,6 +334,14 @@ class Settings(BaseSettings):
                 )
             object.__setattr__(self, "_agent_cache", agent)
         return self
+
+    @field_validator("post_call_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("https", "http") or not parts.hostname):
+            raise ValueError("must be an http(s):// URL with a host")
+        return value
 
     @field_validator("realtime_prices")
     @classmethod

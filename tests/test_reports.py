@@ -1,0 +1,192 @@
+"""End-of-call reports: built from the call's events, signed like the tool requests with one
+Idempotency-Key, and delivered at least once through a consumer group, even when the sender is
+killed mid-delivery (its restart sends the pending report again)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from services.tool_runner.reports import ReportSender
+from shared.call_report import (
+    ReportRequest,
+    build_report,
+    decode_report_request,
+    delivered,
+    report_body,
+    report_headers,
+)
+from shared.call_view import Origin, TimedEvent
+from shared.runtime.settings import load_settings
+from shared.streams import (
+    META_PARAMS,
+    META_STARTED_US,
+    REPORTS_GROUP,
+    REPORTS_STREAM,
+    CallEvent,
+    CallKeys,
+    StreamEntryError,
+)
+from shared.usage import DEFAULT_PRICES
+from sim.tool_server import signature_ok
+from tests.conftest import RedisServer, wait_for
+
+SID = "CA" + "1" * 32
+SECRET = "report-secret"
+EVENTS = [
+    CallEvent("session", {"combo": "GA"}),
+    CallEvent("transcript", {"role": "caller", "text": "Where is my order?", "item_id": "u1"}),
+    CallEvent("tool_call", {"call_id": "c1", "name": "lookup_order", "arguments": '{"id":"7"}'}),
+    CallEvent("dtmf", {"digit": "5"}),
+    CallEvent("barge_in", {"item_id": "a1", "heard_ms": "800"}),
+    CallEvent("mcp_call", {"server": "crm", "name": "find", "outcome": "ok", "output": "Ada"}),
+    CallEvent("usage", {"model": "gpt-realtime", "response_id": "r1", "audio_out": "1000"}),
+    CallEvent("ended", {"reason": "caller_hung_up"}),
+]
+META = {
+    META_STARTED_US: b"1700000000000000",
+    META_PARAMS: b'{"From": "+15550001111", "To": "+15550002222"}',
+}
+
+
+def test_the_report_says_what_happened_on_the_call() -> None:
+    origin = Origin.from_meta(SID, META)
+    assert origin is not None
+    timed = [TimedEvent(f"{1700000000000 + i}-0".encode(), e) for i, e in enumerate(EVENTS)]
+    analysis = {"resolved": True, "reason": "order found"}
+    report = build_report(origin, META, timed, ReportRequest(SID, analysis), DEFAULT_PRICES)
+    assert report["call_sid"] == SID and report["direction"] == "inbound"
+    assert report["from"] == "+15550001111" and report["to"] == "+15550002222"
+    assert report["outcome"] == "caller_hung_up" and report["end"] >= report["start"]
+    assert report["transcript"][0]["text"] == "Where is my order?"
+    assert report["tool_calls"][0]["name"] == "lookup_order"
+    assert report["mcp_calls"][0]["output"] == "Ada"
+    assert report["dtmf"][0]["digit"] == "5" and report["barge_ins"][0]["heard_ms"] == 800
+    assert report["usage"]["tokens"] == {"audio_out": 1000}
+    assert report["estimated_cost_usd"] == pytest.approx(1000 * 64 / 1e6)
+    assert report["analysis"] == analysis and "analysis_missing" not in report
+    without = build_report(origin, META, timed, ReportRequest(SID, None, "the caller hung up"), {})
+    assert without["analysis"] is None and without["analysis_missing"] == "the caller hung up"
+    json.loads(report_body(report))
+
+
+def test_the_request_entry_round_trips_and_garbage_is_refused() -> None:
+    request = ReportRequest(SID, {"resolved": False}, "")
+    assert decode_report_request(request.encode()) == request
+    missing = ReportRequest(SID, None, "no session")
+    assert decode_report_request(missing.encode()) == missing
+    for fields in ({b"call_sid": b"no {braces}"}, {b"call_sid": SID.encode(), b"analysis": b"[1]"}):
+        with pytest.raises(StreamEntryError):
+            decode_report_request(fields)
+
+
+def test_signed_like_the_tool_requests_with_one_idempotency_key() -> None:
+    body = b'{"call_sid": "x"}'
+    now = int(time.time())
+    headers = report_headers(SID, body, SECRET, now)
+    assert headers["Idempotency-Key"] == f"report-{SID}"
+    assert signature_ok(SECRET, headers["X-Gateway-Signature"], body, now)
+    assert not signature_ok(SECRET, headers["X-Gateway-Signature"], body + b" ", now)
+    assert "X-Gateway-Signature" not in report_headers(SID, body, None, now)
+    assert [delivered(s) for s in (200, 204, 408, 429, 500, 503, 400, 404, 301)] == [
+        True, True, None, None, None, None, False, False, False,
+    ]  # fmt: skip
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback: records each request; the first ``hang`` ones are never
+    answered (the sender is killed while it waits)."""
+
+    hang: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")[1:]
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append((headers, body))
+        if len(self.requests) <= self.hang:
+            await asyncio.sleep(3600)  # cancelled when the server closes
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rx = Receiver(hang=1)
+    server = await asyncio.start_server(rx.handle, "127.0.0.1", 0)
+    rx.port = server.sockets[0].getsockname()[1]
+    yield rx
+    server.close()
+
+
+async def _sender(redis_url: str, url: str) -> tuple[list[asyncio.Task[None]], ReportSender]:
+    settings = load_settings(
+        redis_url=redis_url,
+        post_call_webhook_url=url,
+        tools_signing_secret=SECRET,
+        consumer_name="runner-1",
+        owner_idle_ms=1000,
+    )
+    http = httpx.AsyncClient(trust_env=False)
+    sender = ReportSender(settings, aioredis.from_url(redis_url), http)
+    return [asyncio.create_task(loop) for loop in sender.loops()], sender
+
+
+@pytest.mark.redis_server
+async def test_a_report_is_delivered_again_after_its_sender_is_killed_mid_delivery(
+    redis_server: RedisServer, receiver: Receiver
+) -> None:
+    redis = aioredis.from_url(redis_server.url)
+    await redis.flushall()
+    keys = CallKeys.for_call(SID)
+    await redis.hset(keys.meta, mapping=META)
+    for event in EVENTS:
+        await redis.xadd(keys.events, event.encode())  # type: ignore[arg-type]
+    await redis.xadd(REPORTS_STREAM, ReportRequest(SID, {"resolved": True}).encode())  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{receiver.port}/reports"
+
+    first, sender = await _sender(redis_server.url, url)
+    await wait_for(lambda: len(receiver.requests) == 1 or None, timeout=10)
+    for task in first:  # killed mid-delivery: nothing acknowledged
+        task.cancel()
+    await sender.stop()
+    await asyncio.gather(*first, return_exceptions=True)
+    pending: Any = await redis.xpending(REPORTS_STREAM, REPORTS_GROUP)
+    assert pending["pending"] == 1
+
+    again, sender = await _sender(redis_server.url, url)  # the restarted stage
+    try:
+        await wait_for(lambda: len(receiver.requests) == 2 or None, timeout=10)
+
+        async def acknowledged() -> bool | None:
+            info: Any = await redis.xpending(REPORTS_STREAM, REPORTS_GROUP)
+            return info["pending"] == 0 or None
+
+        await wait_for(acknowledged, timeout=10)
+    finally:
+        for task in again:
+            task.cancel()
+        await sender.stop()
+        await asyncio.gather(*again, return_exceptions=True)
+    keys_seen = {h["idempotency-key"] for h, _ in receiver.requests}
+    assert keys_seen == {f"report-{SID}"}  # the same on every try
+    now = int(time.time())
+    for headers, body in receiver.requests:
+        assert signature_ok(SECRET, headers["x-gateway-signature"], body, now)
+    report = json.loads(receiver.requests[-1][1])
+    assert report["call_sid"] == SID and report["analysis"] == {"resolved": True}
+    assert report["outcome"] == "caller_hung_up"
+    await redis.aclose()
