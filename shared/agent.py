@@ -59,6 +59,7 @@ _TOP_KEYS = {
     "parallel_tool_calls",
     "truncation",
     "mcp_servers",
+    "analysis",
 }
 _TURN_KEYS = {
     "type",
@@ -148,6 +149,8 @@ class Agent:
     # "auto", "disabled", or a retention ratio (0 < r < 1).
     truncation: str | float | None = None
     mcp_servers: tuple[McpServer, ...] = ()
+    # A JSON Schema of an object: what the model fills at the call's end for the report.
+    analysis: Mapping[str, Any] | None = None
 
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
@@ -254,10 +257,18 @@ def parse_agent(
         parallel_tool_calls=parallel,
         truncation=_truncation(data.get("truncation"), fail),
         mcp_servers=servers,
+        analysis=_analysis(data.get("analysis"), fail),
     )
     if model is not None and (mistake := reasoning_mistake(agent, model)):
         raise AgentFileError(f"{source}: {mistake}")
     return agent
+
+
+def _analysis(raw: Any, fail: Any) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    check_parameters_schema(raw, "analysis", fail)
+    return dict(raw)
 
 
 def _truncation(raw: Any, fail: Any) -> str | float | None:

@@ -121,3 +121,86 @@ def delivered(status: int) -> bool | None:
     if status in (408, 429) or status >= 500:
         return None
     return False
+
+
+# --- the model's analysis -----------------------------------------------------------------------
+
+ANALYSIS_MARKER = "JSON Schema:"
+
+
+def analysis_instructions(schema: Mapping[str, Any]) -> str:
+    """What the model is told at the call's end (the schema last, after :data:`ANALYSIS_MARKER`)."""
+    return (
+        "The call has ended. Do not speak. Write an analysis of the whole conversation as one "
+        "JSON object, and nothing else (no prose, no code fence), that validates against this "
+        f"{ANALYSIS_MARKER}\n{json.dumps(schema, separators=(',', ':'))}"
+    )
+
+
+@dataclass
+class AnalysisWait:
+    """Waiting for the analysis response: fed the server's raw messages after the request was
+    sent; :attr:`result` is set once it is known (the analysis, or why there is none)."""
+
+    schema: Mapping[str, Any]
+    response_id: str = ""
+    result: tuple[dict[str, Any] | None, str] | None = None
+
+    def feed(self, message: str | bytes) -> bool:
+        """One server message; ``True`` once the wait is over."""
+        try:
+            event = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not isinstance(event, dict):
+            return False
+        kind = event.get("type")
+        response = event.get("response") if isinstance(event.get("response"), dict) else {}
+        assert isinstance(response, dict)
+        if kind == "response.created" and not self.response_id:
+            metadata = response.get("metadata")
+            ours = not isinstance(metadata, dict) or metadata.get("purpose") == "gateway_analysis"
+            if ours:
+                self.response_id = str(response.get("id", ""))
+        elif kind == "error" and not self.response_id:
+            error = event.get("error") if isinstance(event.get("error"), dict) else {}
+            assert isinstance(error, dict)
+            code = str(error.get("code") or "")
+            if code != "response_cancel_not_active":  # our cancel of nothing: harmless
+                self.result = (None, f"the model refused the analysis request ({code})")
+        elif (
+            kind == "response.done" and self.response_id and response.get("id") == self.response_id
+        ):
+            self.result = parse_analysis(_response_text(response), self.schema)
+        return self.result is not None
+
+
+def _response_text(response: Mapping[str, Any]) -> str:
+    parts = []
+    for item in response.get("output") or []:
+        for content in item.get("content") or [] if isinstance(item, dict) else []:
+            if isinstance(content, dict) and isinstance(content.get("text"), str):
+                parts.append(content["text"])
+    return "".join(parts)
+
+
+def parse_analysis(text: str, schema: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The model's text as the analysis: a JSON object valid against ``schema`` (a code fence
+    around it is tolerated), or ``None`` and why not."""
+    from jsonschema import Draft202012Validator
+
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    if len(body.encode()) > MAX_ANALYSIS_BYTES:
+        return None, f"the model's analysis is longer than {MAX_ANALYSIS_BYTES} bytes"
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None, "the model's analysis is not JSON"
+    if not isinstance(value, dict):
+        return None, "the model's analysis is not a JSON object"
+    error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+    if error is not None:
+        return None, f"the model's analysis does not fit the schema: {error.message[:200]}"
+    return value, ""

@@ -58,6 +58,7 @@ class Combo(enum.Enum):
 
 _VOICE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 MAX_CALL_INSTRUCTIONS = 4000
+ANALYSIS_PURPOSE = "gateway_analysis"  # the metadata of the end-of-call analysis response
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +458,20 @@ class RealtimeDialect:
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
+
+    def analysis_request(self, instructions: str) -> dict[str, Any]:
+        """An out-of-band, text-only response (``conversation: "none"``: not spoken, not in the
+        conversation, though it reads it) asking for the end-of-call analysis."""
+        response: dict[str, Any] = {
+            "conversation": "none",
+            "instructions": instructions,
+            "metadata": {"purpose": ANALYSIS_PURPOSE},
+        }
+        if self.combo is Combo.GA:
+            response["output_modalities"] = ["text"]
+        else:
+            response["modalities"] = ["text"]
+        return {"type": "response.create", "response": response}
 
     @staticmethod
     def mcp_approval_response(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from shared.audio import (
     mulaw_decode,
     mulaw_encode,
 )
+from sim.realtime_analysis import analysis_answer
 from sim.realtime_idle import IDLE_PROMPT, IdleClock
 from sim.realtime_mcp import ScriptedMcpCall, ScriptedMcpServer, SessionMcp
 from sim.realtime_rules import (
@@ -824,6 +825,8 @@ class EmulatedSession:
         """The reply's audio in the response's format (none for a text-only one) and its
         transcript: the caller's last committed audio echoed back when it can be brought to
         the output rate, else the emulator's voice saying the instructions or a greeting."""
+        if record.instructions and (analysis := analysis_answer(record.instructions)):
+            return b"", analysis  # the gateway's end-of-call analysis: text, whole
         echo, self.last_user_audio = self.last_user_audio, b""
         fmt = record.format
         if echo and record.instructions is None:

@@ -190,3 +190,154 @@ async def test_a_report_is_delivered_again_after_its_sender_is_killed_mid_delive
     assert report["call_sid"] == SID and report["analysis"] == {"resolved": True}
     assert report["outcome"] == "caller_hung_up"
     await redis.aclose()
+
+
+# --- the model's analysis ---------------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "required": ["resolved", "reason", "follow_up"],
+    "additionalProperties": False,
+    "properties": {
+        "resolved": {"type": "boolean"},
+        "reason": {"type": "string", "minLength": 3},
+        "follow_up": {"type": "string", "enum": ["none", "call_back", "email"]},
+    },
+}
+
+
+def test_the_analysis_key_is_a_json_schema_of_an_object() -> None:
+    from shared.agent import AgentFileError, parse_agent
+
+    assert parse_agent({"analysis": SCHEMA}).analysis == SCHEMA
+    for bad, needle in (
+        ({"type": "string"}, "analysis: must be a JSON Schema of an object"),
+        ({"type": "object", "required": "resolved"}, "analysis: not a valid JSON Schema"),
+    ):
+        with pytest.raises(AgentFileError, match=needle):
+            parse_agent({"analysis": bad}, "AGENT_FILE=a.toml")
+
+
+def test_the_analysis_request_is_an_out_of_band_text_response_valid_in_both_dialects() -> None:
+    import openai.types.beta.realtime as beta_types
+    import openai.types.realtime as ga_types
+    from pydantic import TypeAdapter
+
+    from shared.call_report import analysis_instructions
+    from shared.realtime_dialect import Combo, RealtimeDialect, SessionConfig
+    from tests.test_realtime_dialect import unknown_keys
+
+    config = SessionConfig("alloy", "Hi.", "server_vad")
+    for combo, types in ((Combo.GA, ga_types), (Combo.BETA, beta_types)):
+        event = RealtimeDialect.for_combo(combo, config).analysis_request(
+            analysis_instructions(SCHEMA)
+        )
+        assert event["response"]["conversation"] == "none"
+        model = TypeAdapter(types.RealtimeClientEvent).validate_python(event)
+        assert unknown_keys(model) == [] and model.model_dump(exclude_unset=True) == event
+    ga = RealtimeDialect.for_combo(Combo.GA, config).analysis_request("x")
+    assert ga["response"]["output_modalities"] == ["text"]
+
+
+def _done(rid: str, text: str) -> str:
+    item = {"type": "message", "content": [{"type": "output_text", "text": text}]}
+    return json.dumps({"type": "response.done", "response": {"id": rid, "output": [item]}})
+
+
+def test_waiting_for_the_analysis() -> None:
+    from shared.call_report import AnalysisWait
+
+    good = '{"resolved": true, "reason": "order found", "follow_up": "none"}'
+    wait = AnalysisWait(SCHEMA)
+    not_active = {"type": "error", "error": {"code": "response_cancel_not_active"}}
+    assert not wait.feed(json.dumps(not_active))  # our cancel of nothing
+    assert not wait.feed(_done("old", "late words of the last reply"))
+    assert not wait.feed(json.dumps({"type": "response.created", "response": {"id": "r9"}}))
+    assert not wait.feed(b"\xff not json")
+    assert wait.feed("```json\n" + good + "\n```") is False
+    assert wait.feed(_done("r9", "```json\n" + good + "\n```"))
+    assert wait.result == (json.loads(good), "")
+    for text, why in (
+        ("Sure! The call went well.", "not JSON"),
+        ('{"resolved": "yes", "reason": "x", "follow_up": "none"}', "does not fit the schema"),
+        ("[1, 2]", "not a JSON object"),
+    ):
+        wait = AnalysisWait(SCHEMA)
+        wait.feed(json.dumps({"type": "response.created", "response": {"id": "r1"}}))
+        assert wait.feed(_done("r1", text))
+        assert wait.result is not None and wait.result[0] is None and why in wait.result[1]
+    refused = AnalysisWait(SCHEMA)
+    assert refused.feed(json.dumps({"type": "error", "error": {"code": "rate_limit_exceeded"}}))
+    assert refused.result == (None, "the model refused the analysis request (rate_limit_exceeded)")
+
+
+def test_the_emulator_answers_with_json_that_fits_the_schema() -> None:
+    from jsonschema import Draft202012Validator
+
+    from shared.call_report import analysis_instructions
+    from sim.realtime_analysis import analysis_answer
+
+    answer = analysis_answer(analysis_instructions(SCHEMA))
+    assert answer is not None
+    Draft202012Validator(SCHEMA).validate(json.loads(answer))
+    assert analysis_answer("Greet the caller now.") is None
+
+
+ANALYSED_AGENT = """
+instructions = "You are the shop's assistant."
+[analysis]
+type = "object"
+required = ["resolved", "reason", "follow_up"]
+additionalProperties = false
+[analysis.properties.resolved]
+type = "boolean"
+[analysis.properties.reason]
+type = "string"
+minLength = 3
+[analysis.properties.follow_up]
+type = "string"
+enum = ["none", "call_back", "email"]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.redis_server
+async def test_a_call_ends_with_a_signed_report_and_a_schema_valid_analysis(
+    redis_server: RedisServer, receiver: Receiver, tmp_path: Any
+) -> None:
+    from jsonschema import Draft202012Validator
+
+    from sim.speech import speech
+    from sim.twilio_call import place_call
+    from tests.console_stack import AUTH_TOKEN, console_stack
+
+    receiver.hang = 0
+    redis = aioredis.from_url(redis_server.url)
+    await redis.flushall()
+    await redis.aclose()
+    path = tmp_path / "agent.toml"
+    path.write_text(ANALYSED_AGENT)
+    async with console_stack(
+        redis_server.url,
+        agent_file=str(path),
+        post_call_webhook_url=f"http://127.0.0.1:{receiver.port}/reports",
+        tools_signing_secret=SECRET,
+    ) as stack:
+        result = await place_call(
+            stack.stack.media_url,
+            speech("Hello, where is my order?"),
+            twiml_url=f"{stack.stack.base_url}/twiml",
+            auth_token=AUTH_TOKEN,
+            hold_after_s=1.0,
+        )
+        await wait_for(lambda: receiver.requests or None, timeout=20)
+    (headers, body), *_ = receiver.requests
+    assert signature_ok(SECRET, headers["x-gateway-signature"], body, int(time.time()))
+    assert headers["idempotency-key"] == f"report-{result.call_sid}"
+    report = json.loads(body)
+    assert report["call_sid"] == result.call_sid and report["outcome"] == "caller_hung_up"
+    assert [t["role"] for t in report["transcript"]][:2] == ["caller", "assistant"]
+    Draft202012Validator(SCHEMA).validate(report["analysis"])
+    assert report["usage"]["tokens"]["audio_out"] > 0 and report["estimated_cost_usd"] > 0
+    # The analysis never reached the caller, nor the conversation's transcript.
+    assert not any("{" in t["text"] for t in report["transcript"])

@@ -12,6 +12,7 @@ caller is told goodbye by a hang-up rather than left in silence.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from shared.call_actions import (
     WriteEvent,
     WriteOutbound,
 )
-from shared.call_report import ReportRequest
+from shared.call_report import AnalysisWait, ReportRequest, analysis_instructions
 from shared.conversation import CallConversation, Role
 from shared.idle import IdleWatch
 from shared.mcp import CallMcp
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.worker")
 
 CURSOR_SAVE_INTERVAL_S = 0.2
+ANALYSIS_TIMEOUT_S = 10.0  # how long a call's end waits for the model's analysis
 # Past REALTIME_SESSION_MAX_SECONDS by this much, the call moves between two replies even if
 # no quiet moment came.
 ROLLOVER_GRACE_S = 120.0
@@ -178,8 +180,9 @@ class RealtimeCall:
         self.closing: set[asyncio.Task[None]] = set()  # sessions being closed after a rollover
         # The end-of-call report's analysis, or why there is none (POST_CALL_WEBHOOK_URL).
         self.analysis: tuple[dict[str, Any] | None, str] = (
-            None,
-            "the agent file has no [analysis]",
+            (None, "the agent file has no [analysis]")
+            if settings.agent.analysis is None
+            else (None, "the model session was gone before the analysis could be asked")
         )
 
     # --- the call, session after session ----------------------------------------------------------
@@ -239,6 +242,8 @@ class RealtimeCall:
                 await self.worker.redis.hset(self.keys.meta, META_GREETED, b"1")
             try:
                 outcome = await self._converse(ws)
+                if outcome != "socket_lost":  # before the session closes: the model's analysis
+                    await self._analyse(self.ws or ws)
             finally:
                 live, self.ws = self.ws or ws, None  # after rollovers, not the one opened here
                 await live.close()
@@ -491,6 +496,28 @@ class RealtimeCall:
             maxlen=-1 if keys.capped(stream) else None,
             expire_s=self.worker.settings.call_max_seconds if first else None,
         )
+
+    async def _analyse(self, ws: ClientConnection) -> None:
+        """Ask the session that held the conversation for the report's analysis (out of band,
+        text only), and keep it or why there is none; bounded by ANALYSIS_TIMEOUT_S."""
+        settings = self.worker.settings
+        schema = settings.agent.analysis
+        if not settings.post_call_webhook_url or schema is None:
+            return
+        dialect, wait = self.core.dialect, AnalysisWait(schema)
+        try:
+            await ws.send(json.dumps(dialect.cancel_response()))  # a reply still being made
+            await ws.send(json.dumps(dialect.analysis_request(analysis_instructions(schema))))
+            async with asyncio.timeout(ANALYSIS_TIMEOUT_S):
+                while not wait.feed(await ws.recv()):
+                    pass
+        except TimeoutError:
+            wait.result = (None, f"the model did not answer within {ANALYSIS_TIMEOUT_S:.0f} s")
+        except ConnectionClosed:
+            wait.result = (None, "the model session closed before it answered")
+        assert wait.result is not None
+        self.analysis = wait.result
+        log.info("call analysis", extra={"ok": wait.result[0] is not None, "why": wait.result[1]})
 
     async def save_cursors(self) -> None:
         saving = self.cursors.in_flight
