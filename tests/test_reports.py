@@ -341,3 +341,62 @@ async def test_a_call_ends_with_a_signed_report_and_a_schema_valid_analysis(
     assert report["usage"]["tokens"]["audio_out"] > 0 and report["estimated_cost_usd"] > 0
     # The analysis never reached the caller, nor the conversation's transcript.
     assert not any("{" in t["text"] for t in report["transcript"])
+
+
+class _Socket:
+    """A model session's socket as the worker's analysis step uses it (send, recv)."""
+
+    def __init__(self, replies: list[str] | None = None, closed: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.replies = list(replies or [])
+        self.closed = closed
+
+    async def send(self, text: str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        if self.closed:
+            raise ConnectionClosed(None, None)
+        self.sent.append(json.loads(text))
+
+    async def recv(self) -> str:
+        if self.replies:
+            return self.replies.pop(0)
+        await asyncio.sleep(3600)  # a model that never answers
+        raise AssertionError
+
+
+async def _analyse(ws: _Socket, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from types import SimpleNamespace
+
+    from services.realtime_worker import call as worker_call
+    from shared.realtime_dialect import Combo, RealtimeDialect, SessionConfig
+
+    monkeypatch.setattr(worker_call, "ANALYSIS_TIMEOUT_S", 0.2)
+    path = tmp_path / "agent.toml"
+    path.write_text(ANALYSED_AGENT)
+    settings = load_settings(agent_file=str(path), post_call_webhook_url="http://127.0.0.1:9/r")
+    dialect = RealtimeDialect.for_combo(Combo.GA, SessionConfig("alloy", "Hi.", "server_vad"))
+    call = SimpleNamespace(
+        worker=SimpleNamespace(settings=settings),
+        core=SimpleNamespace(dialect=dialect),
+        analysis=(None, "the model session was gone before the analysis could be asked"),
+    )
+    await worker_call.RealtimeCall._analyse(call, ws)  # type: ignore[arg-type]
+    return call.analysis
+
+
+async def test_the_worker_asks_the_session_and_says_why_when_it_cannot(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = '{"resolved": false, "reason": "no order", "follow_up": "email"}'
+    created = json.dumps({"type": "response.created", "response": {"id": "r1"}})
+    ws = _Socket([created, _done("r1", good)])
+    assert await _analyse(ws, tmp_path, monkeypatch) == (json.loads(good), "")
+    cancel, request = ws.sent
+    assert cancel == {"type": "response.cancel"}
+    assert request["response"]["conversation"] == "none"
+    assert request["response"]["output_modalities"] == ["text"]
+    silent = await _analyse(_Socket(), tmp_path, monkeypatch)
+    assert silent == (None, "the model did not answer within 0.2 s")
+    gone = await _analyse(_Socket(closed=True), tmp_path, monkeypatch)
+    assert gone == (None, "the model session closed before it answered")

@@ -512,7 +512,7 @@ class RealtimeCall:
                 while not wait.feed(await ws.recv()):
                     pass
         except TimeoutError:
-            wait.result = (None, f"the model did not answer within {ANALYSIS_TIMEOUT_S:.0f} s")
+            wait.result = (None, f"the model did not answer within {ANALYSIS_TIMEOUT_S:g} s")
         except ConnectionClosed:
             wait.result = (None, "the model session closed before it answered")
         assert wait.result is not None
