@@ -8,9 +8,10 @@ interrupted (docs/live.md). So this core reads the stream itself:
   Python loop over samples). Speech goes to the caller as *segments* (one id per stretch of
   speech, the ``response_id``/``item_id`` of its chunks and of the marks Twilio returns), with
   the pauses inside it; silence past :data:`SILENCE_HANGOVER_US` is not forwarded at all
-  (Twilio plays nothing in the gaps, which the real-time stream keeps in time). When speech turns to silence while the caller has just been speaking, the model
-  yielded to them: what Twilio still holds of that segment is cleared, so the caller hears at
-  most the clear's trip through the pipeline after the model stopped (the 200 ms rule).
+  (Twilio plays nothing in the gaps, which the real-time stream keeps in time). When speech
+  turns to silence while the caller has just been speaking, the model yielded to them: what
+  Twilio still holds of that segment is cleared, so the caller hears at most the clear's trip
+  through the pipeline after the model stopped (the 200 ms rule).
 * :class:`TranscriptTurns`: the transcript deltas (no done event) become a turn once that side
   has been quiet for :data:`TURN_GAP_MS` (or its next delta starts that much later on the
   session's timeline), as the call's ``transcript`` events, as for combo A.
