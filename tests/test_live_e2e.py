@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,19 @@ from typing import Any
 import fakeredis
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 
 from shared.audio import mulaw_decode, mulaw_encode
 from shared.streams import CallKeys, decode_event
 from sim.openai_live import LiveSession
+from sim.openai_realtime import RealtimeEmulator
 from sim.realtime_tools import ScriptedToolCall
 from sim.speech import silence, speech
 from sim.tool_server import ToolServer
 from sim.twilio_call import BargeIn, place_call
 from tests.audio_checks import pcm24_to_8k, similarity
-from tests.stack import InProcessStack, in_process_stack
+from tests.conftest import RedisServer, free_port, port_open, wait_for
+from tests.stack import InProcessStack, ProcessStack, in_process_stack, process_env
 from tests.test_live_dialect import strict
 
 LIVE = {"realtime_schema": "live"}
@@ -304,3 +308,77 @@ async def test_a_session_the_api_ends_is_continued_with_the_conversation_as_hist
     sessions = [e for e in kept if e.kind == "session"]
     assert len(sessions) >= 2 and sessions[1].data.get("rollover") == "1"
     assert one.closed
+
+
+@pytest.mark.slow
+async def test_a_worker_killed_mid_call_leaves_its_successor_seeded_with_the_conversation(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Real processes over a real redis-server: the worker is SIGKILLed after the first turn;
+    the successor's session starts with that turn as history, greets no one, and hears the
+    second turn."""
+    client = aioredis.from_url(redis_server.url)
+    await client.flushall()
+    emulator = RealtimeEmulator()
+    await emulator.start()
+    edge_port = free_port()
+    env = process_env(
+        redis_server.url,
+        edge_port,
+        emulator.port,
+        REALTIME_SCHEMA="live",
+        REALTIME_RESTORE_SECONDS="4",
+        REALTIME_GREETING="Hello from Acme.",
+    )
+    stack = ProcessStack(env, edge_port, emulator.port, tmp_path)
+    modules = {
+        "t0": "services.transcoder",
+        "w0": "services.realtime_worker",
+        "e0": "services.twilio_edge",
+    }
+    for name, module in modules.items():
+        stack.start(name, module, {"CONSUMER_NAME": name})
+    first = caller("Hello, I am calling about my account balance please.")
+    second = caller("And could you also check the last payment I made?")
+    try:
+        await wait_for(lambda: port_open(edge_port), timeout=20)
+        call = asyncio.create_task(
+            place_call(
+                stack.media_url,
+                np.concatenate([first, silence(6000), second]),
+                hold_after_s=1.5,
+                max_duration_s=40,
+            )
+        )
+        s1 = await emulator.wait_for_live_session(1, timeout=10)
+
+        async def caller_turn_kept() -> bool:
+            keys = await client.keys("call:*:events")
+            for key in keys:
+                for _, fields in await client.xrange(key):
+                    event = decode_event(fields)
+                    if event.kind == "transcript" and event.data.get("role") == "caller":
+                        return True
+            return False
+
+        await wait_for(caller_turn_kept, timeout=15)
+        stack.kill("w0", signal.SIGKILL)
+        stack.start("w0", modules["w0"], {"CONSUMER_NAME": "w0"})
+        s2 = await emulator.wait_for_live_session(2, timeout=10)
+        result = await asyncio.wait_for(call, 60)
+    finally:
+        stack.stop_all()
+        await emulator.stop()
+        await client.aclose()
+    assert s1.config is not None and s2.config is not None
+    history = s2.config.get("input") or []
+    assert any(m["role"] == "user" for m in history), history
+    for key in ("model", "audio", "instructions"):
+        assert s2.config.get(key) == s1.config.get(key)
+    # The greeting was given once, by the first session only.
+    greetings = [
+        e for s in (s1, s2) for e in s.client_events if e["type"] == "session.commentary.append"
+    ]
+    assert len(greetings) == 1 and greetings[0] in s1.client_events
+    assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.9
+    assert result.frames_sent > 0
