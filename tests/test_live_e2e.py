@@ -20,13 +20,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.audio import mulaw_decode, mulaw_encode
+from shared.playback import parse_mark_name
 from shared.streams import CallKeys, decode_event
+from sim.balancer import Balancer
 from sim.openai_live import LiveSession
 from sim.openai_realtime import RealtimeEmulator
 from sim.realtime_tools import ScriptedToolCall
 from sim.speech import silence, speech
 from sim.tool_server import ToolServer
-from sim.twilio_call import BargeIn, place_call
+from sim.twilio_call import BargeIn, CallScript, new_sid, place_call
 from tests.audio_checks import pcm24_to_8k, similarity
 from tests.conftest import RedisServer, free_port, port_open, wait_for
 from tests.stack import InProcessStack, ProcessStack, in_process_stack, process_env
@@ -382,3 +384,77 @@ async def test_a_worker_killed_mid_call_leaves_its_successor_seeded_with_the_con
     assert len(greetings) == 1 and greetings[0] in s1.client_events
     assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.9
     assert result.frames_sent > 0
+
+
+@pytest.mark.slow
+async def test_an_edge_killed_mid_reply_the_call_resumes_on_the_other_with_the_same_session(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """As for combo A (tests/test_edge_resume.py): the edge dies mid-reply, Twilio's
+    <Connect action> reaches the other edge, the new stream resumes the reply from the last
+    mark; the worker and its GPT-Live session never notice."""
+    redis = aioredis.from_url(redis_server.url)
+    await redis.flushall()
+    emulator = RealtimeEmulator()
+    await emulator.start()
+    token = "live-resume-token"
+    ports = [free_port(), free_port()]
+    env = process_env(
+        redis_server.url, ports[0], emulator.port, TWILIO_AUTH_TOKEN=token, REALTIME_SCHEMA="live"
+    )
+    procs = ProcessStack(env, ports[0], emulator.port, tmp_path)
+    procs.start("t0", "services.transcoder", {"CONSUMER_NAME": "t0"})
+    procs.start("w0", "services.realtime_worker", {"CONSUMER_NAME": "w0"})
+    procs.start("e0", "services.twilio_edge", {"CONSUMER_NAME": "e0"})
+    procs.start(
+        "e1",
+        "services.twilio_edge",
+        {"CONSUMER_NAME": "e1", "EDGE_PORT": str(ports[1]), "METRICS_PORT": str(free_port())},
+    )
+    balancer = await Balancer([("127.0.0.1", p) for p in ports]).start()
+    hello = caller("Hello there, could you tell me about your opening hours today?")
+    goodbye = caller("Goodbye.")
+    call_sid = new_sid("CA")
+    keys = CallKeys.for_call(call_sid)
+    try:
+        for port in ports:
+            await wait_for(lambda port=port: port_open(port), timeout=20)
+        after = CallScript(np.concatenate([silence(5000), goodbye]), hold_after_s=1.5)
+        call = asyncio.create_task(
+            place_call(
+                f"ws://127.0.0.1:{balancer.port}/media",
+                hello,
+                call_sid=call_sid,
+                twiml_url=f"{balancer.base_url}/twiml",
+                auth_token=token,
+                hold_after_s=30,
+                max_duration_s=40,
+                next_script=after,
+            )
+        )
+
+        async def heard_some_of_the_reply() -> bool:
+            return len(await redis.xrange(keys.ctl)) >= 4  # four marks: 400 ms heard
+
+        await wait_for(heard_some_of_the_reply, timeout=30)
+        procs.kill("e0")
+        result = await asyncio.wait_for(call, 60)
+    finally:
+        procs.stop_all()
+        await balancer.stop()
+        await emulator.stop()
+        await redis.aclose()
+    assert [status for _, status in result.action_requests] == [200]
+    assert len(result.next_streams) == 1
+    resumed = result.next_streams[0]
+    assert resumed.call_sid == call_sid and not resumed.violations, resumed.violations
+    # One Live session all along, which heard the goodbye said on the new stream.
+    (session,) = emulator.live_sessions
+    heard = pcm24_to_8k(bytes(session.input_audio))
+    assert similarity(goodbye, heard[-resumed.frames_sent * 160 :]) >= 0.9
+    # The reply went on from the last mark the caller's phone returned.
+    item, heard_ms = parse_mark_name(result.marks_returned[-1][0]) or ("", 0)
+    again = [
+        p[1] for p in (parse_mark_name(n) for n, _ in resumed.marks_received) if p and p[0] == item
+    ]
+    assert again and heard_ms < again[0] <= heard_ms + 100, (heard_ms, again[:3])

@@ -225,6 +225,7 @@ def test_live_defaults_its_own_endpoint_and_model_and_takes_16_or_24_khz(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("REALTIME_SCHEMA", "live")
+    monkeypatch.setenv("REALTIME_URL", "")  # as compose passes an unset variable
     s = load_settings()
     assert s.realtime_url == "wss://api.openai.com/v1/live/sessions"
     assert s.realtime_model == "gpt-live-1.1"
@@ -247,6 +248,11 @@ def test_live_defaults_its_own_endpoint_and_model_and_takes_16_or_24_khz(
     )
     monkeypatch.setenv("REALTIME_BETA_HEADER", "1")
     assert "REALTIME_BETA_HEADER=0" in (load_settings().unverified_combo() or "")
+
+
+def test_an_empty_url_is_the_schemas_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REALTIME_URL", "")
+    assert load_settings().realtime_url == "wss://api.openai.com/v1/realtime"
 
 
 def test_a_bad_live_rate_stops_the_worker_with_one_line() -> None:

@@ -163,12 +163,17 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _live_defaults(cls, data: object) -> object:
-        # GPT-Live has its own endpoint and models: unset (or empty) means theirs, not Realtime's.
-        if isinstance(data, dict) and str(data.get("realtime_schema", "")).strip() == "live":
-            data = dict(data)
-            for key, default in (("realtime_url", LIVE_URL), ("realtime_model", LIVE_MODEL)):
-                if not str(data.get(key) or "").strip():
-                    data[key] = default
+        # GPT-Live has its own endpoint and models: unset (or empty, as compose passes an unset
+        # variable) means theirs, not Realtime's; for the other schemas, the field's default.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        live = str(data.get("realtime_schema", "")).strip() == "live"
+        for key, default in (("realtime_url", LIVE_URL), ("realtime_model", LIVE_MODEL)):
+            if key in data and not str(data[key] or "").strip():
+                del data[key]
+            if live and key not in data:
+                data[key] = default
         return data
 
     @field_validator("realtime_beta_header", mode="before")
