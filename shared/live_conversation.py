@@ -265,7 +265,11 @@ class LiveConversation:
         """The session ended (closed by the API, or its socket dropped): what was said so far
         becomes turns, for the next session's history."""
         self.started = False
-        self.gate.speaking = False
+        self.gate.end_segment()
+        # The backend's responses went with the session (a result for one of its calls reaches
+        # the next session as a developer note).
+        self.backend_active.clear()
+        self.backend_calls.clear()
         return self._turns_done(self.turns.flush())
 
     def restore(self, transcript: Sequence[tuple[Role, str]], greeted: bool) -> None:
@@ -395,7 +399,7 @@ class LiveConversation:
         self.ending_since_us = now_us
         tools.extend_ending(now_us + ENDING_LIMIT_US)
         actions: list[Action] = []
-        for call in calls:
+        for call in calls if self.started else ():
             tool = tools.tools.get(call.name)
             if tool is not None and tool.kind in ("hang_up", "transfer"):
                 actions.append(send(function_call_output(call.call_id, ENDING_NOTE)))

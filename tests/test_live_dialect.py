@@ -510,3 +510,84 @@ def test_a_fatal_error_ends_the_call() -> None:
         ld.LiveError("invalid_api_key", "no", "", ld.LiveErrorKind.FATAL), 0
     )
     assert ca.EndCall("realtime_invalid_api_key") in actions
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("audio"), st.sampled_from(["speech", "silence", "odd"])),
+    st.tuples(st.just("caller"), st.booleans()),
+    st.tuples(st.just("part"), st.sampled_from(["user", "assistant"])),
+    st.tuples(st.just("started"), st.none()),
+    st.tuples(st.just("closed"), st.none()),
+    st.tuples(st.just("backend"), st.sampled_from(["start", "call", "hang", "done", "fail"])),
+    st.tuples(st.just("result"), st.integers(0, 3)),
+    st.tuples(st.just("mark"), st.integers(0, 5000)),
+    st.tuples(st.just("dtmf"), st.sampled_from(list("0123456789*#"))),
+    st.tuples(st.just("error"), st.booleans()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_STEP, st.integers(1, 400_000)), max_size=60))
+def test_any_sequence_keeps_the_live_core_consistent(steps: list[tuple[Any, int]]) -> None:
+    """Whatever the model, the caller and the tools do, in any order: nothing raises, every
+    event sent validates, nothing is sent to the model before session.started, and a clear
+    only ever names a segment that was sent."""
+    core = tool_core()
+    core.session_lost()  # begin between sessions
+    now, calls, segments = 0, 0, set()
+    for (kind, arg), dt in steps:
+        now += dt
+        if kind == "audio":
+            pcm = {"speech": tone(40), "silence": silence(40), "odd": tone(40) + b"\x01"}[arg]
+            actions = core.server_event(ld.OutputAudio(pcm), now)
+        elif kind == "caller":
+            actions = core.caller_audio(tone(20) if arg else silence(20), now)
+        elif kind == "part":
+            actions = core.server_event(
+                ld.TranscriptPart(arg, "word ", now // 1000, now // 1000 + 200), now
+            )
+        elif kind == "started":
+            actions = core.server_event(ld.Started("s"), now)
+        elif kind == "closed":
+            actions = core.server_event(ld.Closed("expired"), now)
+        elif kind == "backend":
+            if arg == "start":
+                actions = core.server_event(ld.BackendStarted("r", "d"), now)
+            elif arg in ("call", "hang"):
+                calls += 1
+                name = "hang_up" if arg == "hang" else "lookup_order"
+                fc = FunctionCall(f"c{calls}", name, '{"order_id": "1"}')
+                actions = core.server_event(ld.BackendCall("", "d", fc), now)
+            else:
+                status = "completed" if arg == "done" else "failed"
+                actions = core.server_event(ld.BackendDone("r", "d", status), now)
+        elif kind == "result":
+            result = ToolResult(f"c{arg}", "lookup_order", "{}", "ok", 1)
+            actions = core.control(result, now)
+        elif kind == "mark":
+            actions = core.control(MarkPlayed(f"{core.gate.segment or 'x'}:{arg}"), now)
+        elif kind == "dtmf":
+            actions = core.control(DtmfPressed(arg), now)
+        else:
+            kind_ = ld.LiveErrorKind.FATAL if arg else ld.LiveErrorKind.OTHER
+            actions = core.server_event(ld.LiveError("e", "m", "", kind_), now)
+        actions += core.tick(now)
+        for action in actions:
+            if isinstance(action, ca.SendToModel):
+                assert core.started, action
+                strict(action.text)
+            elif isinstance(action, ca.WriteOutbound):
+                segments.add(action.chunk.response_id)
+            elif isinstance(action, ca.WriteCommand) and isinstance(action.command, ClearPlayback):
+                assert action.command.response_id in segments
+        if any(isinstance(a, ca.EndCall) for a in actions):
+            break
+
+
+def test_a_lost_session_forgets_its_backend_and_sends_nothing() -> None:
+    core = tool_core()
+    core.server_event(ld.BackendStarted("r", "d"), 0)
+    core.server_event(ld.BackendCall("", "d", FunctionCall("c1", "hang_up", "{}")), 0)
+    core.session_lost()
+    actions = core.server_event(ld.BackendDone("r", "d", "completed"), 10)
+    assert sent(actions) == [] and not core.backend_active
