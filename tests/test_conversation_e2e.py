@@ -16,7 +16,14 @@ from tests.stack import in_process_stack
 
 COMBOS = [
     pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA"),
-    pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB"),
+    pytest.param(
+        {
+            "realtime_schema": "flat",
+            "realtime_beta_header": True,
+            "emulator_kwargs": {"beta": "accept"},  # the retired beta, opted into
+        },
+        id="comboB",
+    ),
 ]
 
 

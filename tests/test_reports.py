@@ -377,7 +377,7 @@ async def _analyse(ws: _Socket, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings(agent_file=str(path), post_call_webhook_url="http://127.0.0.1:9/r")
     dialect = RealtimeDialect.for_combo(Combo.GA, SessionConfig("alloy", "Hi.", "server_vad"))
     call = SimpleNamespace(
-        worker=SimpleNamespace(settings=settings),
+        host=SimpleNamespace(settings=settings),
         core=SimpleNamespace(dialect=dialect),
         analysis=(None, "the model session was gone before the analysis could be asked"),
     )
