@@ -160,6 +160,8 @@ def test_the_ga_keys_are_refused_with_the_flat_dialect(tmp_path: Path) -> None:
     path.write_text('truncation = "auto"\n')
     with pytest.raises(ConfigError, match="truncation: only in the GA dialect"):
         load_settings(agent_file=str(path), realtime_schema="flat", realtime_beta_header=True)
+    with pytest.raises(ConfigError, match="not with REALTIME_SCHEMA=live"):
+        load_settings(agent_file=str(path), realtime_schema="live")
 
 
 # --- what the gateway sends ----------------------------------------------------------------------

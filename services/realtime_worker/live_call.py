@@ -59,6 +59,8 @@ class LiveCall(CallPipeline):
         self, host: CallHost, call: CallStarted, meta: dict[bytes, bytes], config: LiveConfig
     ) -> None:
         super().__init__(host, call, meta)
+        if host.settings.agent.analysis is not None:  # the report says why it has none
+            self.analysis = (None, "GPT-Live sessions are not asked for an analysis")
         self.config = config
         self.core = LiveConversation(
             rate=config.rate, greeting=self.greeting, tools=self.call_tools()

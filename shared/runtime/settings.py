@@ -348,10 +348,11 @@ class Settings(BaseSettings):
                 )
                 if value is not None
             ]
-            if ga_only and self.realtime_schema == "flat":
+            if ga_only and self.realtime_schema in ("flat", "live"):
                 raise ValueError(
                     f"{where}: {', '.join(ga_only)}: only in the GA dialect "
-                    "(REALTIME_SCHEMA=audio or auto), not with REALTIME_SCHEMA=flat"
+                    f"(REALTIME_SCHEMA=audio or auto), not with REALTIME_SCHEMA="
+                    f"{self.realtime_schema}"
                 )
             object.__setattr__(self, "_agent_cache", agent)
         return self
