@@ -80,6 +80,10 @@ CALLER_SPEECH_PEAK = 1200
 # Silence within a segment that is still forwarded (pauses between words keep their length);
 # past it the segment ends and silence is no longer forwarded.
 SILENCE_HANGOVER_US = 300_000
+# A segment's first audio is held until this much of it has come, then sent at once: Twilio
+# keeps this much ahead of what plays, which absorbs a late delta (a real-time stream has no
+# lead of its own, and Twilio fills a 20 ms frame it has nothing for with silence).
+PREBUFFER_US = 80_000
 # The model went quiet within this long of the caller's last speech: it yielded to them.
 BARGE_WINDOW_US = 600_000
 # A side's transcript is a finished turn after this long without a delta (pipecat waits 0.8 s:
@@ -235,6 +239,8 @@ class LiveConversation:
     ending_since_us: int | None = None
     errors: dict[str, int] = field(default_factory=dict)
     replies: LiveReplies = field(default_factory=LiveReplies)
+    held: list[OutboundChunk] = field(default_factory=list)  # a segment's start, prebuffered
+    held_us: int = 0
 
     def __post_init__(self) -> None:
         self.gate.rate = self.rate
@@ -266,6 +272,7 @@ class LiveConversation:
         becomes turns, for the next session's history."""
         self.started = False
         self.gate.end_segment()
+        self.held.clear()
         # The backend's responses went with the session (a result for one of its calls reaches
         # the next session as a developer note).
         self.backend_active.clear()
@@ -346,19 +353,42 @@ class LiveConversation:
     def _audio(self, pcm16: bytes, now_us: int) -> list[Action]:
         chunk, began, stopped = self.gate.delta(pcm16, now_us)
         actions: list[Action] = []
-        if stopped and self.gate.caller_recent(now_us):
+        # Silence after speech (its first delta, or one in a pause) while the caller speaks.
+        pausing = stopped or (chunk is not None and self.gate.silent_us > 0)
+        if pausing and self.gate.caller_recent(now_us):
             # The model yielded to the caller: nothing more of this segment, and what Twilio
-            # still holds of it is dropped.
+            # still holds of it is dropped (what is still held here never leaves).
             self.gate.end_segment()
+            self.held.clear()
             return self._barge_in()
-        if chunk is None:
-            return actions
-        if began and not self.gate.caller_recent(now_us):
+        if began:
             since_caller = now_us - self.gate.caller_active_us
-            if since_caller <= 5_000_000:
+            if not self.gate.caller_recent(now_us) and since_caller <= 5_000_000:
                 actions.append(Measure("first_reply", since_caller / 1e6))
-        self.heard.sent(chunk.item_id, (chunk.offset_us + _duration_us(chunk, self.rate)) / 1000)
-        actions.append(WriteOutbound(chunk))
+            self.held_us = 0
+        if chunk is None:
+            return actions + self._release()
+        if began or self.held:
+            # The start of a segment waits until PREBUFFER_US of it is here: Twilio then holds
+            # that much ahead, so a late delta (network or load jitter) does not leave a gap in
+            # what the caller hears.
+            self.held.append(chunk)
+            self.held_us += _duration_us(chunk, self.rate)
+            if self.held_us < PREBUFFER_US and not stopped:
+                return actions
+            return actions + self._release()
+        return actions + self._send([chunk])
+
+    def _release(self) -> list[Action]:
+        held, self.held = self.held, []
+        return self._send(held)
+
+    def _send(self, chunks: list[OutboundChunk]) -> list[Action]:
+        actions: list[Action] = []
+        for chunk in chunks:
+            end_ms = (chunk.offset_us + _duration_us(chunk, self.rate)) / 1000
+            self.heard.sent(chunk.item_id, end_ms)
+            actions.append(WriteOutbound(chunk))
         return actions
 
     def _barge_in(self) -> list[Action]:

@@ -317,17 +317,37 @@ def test_pauses_are_kept_long_silence_is_not_forwarded_and_segments_follow_speec
     core = lc.LiveConversation()
     started(core)
     chunks = []
-    stream = [tone(40), silence(40), tone(40)] + [silence(40)] * 20 + [tone(40)]
+    # The last word is shorter than the prebuffer: the silence after it releases it.
+    stream = [tone(40), silence(40), tone(40)] + [silence(40)] * 20 + [tone(40), silence(40)]
     for i, pcm in enumerate(stream):
         actions = core.server_event(ld.OutputAudio(pcm), i * 40 * MS)
         chunks += [a.chunk for a in actions if isinstance(a, ca.WriteOutbound)]
     hangover = lc.SILENCE_HANGOVER_US // 40_000  # silent deltas still forwarded
-    assert len(chunks) == 3 + hangover + 1
+    assert len(chunks) == 3 + hangover + 2
     first, last = chunks[0].item_id, chunks[-1].item_id
-    assert all(c.item_id == first for c in chunks[:-1]) and last != first
+    assert all(c.item_id == first for c in chunks[:-2]) and last != first
     assert [c.offset_us for c in chunks[:3]] == [0, 40_000, 80_000]  # the pause kept its place
-    assert chunks[-1].offset_us == 0
+    assert [c.offset_us for c in chunks[-2:]] == [0, 40_000]
     assert core.gate.dropped_silence_us == (20 - hangover) * 40_000
+
+
+def test_a_segments_start_is_held_until_80_ms_then_sent_together() -> None:
+    core = lc.LiveConversation()
+    started(core)
+    first = core.server_event(ld.OutputAudio(tone(40)), 0)
+    assert not any(isinstance(a, ca.WriteOutbound) for a in first)
+    both = [
+        a
+        for a in core.server_event(ld.OutputAudio(tone(40)), 40 * MS)
+        if isinstance(a, ca.WriteOutbound)
+    ]
+    assert [a.chunk.offset_us for a in both] == [0, 40_000]
+    later = [
+        a
+        for a in core.server_event(ld.OutputAudio(tone(40)), 80 * MS)
+        if isinstance(a, ca.WriteOutbound)
+    ]
+    assert len(later) == 1  # from then on, each delta as it comes
 
 
 class Twilio:
@@ -591,3 +611,15 @@ def test_a_lost_session_forgets_its_backend_and_sends_nothing() -> None:
     core.session_lost()
     actions = core.server_event(ld.BackendDone("r", "d", "completed"), 10)
     assert sent(actions) == [] and not core.backend_active
+
+
+def test_a_caller_who_talks_in_a_pause_ends_the_segment_and_its_queue() -> None:
+    core = lc.LiveConversation()
+    started(core)
+    for i in range(3):
+        core.server_event(ld.OutputAudio(tone(40)), i * 40 * MS)
+    core.server_event(ld.OutputAudio(silence(40)), 120 * MS)  # a pause, the caller quiet
+    core.caller_audio(tone(20, 6000), 150 * MS)  # the caller starts talking in the pause
+    actions = core.server_event(ld.OutputAudio(silence(40)), 160 * MS)
+    assert any(isinstance(a, ca.WriteCommand) for a in actions)
+    assert not core.gate.speaking
