@@ -10,10 +10,13 @@ a call's ``<Parameter>``s. This module knows the file alone; the settings layer 
 
 A tool is an HTTP tool (``url``, ``parameters``, ``timeout_ms``) or an action the gateway itself
 carries out (``action = "hang_up"`` or ``action = "transfer"`` with ``to`` or ``destinations``).
+The GA dialect's session keys (``model``, ``reasoning_effort``, ``parallel_tool_calls``,
+``truncation``) and remote MCP servers (:mod:`shared.mcp`) are checked here too.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -21,12 +24,26 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from shared.mcp import McpServer, parse_mcp_server
+
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")  # a phone number as Twilio takes it (E.164)
 SIP_RE = re.compile(r"^sips?:[^\s@]+@[^\s@]+$")
 DEFAULT_TOOL_TIMEOUT_MS = 8000
 TurnDetectionType = Literal["server_vad", "semantic_vad", "none"]
 NoiseReduction = Literal["near_field", "far_field", "off"]
+MODEL_RE = re.compile(r"^gpt-realtime[a-z0-9.-]{0,48}$")
+# The reasoning models (openai.types.realtime, openai 3.60), and their dated snapshots: only
+# these take session.reasoning and parallel_tool_calls.
+REASONING_MODELS = (
+    "gpt-realtime-1.5",
+    "gpt-realtime-2",
+    "gpt-realtime-2.1",
+    "gpt-realtime-2.1-mini",
+)
+_SNAPSHOT_RE = re.compile(r"^-\d{4}-\d{2}-\d{2}$")
+ReasoningEffort = Literal["minimal", "low", "medium", "high", "xhigh"]
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 
 _TOP_KEYS = {
     "instructions",
@@ -37,6 +54,12 @@ _TOP_KEYS = {
     "transcription_model",
     "voicemail_message",
     "tools",
+    "model",
+    "reasoning_effort",
+    "parallel_tool_calls",
+    "truncation",
+    "mcp_servers",
+    "analysis",
 }
 _TURN_KEYS = {
     "type",
@@ -47,6 +70,8 @@ _TURN_KEYS = {
     "idle_timeout_ms",
     "create_response",
     "interrupt_response",
+    "idle_prompts",
+    "idle_action",
 }
 _TOOL_KEYS = {"name", "description", "url", "parameters", "timeout_ms", "action", "to"}
 _TOOL_KEYS_ALL = _TOOL_KEYS | {"destinations"}
@@ -63,6 +88,10 @@ class TurnDetectionConfig:
     type: TurnDetectionType = "server_vad"
     # Only the knobs the file sets; each dialect takes the ones it has.
     knobs: Mapping[str, Any] = field(default_factory=dict)
+    # The gateway's own (never sent): after idle_timeout_ms of silence the model may ask this
+    # many times, then idle_action ("hang_up") ends the call after a goodbye.
+    idle_prompts: int = 0
+    idle_action: Literal["hang_up"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +143,47 @@ class Agent:
     transcription_model: str | None = None
     voicemail_message: str | None = None
     tools: tuple[Tool, ...] = ()
+    model: str | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    parallel_tool_calls: bool | None = None
+    # "auto", "disabled", or a retention ratio (0 < r < 1).
+    truncation: str | float | None = None
+    mcp_servers: tuple[McpServer, ...] = ()
+    # A JSON Schema of an object: what the model fills at the call's end for the report.
+    analysis: Mapping[str, Any] | None = None
 
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
 
 
+def is_reasoning_model(model: str) -> bool:
+    """Whether ``model`` is one of :data:`REASONING_MODELS` (or a dated snapshot of one)."""
+    return any(
+        model == name or _SNAPSHOT_RE.fullmatch(model[len(name) :]) is not None
+        for name in REASONING_MODELS
+        if model.startswith(name)
+    )
+
+
+def reasoning_mistake(agent: Agent, default_model: str) -> str | None:
+    """Why the file's reasoning keys cannot go with the model the session will use (the
+    file's ``model``, else ``default_model``, i.e. ``REALTIME_MODEL``); ``None`` when they can."""
+    model = agent.model or default_model
+    for key, value in (
+        ("reasoning_effort", agent.reasoning_effort),
+        ("parallel_tool_calls", agent.parallel_tool_calls),
+    ):
+        if value is not None and not is_reasoning_model(model):
+            return (
+                f"{key}: only with a reasoning model ({', '.join(REASONING_MODELS)}); "
+                f"the model is {model}"
+            )
+    return None
+
+
 def load_agent_file(path: str) -> Agent:
-    """Read and check ``path``; raises :class:`AgentFileError`."""
+    """Read and check ``path``; raises :class:`AgentFileError`. Header references
+    (``env:NAME``) are resolved from this process's environment."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -128,11 +191,14 @@ def load_agent_file(path: str) -> Agent:
         raise AgentFileError(f"AGENT_FILE={path}: cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise AgentFileError(f"AGENT_FILE={path}: not valid TOML ({exc})") from None
-    return parse_agent(data, f"AGENT_FILE={path}")
+    return parse_agent(data, f"AGENT_FILE={path}", os.environ)
 
 
-def parse_agent(data: Mapping[str, Any], source: str = "agent file") -> Agent:
-    """Check a parsed agent file; raises :class:`AgentFileError` naming ``source``."""
+def parse_agent(
+    data: Mapping[str, Any], source: str = "agent file", environ: Mapping[str, str] | None = None
+) -> Agent:
+    """Check a parsed agent file; raises :class:`AgentFileError` naming ``source``.
+    ``environ`` resolves MCP headers' ``env:NAME`` references (none: an empty environment)."""
 
     def fail(key: str, allowed: str) -> AgentFileError:
         return AgentFileError(f"{source}: {key}: {allowed}")
@@ -164,7 +230,20 @@ def parse_agent(data: Mapping[str, Any], source: str = "agent file") -> Agent:
         if any(t.name == tool.name for t in tools):
             raise fail(f"tools[{i}].name", f"{tool.name!r} is declared twice; names are unique")
         tools.append(tool)
-    return Agent(
+    model = data.get("model")
+    if model is not None and not (isinstance(model, str) and MODEL_RE.fullmatch(model)):
+        raise fail("model", "must be a gpt-realtime model name, e.g. gpt-realtime-2")
+    effort = data.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise fail("reasoning_effort", f"must be one of {', '.join(REASONING_EFFORTS)}")
+    parallel = data.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise fail("parallel_tool_calls", "must be true or false")
+    servers = _mcp_servers(data.get("mcp_servers", []), fail, environ or {})
+    clash = {t.name for t in tools} & {s.label for s in servers}
+    if clash:
+        raise fail("mcp_servers", f"{', '.join(sorted(clash))}: also a tool's name")
+    agent = Agent(
         instructions=text("instructions", 16_000),
         voice=voice,
         greeting=text("greeting", 2_000),
@@ -173,7 +252,43 @@ def parse_agent(data: Mapping[str, Any], source: str = "agent file") -> Agent:
         transcription_model=text("transcription_model", 64),
         voicemail_message=text("voicemail_message", 2_000),
         tools=tuple(tools),
+        model=model,
+        reasoning_effort=effort,
+        parallel_tool_calls=parallel,
+        truncation=_truncation(data.get("truncation"), fail),
+        mcp_servers=servers,
+        analysis=_analysis(data.get("analysis"), fail),
     )
+    if model is not None and (mistake := reasoning_mistake(agent, model)):
+        raise AgentFileError(f"{source}: {mistake}")
+    return agent
+
+
+def _analysis(raw: Any, fail: Any) -> Mapping[str, Any] | None:
+    if raw is None:
+        return None
+    check_parameters_schema(raw, "analysis", fail)
+    return dict(raw)
+
+
+def _truncation(raw: Any, fail: Any) -> str | float | None:
+    if raw is None or raw in ("auto", "disabled"):
+        return raw  # type: ignore[no-any-return]
+    if isinstance(raw, float) and 0 < raw < 1:
+        return raw
+    raise fail("truncation", "must be auto, disabled or a retention ratio between 0 and 1 (0.8)")
+
+
+def _mcp_servers(raw: Any, fail: Any, environ: Mapping[str, str]) -> tuple[McpServer, ...]:
+    if not isinstance(raw, list):
+        raise fail("mcp_servers", "must be an array of tables ([[mcp_servers]])")
+    servers: list[McpServer] = []
+    for i, table in enumerate(raw):
+        server = parse_mcp_server(table, f"mcp_servers[{i}]", fail, environ)
+        if any(s.label == server.label for s in servers):
+            raise fail(f"mcp_servers[{i}].label", f"{server.label!r} is declared twice")
+        servers.append(server)
+    return tuple(servers)
 
 
 def _turn_detection(raw: Any, fail: Any) -> TurnDetectionConfig | None:
@@ -189,7 +304,21 @@ def _turn_detection(raw: Any, fail: Any) -> TurnDetectionConfig | None:
     kind = raw.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad", "none"):
         raise fail("turn_detection.type", "must be server_vad, semantic_vad or none")
-    knobs = {k: v for k, v in raw.items() if k != "type"}
+    idle_prompts = raw.get("idle_prompts", 1 if "idle_action" in raw else None)
+    idle_action = raw.get("idle_action")
+    if (idle_prompts is not None or idle_action is not None) and "idle_timeout_ms" not in raw:
+        raise fail("turn_detection.idle_action", "needs idle_timeout_ms (server_vad)")
+    if idle_prompts is not None and idle_action is None:
+        raise fail("turn_detection.idle_prompts", 'needs idle_action = "hang_up"')
+    if idle_action is not None and idle_action != "hang_up":
+        raise fail("turn_detection.idle_action", "must be hang_up")
+    if idle_prompts is not None and not (
+        isinstance(idle_prompts, int)
+        and not isinstance(idle_prompts, bool)
+        and 0 <= idle_prompts <= 10
+    ):
+        raise fail("turn_detection.idle_prompts", "must be a whole number from 0 to 10")
+    knobs = {k: v for k, v in raw.items() if k not in ("type", "idle_prompts", "idle_action")}
     allowed = {
         "server_vad": {
             "threshold",
@@ -220,7 +349,7 @@ def _turn_detection(raw: Any, fail: Any) -> TurnDetectionConfig | None:
             raise fail(f"turn_detection.{key}", "must be a whole number of ms from 0 to 600000")
         if key in ("create_response", "interrupt_response") and not isinstance(value, bool):
             raise fail(f"turn_detection.{key}", "must be true or false")
-    return TurnDetectionConfig(kind, knobs)
+    return TurnDetectionConfig(kind, knobs, idle_prompts or 0, idle_action)
 
 
 def _tool(raw: Any, where: str, fail: Any) -> Tool:

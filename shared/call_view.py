@@ -29,6 +29,7 @@ from shared.streams import (
     StreamEntryError,
     decode_event,
 )
+from shared.usage import CallUsage
 
 State = Literal["ringing", "in_progress", "ended"]
 Direction = Literal["inbound", "outbound"]
@@ -42,6 +43,7 @@ _OUTCOMES = {
     "model_hung_up": "model_hung_up",
     "transferred": "transferred",
     "supervisor_hung_up": "supervisor_hung_up",
+    "caller_idle": "caller_idle",
     "socket_closed": "disconnected",
     "completed": "completed",
     "failed": "failed",
@@ -156,7 +158,7 @@ class CallSummary:
     ended_at: int | None
     outcome: str | None  # None while the call goes on
     end_reason: str | None  # the stage's own word, as written
-    dialect: str | None  # the Realtime combo of the call's session (GA or BETA)
+    dialect: str | None  # the combo of the call's session (GA, BETA, or LIVE for GPT-Live)
     answered_by: str | None  # Twilio's AMD verdict on an outbound call
 
 
@@ -272,6 +274,10 @@ class CallDetail:
     errors: list[CallError] = field(default_factory=list)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
+    usage: CallUsage = field(default_factory=CallUsage)
+    # Remote MCP calls: the gateway's answers to approval requests and the calls the server ran,
+    # each {at, server, name, arguments, outcome, output, error, duration_ms} as recorded.
+    mcp_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _number(text: str | None) -> float | None:
@@ -330,6 +336,21 @@ def detail(
             out.errors.append(CallError(at, data.get("code", ""), data.get("message", "")))
         elif kind == "dtmf":
             out.dtmf.append({"digit": data.get("digit", ""), "at": at})
+        elif kind == "usage":
+            out.usage.add_event(data)
+        elif kind == "mcp_call":
+            out.mcp_calls.append(
+                {
+                    "at": at,
+                    "server": data.get("server", ""),
+                    "name": data.get("name", ""),
+                    "arguments": _arguments(data.get("arguments", "")),
+                    "outcome": data.get("outcome", ""),
+                    "output": data.get("output"),
+                    "error": data.get("error"),
+                    "duration_ms": _number(data.get("duration_ms")),
+                }
+            )
     if not out.barge_ins:
         out.barge_ins = [BargeIn(entry_ms(c), "", None) for c in clears]
     return out

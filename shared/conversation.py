@@ -20,15 +20,19 @@ from shared.call_actions import (
     EndCall,
     Measure,
     SendToModel,
+    SetDisposition,
     WriteCommand,
     WriteEvent,
     WriteOutbound,
     send,
 )
+from shared.idle import GOODBYE, IDLE_REASON, IdleWatch
+from shared.mcp import ApprovalRequest, CallMcp, McpCallStarted
 from shared.playback import HeardTracker
 from shared.realtime_dialect import (
     AudioDelta,
     ErrorKind,
+    IdleTimeout,
     InputCommitted,
     InputTranscript,
     RealtimeDialect,
@@ -46,11 +50,13 @@ from shared.streams import (
     ClearPlayback,
     Control,
     DtmfPressed,
+    HangUp,
     MarkPlayed,
     OutboundChunk,
     ToolResult,
 )
 from shared.tool_calls import CallTools
+from shared.usage import usage_fields
 
 Role = Literal["user", "assistant"]
 # The live API refuses to commit less than 100 ms (input_audio_buffer_commit_empty).
@@ -92,6 +98,12 @@ class CallConversation:
     caller_speaking: bool = False
     # What the model has said of each reply item not yet done (kept if the session dies).
     partial: dict[str, str] = field(default_factory=dict)
+    # The model the sessions use, named in each response's ``usage`` event (its price).
+    model: str = ""
+    # The call's remote MCP calls (None: the agent declares no MCP server).
+    mcp: CallMcp | None = None
+    # A silent caller asked, then hung up on (None: the agent file sets no idle_action).
+    idle: IdleWatch | None = None
 
     # --- session -------------------------------------------------------------------------------
     def session_ready(self, now_us: int) -> list[Action]:
@@ -233,6 +245,8 @@ class CallConversation:
             return self._audio(event, now_us)
         if isinstance(event, SpeechStarted):
             self.caller_speaking = True
+            if self.idle is not None:
+                self.idle.caller_spoke()
             return self._barge_in()
         if isinstance(event, SpeechStopped):
             self.caller_speaking = False
@@ -245,19 +259,28 @@ class CallConversation:
             self.active_response = event.response_id
             if self.tools is not None:
                 self.tools.awaiting_response = False
+            if self.idle is not None and self.idle.response_created(event.response_id):
+                # The server's answer to one silence too many: never heard; a goodbye instead.
+                self.cancelled.add(event.response_id)
+                return [send(self.dialect.cancel_response())]
             return []
         if isinstance(event, ResponseDone):
             if self.active_response == event.response_id:
                 self.active_response = None
+            used = usage_fields(self.model, event.response_id, event.usage)
+            counted: list[Action] = [WriteEvent(CallEvent("usage", used))] if used else []
+            counted += self._mcp_done(event, now_us)
+            counted += self._idle_done(event, now_us)
             if self.tools is None:
-                return []
+                return counted + self._mcp_continue([])
             if event.status == "completed":
                 for call in event.calls:  # for a later session's context
                     self.transcript.append(
                         ("assistant", f"[I called the tool {call.name}({call.arguments[:500]})]")
                     )
             actions = self.tools.response_done(event.calls, event.status, self.heard, now_us)
-            return actions + self.tick(now_us)
+            actions += self.tick(now_us)
+            return counted + actions + self._mcp_continue(actions)
         if isinstance(event, InputCommitted):
             self.frames_since_commit = self.bytes_since_commit = 0
             return []
@@ -268,6 +291,73 @@ class CallConversation:
             return self._transcript("user", event.transcript, event.item_id)
         if isinstance(event, ServerError):
             return self._error(event)
+        if isinstance(event, ApprovalRequest):
+            return self._mcp_approval(event)
+        if isinstance(event, McpCallStarted) and self.mcp is not None:
+            self.mcp.in_progress(event.item_id, now_us)
+        if isinstance(event, IdleTimeout) and self.idle is not None:
+            over = self.idle.timeout()
+            return [
+                WriteEvent(
+                    CallEvent(
+                        "idle",
+                        {"timeouts": str(self.idle.timeouts), "hang_up": "1" if over else "0"},
+                    )
+                )
+            ]
+        return []
+
+    # --- a silent caller --------------------------------------------------------------------------
+    def _idle_done(self, event: ResponseDone, now_us: int) -> list[Action]:
+        idle = self.idle
+        if idle is None or self.active_response is not None:
+            return []
+        unheard_us = int(self.heard.unheard_ms() * 1000)
+        if idle.response_done(event.response_id, unheard_us, now_us):
+            return [send(self.dialect.response_create(GOODBYE))]
+        return []
+
+    def _idle_due(self, now_us: int) -> list[Action]:
+        """The goodbye was heard: the call ends as a hang_up tool ends it."""
+        idle = self.idle
+        if idle is None or not idle.ends_now(self.heard.playing() is not None, now_us):
+            return []
+        return [
+            SetDisposition("hang_up", ""),
+            WriteCommand(HangUp(IDLE_REASON)),
+            EndCall(IDLE_REASON),
+        ]
+
+    # --- remote MCP calls ------------------------------------------------------------------------
+    def _mcp_approval(self, request: ApprovalRequest) -> list[Action]:
+        """Answer the model's request to call an MCP tool from the agent file's approve list
+        (refused when the agent has no such server), and record the decision."""
+        if self.mcp is None:
+            self.mcp = CallMcp({})  # refuse: nothing in the file approves anything
+        item, record = self.mcp.approval(request)
+        if item is None:
+            return []
+        actions: list[Action] = [
+            send(self.dialect.mcp_approval_response(item)),
+            WriteEvent(CallEvent("mcp_call", record)),
+        ]
+        return actions + self._mcp_continue([])
+
+    def _mcp_done(self, event: ResponseDone, now_us: int) -> list[Action]:
+        if self.mcp is None or not event.mcp_calls:
+            return []
+        return [
+            WriteEvent(CallEvent("mcp_call", r)) for r in self.mcp.done(event.mcp_calls, now_us)
+        ]
+
+    def _mcp_continue(self, actions: list[Action]) -> list[Action]:
+        """The ``response.create`` an approval is owed, once no response is active (and none
+        is being asked for by ``actions`` already)."""
+        if self.mcp is None or self.active_response is not None:
+            return []
+        asked = any(isinstance(a, SendToModel) and '"response.create"' in a.text for a in actions)
+        if self.mcp.continue_now() and not asked:
+            return [send(self.dialect.response_create())]
         return []
 
     def _audio(self, delta: AudioDelta, now_us: int) -> list[Action]:
@@ -332,11 +422,11 @@ class CallConversation:
         last words were heard, a word to the caller while a slow tool runs."""
         tools = self.tools
         if tools is None:
-            return []
+            return self._idle_due(now_us)
         busy = self.active_response is not None or tools.awaiting_response
         actions: list[Action] = [] if busy else tools.deliver(self.dialect)
         busy = busy or tools.awaiting_response
-        return actions + tools.due(self.heard, now_us, busy, self.dialect)
+        return actions + tools.due(self.heard, now_us, busy, self.dialect) + self._idle_due(now_us)
 
     def restore(self, transcript: Sequence[tuple[Role, str]], greeted: bool) -> None:
         """After a worker restart: what the previous owner had (read back from Redis)."""

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from shared.mcp import ApprovalRequest, McpCallItem, McpCallStarted
+
 TurnDetection = Literal["server_vad", "semantic_vad", "none"]
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 
@@ -56,6 +58,7 @@ class Combo(enum.Enum):
 
 _VOICE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 MAX_CALL_INSTRUCTIONS = 4000
+ANALYSIS_PURPOSE = "gateway_analysis"  # the metadata of the end-of-call analysis response
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,14 @@ class SessionConfig:
     noise_reduction: str | None = None
     # session.tools, in the flat shape both dialects share (``Tool.declaration``).
     tools: tuple[Mapping[str, Any], ...] = ()
+    # GA only (the beta dialect has none of them and leaves them out): the model (the URL's
+    # ?model=, over REALTIME_MODEL), session.reasoning.effort, parallel_tool_calls, truncation
+    # ("auto", "disabled" or a retention ratio) and remote MCP servers (``McpServer.declaration``).
+    model: str | None = None
+    reasoning_effort: str | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: str | float | None = None
+    mcp_tools: tuple[Mapping[str, Any], ...] = ()
 
     def with_overrides(self, overrides: Mapping[str, str]) -> SessionConfig:
         """This session with a call's ``voice``/``instructions`` (Twilio ``<Parameter>``s);
@@ -167,6 +178,13 @@ class SpeechStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class IdleTimeout:
+    """``input_audio_buffer.timeout_triggered``: the caller stayed silent for idle_timeout_ms."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class InputCommitted:
     item_id: str
 
@@ -194,6 +212,10 @@ class ResponseDone:
     # The response's function calls; run only when the response completed (a cancelled or
     # interrupted response's calls are not run).
     calls: tuple[FunctionCall, ...] = ()
+    # response.usage as the server sent it (tokens by modality; read by shared.usage).
+    usage: Mapping[str, Any] | None = None
+    # The remote MCP calls the server ran in this response (GA).
+    mcp_calls: tuple[McpCallItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +247,9 @@ ServerEvent = (
     | ResponseCreated
     | ResponseDone
     | ServerError
+    | ApprovalRequest
+    | McpCallStarted
+    | IdleTimeout
     | OtherEvent
 )
 
@@ -306,6 +331,19 @@ def _turn_detection(
     return {"type": kind, **shown}
 
 
+def _ga_only_keys(c: SessionConfig) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if c.reasoning_effort is not None:
+        keys["reasoning"] = {"effort": c.reasoning_effort}
+    if c.parallel_tool_calls is not None:
+        keys["parallel_tool_calls"] = c.parallel_tool_calls
+    if isinstance(c.truncation, float):
+        keys["truncation"] = {"type": "retention_ratio", "retention_ratio": c.truncation}
+    elif c.truncation is not None:
+        keys["truncation"] = c.truncation
+    return keys
+
+
 def _noise_reduction(kind: str) -> dict[str, Any] | None:
     return None if kind == "off" else {"type": kind}
 
@@ -339,7 +377,7 @@ class RealtimeDialect:
     def connect_request(self, url: str, model: str, api_key: str) -> ConnectRequest:
         parts = urlsplit(url)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
-        query.append(("model", model))
+        query.append(("model", self.config.model or model))
         full = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
         headers = {"Authorization": f"Bearer {api_key}"}
         if self.beta_header:
@@ -365,6 +403,7 @@ class RealtimeDialect:
                 "instructions": c.instructions,
                 "audio": {"input": audio_in, "output": {"format": dict(fmt), "voice": c.voice}},
             }
+            session.update(_ga_only_keys(c))
         else:
             session = {
                 "modalities": ["audio", "text"],
@@ -378,9 +417,13 @@ class RealtimeDialect:
                 session["input_audio_transcription"] = {"model": c.transcription_model}
             if c.noise_reduction is not None:
                 session["input_audio_noise_reduction"] = _noise_reduction(c.noise_reduction)
-        if c.tools:
-            # The same flat function shape in both dialects (no nested "function" key).
-            session["tools"] = [dict(tool) for tool in c.tools]
+        # The same flat function shape in both dialects (no nested "function" key); remote MCP
+        # servers only in the GA one.
+        tools = [dict(tool) for tool in c.tools]
+        if self.combo is Combo.GA:
+            tools += [dict(tool) for tool in c.mcp_tools]
+        if tools:
+            session["tools"] = tools
             session["tool_choice"] = "auto"
         return {"type": "session.update", "session": session}
 
@@ -415,6 +458,25 @@ class RealtimeDialect:
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
+
+    def analysis_request(self, instructions: str) -> dict[str, Any]:
+        """An out-of-band, text-only response (``conversation: "none"``: not spoken, not in the
+        conversation, though it reads it) asking for the end-of-call analysis."""
+        response: dict[str, Any] = {
+            "conversation": "none",
+            "instructions": instructions,
+            "metadata": {"purpose": ANALYSIS_PURPOSE},
+        }
+        if self.combo is Combo.GA:
+            response["output_modalities"] = ["text"]
+        else:
+            response["modalities"] = ["text"]
+        return {"type": "response.create", "response": response}
+
+    @staticmethod
+    def mcp_approval_response(item: Mapping[str, Any]) -> dict[str, Any]:
+        """The gateway's answer to the model's ``mcp_approval_request`` (GA only)."""
+        return {"type": "conversation.item.create", "item": dict(item)}
 
     @staticmethod
     def system_text_item(text: str) -> dict[str, Any]:
@@ -554,7 +616,22 @@ def _session_created(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
 def _response_done(response: dict[str, Any]) -> ServerEvent:
     output = response.get("output")
     calls = []
+    mcp_calls = []
     for item in output if isinstance(output, list) else []:
+        if isinstance(item, dict) and item.get("type") == "mcp_call":
+            error = item.get("error")
+            mcp_calls.append(
+                McpCallItem(
+                    _s(item, "id"),
+                    _s(item, "server_label"),
+                    _s(item, "name"),
+                    _s(item, "arguments"),
+                    item["output"] if isinstance(item.get("output"), str) else None,
+                    (_s(error, "message") or _s(error, "type") or "error")
+                    if isinstance(error, dict)
+                    else None,
+                )
+            )
         if isinstance(item, dict) and item.get("type") == "function_call":
             calls.append(
                 FunctionCall(
@@ -565,7 +642,23 @@ def _response_done(response: dict[str, Any]) -> ServerEvent:
                     _s(item, "status") or "completed",
                 )
             )
-    return ResponseDone(_s(response, "id"), _s(response, "status"), tuple(calls))
+    usage = response.get("usage")
+    return ResponseDone(
+        _s(response, "id"),
+        _s(response, "status"),
+        tuple(calls),
+        usage if isinstance(usage, dict) else None,
+        tuple(mcp_calls),
+    )
+
+
+def _item_done(_: RealtimeDialect, d: dict[str, Any]) -> ServerEvent:
+    item = d.get("item")
+    if isinstance(item, dict) and item.get("type") == "mcp_approval_request":
+        return ApprovalRequest(
+            _s(item, "id"), _s(item, "server_label"), _s(item, "name"), _s(item, "arguments")
+        )
+    return OtherEvent(_s(d, "type"))
 
 
 def _response(d: dict[str, Any]) -> dict[str, Any]:
@@ -602,8 +695,12 @@ _HANDLERS: dict[str, _Handler] = {
         _i(d, "audio_end_ms"), _s(d, "item_id")
     ),
     "input_audio_buffer.committed": lambda _, d: InputCommitted(_s(d, "item_id")),
+    "input_audio_buffer.timeout_triggered": lambda _, d: IdleTimeout(_s(d, "item_id")),
     "response.created": lambda _, d: ResponseCreated(_s(_response(d), "id")),
     "response.done": lambda _, d: _response_done(_response(d)),
+    "response.output_item.done": _item_done,
+    "conversation.item.done": _item_done,
+    "response.mcp_call.in_progress": lambda _, d: McpCallStarted(_s(d, "item_id")),
     "error": _error,
 }
 

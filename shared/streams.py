@@ -372,6 +372,11 @@ def decode_control(fields: Fields) -> Control:
 TOOL_CALLS_STREAM = b"gw:tools"
 TOOL_RUNNER_GROUP = b"tool_runner"
 TOOL_CALLS_MAXLEN = 100_000
+# End-of-call reports to deliver (POST_CALL_WEBHOOK_URL): one entry per ended call, written by
+# the worker, taken by the tool runners' group (shared.call_report has the entry's codec).
+REPORTS_STREAM = b"gw:reports"
+REPORTS_GROUP = b"reporters"
+REPORTS_MAXLEN = 100_000
 MAX_TOOL_ARGUMENTS_BYTES = 16 * 1024  # the model's arguments, as JSON text
 MAX_TOOL_OUTPUT_BYTES = 64 * 1024  # a tool's answer, as the model gets it
 
@@ -485,6 +490,9 @@ EventKind = Literal[
     "call_status",
     "supervisor",
     "stream_resumed",
+    "usage",
+    "mcp_call",
+    "idle",
 ]
 
 
@@ -504,7 +512,13 @@ class CallEvent:
     duration_ms, output}; ``barge_in`` {item_id, heard_ms}. Written by the edge for an outbound
     call: ``amd`` {answered_by, action (voicemail|agent)} and ``call_status`` {status}, Twilio's
     word on the call (queued, ringing, in-progress, completed, busy, no-answer, failed,
-    canceled). Written by the console: ``supervisor`` {action: hangup}.
+    canceled). Written by the console: ``supervisor`` {action: hangup}. Written by the worker
+    for each response that used tokens: ``usage`` {model, response_id, and the counts by kind of
+    :mod:`shared.usage` (text_in, text_cached, audio_in, audio_cached, image_in, image_cached,
+    text_out, audio_out), those above 0 only}; ``mcp_call`` {item_id, server, name, arguments,
+    outcome (approved|refused: the gateway's answer to an approval request; ok|error: the call
+    the server ran), output, error, duration_ms}; ``idle`` {timeouts (since the caller last
+    spoke), hang_up (1: one too many, the goodbye follows)}.
     """
 
     kind: EventKind
@@ -530,6 +544,9 @@ _EVENT_KINDS = {
     "call_status",
     "supervisor",
     "stream_resumed",
+    "usage",
+    "mcp_call",
+    "idle",
 }
 
 

@@ -41,6 +41,9 @@ from websockets.http11 import Request, Response
 
 from sim.live_rules import BETA_DISABLED_MESSAGE
 from sim.openai_live import LIVE_PATH, LiveSession, run_session
+from sim.realtime_analysis import analysis_answer
+from sim.realtime_idle import IDLE_PROMPT, IdleClock
+from sim.realtime_mcp import ScriptedMcpCall, ScriptedMcpServer, SessionMcp
 from sim.realtime_rules import (
     CLIENT_EVENTS,
     PCM_24K,
@@ -58,6 +61,7 @@ from sim.realtime_tools import (
     function_call_item,
     stream_function_call,
 )
+from sim.realtime_usage import UsageMeter
 from sim.realtime_voice import synthetic_voice
 from sim.wire_audio import EnergyVad, at_rate, decode, encode
 
@@ -93,6 +97,7 @@ class ResponseRecord:
     turn: int = 0  # the caller's turn this response answers (0: not one, e.g. a greeting)
     session_turn: int = 0  # the same, counted in this session alone
     audio: bytearray = field(default_factory=bytearray)  # wire bytes of ``format``
+    mcp_items: list[dict[str, Any]] = field(default_factory=list)  # sim/realtime_mcp.py
 
     @property
     def speaks(self) -> bool:
@@ -158,6 +163,9 @@ class EmulatedSession:
         self.expired_at: float | None = None  # wall clock
         self._changed = asyncio.Condition()
         self._record = record
+        self.meter = UsageMeter()  # response.done's usage (GA)
+        self.idle = IdleClock()  # server VAD's idle_timeout_ms (GA)
+        self.mcp = SessionMcp(emulator.mcp_servers, emulator.mcp_calls)  # remote MCP (GA)
         # session state
         self.instructions = ""
         self.voice: Any = "alloy"
@@ -432,6 +440,8 @@ class EmulatedSession:
         check_session(self.dialect, e.get("session"))
         self._apply_session(e["session"])
         await self.send({"type": "session.updated", "session": self.session_object()})
+        if self.dialect == "ga":
+            await self.mcp.declare(self.tools, self.send)
 
     async def _on_input_audio_buffer_append(self, e: dict[str, Any]) -> None:
         audio = e.get("audio")
@@ -549,8 +559,15 @@ class EmulatedSession:
             "message",
             "function_call",
             "function_call_output",
+            "mcp_approval_response",
         ):
             raise Rejection("invalid_value", "Invalid 'item.type'.", "item.type")
+        if item["type"] == "mcp_approval_response" and not self.mcp.answer(item):
+            raise Rejection(
+                "invalid_value",
+                f"No approval request '{item.get('approval_request_id')}' awaits an answer.",
+                "item.approval_request_id",
+            )
         ok_types = {
             "user": {"input_text", "input_audio"},
             "system": {"input_text"},
@@ -650,9 +667,29 @@ class EmulatedSession:
         self.vad.silence_ms = td.get("silence_duration_ms", 500)
         for event in self.vad.feed(data):
             if event.kind == "started":
+                self.idle.pause()
                 await self._speech_started(td, event.at_ms)
             else:
                 await self._speech_stopped(td, event.at_ms)
+        if (
+            not self.vad.speaking
+            and self.active is None
+            and (span := self.idle.due(self.vad.audio_ms, td.get("idle_timeout_ms")))
+        ):
+            await self._idle_timeout(*span)
+
+    async def _idle_timeout(self, start_ms: float, end_ms: float) -> None:
+        """The caller stayed silent for idle_timeout_ms: say so, and answer it (the server's
+        own response, which the client may cancel)."""
+        await self.send(
+            {
+                "type": "input_audio_buffer.timeout_triggered",
+                "audio_start_ms": int(start_ms),
+                "audio_end_ms": int(end_ms),
+                "item_id": _id("item"),
+            }
+        )
+        self._start_response({"instructions": IDLE_PROMPT})
 
     async def _speech_started(self, td: dict[str, Any], at_ms: float) -> None:
         self.speech_item = _id("item")
@@ -677,6 +714,7 @@ class EmulatedSession:
             }
         )
         await self._commit(item_id)
+        self.idle.reset(self.vad.audio_ms)
         if td.get("create_response", True) and self.active is None:
             self._start_response({})
 
@@ -696,6 +734,8 @@ class EmulatedSession:
         """The reply's audio in the response's format (none for a text-only one) and its
         transcript: the caller's last committed audio echoed back when it can be brought to
         the output rate, else the emulator's voice saying the instructions or a greeting."""
+        if record.instructions and (analysis := analysis_answer(record.instructions)):
+            return b"", analysis  # the gateway's end-of-call analysis: text, whole
         echo, self.last_user_audio = self.last_user_audio, b""
         fmt = record.format
         if echo and record.instructions is None:
@@ -758,10 +798,14 @@ class EmulatedSession:
         }
         audio, transcript = self._reply(record)
         kind = "audio" if record.speaks else "text"
+        run, ask = self.mcp.plan(record.turn)
+        refused = self.mcp.take_refusals()
         try:
             await self.send(
                 {"type": "response.created", "response": self._response_object(record, [])}
             )
+            if run or ask or refused:
+                audio, transcript = await self._mcp_steps(record, run, ask, bool(refused))
             await self.send(
                 {
                     "type": "response.output_item.added",
@@ -787,6 +831,33 @@ class EmulatedSession:
             await self._finish(record, ids, item, kind, transcript)
         except ConnectionClosed:
             self.active = None
+
+    async def _mcp_steps(
+        self,
+        record: ResponseRecord,
+        run: list[ScriptedMcpCall],
+        ask: list[ScriptedMcpCall],
+        refused: bool,
+    ) -> tuple[bytes, str]:
+        """Run the response's MCP calls (or ask approval for them) before it speaks; what it
+        then says: the calls' results, a word before the approval, or a refusal's apology."""
+        for call in ask:
+            record.mcp_items.append(await self.mcp.ask(call, record.id, self.send))
+        results = []
+        for call in run:
+            item = await self.mcp.run(call, record.id, self.send, lambda: asyncio.sleep(0.05))
+            record.mcp_items.append(item)
+            results.append(item.get("output") or "the tool failed")
+        if results:
+            text = f"Here is what I found: {'; '.join(results)[:160]}"
+        elif ask:
+            text = "Let me look that up for you."
+        else:
+            text = "I am sorry, I am not allowed to do that."
+        spoken = text if not results else "Here is what I found."
+        fmt = record.format
+        audio = encode(fmt, synthetic_voice(spoken, fmt.rate)) if record.speaks else b""
+        return audio, text
 
     async def _stream_audio(
         self, record: ResponseRecord, ids: dict[str, Any], audio: bytes, transcript: str
@@ -854,7 +925,7 @@ class EmulatedSession:
             await self.send(
                 {"type": "conversation.item.done", "previous_item_id": None, "item": item}
             )
-        output = [item]
+        output = [*record.mcp_items, item]
         for scripted in self._scripted_calls(record):
             call = function_call_item(
                 _id("item"), _id("call"), scripted.name, json.dumps(scripted.arguments)
@@ -867,8 +938,26 @@ class EmulatedSession:
         record.status = "completed"
         self.active = None
         await self.send(
-            {"type": "response.done", "response": self._response_object(record, output)}
+            {"type": "response.done", "response": self._done_object(record, output, transcript)}
         )
+
+    def _done_object(
+        self, record: ResponseRecord, output: list[dict[str, Any]], text: str
+    ) -> dict[str, Any]:
+        """The response as response.done ends it: with its usage (GA; the beta's is left null)."""
+        obj = self._response_object(record, output)
+        # Silence counts from the end of this response's audio, as the caller hears it.
+        self.idle.reset(self.vad.audio_ms + record.format.ms(len(record.audio)))
+        if self.dialect == "ga":
+            before = [(i.role, i.audio_ms) for i in self.items.values() if i.id != record.item_id]
+            obj["usage"] = self.meter.response(
+                self.instructions,
+                before,
+                record.format.ms(len(record.audio)),
+                text,
+                speaks=record.speaks,
+            )
+        return obj
 
     def _scripted_calls(self, record: ResponseRecord) -> list[ScriptedToolCall]:
         """The tool calls scripted for the turn this response answers, of functions the
@@ -894,7 +983,7 @@ class EmulatedSession:
             await asyncio.gather(task, return_exceptions=True)
         record.status = "cancelled"
         record.cancel_reason = reason
-        await self.send({"type": "response.done", "response": self._response_object(record, [])})
+        await self.send({"type": "response.done", "response": self._done_object(record, [], "")})
 
 
 def _opens_with_audio(item: dict[str, Any]) -> bool:
@@ -964,6 +1053,8 @@ class RealtimeEmulator:
         keep_sessions: int | None = None,
         tool_calls: list[ScriptedToolCall] | None = None,
         max_session_seconds: float = 0.0,
+        mcp_servers: list[ScriptedMcpServer] | None = None,
+        mcp_calls: list[ScriptedMcpCall] | None = None,
     ) -> None:
         """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
         tests that inspect them). A long-running stand-in keeps only the newest, or it would
@@ -989,6 +1080,9 @@ class RealtimeEmulator:
         self.live_sessions: list[LiveSession] = []
         # Scripted function calls (sim/realtime_tools.py): a test's or the demo's control.
         self.tool_calls: list[ScriptedToolCall] = list(tool_calls or [])
+        # Scripted remote MCP servers and calls (sim/realtime_mcp.py).
+        self.mcp_servers: list[ScriptedMcpServer] = list(mcp_servers or [])
+        self.mcp_calls: list[ScriptedMcpCall] = list(mcp_calls or [])
         # The live API ends a session after 60 minutes (GA; 30 beta): a test sets seconds.
         self.max_session_seconds = max_session_seconds
         # Caller turns answered, over all sessions: a scripted tool call's turn counts these, so

@@ -243,8 +243,11 @@ def best_lag(reference: np.ndarray, received: np.ndarray, max_lag: int) -> tuple
 
 @pytest.mark.slow
 @pytest.mark.redis_server
+@pytest.mark.parametrize(
+    "dialect", [pytest.param({}, id="comboA"), pytest.param({"REALTIME_SCHEMA": "live"}, id="live")]
+)
 async def test_a_recording_survives_its_recorder_killed_mid_call(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, dialect: dict[str, str]
 ) -> None:
     client = aioredis.from_url(redis_server.url)
     await client.flushall()
@@ -252,7 +255,7 @@ async def test_a_recording_survives_its_recorder_killed_mid_call(
     await emulator.start()
     edge_port = free_port()
     folder = tmp_path / "recordings"
-    env = process_env(redis_server.url, edge_port, emulator.port)
+    env = process_env(redis_server.url, edge_port, emulator.port, **dialect)
     stack = ProcessStack(env, edge_port, emulator.port, tmp_path)
     recorder_env = {"RECORDINGS_DIR": str(folder), "CONSUMER_NAME": "r0"}
     try:

@@ -101,7 +101,7 @@ class CallOut(BaseModel):
         "voicemail | no_answer | busy | canceled | failed | disconnected | completed",
     )
     end_reason: str | None = Field(None, description="the stage's own end reason")
-    dialect: str | None = Field(None, description="Realtime combo of the session (GA | BETA)")
+    dialect: str | None = Field(None, description="Model combo of the session (GA | BETA | LIVE)")
     answered_by: str | None = Field(None, description="Twilio's AMD verdict (outbound)")
 
 
@@ -125,6 +125,16 @@ class CallDetailOut(CallOut):
         "{role: caller|assistant, start, end} in epoch ms"
     )
     recording: bool = Field(description="a recording can be fetched at .../recording")
+    mcp_calls: list[dict[str, Any]] = Field(
+        description="remote MCP calls: {at, server, name, arguments, outcome (approved|refused: "
+        "the gateway's answer to an approval request; ok|error: a call the server ran), output, "
+        "error, duration_ms}"
+    )
+    usage: dict[str, Any] = Field(
+        description="the Realtime tokens the call used, summed from response.done's usage: "
+        "responses, tokens by kind, by_model, estimated_cost_usd (null when no model of the "
+        "call has a price), unpriced_models, prices_as_of (the built-in table's date)"
+    )
 
 
 class OutboundIn(BaseModel):
@@ -409,6 +419,8 @@ def create_app(
             errors=[asdict(e) for e in view.errors],
             dtmf=view.dtmf,
             latency=view.latency,
+            usage=view.usage.report(settings.prices),
+            mcp_calls=view.mcp_calls,
             turns=turns,
             recording=bool(recordings and (recordings / f"{call_sid}.wav").is_file()),
         )

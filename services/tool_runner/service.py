@@ -31,6 +31,7 @@ import httpx
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
+from services.tool_runner.reports import ReportSender
 from shared.agent import Tool
 from shared.backoff import Backoff
 from shared.runtime.claims import claim_handed_over, hand_over
@@ -99,6 +100,8 @@ class ToolRunner:
         )
         self.running: dict[bytes, asyncio.Task[None]] = {}  # by entry ID
         self.slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # End-of-call reports (POST_CALL_WEBHOOK_URL), sent from here too.
+        self.reports = ReportSender(settings, redis, self.http)
         self.handover = handover_stream(TOOL_CALLS_STREAM, TOOL_RUNNER_GROUP)
         self._loops: set[asyncio.Task[Any]] = set()  # _take and _keep, stopped first on SIGTERM
 
@@ -108,7 +111,7 @@ class ToolRunner:
             self._loops.add(task)
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._take(), self._keep()]
+        return [self._take(), self._keep(), *self.reports.loops()]
 
     def calls_held(self) -> int:
         return len(self.running)
@@ -119,6 +122,7 @@ class ToolRunner:
     async def stop(self) -> None:
         """Take no more calls; let the running ones finish within :data:`FINISH_S`; hand the
         rest to another instance at once."""
+        await self.reports.stop()
         for loop in self._loops:  # no new calls, and no hand-over note read by ourselves
             loop.cancel()
         if self._loops:

@@ -885,11 +885,11 @@ class Edge:
         return [self.writer.run()]
 
     def calls_held(self) -> int:
-        return len(self.bridges)
+        return len(self.started)
 
     def unready(self) -> str | None:
         """At ``MAX_CALLS`` a new stream would be refused (503): send it to another edge."""
-        return "max_calls" if len(self.bridges) >= self.settings.max_calls else None
+        return "max_calls" if len(self.started) >= self.settings.max_calls else None
 
     async def stop(self) -> None:
         """Close every stream (1001) and the port, then flush the audio still unwritten.

@@ -212,6 +212,18 @@ SATURATION = Gauge(
     "The event loop's load from 0 to 1: its smoothed lag over one 20 ms frame, capped at 1",
     ["stage"],
 )
+MCP_CALLS = Counter(
+    "gateway_mcp_calls_total",
+    "Remote MCP calls, by the agent file's server label and outcome (approved, refused: the "
+    "gateway's answers to approval requests; ok, error: the calls the server ran)",
+    ["server", "outcome"],
+)
+REALTIME_TOKENS = Counter(
+    "gateway_realtime_tokens_total",
+    "Tokens the Realtime sessions used, from response.done's usage, by kind (text_in, "
+    "text_cached, audio_in, audio_cached, image_in, image_cached, text_out, audio_out)",
+    ["kind"],
+)
 
 _LABEL_RE = re.compile(r"^[a-z0-9_.]{1,48}$")
 

@@ -18,12 +18,15 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
+from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file, reasoning_mistake
 from shared.audio import AudioFormatError, resampling_ratio
+from shared.live_dialect import LIVE_MODEL, LIVE_RATES, LIVE_URL, LiveConfig
 from shared.realtime_dialect import SessionConfig, TurnDetection
 from shared.stream_token import derive_key
+from shared.usage import PriceTableError, load_prices
 
-Schema = Literal["audio", "flat", "auto"]
+# audio: combo A; flat: combo B; auto: A, else B; live: GPT-Live (combo C, docs/live.md).
+Schema = Literal["audio", "flat", "auto", "live"]
 
 EXIT_CONFIG_ERROR = 2
 FLAT_PCM_RATE = 24000  # the beta dialect's pcm16: 16-bit mono at 24 kHz, no rate to set
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     realtime_open_timeout_ms: int = Field(8000, ge=100, le=600_000)
     """How long the worker gives a new Realtime session to connect and accept its
     ``session.update``."""
+    live_delegation_model: str = Field("gpt-5.4-mini", min_length=1, max_length=64)
+    """GPT-Live (``REALTIME_SCHEMA=live``): the Responses model that runs the agent file's tools
+    when the live model delegates a task to it (``delegation.responses.model``)."""
 
     # --- What the model is told and how it speaks ---------------------------------------------
     realtime_voice: str = Field("alloy", min_length=1, max_length=64)
@@ -98,6 +104,12 @@ class Settings(BaseSettings):
     """The agent file (TOML, see the agent page): instructions, voice, greeting, turn detection,
     tools and the ``voicemail_message`` an answering machine gets. It overrides the ``REALTIME_*``
     variables above; a call's ``<Parameter>``s override it. Checked whole at start."""
+    realtime_prices: str = ""
+    """The price table that turns a call's tokens into an estimated cost: JSON
+    (``{"gpt-realtime": {"text_in": 4.0, ...}}``, US dollars per million tokens, every kind of
+    the usage page) or the path of a file holding it. A model named here replaces that model's
+    built-in prices; empty keeps the built-in table (dated; see the usage page), which the
+    operator must keep current."""
     # --- Tools ------------------------------------------------------------------------------------
     tool_calls_per_call: int = Field(50, ge=0, le=10_000)
     """Tool calls one phone call may make; beyond, the model is told so at once."""
@@ -107,7 +119,12 @@ class Settings(BaseSettings):
     """A tool still running this long gets the model to tell the caller, once per call, that it
     is still on it."""
     tools_signing_secret: SecretStr | None = None
-    """When set, signs every HTTP tool request (``X-Gateway-Signature``)."""
+    """When set, signs every HTTP tool request (``X-Gateway-Signature``), and every end-of-call
+    report."""
+    post_call_webhook_url: str = ""
+    """When set, each call's end-of-call report is POSTed here (JSON, signed like the tool
+    requests, ``Idempotency-Key: report-<CallSid>``), retried with backoff until a 2xx; the tool
+    runners send it (see the usage and reports page)."""
 
     # --- Long calls: Realtime sessions one after another ---------------------------------------
     realtime_session_max_seconds: int = Field(3300, ge=0, le=86_400)
@@ -245,6 +262,22 @@ class Settings(BaseSettings):
             data["realtime_beta_header"] = schema == "flat"
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _live_defaults(cls, data: object) -> object:
+        # GPT-Live has its own endpoint and models: unset (or empty, as compose passes an unset
+        # variable) means theirs, not Realtime's; for the other schemas, the field's default.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        live = str(data.get("realtime_schema", "")).strip() == "live"
+        for key, default in (("realtime_url", LIVE_URL), ("realtime_model", LIVE_MODEL)):
+            if key in data and not str(data[key] or "").strip():
+                del data[key]
+            if live and key not in data:
+                data[key] = default
+        return data
+
     @field_validator("realtime_beta_header", mode="before")
     @classmethod
     def _zero_or_one(cls, value: object) -> object:
@@ -313,10 +346,56 @@ class Settings(BaseSettings):
     def _agent_file_is_good(self) -> Settings:
         if self.agent_file:
             try:
-                object.__setattr__(self, "_agent_cache", load_agent_file(self.agent_file))
+                agent = load_agent_file(self.agent_file)
             except AgentFileError as exc:
                 raise ValueError(str(exc)) from None
+            where = f"AGENT_FILE={self.agent_file}"
+            if mistake := reasoning_mistake(agent, self.realtime_model):
+                raise ValueError(f"{where}: {mistake} (REALTIME_MODEL)")
+            ga_only = [
+                key
+                for key, value in (
+                    ("reasoning_effort", agent.reasoning_effort),
+                    ("parallel_tool_calls", agent.parallel_tool_calls),
+                    ("truncation", agent.truncation),
+                    ("mcp_servers", agent.mcp_servers or None),
+                )
+                if value is not None
+            ]
+            if ga_only and self.realtime_schema in ("flat", "live"):
+                raise ValueError(
+                    f"{where}: {', '.join(ga_only)}: only in the GA dialect "
+                    f"(REALTIME_SCHEMA=audio or auto), not with REALTIME_SCHEMA="
+                    f"{self.realtime_schema}"
+                )
+            object.__setattr__(self, "_agent_cache", agent)
         return self
+
+    @field_validator("post_call_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("https", "http") or not parts.hostname):
+            raise ValueError("must be an http(s):// URL with a host")
+        return value
+
+    @field_validator("realtime_prices")
+    @classmethod
+    def _prices(cls, value: str) -> str:
+        try:
+            load_prices(value)
+        except PriceTableError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def prices(self) -> dict[str, dict[str, float]]:
+        """The price table (US dollars per million tokens, by model and kind)."""
+        cached = self.__dict__.get("_prices_cache")
+        if not isinstance(cached, dict):
+            cached = load_prices(self.realtime_prices)
+            object.__setattr__(self, "_prices_cache", cached)
+        return cached
 
     @property
     def agent(self) -> Agent:
@@ -330,6 +409,10 @@ class Settings(BaseSettings):
         if schema == "flat":
             return self  # the report: the rate is the audio schema's; pcm16 is always 24 kHz
         prefix = f"REALTIME_AUDIO_RATE={rate} is not allowed with REALTIME_SCHEMA={schema}"
+        if schema == "live":
+            if rate not in LIVE_RATES:
+                raise ValueError(f"{prefix}: GPT-Live's audio/pcm takes 16000 or 24000")
+            return self
         # The GA dialect rejects audio/pcm below 24000 Hz (dialect report).
         if rate < 24000:
             raise ValueError(f"{prefix}: audio/pcm needs a rate >= 24000")
@@ -347,6 +430,15 @@ class Settings(BaseSettings):
             ) from None
         return self
 
+    @model_validator(mode="after")
+    def _live_url_has_no_model(self) -> Settings:
+        if self.realtime_schema == "live" and "model=" in (urlsplit(self.realtime_url).query):
+            raise ValueError(
+                f"REALTIME_URL={self.realtime_url} names a model: GPT-Live takes REALTIME_MODEL "
+                "in session.start, never in the URL"
+            )
+        return self
+
     def unverified_combo(self) -> str | None:
         """Why the schema and header are not one of the report's two combos (``None`` if they
         are). The report saw the beta-header-off server require ``session.type``, which the flat
@@ -357,6 +449,8 @@ class Settings(BaseSettings):
                 "REALTIME_SCHEMA=flat needs REALTIME_BETA_HEADER=1 (combo B); without the header "
                 "the server requires the audio schema's session.type"
             )
+        if self.realtime_schema == "live" and self.realtime_beta_header:
+            return "REALTIME_SCHEMA=live needs REALTIME_BETA_HEADER=0: GPT-Live has no beta shape"
         if self.realtime_schema == "audio" and self.realtime_beta_header:
             return (
                 "REALTIME_SCHEMA=audio needs REALTIME_BETA_HEADER=0 (combo A); the beta header "
@@ -434,6 +528,30 @@ class Settings(BaseSettings):
             turn_knobs=dict(turn.knobs) if turn else {},
             noise_reduction=agent.noise_reduction,
             tools=tuple(tool.declaration() for tool in agent.tools),
+            model=agent.model,
+            reasoning_effort=agent.reasoning_effort,
+            parallel_tool_calls=agent.parallel_tool_calls,
+            truncation=agent.truncation,
+            mcp_tools=tuple(server.declaration() for server in agent.mcp_servers),
+        )
+
+    def live_config(self) -> LiveConfig:
+        """The GPT-Live session these settings describe (REALTIME_SCHEMA=live): the same voice,
+        instructions and tools as :meth:`session_config`, the model in the session."""
+        config = self.session_config()
+        return self.live_config_for(config)
+
+    def live_config_for(self, config: SessionConfig) -> LiveConfig:
+        """A call's GPT-Live session from its Realtime-shaped config (a call's overrides)."""
+        return LiveConfig(
+            model=self.realtime_model,
+            instructions=config.instructions,
+            voice=config.voice,
+            rate=self.pcm_rate,
+            tools=config.tools,
+            delegation_model=self.live_delegation_model,
+            # The agent file's one text holds the business rules the backend needs too.
+            delegation_instructions=config.instructions,
         )
 
     @property
