@@ -41,7 +41,6 @@ from shared.realtime_dialect import (
     ServerError,
     SessionConfig,
 )
-from shared.realtime_handshake import RealtimeHandshake
 from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import (
     FIRST_REPLY,
@@ -119,8 +118,8 @@ class RealtimeCall:
         self.meta = meta
         self.config = config
         settings = worker.settings
-        self.handshake = RealtimeHandshake.for_schema(
-            config, settings.realtime_schema, settings.realtime_beta_header, worker.preferred_combo
+        self.handshake = worker.dialects.handshake(
+            config, settings.realtime_schema, settings.realtime_beta_header
         )
         params = call.custom_parameters
         greeting = params.get("greeting", settings.greeting)[:MAX_GREETING_CHARS]
@@ -186,7 +185,9 @@ class RealtimeCall:
         while True:  # one iteration per Realtime session
             try:
                 attempt = self.handshake.next_attempt()  # each connection its own handshake
-                ws, dialect = await open_session(settings, attempt, self.worker.api_key)
+                ws, dialect = await open_session(
+                    settings, attempt, self.worker.api_key, self.worker.dialects
+                )
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
                     log.error("OpenAI refused our credentials (%s)", exc.response.status_code)
@@ -205,13 +206,10 @@ class RealtimeCall:
                 return "realtime_refused"
             backoff.reset()
             restore_deadline = None
-            # Under auto, the next session (and the worker's next call) starts where this worked.
-            self.worker.preferred_combo = dialect.combo
-            self.handshake = RealtimeHandshake.for_schema(
-                self.config,
-                settings.realtime_schema,
-                settings.realtime_beta_header,
-                dialect.combo,
+            # The next session (and the worker's next call) starts where this worked (auto, or
+            # GA once the server said the beta is retired).
+            self.handshake = self.worker.dialects.handshake(
+                self.config, settings.realtime_schema, settings.realtime_beta_header
             )
             self.core.dialect = dialect
             self._write(WriteEvent(CallEvent("session", {"combo": dialect.combo.name})))
@@ -359,7 +357,9 @@ class RealtimeCall:
     async def _open_next(self) -> tuple[ClientConnection, RealtimeDialect, float]:
         attempt = self.handshake.next_attempt()  # the same session.update, tools included
         opened = time.monotonic()
-        ws, dialect = await open_session(self.worker.settings, attempt, self.worker.api_key)
+        ws, dialect = await open_session(
+            self.worker.settings, attempt, self.worker.api_key, self.worker.dialects
+        )
         return ws, dialect, opened
 
     async def _switch(

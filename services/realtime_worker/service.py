@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.realtime_worker.call import RealtimeCall
-from shared.realtime_dialect import Combo
+from shared.realtime_handshake import DialectMemory
 from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import (
@@ -57,8 +57,9 @@ class RealtimeWorker:
         self.api_key = key.get_secret_value() if key else _EMULATOR_KEY
         self.config = settings.session_config()
         self.tools = {tool.name: tool for tool in settings.agent.tools}
-        # With REALTIME_SCHEMA=auto, the combo the server accepted last time is tried first.
-        self.preferred_combo = Combo.GA
+        # What the server's answers taught this process: under auto the combo it accepted last
+        # time is tried first; once it said the beta is retired, combo B opens GA directly.
+        self.dialects = DialectMemory()
         self.hop_in = HOP_LATENCY.labels("edge_to_openai")
         self.frames_in = FRAMES.labels("worker_in")
         self.frames_out = FRAMES.labels("worker_out")
