@@ -41,17 +41,46 @@ async def test_smoke_verdicts(
     assert len([line for line in out.splitlines() if line.startswith("run ")]) == (2 if ok else 1)
 
 
-async def test_a_disabled_beta_shape_fails_flat_and_auto_still_works(
+async def test_a_retired_beta_fails_combo_b_in_one_line_and_auto_still_works(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The live API since May 2026: combo B gets one line quoting the API's own message, and a
+    non-zero exit; ``auto`` goes on in GA."""
     async with RealtimeEmulator(beta_disabled=True) as emu:
         settings = load_settings(
             realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True
         )
-        assert await smoke(settings, RunSettings(runs=1), "sk-test") == 1
-        assert "beta_api_shape_disabled" in capsys.readouterr().out
+        assert await smoke(settings, RunSettings(runs=3), "sk-test") == 1
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 1, lines
+        assert "retired the beta shape" in lines[0] and "beta_api_shape_disabled" in lines[0]
+        said = emu.sessions[0].errors_sent[0]["message"]
+        assert said in lines[0]  # the API's own words
+        assert len(emu.sessions) == 1  # no GA attempt: the verdict is about combo B
         auto = load_settings(realtime_url=emu.url, realtime_schema="auto")
         assert await smoke(auto, RunSettings(runs=1), "sk-test") == 0
+        assert "PASS" in capsys.readouterr().out
+
+
+def test_make_smoke_with_combo_b_exits_non_zero_with_one_line() -> None:
+    """Through ``python -m tools.smoke``: the emulator it starts refuses the beta as the live
+    API does (its default)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "OPENAI_"))}
+    env.update(RUNS="2", REALTIME_SCHEMA="flat", REALTIME_BETA_HEADER="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "local emulator" in lines[0]  # the preamble, then the verdict
+    assert len(lines) == 2 and "retired the beta shape" in lines[1], lines
+    assert "The Realtime Beta API is no longer supported" in lines[1]
+    assert "Traceback" not in proc.stderr
 
 
 def test_make_smoke_without_a_key_starts_the_emulator() -> None:

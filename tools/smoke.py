@@ -4,6 +4,10 @@ Each run connects, updates the session in the configured dialect, appends ``AUDI
 commits, asks for a response and waits up to ``TIMEOUT_MS`` for an audio delta (either event
 name). One line per run, a summary, and exit 0 only if ``RUNS`` consecutive runs returned audio.
 Without ``OPENAI_API_KEY`` it starts the local emulator itself; the code path is the same.
+
+Combo B (``REALTIME_SCHEMA=flat`` with the beta header) against an API that retired the beta
+shape (the live one, since May 2026) fails at once with one line quoting the API's own message;
+``auto`` goes on in GA as the worker does.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class RunResult:
     first_delta_ms: float | None = None
     errors: Counter[str] = field(default_factory=Counter)
     failure: str = ""
+    # The API refused the beta shape as retired (its own words), for a configured combo B.
+    retired: str = ""
 
 
 async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunResult:
@@ -96,6 +102,9 @@ async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunRes
             code = exc.rcvd.code if exc.rcvd else 1006
             step = handshake.closed(code, exc.rcvd.reason if exc.rcvd else "")
             if isinstance(step, SwitchDialect):
+                if _stops_at_retirement(step, settings):
+                    result.retired = result.failure = step.reason
+                    return result
                 handshake = handshake.next_attempt()
                 continue
             result.failure = result.failure or (
@@ -103,6 +112,21 @@ async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunRes
             )
             return result
     return result
+
+
+def _stops_at_retirement(step: SwitchDialect, settings: Settings) -> bool:
+    """A configured beta dialect refused as retired: the smoke test's verdict, where the worker
+    would go on in GA (``auto`` goes on here too: that is what it is for)."""
+    return step.beta_retired and settings.realtime_schema != "auto"
+
+
+def retired_line(reason: str) -> str:
+    """The one line ``make smoke`` prints when the API retired the beta shape."""
+    return (
+        "FAIL: the Realtime API retired the beta shape (combo B: REALTIME_SCHEMA=flat with "
+        f"OpenAI-Beta: realtime=v1); it answered: {reason}; "
+        "use REALTIME_SCHEMA=audio (combo A) or REALTIME_SCHEMA=live (combo C)"
+    )
 
 
 def _label(dialect: RealtimeDialect) -> str:
@@ -125,6 +149,9 @@ async def _converse(  # type: ignore[no-untyped-def]
                 if isinstance(step, SendText):
                     await ws.send(step.text)
                 elif isinstance(step, SwitchDialect):
+                    if _stops_at_retirement(step, settings):
+                        result.retired = result.failure = step.reason
+                        return False
                     return True
                 elif isinstance(step, Refused):
                     result.failure = f"server error {step.reason}"
@@ -161,6 +188,9 @@ async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
     streak = 0
     for run in range(1, runs.runs + 1):
         r = await one_run(settings, runs, api_key)
+        if r.retired:  # no run can pass: one line says why, in the API's words
+            print(retired_line(r.retired), flush=True)
+            return 1
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
         print(
             f"run {run:>3} {r.combo:<22} session.created {_ms(r.session_ms):>6} ms  "
