@@ -131,7 +131,7 @@ def test_combos_a_and_b_return_audio(emulator_report: Any) -> None:
 
 def test_mismatched_combos_are_rejected_with_unknown_parameter(emulator_report: Any) -> None:
     report = emulator_report[0]
-    for letter in "CD":  # audio with the header, flat without it
+    for letter in ("A'", "B'"):  # audio with the header, flat without it
         combo = _combo(report, letter)
         assert combo["status"] == "rejected", combo["detail"]
         messages = [e["message"] for e in combo["session_update_errors"]]
@@ -285,14 +285,22 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
         await emulator.stop()
     report, markdown = _load(tmp_path)
     b = _combo(report, "B")
-    assert b["status"] == "beta disabled", b["detail"]
+    assert b["status"] == "retired", b["detail"]
+    said = next(
+        e["message"]
+        for session in emulator.sessions
+        for e in session.errors_sent
+        if e["code"] == "beta_api_shape_disabled"
+    )
+    assert said in b["detail"]  # the API's own words
     assert {"code": 4000, "reason": b["closes"][0]["reason"]} in b["closes"]
     codes = [e["code"] for e in b["other_errors"] + b["session_update_errors"]]
     assert "beta_api_shape_disabled" in codes + [b["closes"][0]["reason"]]
-    assert _negative(report, "beta_modalities_audio_only")["result"] == "beta disabled"
+    assert _negative(report, "beta_modalities_audio_only")["result"] == "retired"
     assert _combo(report, "A")["status"] == "works"
     assert report["recommended"]["combo"] == "A" and exit_code(findings) == 0
     assert "beta_api_shape_disabled" in markdown and "4000" in markdown
+    assert "retired the beta dialect" in markdown and said in markdown
     assert "**not tested**" in markdown
 
 

@@ -131,11 +131,13 @@ def _pitfalls(findings: ProbeFindings, summaries: list[ComboSummary]) -> list[st
     lines = []
     for s in summaries:
         where = f"{s.combo.schema} schema with the beta header {s.combo.header} ({code(s.model)})"
-        if s.status == "beta disabled":
+        if s.status == "retired":
             closes = ", ".join(f"close {_close(c, r)}" for c, r in s.closes)
             lines.append(
-                f"- {where}: the server refuses the beta dialect "
-                f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''})."
+                f"- {where}: the server retired the beta dialect "
+                f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''}): "
+                f"{s.detail.split(': ', 1)[-1]} The gateway goes on in GA (combo A) when it "
+                "meets this; `make smoke` with combo B fails with this message."
             )
         for error in s.session_update_errors:
             lines.append(f"- {where}: `session.update` is rejected: {describe_error(error)}.")
