@@ -117,3 +117,82 @@ def test_unreachable_endpoint_fails_with_a_line_not_a_traceback() -> None:
     )
     assert proc.returncode == 1
     assert "cannot connect" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# --- combo C (GPT-Live) ------------------------------------------------------------------------
+
+
+def _extras(model: object, path: str = "") -> list[str]:
+    """Every key the SDK's models kept in ``model_extra`` (unknown to the types), by path."""
+    from pydantic import BaseModel
+
+    found: list[str] = []
+    if isinstance(model, BaseModel):
+        found += [f"{path}.{k}".lstrip(".") for k in (model.model_extra or {})]
+        for name in type(model).model_fields:
+            found += _extras(getattr(model, name), f"{path}.{name}")
+    elif isinstance(model, list):
+        for i, item in enumerate(model):
+            found += _extras(item, f"{path}[{i}]")
+    return found
+
+
+@pytest.mark.parametrize("rate", [24000, 16000])
+def test_the_live_smokes_events_are_the_sdks_client_events(rate: int) -> None:
+    import base64
+    import json
+
+    from openai.types.live import ClientEvent
+    from pydantic import TypeAdapter
+
+    from tools.smoke_live import append, session_start
+
+    adapter = TypeAdapter(ClientEvent)
+    start = adapter.validate_python(session_start("gpt-live-1.1", "Be brief.", rate, "marin"))
+    assert start.type == "session.start" and _extras(start) == []
+    assert start.session.audio is not None and start.session.audio.format is not None
+    assert start.session.audio.format.rate == rate
+    frame = adapter.validate_python(json.loads(append(b"\x01\x00" * 160)))
+    assert frame.type == "session.input_audio.append" and _extras(frame) == []
+    assert base64.b64decode(frame.audio) == b"\x01\x00" * 160
+
+
+def test_silence_in_the_live_output_stream_is_not_a_reply() -> None:
+    import base64
+
+    from tools.smoke_live import has_sound
+
+    assert not has_sound(base64.b64encode(bytes(960)).decode())
+    assert has_sound(base64.b64encode(b"\x00\x10" * 480).decode())
+
+
+@pytest.mark.parametrize("rate", [24000, 16000])
+async def test_smoke_passes_in_combo_c_against_the_emulator(
+    rate: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with RealtimeEmulator() as emu:
+        url = emu.url.replace("/v1/realtime", "/v1/live/sessions")
+        settings = load_settings(realtime_url=url, realtime_schema="live", realtime_audio_rate=rate)
+        code = await smoke(settings, RunSettings(runs=2, timeout_ms=8000), "sk-test")
+        sessions = list(emu.live_sessions)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2/2 consecutive runs returned audio -> PASS" in out
+    assert len(sessions) == 2
+
+
+def test_make_smoke_in_combo_c_without_a_key_starts_the_emulator() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REALTIME_", "OPENAI_"))}
+    env.update(RUNS="1", REALTIME_SCHEMA="live")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert "local emulator" in first and first.endswith("/v1/live/sessions")
+    assert "1/1 consecutive runs returned audio -> PASS" in proc.stdout

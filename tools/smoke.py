@@ -5,6 +5,9 @@ commits, asks for a response and waits up to ``TIMEOUT_MS`` for an audio delta (
 name). One line per run, a summary, and exit 0 only if ``RUNS`` consecutive runs returned audio.
 Without ``OPENAI_API_KEY`` it starts the local emulator itself; the code path is the same.
 
+Combo C (``REALTIME_SCHEMA=live``, GPT-Live) has no commit or response.create: a run streams the
+speech in real time and waits for the model's reply (:mod:`tools.smoke_live`).
+
 Combo B (``REALTIME_SCHEMA=flat`` with the beta header) against an API that retired the beta
 shape (the live one, since May 2026) fails at once with one line quoting the API's own message;
 ``auto`` goes on in GA as the worker does.
@@ -68,7 +71,14 @@ class RunResult:
 
 async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunResult:
     """One run: a session opened by the gateway's own handshake core, then speech, a commit and
-    a response; decided by the first audio delta (either event name)."""
+    a response; decided by the first audio delta (either event name). Combo C: a Live session
+    (:func:`tools.smoke_live.live_run`)."""
+    if settings.realtime_schema == "live":
+        from tools.smoke_live import live_run
+
+        live = RunResult(False, f"live/{settings.realtime_model}")
+        await live_run(settings, runs.audio_ms, runs.timeout_ms, api_key, live)
+        return live
     config = settings.session_config()
     handshake = RealtimeHandshake.for_schema(
         config, settings.realtime_schema, settings.realtime_beta_header
@@ -217,11 +227,11 @@ async def main_async(settings: Settings, runs: RunSettings) -> int:
     emulator = RealtimeEmulator(host="127.0.0.1", port=0)
     await emulator.start()
     try:
-        print(
-            f"no OPENAI_API_KEY: smoke test against the local emulator at {emulator.url}",
-            flush=True,
-        )
-        local = settings.model_copy(update={"realtime_url": emulator.url})
+        url = emulator.url
+        if settings.realtime_schema == "live":  # the emulator serves GPT-Live beside Realtime
+            url = url.replace("/v1/realtime", "/v1/live/sessions")
+        print(f"no OPENAI_API_KEY: smoke test against the local emulator at {url}", flush=True)
+        local = settings.model_copy(update={"realtime_url": url})
         return await smoke(local, runs, "sk-local-emulator")
     finally:
         await emulator.stop()
