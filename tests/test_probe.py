@@ -406,3 +406,66 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
             {},
         )
     assert (finding.gateway_verdict or "").startswith(verdict), finding.gateway_verdict
+
+
+# --- combo C (GPT-Live) ------------------------------------------------------------------------
+
+
+def test_the_emulator_report_has_combo_c_beside_a_and_b(emulator_report: Any) -> None:
+    """The Live endpoint answered as the live API does: a session that returns audio, and every
+    check accepted or refused as the types and the docs say."""
+    report, markdown, _, printed = emulator_report
+    live = report["live"]
+    assert live["combo"] == "C" and live["url"].endswith("/v1/live/sessions")
+    assert live["status"] == "works", live["detail"]
+    assert all(run["ok"] and run["ms_to_first_sound"] is not None for run in live["runs"])
+    wrong = [c for c in live["checks"] if not c["ok"]]
+    assert wrong == [], wrong
+    refused = [c for c in live["checks"] if c["expect"] == "refused"]
+    assert refused and all(c["error"] or c["close_code"] for c in refused)
+    assert "## GPT-Live (combo C)" in markdown and "| check | expected |" in markdown
+    assert "combo C (live)" in printed
+
+
+def _session_start_event(check_id: str) -> dict[str, Any]:
+    from tools.probe_live import LIVE_CHECKS, _config, _mutate
+
+    check = next(c for c in LIVE_CHECKS if c.id == check_id)
+    config = _mutate(_config("gpt-live-1.1", 24000, "marin", "Be brief."), check)
+    return {"type": "session.start", "session": config}
+
+
+def test_the_live_checks_agree_with_the_sdks_types() -> None:
+    """What a check expects the endpoint to accept validates against the official types with
+    nothing unknown; what it expects refused for its shape does not (or carries an unknown key)."""
+    from openai.types.live import ClientEvent
+    from pydantic import TypeAdapter, ValidationError
+
+    from tools.probe_live import LIVE_CHECKS
+
+    adapter = TypeAdapter(ClientEvent)
+    for check in LIVE_CHECKS:
+        if check.first or check.again or check.model_in_url:
+            continue  # refused for when or where it is sent, not for its shape
+        event = _session_start_event(check.id)
+        try:
+            parsed = adapter.validate_python(event)
+            extra = parsed.session.model_extra or {}  # type: ignore[union-attr]
+            fits = not extra
+        except ValidationError:
+            fits = False
+        assert fits is (check.expect == "accepted"), (check.id, event)
+
+
+def test_live_verdicts_from_hand_made_findings() -> None:
+    from tools.probe_live import LiveFindings, LiveRunFinding, summarise_live
+
+    def findings(*runs: LiveRunFinding) -> LiveFindings:
+        return LiveFindings("ws://127.0.0.1:1/v1/live/sessions", "gpt-live-1.1", 24000, list(runs))
+
+    assert summarise_live(findings(LiveRunFinding(1, ok=True)))[0] == "works"
+    assert summarise_live(findings(LiveRunFinding(1, ok=True), LiveRunFinding(2)))[0] == "flaky"
+    refused = LiveRunFinding(1, errors=[ErrorSeen("unknown_parameter", "Unknown parameter")])
+    assert summarise_live(findings(refused)) == ("refused", "unknown_parameter: Unknown parameter")
+    gone = LiveRunFinding(1, failure="cannot connect to ws://x: refused")
+    assert summarise_live(findings(gone))[0] == "unreachable"

@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from tools.probe_live import LiveFindings
 
 Outcome = Literal["accepted", "rejected", "no answer", "not sent"]
 Schema = Literal["audio", "flat"]
@@ -344,6 +347,7 @@ class ProbeFindings:
     audio_source: str
     run_findings: list[RunFinding] = field(default_factory=list)
     negatives: list[NegativeFinding] = field(default_factory=list)
+    live: LiveFindings | None = None  # combo C, GPT-Live (tools.probe_live)
 
 
 # "retired": the server refused the beta dialect as retired (beta_api_shape_disabled, close 4000),

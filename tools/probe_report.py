@@ -22,6 +22,7 @@ from tools.probe_findings import (
     recommend,
     summarise_all,
 )
+from tools.probe_live import live_json, live_markdown, live_table
 
 
 def compact(value: Any) -> str:
@@ -292,6 +293,8 @@ def render_markdown(findings: ProbeFindings) -> str:
         lines += ["## Combos That Did Not Work"]
         for s in failing:
             lines += _combo_section(s, findings.models, False)
+    if findings.live is not None:
+        lines += ["## GPT-Live (combo C)", *live_markdown(findings.live)]
     lines += ["## Smoke Test", "Use the smoke test before Twilio integration."]
     if best:
         lines += [
@@ -418,6 +421,7 @@ def render_json(findings: ProbeFindings) -> dict[str, Any]:
             for n in findings.negatives
         ],
         "runs": [asdict(r) for r in findings.run_findings],
+        "live": live_json(findings.live) if findings.live is not None else None,
     }
 
 
@@ -469,6 +473,8 @@ def render_table(findings: ProbeFindings) -> str:
             said = n.error.message if n.error else (n.connect_error or "")
             mark = "ok" if n.reproduced else "NO" if n.result in ("rejected", "accepted") else "--"
             out.append(f"  {mark}  {n.model} {n.check}: {n.result}" + (f": {said}" if said else ""))
+    if findings.live is not None:
+        out += live_table(findings.live)
     best = recommend(summaries)
     out.append(
         f"recommended for Twilio: {best.combo.title} on {best.model} ({best.combo.env})"
