@@ -159,7 +159,7 @@ def _config(model: str, rate: int, voice: str, instructions: str) -> dict[str, A
 
 
 def _mutate(config: dict[str, Any], check: LiveCheck) -> dict[str, Any]:
-    out = json.loads(json.dumps(config))
+    out: dict[str, Any] = json.loads(json.dumps(config))
     for path, value in (check.start or {}).items():
         *parents, last = path.split(".")
         node = out

@@ -128,9 +128,9 @@ async def live_run(  # type: ignore[no-untyped-def]
     except (OSError, InvalidHandshake) as exc:
         result.failure = f"cannot connect to {settings.realtime_url}: {exc}"
     except ConnectionClosed as exc:
-        code = exc.rcvd.code if exc.rcvd else 1006
+        close = exc.rcvd.code if exc.rcvd else 1006
         reason = exc.rcvd.reason if exc.rcvd else ""
-        result.failure = result.failure or f"connection closed: {code} {reason}".strip()
+        result.failure = result.failure or f"connection closed: {close} {reason}".strip()
 
 
 async def _stream(ws: Any, frames: list[bytes], silence: bytes) -> None:
