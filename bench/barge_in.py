@@ -1,0 +1,150 @@
+"""Combo C's barge-in figure: how much of a reply the caller heard after the model stopped
+sending it.
+
+GPT-Live has no cancel and no truncate: when the caller talks over the model, the model stops
+and its output stream carries silence from then on. Whatever the pipeline buffered ahead of real
+time (in the transcoder, the edge, Twilio's buffer) the caller still hears after that moment;
+the issue's bound is 200 ms.
+
+``python -m bench.barge_in`` (also part of ``make bench`` with ``BENCH_DIALECTS`` naming
+``live``): the emulator in this process (so its sessions can be read), the stages as real
+processes over a real redis-server with ``REALTIME_SCHEMA=live``, and ``BENCH_BARGE_IN_CALLS``
+(default 5) calls, one after another, each talking over the reply one second into it. Per call:
+the wall-clock moment the model's output went quiet (the emulator's own record of the last
+reply audio it sent) against the last moment of reply audio the caller heard (the simulated
+Twilio's playback clock, on the same machine's wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.pipeline import Procs, free_port, wait_port
+from shared.audio import mulaw_decode
+from sim.openai_realtime import RealtimeEmulator
+from sim.speech import speech
+from sim.twilio_call import BargeIn, place_call
+from tools.local_redis import redis_server_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+# Above the mu-law codec's idle noise: a sample this loud is reply audio, not silence.
+SOUND = 64
+
+
+def last_sound_s(heard: bytes, after_s: float) -> float | None:
+    """Seconds since the call's start of the last audible sample played after ``after_s``
+    (``heard`` is mu-law at 8 kHz, one byte per sample slot), or None if all was silence."""
+    start = max(0, int(after_s * 8000))
+    pcm = np.abs(mulaw_decode(heard[start:]).astype(np.int32))
+    loud = np.flatnonzero(pcm > SOUND)
+    return None if loud.size == 0 else (start + int(loud[-1]) + 1) / 8000
+
+
+def heard_after_stop_ms(
+    heard: bytes, started_wall: float, barge_in_at: float, model_stopped_wall: float
+) -> float:
+    """Reply audio the caller heard after the model stopped sending it, in ms (0 if none)."""
+    last = last_sound_s(heard, barge_in_at)
+    if last is None:
+        return 0.0
+    return max(0.0, (started_wall + last - model_stopped_wall) * 1000)
+
+
+def model_stopped_wall(session: Any) -> float | None:
+    """When the emulator's Live session last sent reply audio with sound (wall clock)."""
+    stops = getattr(session, "output_sound_until", None)
+    return float(stops) if stops else None
+
+
+async def measure(calls: int | None = None) -> dict[str, Any]:
+    calls = calls or int(os.environ.get("BENCH_BARGE_IN_CALLS", "5"))
+    with tempfile.TemporaryDirectory(prefix="bench-barge-in-") as tmp:
+        work = Path(tmp)
+        procs = Procs(work)
+        emulator = RealtimeEmulator()
+        await emulator.start()
+        redis_port, edge_port = free_port(), free_port()
+        figures: list[float] = []
+        missing = 0
+        try:
+            procs.start("redis", redis_server_argv(redis_port, work), dict(os.environ))
+            wait_port(redis_port)
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("REALTIME_", "OPENAI_", "TWILIO_", "REDIS_", "EDGE_"))
+            }
+            env.update(
+                REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+                REALTIME_SCHEMA="live",
+                REALTIME_URL=emulator.url.replace("/v1/realtime", "/v1/live/sessions"),
+                REALTIME_GREETING="",
+                EDGE_HOST="127.0.0.1",
+                EDGE_PORT=str(edge_port),
+                LOG_LEVEL="WARNING",
+            )
+            for name, module in (
+                ("transcoder", "services.transcoder"),
+                ("worker", "services.realtime_worker"),
+                ("edge", "services.twilio_edge"),
+            ):
+                procs.start(name, [sys.executable, "-m", module], dict(env))
+            wait_port(edge_port)
+            question = speech("Could you tell me everything about the plans you offer today?")
+            interruption = speech("Wait, stop, I have another question.")
+            media = f"ws://127.0.0.1:{edge_port}/media"
+            for i in range(calls):
+                result = await place_call(
+                    media,
+                    question,
+                    hold_after_s=1.0,
+                    max_duration_s=40,
+                    barge_in=BargeIn(after_s=1.0, audio=interruption),
+                    custom_parameters={"instructions": f"barge-in call {i}"},
+                )
+                session = emulator.live_sessions[-1]
+                stopped = model_stopped_wall(session)
+                if result.barge_in_at is None or result.started_wall is None or stopped is None:
+                    missing += 1
+                    continue
+                figures.append(
+                    heard_after_stop_ms(
+                        result.heard, result.started_wall, result.barge_in_at, stopped
+                    )
+                )
+        finally:
+            procs.stop()
+            await emulator.stop()
+    return {
+        "calls": len(figures),
+        "calls_without_a_figure": missing,
+        "heard_after_stop_ms": [round(f, 1) for f in figures],
+        "heard_after_stop_ms_p50": float(np.median(figures)) if figures else float("nan"),
+        "heard_after_stop_ms_max": float(max(figures)) if figures else float("nan"),
+    }
+
+
+def main() -> None:
+    t0 = time.monotonic()
+    result = asyncio.run(measure())
+    print(
+        f"combo C barge-in: reply heard after the model stopped sending p50 "
+        f"{result['heard_after_stop_ms_p50']:.0f} ms, max {result['heard_after_stop_ms_max']:.0f}"
+        f" ms over {result['calls']} calls ({time.monotonic() - t0:.0f} s)",
+        flush=True,
+    )
+    out = ROOT / "bench" / "results" / "barge_in.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
