@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from shared.agent import Tool
 from shared.call_actions import (
@@ -36,7 +36,7 @@ from shared.call_actions import (
     send,
 )
 from shared.playback import HeardTracker
-from shared.realtime_dialect import FunctionCall, RealtimeDialect
+from shared.realtime_dialect import FunctionCall
 from shared.streams import (
     MAX_TOOL_ARGUMENTS_BYTES,
     MAX_TOOL_OUTPUT_BYTES,
@@ -77,6 +77,19 @@ class _Ending:
     disposition: str  # hang_up | transfer
     target: str
     deadline_us: int
+
+
+class ToolReplies(Protocol):
+    """How a dialect words what the tools send the model: :class:`RealtimeDialect` (combos A
+    and B) and :class:`shared.live_dialect.LiveReplies` (combo C)."""
+
+    def function_call_output(self, call_id: str, output: str) -> dict[str, Any]: ...
+
+    def system_text_item(self, text: str) -> dict[str, Any]: ...
+
+    def response_create(
+        self, instructions: str | None = None, *, out_of_band: bool = False
+    ) -> dict[str, Any]: ...
 
 
 def error_output(message: str, **extra: Any) -> str:
@@ -223,7 +236,7 @@ class CallTools:
             _result_event(result.call_id, result.name, result.outcome, result.duration_ms, output)
         ]
 
-    def deliver(self, dialect: RealtimeDialect) -> list[Action]:
+    def deliver(self, dialect: ToolReplies) -> list[Action]:
         """The waiting outputs, now that no response is active, then one response for them."""
         if not self.waiting or self.ending is not None:
             return []
@@ -255,7 +268,7 @@ class CallTools:
 
     # --- time and playback -------------------------------------------------------------------
     def due(
-        self, heard: HeardTracker, now_us: int, response_active: bool, dialect: RealtimeDialect
+        self, heard: HeardTracker, now_us: int, response_active: bool, dialect: ToolReplies
     ) -> list[Action]:
         """What is due now: ending the call once its last words were heard, a word while a
         slow tool runs."""
@@ -278,6 +291,13 @@ class CallTools:
                 self.awaiting_response = True
                 return [send(dialect.response_create(STILL_WORKING, out_of_band=True))]
         return []
+
+    def extend_ending(self, deadline_us: int) -> None:
+        """Move the ending's deadline (GPT-Live: the goodbye is spoken after the call ends it)."""
+        if self.ending is not None:
+            self.ending = replace(
+                self.ending, deadline_us=max(self.ending.deadline_us, deadline_us)
+            )
 
     @property
     def ending_reason(self) -> str | None:
