@@ -145,25 +145,27 @@ def test_the_live_smokes_events_are_the_sdks_client_events(rate: int) -> None:
     from openai.types.live import ClientEvent
     from pydantic import TypeAdapter
 
-    from tools.smoke_live import append, session_start
+    from shared import live_dialect as live
+    from tools.smoke_live import live_config
 
+    settings = load_settings()  # REALTIME_SCHEMA=live's own settings come with live-worker
+    opening = live.LiveOpening(live_config(settings, rate))
     adapter = TypeAdapter(ClientEvent)
-    start = adapter.validate_python(session_start("gpt-live-1.1", "Be brief.", rate, "marin"))
+    start = adapter.validate_python(json.loads(opening.first))
     assert start.type == "session.start" and _extras(start) == []
     assert start.session.audio is not None and start.session.audio.format is not None
     assert start.session.audio.format.rate == rate
-    frame = adapter.validate_python(json.loads(append(b"\x01\x00" * 160)))
+    assert start.session.model == settings.realtime_model
+    frame = adapter.validate_python(json.loads(live.append_audio(b"\x01\x00" * 160)))
     assert frame.type == "session.input_audio.append" and _extras(frame) == []
     assert base64.b64decode(frame.audio) == b"\x01\x00" * 160
 
 
 def test_silence_in_the_live_output_stream_is_not_a_reply() -> None:
-    import base64
-
     from tools.smoke_live import has_sound
 
-    assert not has_sound(base64.b64encode(bytes(960)).decode())
-    assert has_sound(base64.b64encode(b"\x00\x10" * 480).decode())
+    assert not has_sound(bytes(960))
+    assert has_sound(b"\x00\x10" * 480)
 
 
 @pytest.mark.parametrize("rate", [24000, 16000])

@@ -18,6 +18,7 @@ network part.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Sequence
@@ -28,11 +29,12 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from shared import live_dialect as live
 from tools.probe_findings import ErrorSeen, trim
-from tools.smoke_live import FRAME_MS, TRAILING_SILENCE_MS, append, has_sound, session_start
+from tools.smoke_live import has_sound, speech_frames
 
 LIVE_PATH = "/v1/live/sessions"
-LIVE_MODEL = "gpt-live-1.1"
+LIVE_MODEL = live.LIVE_MODEL
 Outcome = Literal["accepted", "refused", "closed", "no answer", "unreachable"]
 
 
@@ -75,7 +77,7 @@ LIVE_CHECKS: tuple[LiveCheck, ...] = (
         "append_before_start",
         "`session.input_audio.append` before `session.start`",
         "refused",
-        first=(append(bytes(640)),),
+        first=(live.append_audio(bytes(640)),),
     ),
     LiveCheck("second_start", "a second `session.start`", "refused", again=True),
     LiveCheck(
@@ -155,7 +157,9 @@ def summarise_live(findings: LiveFindings) -> tuple[str, str]:
 
 
 def _config(model: str, rate: int, voice: str, instructions: str) -> dict[str, Any]:
-    return dict(session_start(model, instructions, rate, voice)["session"])
+    """The gateway's own ``session.start`` session (no tools), which the checks vary."""
+    config = live.LiveConfig(model=model, instructions=instructions, voice=voice, rate=rate)
+    return dict(live.session_start(config)["session"])
 
 
 def _mutate(config: dict[str, Any], check: LiveCheck) -> dict[str, Any]:
@@ -227,9 +231,7 @@ async def _run(
 ) -> LiveRunFinding:
     found = LiveRunFinding(run)
     rate = config["audio"]["format"]["rate"]
-    frame = rate * FRAME_MS // 1000 * 2
-    frames = [speech[i : i + frame] for i in range(0, len(speech), frame)]
-    frames += [bytes(frame)] * (TRAILING_SILENCE_MS // FRAME_MS)
+    frames, silence = speech_frames(speech, rate)
     t0 = time.monotonic()
     first_frame_at: list[float] = []
 
@@ -237,12 +239,12 @@ async def _run(
         start = time.monotonic()
         first_frame_at.append(start)
         for sent in range(10_000):
-            chunk = frames[sent] if sent < len(frames) else bytes(frame)
+            chunk = frames[sent] if sent < len(frames) else silence
             try:
-                await ws.send(append(chunk))
+                await ws.send(live.append_audio(chunk))
             except ConnectionClosed:
                 return
-            delay = start + (sent + 1) * FRAME_MS / 1000 - time.monotonic()
+            delay = start + (sent + 1) * 0.02 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
 
@@ -264,12 +266,13 @@ async def _run(
                         found.ms_to_started = round((time.monotonic() - t0) * 1000, 1)
                         sender = asyncio.create_task(stream(ws))
                     elif kind == "session.output_audio.delta" and not found.ok:
-                        if has_sound(str(event.get("delta", ""))) and first_frame_at:
+                        delta = base64.b64decode(str(event.get("delta", "")))
+                        if has_sound(delta) and first_frame_at:
                             found.ok = True
                             found.ms_to_first_sound = round(
                                 (time.monotonic() - first_frame_at[0]) * 1000, 1
                             )
-                            await ws.send(json.dumps({"type": "session.close"}))
+                            await ws.send(json.dumps(live.session_close()))
                             return found
     except TimeoutError:
         found.failure = found.failure or f"no audio within {timeout_s * 1000:.0f} ms"
