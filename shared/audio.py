@@ -165,11 +165,12 @@ def _matrices(ratio: int, up: bool) -> tuple[FloatArray, FloatArray]:
 
 
 def resampling_ratio(rate: int) -> int:
-    """How many PCM samples one 8 kHz sample becomes at ``rate``: a whole multiple of 8000 of at
-    least 24000 (the Realtime API takes no lower rate), else :class:`AudioFormatError`."""
-    if rate < 3 * TELEPHONE_RATE or rate % TELEPHONE_RATE or rate > 48 * TELEPHONE_RATE:
+    """How many PCM samples one 8 kHz sample becomes at ``rate``: a whole multiple of 8000 from
+    16000 (GPT-Live's lower rate; the Realtime API takes none below 24000, which the settings
+    check), else :class:`AudioFormatError`."""
+    if rate < 2 * TELEPHONE_RATE or rate % TELEPHONE_RATE or rate > 48 * TELEPHONE_RATE:
         raise AudioFormatError(
-            f"unsupported PCM rate {rate!r}: a multiple of 8000 from 24000 to 384000"
+            f"unsupported PCM rate {rate!r}: a multiple of 8000 from 16000 to 384000"
         )
     return rate // TELEPHONE_RATE
 

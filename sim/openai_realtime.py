@@ -1,10 +1,14 @@
 """A local stand-in for the OpenAI Realtime API that enforces the dialect report's rules.
 
 ``python -m sim.openai_realtime --host 127.0.0.1 --port N [--record-dir DIR] [--api-key KEY]
-[--beta-disabled]`` serves ``/v1/realtime?model=...`` like the live API, so the gateway and the
-official ``openai`` client reach it by URL alone. Per connection it speaks the GA dialect, or the
-beta dialect when the ``OpenAI-Beta: realtime=v1`` header is sent, and refuses what the live API
-refused (:mod:`sim.realtime_rules`) with errors of the live API's shape. Input and output audio
+[--beta accept|refuse]`` serves ``/v1/realtime?model=...`` like the live API, so the gateway and
+the official ``openai`` client reach it by URL alone, and GPT-Live at ``/v1/live/sessions``
+(:mod:`sim.openai_live`). Per connection it speaks the GA dialect; a connection with the
+``OpenAI-Beta: realtime=v1`` header is refused as the live API refuses it since May 2026
+(``beta_api_shape_disabled``, then close 4000), unless ``--beta accept`` (``beta="accept"``,
+``EMULATOR_BETA=accept``) restores the beta dialect (the report's combo B) for testing it. It
+refuses what the live API refused (:mod:`sim.realtime_rules`) with errors of the live API's
+shape. Input and output audio
 each have their own format (PCM16 at the session's rate, or G.711 mu-law / A-law at 8 kHz). It
 runs server VAD on the decoded input's energy and answers with real speech-like audio in the
 output format: the caller's own committed words echoed back, or a synthetic voice when there is
@@ -20,6 +24,7 @@ import binascii
 import http
 import itertools
 import json
+import os
 import secrets
 import signal
 import time
@@ -29,19 +34,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from shared.audio import (
-    AudioFormatError,
-    Int16Array,
-    StreamResampler,
-    mulaw_decode,
-    mulaw_encode,
-)
+from sim.live_rules import BETA_DISABLED_MESSAGE
+from sim.openai_live import LIVE_PATH, LiveSession, run_session
 from sim.realtime_rules import (
     CLIENT_EVENTS,
     PCM_24K,
@@ -60,10 +59,17 @@ from sim.realtime_tools import (
     stream_function_call,
 )
 from sim.realtime_voice import synthetic_voice
+from sim.wire_audio import (
+    VAD_THRESHOLD_DBFS,
+    VAD_WINDOW_MS,
+    at_rate,
+    dbfs,
+    decode,
+    encode,
+)
+from sim.ws_close import PromptCloseConnection
 
 MIN_COMMIT_MS = 100
-VAD_WINDOW_MS = 20
-VAD_THRESHOLD_DBFS = -40.0
 _ids = itertools.count(1)
 
 
@@ -75,84 +81,6 @@ def _http(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
     data = json.dumps(body).encode()
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return Response(status.value, status.phrase, headers, data)
-
-
-# --- wire audio -----------------------------------------------------------------------------------
-# G.711 A-law as two lookup tables, bit-exact with CPython's audioop (alaw2lin / lin2alaw), as
-# shared.audio does for mu-law: the emulator must hear (VAD) and speak the format it was given.
-
-_ALAW_SEGMENT_ENDS = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
-
-
-def _alaw_decode_table() -> Int16Array:
-    codes = np.arange(256, dtype=np.int32) ^ 0x55  # even bits are sent inverted
-    mantissa = (codes & 0x0F) << 4
-    segment = (codes & 0x70) >> 4
-    magnitude = np.where(
-        segment == 0, mantissa + 8, (mantissa + 0x108) << np.maximum(segment - 1, 0)
-    )
-    return np.where(codes & 0x80, magnitude, -magnitude).astype(np.int16)
-
-
-def _alaw_encode_table() -> np.ndarray[Any, np.dtype[np.uint8]]:
-    # Indexed by the uint16 view of a sample; A-law codes 13-bit samples (the 3 low bits go).
-    value = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16).astype(np.int32)
-    value >>= 3
-    mask = np.where(value >= 0, 0xD5, 0x55)
-    value = np.where(value >= 0, value, -value - 1)
-    segment = np.searchsorted(_ALAW_SEGMENT_ENDS, value)  # 8: beyond the last, saturate
-    quantised = (value >> np.where(segment < 2, 1, segment)) & 0x0F
-    code = np.where(segment >= 8, 0x7F, (np.minimum(segment, 7) << 4) | quantised) ^ mask
-    return (code & 0xFF).astype(np.uint8)
-
-
-_ALAW_DECODE = _alaw_decode_table()
-_ALAW_ENCODE = _alaw_encode_table()
-
-
-def alaw_decode(data: bytes | bytearray | memoryview) -> Int16Array:
-    """A-law bytes -> int16 samples (one per byte), as ``audioop.alaw2lin(data, 2)``."""
-    return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
-
-
-def alaw_encode(samples: Int16Array) -> bytes:
-    """int16 samples -> A-law bytes, as ``audioop.lin2alaw(pcm, 2)``."""
-    return _ALAW_ENCODE.take(samples.view(np.uint16)).tobytes()
-
-
-def decode(fmt: WireFormat, data: bytes | bytearray) -> Int16Array:
-    """Wire bytes of ``fmt`` -> int16 samples at ``fmt.rate`` (a trailing odd PCM byte is
-    dropped: half a sample is not audio)."""
-    if fmt.encoding == "g711_ulaw":
-        return mulaw_decode(data)
-    if fmt.encoding == "g711_alaw":
-        return alaw_decode(data)
-    return np.frombuffer(bytes(data[: len(data) // 2 * 2]), dtype="<i2").astype(np.int16)
-
-
-def encode(fmt: WireFormat, samples: Int16Array) -> bytes:
-    """int16 samples at ``fmt.rate`` -> wire bytes of ``fmt``."""
-    if fmt.encoding == "g711_ulaw":
-        return mulaw_encode(samples)
-    if fmt.encoding == "g711_alaw":
-        return alaw_encode(samples)
-    return samples.astype("<i2").tobytes()
-
-
-def _at_rate(samples: Int16Array, src: int, dst: int) -> Int16Array | None:
-    """``samples`` resampled from ``src`` to ``dst`` Hz, or None when the shared resampler has
-    no such pair (then the emulator answers with its own voice instead of an echo)."""
-    if src == dst:
-        return samples
-    try:
-        return StreamResampler(src, dst).process(samples)
-    except AudioFormatError:
-        return None
-
-
-def _dbfs(samples: Int16Array) -> float:
-    rms = np.sqrt(np.mean(samples.astype(np.float64) ** 2)) if samples.size else 0.0
-    return float(20 * np.log10(max(float(rms), 1e-9) / 32768))
 
 
 # --- records --------------------------------------------------------------------------------------
@@ -733,7 +661,7 @@ class EmulatedSession:
         self._vad_carry += data
         window = fmt.nbytes(VAD_WINDOW_MS)
         while len(self._vad_carry) >= window:
-            level = _dbfs(decode(fmt, self._vad_carry[:window]))
+            level = dbfs(decode(fmt, self._vad_carry[:window]))
             del self._vad_carry[:window]
             self.audio_ms += VAD_WINDOW_MS
             if level > VAD_THRESHOLD_DBFS:
@@ -796,7 +724,7 @@ class EmulatedSession:
             self.emulator.user_turns += 1
             record.turn = self.emulator.user_turns
             record.session_turn = self.user_turns
-            samples = _at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
+            samples = at_rate(decode(self.input_format, echo), self.input_format.rate, fmt.rate)
             if samples is not None:
                 seconds = self.input_format.ms(len(echo)) / 1000
                 audio = encode(fmt, samples) if record.speaks else b""
@@ -1040,20 +968,34 @@ class RealtimeEmulator:
         *,
         record_dir: str | Path | None = None,
         api_key: str | None = None,
-        beta_disabled: bool = False,
+        beta: str | None = None,
         reply_chunk_ms: int = 100,
+        live_chunk_ms: int = 40,
+        live_close_drain_s: float = 10.0,
         keep_sessions: int | None = None,
         tool_calls: list[ScriptedToolCall] | None = None,
         max_session_seconds: float = 0.0,
     ) -> None:
         """``keep_sessions``: how many ended sessions stay in :attr:`sessions` (None: all, for
         tests that inspect them). A long-running stand-in keeps only the newest, or it would
-        hold every call's audio for as long as it runs (0.6 MB a call in the soak)."""
+        hold every call's audio for as long as it runs (0.6 MB a call in the soak).
+
+        ``beta``: ``"refuse"`` (what the live API does since May 2026) or ``"accept"`` (the
+        retired beta dialect, combo B, for testing it); None reads ``EMULATOR_BETA``, default
+        refuse. ``live_chunk_ms``: the duration of each Live audio delta (sent one per that
+        many ms of wall time); ``live_close_drain_s``: how long a Live ``session.close`` lets
+        the speech in progress finish."""
         self.host, self.port = host, port
         self.record_dir = Path(record_dir) if record_dir else None
         self.api_key = api_key
-        self.beta_disabled = beta_disabled
+        beta = beta if beta is not None else os.environ.get("EMULATOR_BETA") or "refuse"
+        if beta not in ("accept", "refuse"):
+            raise ValueError(f"beta must be 'accept' or 'refuse', got {beta!r}")
+        self.beta = beta
         self.reply_chunk_ms = reply_chunk_ms
+        self.live_chunk_ms = live_chunk_ms
+        self.live_close_drain_s = live_close_drain_s
+        self.live_sessions: list[LiveSession] = []
         # Scripted function calls (sim/realtime_tools.py): a test's or the demo's control.
         self.tool_calls: list[ScriptedToolCall] = list(tool_calls or [])
         # The live API ends a session after 60 minutes (GA; 30 beta): a test sets seconds.
@@ -1071,6 +1013,11 @@ class RealtimeEmulator:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}/v1/realtime"
 
+    @property
+    def live_url(self) -> str:
+        """Where GPT-Live is served (``REALTIME_URL`` for ``REALTIME_SCHEMA=live``)."""
+        return f"ws://{self.host}:{self.port}{LIVE_PATH}"
+
     async def start(self) -> None:
         self._server = await serve(
             self._handle,
@@ -1079,6 +1026,7 @@ class RealtimeEmulator:
             process_request=self._check,
             max_size=16 * 1024 * 1024,
             ping_interval=None,
+            create_connection=PromptCloseConnection,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
@@ -1101,14 +1049,24 @@ class RealtimeEmulator:
                 await self._new_session.wait_for(lambda: len(self.sessions) >= n)
         return self.sessions[n - 1]
 
+    async def wait_for_live_session(self, n: int = 1, timeout: float = 5.0) -> LiveSession:
+        """The ``n``th Live session (1-based) opened on this emulator, once it is open."""
+        async with asyncio.timeout(timeout):
+            async with self._new_session:
+                await self._new_session.wait_for(lambda: len(self.live_sessions) >= n)
+        return self.live_sessions[n - 1]
+
     async def drop_all(self, code: int = 1011) -> None:
         for session in self.sessions:
             if not session.closed:
                 await session.close(code)
+        for live in self.live_sessions:
+            if not live.closed:
+                await live.ws.close(code, "server closed the session")
 
     def _check(self, conn: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
-        if parts.path.rstrip("/") != "/v1/realtime":
+        if parts.path.rstrip("/") not in ("/v1/realtime", LIVE_PATH):
             return _http(
                 http.HTTPStatus.NOT_FOUND,
                 {"error": {"message": "Not found", "type": "invalid_request_error"}},
@@ -1127,6 +1085,21 @@ class RealtimeEmulator:
                     }
                 },
             )
+        if parts.path.rstrip("/") == LIVE_PATH:
+            if "model" in parse_qs(parts.query, keep_blank_values=True):
+                return _http(
+                    http.HTTPStatus.BAD_REQUEST,
+                    {
+                        "error": {
+                            "message": "Unknown parameter: 'model'. The Live model goes in "
+                            "session.start's session.model, not in the URL.",
+                            "type": "invalid_request_error",
+                            "code": "unknown_parameter",
+                            "param": "model",
+                        }
+                    },
+                )
+            return None
         if not parse_qs(parts.query).get("model"):
             return _http(
                 http.HTTPStatus.BAD_REQUEST,
@@ -1144,6 +1117,9 @@ class RealtimeEmulator:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
+        if urlsplit(request.path).path.rstrip("/") == LIVE_PATH:
+            await self._handle_live(ws)
+            return
         beta = request.headers.get("OpenAI-Beta", "").replace(" ", "") == "realtime=v1"
         model = parse_qs(urlsplit(request.path).query)["model"][0]
         headers = {k: v for k, v in request.headers.raw_items() if k.lower() != "authorization"}
@@ -1155,16 +1131,10 @@ class RealtimeEmulator:
             self._new_session.notify_all()
         limit: asyncio.Task[None] | None = None
         try:
-            if beta and self.beta_disabled:
+            if beta and self.beta != "accept":
+                # As the live API answers since May 2026: the error, first thing, then 4000.
                 await session.error(
-                    Rejection(
-                        "beta_api_shape_disabled",
-                        "The beta Realtime API shape "
-                        "is no longer supported. Remove the 'OpenAI-Beta: "
-                        "realtime=v1' header.",
-                        None,
-                    ),
-                    None,
+                    Rejection("beta_api_shape_disabled", BETA_DISABLED_MESSAGE, None), None
                 )
                 await ws.close(4000, "beta_api_shape_disabled")
                 return
@@ -1188,6 +1158,18 @@ class RealtimeEmulator:
             await session._notify()
             self._forget_old_sessions()
 
+    async def _handle_live(self, ws: ServerConnection) -> None:
+        self.opened += 1
+        record = self.record_dir / f"{self.opened:04d}" if self.record_dir else None
+        session = LiveSession(self, ws, record)
+        async with self._new_session:
+            self.live_sessions.append(session)
+            self._new_session.notify_all()
+        try:
+            await run_session(session, self.max_session_seconds)
+        finally:
+            self._forget_old_sessions()
+
     @staticmethod
     async def _expire(session: EmulatedSession, after_s: float) -> None:
         """The live API's session limit: an error, then a 1001 close with the same text."""
@@ -1206,6 +1188,10 @@ class RealtimeEmulator:
         if excess > 0:
             ended = [s for s in self.sessions if s.closed][:excess]
             self.sessions = [s for s in self.sessions if s not in ended]
+        excess = sum(1 for s in self.live_sessions if s.closed) - self.keep_sessions
+        if excess > 0:
+            gone = [s for s in self.live_sessions if s.closed][:excess]
+            self.live_sessions = [s for s in self.live_sessions if s not in gone]
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -1214,14 +1200,23 @@ async def _main(args: argparse.Namespace) -> None:
         args.port,
         record_dir=args.record_dir,
         api_key=args.api_key,
-        beta_disabled=args.beta_disabled,
+        beta=args.beta,
+        live_chunk_ms=args.live_chunk_ms,
         keep_sessions=args.keep_sessions,
         tool_calls=[ScriptedToolCall.parse(spec) for spec in args.tool_call],
         max_session_seconds=args.max_session_seconds,
     )
     await emulator.start()
     print(
-        json.dumps({"msg": "OpenAI Realtime emulator listening", "url": emulator.url}), flush=True
+        json.dumps(
+            {
+                "msg": "OpenAI Realtime emulator listening",
+                "url": emulator.url,
+                "live_url": emulator.live_url,
+                "beta": emulator.beta,
+            }
+        ),
+        flush=True,
     )
     # SIGTERM stops it cleanly (exit 0): as a container's first process it would otherwise
     # ignore the signal, and `docker stop` would kill it after the grace period.
@@ -1237,7 +1232,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--record-dir")
     parser.add_argument("--api-key")
-    parser.add_argument("--beta-disabled", action="store_true")
+    parser.add_argument(
+        "--beta",
+        choices=["accept", "refuse"],
+        default=None,
+        help="the retired beta dialect (OpenAI-Beta: realtime=v1): refuse it as the live API "
+        "does (default; EMULATOR_BETA sets the default), or accept it (combo B, for testing)",
+    )
+    parser.add_argument(
+        "--live-chunk-ms",
+        type=int,
+        default=40,
+        help="duration of each GPT-Live audio delta, sent in real time",
+    )
     parser.add_argument(
         "--keep-sessions", type=int, default=100, help="ended sessions kept in memory"
     )

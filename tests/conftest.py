@@ -154,6 +154,8 @@ async def port_open(port: int) -> bool:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[RealtimeEmulator]:
-    """An OpenAI Realtime emulator on a free loopback port, for one test."""
-    async with RealtimeEmulator() as emu:
+    """An OpenAI Realtime emulator on a free loopback port, for one test. It accepts the
+    retired beta dialect (combo B), which the emulator refuses by default as the live API
+    does: the tests that take this fixture test both dialects' shapes."""
+    async with RealtimeEmulator(beta="accept") as emu:
         yield emu

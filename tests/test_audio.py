@@ -27,8 +27,12 @@ from shared.audio import (
 UP, DOWN = (8000, 24000), (24000, 8000)
 # REALTIME_AUDIO_RATE may be another multiple of 8 kHz: every property holds at 48 kHz too.
 UP48, DOWN48 = (8000, 48000), (48000, 8000)
+# GPT-Live also takes 16 kHz (REALTIME_SCHEMA=live, REALTIME_AUDIO_RATE=16000).
+UP16, DOWN16 = (8000, 16000), (16000, 8000)
 directions = pytest.mark.parametrize(
-    "rates", [UP, DOWN, UP48, DOWN48], ids=["8k-24k", "24k-8k", "8k-48k", "48k-8k"]
+    "rates",
+    [UP, DOWN, UP48, DOWN48, UP16, DOWN16],
+    ids=["8k-24k", "24k-8k", "8k-48k", "48k-8k", "8k-16k", "16k-8k"],
 )
 FRAME_MS = 20
 
@@ -175,8 +179,8 @@ def test_wrong_arrays_and_rates_are_refused() -> None:
     with pytest.raises(AudioFormatError):
         StreamResampler(*DOWN).process(np.zeros(4, dtype=np.float32))
     for rates in (
-        (16000, 8000),
-        (8000, 16000),
+        (12000, 8000),
+        (8000, 12000),
         (8000, 8000),
         (24000, 24000),
         (48000, 16000),
@@ -335,3 +339,15 @@ def test_reset_forgets_the_stream_and_outputs_are_not_reused() -> None:
         assert np.array_equal(first, kept)
         r.reset()
         assert np.array_equal(r.process(x), StreamResampler(*rates).process(x))
+
+
+def test_16_khz_images_and_aliases_are_at_least_60_db_down() -> None:
+    """GPT-Live's 16 kHz: the same stop band as 24 kHz (4.6 kHz up to the new Nyquist)."""
+    for freq in (300, 1000, 3400):
+        y = steady(stream(UP16, tone(freq, 8000, 0.5), 160), 16000)
+        assert band_db(y, 16000, freq, 4600, 8000) <= -60, freq
+    for freq in (4700, 6000, 7500):
+        x = tone(freq, 16000, 0.5)
+        y = steady(stream(DOWN16, x, 320), 8000)
+        out_power = max(float(np.mean(y**2)), 1 / 12)
+        assert 10 * np.log10(out_power / np.mean(steady(x, 16000) ** 2)) <= -60, freq

@@ -64,6 +64,7 @@ async def stack(
         await redis.flushall()
         await redis.aclose()
         emulator = RealtimeEmulator(
+            beta="accept" if dialect == "beta" else "refuse",  # combo B is opted into
             max_session_seconds=limit_s,
             tool_calls=[ScriptedToolCall(2, "lookup_order", {"order_id": "123"})],
         )

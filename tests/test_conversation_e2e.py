@@ -16,7 +16,14 @@ from tests.stack import in_process_stack
 
 COMBOS = [
     pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA"),
-    pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB"),
+    pytest.param(
+        {
+            "realtime_schema": "flat",
+            "realtime_beta_header": True,
+            "emulator_kwargs": {"beta": "accept"},  # the retired beta, opted into
+        },
+        id="comboB",
+    ),
 ]
 
 
@@ -210,7 +217,7 @@ async def test_combo_b_meeting_the_retired_beta_goes_on_in_ga_without_losing_aud
     caplog.set_level(logging.WARNING, logger="gateway.worker")
     async with in_process_stack(
         fake_factory(),
-        emulator_kwargs={"beta_disabled": True},
+        # The emulator's default: the beta header refused, as the live API does.
         realtime_schema="flat",
         realtime_beta_header=True,
     ) as stack:

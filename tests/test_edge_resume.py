@@ -66,7 +66,7 @@ async def two_edges(
     async def start(dialect: str) -> TwoEdges:
         redis = aioredis.from_url(redis_server.url)
         await redis.flushall()
-        emulator = RealtimeEmulator()
+        emulator = RealtimeEmulator(beta="accept" if dialect == "beta" else "refuse")
         await emulator.start()
         ports = [free_port(), free_port()]
         env = process_env(

@@ -212,14 +212,49 @@ async def test_handshake_needs_a_key_and_a_model(emulator: RealtimeEmulator) -> 
     assert err.value.response.status_code == 400
 
 
-async def test_beta_disabled_closes_with_4000() -> None:
-    async with RealtimeEmulator(beta_disabled=True) as emu:
+@pytest.mark.parametrize("env", [None, "refuse"])
+async def test_the_beta_header_is_refused_by_default_as_the_live_api_does(
+    env: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env is None:
+        monkeypatch.delenv("EMULATOR_BETA", raising=False)
+    else:
+        monkeypatch.setenv("EMULATOR_BETA", env)
+    async with RealtimeEmulator() as emu:
         async with await raw(emu, beta=True) as ws:
             r = Raw(ws)
-            assert (await r.next("error"))["error"]["code"] == "beta_api_shape_disabled"
+            error = (await r.next("error"))["error"]
+            assert error == {
+                "type": "invalid_request_error",
+                "code": "beta_api_shape_disabled",
+                "message": "The Realtime Beta API is no longer supported. Please use "
+                "/v1/realtime for the GA API.",
+                "param": None,
+                "event_id": None,
+            }
             with pytest.raises(ConnectionClosed) as err:
                 await ws.recv()
             assert err.value.rcvd is not None and err.value.rcvd.code == 4000
+        # GA (combo A) is unaffected
+        async with await raw(emu) as ws:
+            assert (await Raw(ws).next("session.created"))["session"]["type"] == "realtime"
+
+
+async def test_beta_accept_restores_combo_b_by_argument_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMULATOR_BETA", "accept")
+    for emulator in (RealtimeEmulator(), RealtimeEmulator(beta="accept")):
+        async with emulator as emu:
+            async with await raw(emu, beta=True) as ws:
+                created = await Raw(ws).next("session.created")
+                assert created["session"]["input_audio_format"] == "pcm16"
+    monkeypatch.setenv("EMULATOR_BETA", "accept")
+    async with RealtimeEmulator(beta="refuse") as emu:  # the argument wins over the variable
+        async with await raw(emu, beta=True) as ws:
+            assert (await Raw(ws).next("error"))["error"]["code"] == "beta_api_shape_disabled"
+    with pytest.raises(ValueError, match="accept"):
+        RealtimeEmulator(beta="sometimes")
 
 
 def _client(emulator: RealtimeEmulator) -> Any:

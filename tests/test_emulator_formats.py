@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from shared.audio import mulaw_decode, mulaw_encode
-from sim.openai_realtime import (
-    VAD_THRESHOLD_DBFS,
-    VAD_WINDOW_MS,
-    RealtimeEmulator,
-    _dbfs,
-    alaw_decode,
-    alaw_encode,
-)
+from sim.openai_realtime import RealtimeEmulator
+from sim.wire_audio import VAD_THRESHOLD_DBFS, VAD_WINDOW_MS, alaw_decode, alaw_encode, dbfs
 from sim.speech import silence, speech
 from tests.test_emulator import BETA_SERVER, GA_SERVER, Raw, error_for, raw
 
@@ -154,7 +148,7 @@ def speech_end_ms(samples: np.ndarray, rate: int = 8000) -> float:
     loud = [
         i
         for i in range(samples.size // window)
-        if _dbfs(samples[i * window : (i + 1) * window]) > VAD_THRESHOLD_DBFS
+        if dbfs(samples[i * window : (i + 1) * window]) > VAD_THRESHOLD_DBFS
     ]
     return (loud[-1] + 1) * VAD_WINDOW_MS if loud else 0.0
 

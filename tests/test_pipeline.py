@@ -17,7 +17,14 @@ from tests.stack import in_process_stack
 
 COMBOS = [
     pytest.param({"realtime_schema": "audio", "realtime_beta_header": False}, id="comboA-audio"),
-    pytest.param({"realtime_schema": "flat", "realtime_beta_header": True}, id="comboB-flat"),
+    pytest.param(
+        {
+            "realtime_schema": "flat",
+            "realtime_beta_header": True,
+            "emulator_kwargs": {"beta": "accept"},  # the retired beta, opted into
+        },
+        id="comboB-flat",
+    ),
     # The report's REALTIME_AUDIO_RATE: the transcoder and the session both at 48 kHz.
     pytest.param(
         {"realtime_schema": "audio", "realtime_beta_header": False, "realtime_audio_rate": 48000},

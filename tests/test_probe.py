@@ -271,7 +271,7 @@ async def test_http_errors_and_silent_servers_are_findings(
 async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Path) -> None:
     from sim.openai_realtime import RealtimeEmulator
 
-    emulator = RealtimeEmulator(host="127.0.0.1", port=0, beta_disabled=True)
+    emulator = RealtimeEmulator(host="127.0.0.1", port=0)  # refuses the beta, as the API does
     await emulator.start()
     try:
         settings = load_settings(

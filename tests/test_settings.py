@@ -77,6 +77,12 @@ def test_secret_is_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"EDGE_PORT": "70000"}, "EDGE_PORT"),
         ({"PUBLIC_URL": "https://gw.example.com/?a=1"}, "without a query"),
         ({"REALTIME_TURN_DETECTION": "maybe"}, "REALTIME_TURN_DETECTION"),
+        ({"REALTIME_SCHEMA": "live", "REALTIME_AUDIO_RATE": "48000"}, "16000 or 24000"),
+        ({"REALTIME_SCHEMA": "live", "REALTIME_AUDIO_RATE": "8000"}, "REALTIME_AUDIO_RATE=8000"),
+        (
+            {"REALTIME_SCHEMA": "live", "REALTIME_URL": "wss://x.test/v1/live/sessions?model=m"},
+            "never in the URL",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -148,7 +154,7 @@ def test_every_service_exits_2_with_one_line_and_no_traceback(module: str) -> No
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "REALTIME_SCHEMA='bogus'" in lines[0] and "Traceback" not in proc.stderr
-    assert "'audio', 'flat' or 'auto'" in lines[0]
+    assert "'audio', 'flat', 'auto' or 'live'" in lines[0]
 
 
 # --- secure by default: the edge and Twilio's signatures ----------------------------------------
@@ -213,3 +219,47 @@ def test_the_edge_process_exits_2_naming_the_variables_when_open_to_the_live_api
     for name in ("OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", "TWILIO_SHARED_KEY_SECRET"):
         assert name in lines[0]
     assert "TWILIO_SIGNATURES=off" in lines[0] and LIVE_KEY not in proc.stderr + proc.stdout
+
+
+def test_live_defaults_its_own_endpoint_and_model_and_takes_16_or_24_khz(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REALTIME_SCHEMA", "live")
+    s = load_settings()
+    assert s.realtime_url == "wss://api.openai.com/v1/live/sessions"
+    assert s.realtime_model == "gpt-live-1.1"
+    assert s.realtime_beta_header is False and s.unverified_combo() is None
+    assert s.pcm_rate == 24000
+    monkeypatch.setenv("REALTIME_AUDIO_RATE", "16000")
+    monkeypatch.setenv("REALTIME_MODEL", "gpt-live-1")
+    monkeypatch.setenv("REALTIME_URL", "ws://127.0.0.1:9/v1/live/sessions")
+    s = load_settings()
+    assert (s.pcm_rate, s.realtime_model, s.realtime_url) == (
+        16000,
+        "gpt-live-1",
+        "ws://127.0.0.1:9/v1/live/sessions",
+    )
+    config = s.live_config()
+    assert (config.model, config.rate, config.delegation_model) == (
+        "gpt-live-1",
+        16000,
+        "gpt-5.4-mini",
+    )
+    monkeypatch.setenv("REALTIME_BETA_HEADER", "1")
+    assert "REALTIME_BETA_HEADER=0" in (load_settings().unverified_combo() or "")
+
+
+def test_a_bad_live_rate_stops_the_worker_with_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update(REALTIME_SCHEMA="live", REALTIME_AUDIO_RATE="22050")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.realtime_worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "16000 or 24000" in lines[0], proc.stderr

@@ -30,7 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 async def test_smoke_verdicts(
     schema: str, header: bool, ok: bool, needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with RealtimeEmulator() as emu:
+    # The header's rows test the beta shape itself (combo B), which the emulator must be told
+    # to accept: by default it refuses it as the live API does.
+    async with RealtimeEmulator(beta="accept") as emu:
         settings = load_settings(
             realtime_url=emu.url, realtime_schema=schema, realtime_beta_header=header
         )
@@ -46,7 +48,7 @@ async def test_a_retired_beta_fails_combo_b_in_one_line_and_auto_still_works(
 ) -> None:
     """The live API since May 2026: combo B gets one line quoting the API's own message, and a
     non-zero exit; ``auto`` goes on in GA."""
-    async with RealtimeEmulator(beta_disabled=True) as emu:
+    async with RealtimeEmulator() as emu:  # refuses the beta shape, as the live API does
         settings = load_settings(
             realtime_url=emu.url, realtime_schema="flat", realtime_beta_header=True
         )

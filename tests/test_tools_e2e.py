@@ -125,7 +125,7 @@ def dialect(request: pytest.FixtureRequest) -> str:
 async def rig(dialect: str, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
     redis = aioredis.from_url(redis_server.url)
     await redis.flushall()
-    emulator = RealtimeEmulator()
+    emulator = RealtimeEmulator(beta="accept" if dialect == "beta" else "refuse")
     await emulator.start()
     tools = await ToolServer(secret=SECRET).start()
     edge_port = free_port()

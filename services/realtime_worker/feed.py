@@ -3,9 +3,9 @@
 Every call of the instance is read by its one
 :class:`~shared.runtime.stream_reader.SharedReader` (one ``XREAD`` over every call's ``ctl`` and
 ``in.pcm``); what it reads for a call waits in that call's inbox, and the call's own task hands
-it to :meth:`~services.realtime_worker.call.RealtimeCall.on_entries`. So a call whose socket is
-slow (or whose handling fails) holds up only itself: while its inbox is full it is left out of
-the reads, and the others go on.
+it to the call's ``on_entries`` (:class:`~services.realtime_worker.interfaces.FedCall`). So a
+call whose socket is slow (or whose handling fails) holds up only itself: while its inbox is
+full it is left out of the reads, and the others go on.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from services.realtime_worker.interfaces import FedCall
 from shared.runtime.stream_reader import CallReading, Read, SharedReader, Writes
-
-if TYPE_CHECKING:
-    from services.realtime_worker.call import RealtimeCall
 
 log = logging.getLogger("gateway.worker")
 
@@ -34,7 +32,7 @@ MAX_PENDING_READS = 4
 class _CallInbox(CallReading):
     """What the shared reader read for one call and the call has not acted on yet."""
 
-    def __init__(self, call: RealtimeCall) -> None:
+    def __init__(self, call: FedCall) -> None:
         super().__init__(call.call.call_sid, call.streams(), CALL_SILENT_LIMIT_S)
         self.call = call
         self.saving: asyncio.Future[None] | None = None
@@ -83,7 +81,7 @@ class _CallInbox(CallReading):
         self.arrived.set()
 
 
-async def feed(reader: SharedReader, call: RealtimeCall) -> str:
+async def feed(reader: SharedReader, call: FedCall) -> str:
     """Feed the call until its entries end it (the reason) or its input falls silent.
 
     The call's cursors move only as it acts on entries; a feed started again for the same call

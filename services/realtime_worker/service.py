@@ -1,9 +1,12 @@
 """The realtime worker's asyncio shell: the process-wide pieces beside one object per call.
 
 :class:`RealtimeWorker` holds what every call shares (Redis, the batched writer, the settings,
-the claims on calls, the shared reader of every call's input, the metrics); each owned call is a
-:class:`~services.realtime_worker.call.RealtimeCall`, with its own Realtime socket, keys,
-conversation core and cursors, fed with its entries by :mod:`services.realtime_worker.feed`.
+the claims on calls, the shared reader of every call's input, the metrics): it is the calls'
+:class:`~services.realtime_worker.interfaces.CallHost`. Each owned call is a
+:class:`~services.realtime_worker.pipeline.CallPipeline` with its model session:
+:class:`~services.realtime_worker.call.RealtimeCall` (combos A and B) or, with
+``REALTIME_SCHEMA=live``, :class:`~services.realtime_worker.live_call.LiveCall` (combo C), fed
+with its entries by :mod:`services.realtime_worker.feed`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.realtime_worker.call import RealtimeCall
+from services.realtime_worker.live_call import LiveCall
+from services.realtime_worker.pipeline import CallPipeline
 from shared.realtime_handshake import DialectMemory
 from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.runtime.lifecycle import run_service, serve_stage
@@ -57,6 +62,7 @@ class RealtimeWorker:
         self.api_key = key.get_secret_value() if key else _EMULATOR_KEY
         self.config = settings.session_config()
         self.tools = {tool.name: tool for tool in settings.agent.tools}
+        self.live = settings.realtime_schema == "live"
         # What the server's answers taught this process: under auto the combo it accepted last
         # time is tried first; once it said the beta is retired, combo B opens GA directly.
         self.dialects = DialectMemory()
@@ -79,7 +85,11 @@ class RealtimeWorker:
                 reject("worker_bad_parameters")
                 log.warning("ignoring invalid per-call parameters: %s", exc)
                 config = self.config
-            call = RealtimeCall(self, started, meta, config)
+            call: CallPipeline
+            if self.live:
+                call = LiveCall(self, started, meta, self.settings.live_config_for(config))
+            else:
+                call = RealtimeCall(self, started, meta, config)
             ACTIVE_CALLS.inc()
             outcome = "completed"
             try:

@@ -20,9 +20,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.agent import E164_RE, Agent, AgentFileError, load_agent_file
 from shared.audio import AudioFormatError, resampling_ratio
+from shared.live_dialect import LIVE_MODEL, LIVE_RATES, LIVE_URL, LiveConfig
 from shared.realtime_dialect import SessionConfig, TurnDetection
 
-Schema = Literal["audio", "flat", "auto"]
+# audio: combo A; flat: combo B; auto: A, else B; live: GPT-Live (combo C, docs/live.md).
+Schema = Literal["audio", "flat", "auto", "live"]
 
 EXIT_CONFIG_ERROR = 2
 FLAT_PCM_RATE = 24000  # the beta dialect's pcm16: 16-bit mono at 24 kHz, no rate to set
@@ -51,6 +53,9 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     # How long the worker gives a new Realtime session to connect and accept its update.
     realtime_open_timeout_ms: int = Field(8000, ge=100, le=600_000)
+    # GPT-Live (REALTIME_SCHEMA=live): the Responses model that runs the agent file's tools
+    # when the live model delegates a task to it (delegation.responses.model).
+    live_delegation_model: str = Field("gpt-5.4-mini", min_length=1, max_length=64)
 
     # --- What the model is told and how it speaks ---------------------------------------------
     realtime_voice: str = Field("alloy", min_length=1, max_length=64)
@@ -155,6 +160,17 @@ class Settings(BaseSettings):
             data["realtime_beta_header"] = schema == "flat"
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _live_defaults(cls, data: object) -> object:
+        # GPT-Live has its own endpoint and models: unset (or empty) means theirs, not Realtime's.
+        if isinstance(data, dict) and str(data.get("realtime_schema", "")).strip() == "live":
+            data = dict(data)
+            for key, default in (("realtime_url", LIVE_URL), ("realtime_model", LIVE_MODEL)):
+                if not str(data.get(key) or "").strip():
+                    data[key] = default
+        return data
+
     @field_validator("realtime_beta_header", mode="before")
     @classmethod
     def _zero_or_one(cls, value: object) -> object:
@@ -240,6 +256,10 @@ class Settings(BaseSettings):
         if schema == "flat":
             return self  # the report: the rate is the audio schema's; pcm16 is always 24 kHz
         prefix = f"REALTIME_AUDIO_RATE={rate} is not allowed with REALTIME_SCHEMA={schema}"
+        if schema == "live":
+            if rate not in LIVE_RATES:
+                raise ValueError(f"{prefix}: GPT-Live's audio/pcm takes 16000 or 24000")
+            return self
         # The GA dialect rejects audio/pcm below 24000 Hz (dialect report).
         if rate < 24000:
             raise ValueError(f"{prefix}: audio/pcm needs a rate >= 24000")
@@ -257,6 +277,15 @@ class Settings(BaseSettings):
             ) from None
         return self
 
+    @model_validator(mode="after")
+    def _live_url_has_no_model(self) -> Settings:
+        if self.realtime_schema == "live" and "model=" in (urlsplit(self.realtime_url).query):
+            raise ValueError(
+                f"REALTIME_URL={self.realtime_url} names a model: GPT-Live takes REALTIME_MODEL "
+                "in session.start, never in the URL"
+            )
+        return self
+
     def unverified_combo(self) -> str | None:
         """Why the schema and header are not one of the report's two combos (``None`` if they
         are). The report saw the beta-header-off server require ``session.type``, which the flat
@@ -267,6 +296,8 @@ class Settings(BaseSettings):
                 "REALTIME_SCHEMA=flat needs REALTIME_BETA_HEADER=1 (combo B); without the header "
                 "the server requires the audio schema's session.type"
             )
+        if self.realtime_schema == "live" and self.realtime_beta_header:
+            return "REALTIME_SCHEMA=live needs REALTIME_BETA_HEADER=0: GPT-Live has no beta shape"
         if self.realtime_schema == "audio" and self.realtime_beta_header:
             return (
                 "REALTIME_SCHEMA=audio needs REALTIME_BETA_HEADER=0 (combo A); the beta header "
@@ -332,6 +363,25 @@ class Settings(BaseSettings):
             turn_knobs=dict(turn.knobs) if turn else {},
             noise_reduction=agent.noise_reduction,
             tools=tuple(tool.declaration() for tool in agent.tools),
+        )
+
+    def live_config(self) -> LiveConfig:
+        """The GPT-Live session these settings describe (REALTIME_SCHEMA=live): the same voice,
+        instructions and tools as :meth:`session_config`, the model in the session."""
+        config = self.session_config()
+        return self.live_config_for(config)
+
+    def live_config_for(self, config: SessionConfig) -> LiveConfig:
+        """A call's GPT-Live session from its Realtime-shaped config (a call's overrides)."""
+        return LiveConfig(
+            model=self.realtime_model,
+            instructions=config.instructions,
+            voice=config.voice,
+            rate=self.pcm_rate,
+            tools=config.tools,
+            delegation_model=self.live_delegation_model,
+            # The agent file's one text holds the business rules the backend needs too.
+            delegation_instructions=config.instructions,
         )
 
     @property
