@@ -10,14 +10,18 @@ the issue's bound is 200 ms.
 ``live``): the emulator in this process (so its sessions can be read), the stages as real
 processes over a real redis-server with ``REALTIME_SCHEMA=live``, and ``BENCH_BARGE_IN_CALLS``
 (default 5) calls, one after another, each talking over the reply one second into it. Per call:
-the wall-clock moment the model's output went quiet (the emulator's own record of the last
-reply audio it sent) against the last moment of reply audio the caller heard (the simulated
-Twilio's playback clock, on the same machine's wall clock).
+the wall-clock moment the model's output went quiet against the last moment of reply audio the
+caller heard (the simulated Twilio's playback clock, on the same machine's wall clock). The
+emulator does not stamp its deltas, so :class:`OutputClock` wraps its Live sessions' ``send``
+in this process: the model stopped sending when its last delta with sound had been sent and its
+audio had played out in real time (send time + the delta's duration), which is when a bridge
+that buffers nothing would have stopped playing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -59,10 +63,34 @@ def heard_after_stop_ms(
     return max(0.0, (started_wall + last - model_stopped_wall) * 1000)
 
 
-def model_stopped_wall(session: Any) -> float | None:
-    """When the emulator's Live session last sent reply audio with sound (wall clock)."""
-    stops = getattr(session, "output_sound_until", None)
-    return float(stops) if stops else None
+class OutputClock:
+    """Per Live session (by id), when its last output delta with sound ends in real time."""
+
+    def __init__(self) -> None:
+        self.sound_until: dict[str, float] = {}
+        self._original: Any = None
+
+    def __enter__(self) -> OutputClock:
+        from sim.openai_live import LiveSession
+
+        original = self._original = LiveSession.send
+        clock = self
+
+        async def send(session: Any, event: dict[str, Any]) -> None:
+            if event.get("type") == "session.output_audio.delta":
+                pcm = base64.b64decode(event["delta"])
+                if np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)).max() > SOUND:
+                    seconds = len(pcm) / 2 / session.format.rate
+                    clock.sound_until[session.id] = time.time() + seconds
+            await original(session, event)
+
+        LiveSession.send = send  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sim.openai_live import LiveSession
+
+        LiveSession.send = self._original  # type: ignore[method-assign]
 
 
 async def measure(calls: int | None = None) -> dict[str, Any]:
@@ -72,6 +100,7 @@ async def measure(calls: int | None = None) -> dict[str, Any]:
         procs = Procs(work)
         emulator = RealtimeEmulator()
         await emulator.start()
+        clock = OutputClock().__enter__()
         redis_port, edge_port = free_port(), free_port()
         figures: list[float] = []
         missing = 0
@@ -86,7 +115,7 @@ async def measure(calls: int | None = None) -> dict[str, Any]:
             env.update(
                 REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                 REALTIME_SCHEMA="live",
-                REALTIME_URL=emulator.url.replace("/v1/realtime", "/v1/live/sessions"),
+                REALTIME_URL=emulator.live_url,
                 REALTIME_GREETING="",
                 EDGE_HOST="127.0.0.1",
                 EDGE_PORT=str(edge_port),
@@ -112,7 +141,7 @@ async def measure(calls: int | None = None) -> dict[str, Any]:
                     custom_parameters={"instructions": f"barge-in call {i}"},
                 )
                 session = emulator.live_sessions[-1]
-                stopped = model_stopped_wall(session)
+                stopped = clock.sound_until.get(session.id)
                 if result.barge_in_at is None or result.started_wall is None or stopped is None:
                     missing += 1
                     continue
@@ -122,6 +151,7 @@ async def measure(calls: int | None = None) -> dict[str, Any]:
                     )
                 )
         finally:
+            clock.__exit__()
             procs.stop()
             await emulator.stop()
     return {

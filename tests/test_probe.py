@@ -81,7 +81,9 @@ def emulator_report(
     out = tmp_path_factory.mktemp("probe")
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(printed):
-        _env(monkeypatch, out)
+        # The report's combo B as it was verified (the emulator's retired-beta default, the
+        # live API's since May 2026, is probed in test_beta_disabled_server_...).
+        _env(monkeypatch, out, EMULATOR_BETA="accept")
         rc = asyncio.run(asyncio.wait_for(amain([]), 25))
     report, markdown = _load(out)
     return report, markdown, rc, printed.getvalue()
@@ -383,7 +385,11 @@ def test_inline_code_survives_backticks() -> None:
 
 @pytest.mark.parametrize(
     ("schema", "header", "verdict"),
-    [("audio", False, "ready"), ("flat", True, "ready"), ("flat", False, "refused: ")],
+    [
+        ("audio", False, "ready"),
+        ("flat", True, "switch: beta_api_shape_disabled: "),  # retired: the gateway goes to GA
+        ("flat", False, "refused: "),
+    ],
 )
 async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     schema: str, header: bool, verdict: str
@@ -408,6 +414,20 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     assert (finding.gateway_verdict or "").startswith(verdict), finding.gateway_verdict
 
 
+async def test_the_probe_finds_combo_b_ready_where_the_beta_is_still_served() -> None:
+    from shared.runtime.settings import load_settings
+    from sim.openai_realtime import RealtimeEmulator
+    from tools.probe_findings import Combo
+    from tools.probe_io import Target, probe_run
+
+    async with RealtimeEmulator(beta="accept") as emulator:
+        target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
+        config = load_settings().session_config()
+        pcm = b"\x00\x00" * 24000
+        finding = await probe_run(target, "gpt-realtime", Combo("flat", True), 1, config, pcm, {})
+    assert finding.gateway_verdict == "ready"
+
+
 # --- combo C (GPT-Live) ------------------------------------------------------------------------
 
 
@@ -422,7 +442,10 @@ def test_the_emulator_report_has_combo_c_beside_a_and_b(emulator_report: Any) ->
     wrong = [c for c in live["checks"] if not c["ok"]]
     assert wrong == [], wrong
     refused = [c for c in live["checks"] if c["expect"] == "refused"]
-    assert refused and all(c["error"] or c["close_code"] for c in refused)
+    # Each refusal in the endpoint's own words: an error event, a close, or an HTTP status.
+    assert refused and all(c["error"] or c["close_code"] or c["connect_error"] for c in refused)
+    model_in_url = next(c for c in live["checks"] if c["check"] == "model_in_url")
+    assert model_in_url["outcome"] == "refused"
     assert "## GPT-Live (combo C)" in markdown and "| check | expected |" in markdown
     assert "combo C (live)" in printed
 

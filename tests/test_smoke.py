@@ -175,7 +175,7 @@ async def test_smoke_passes_in_combo_c_against_the_emulator(
     rate: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with RealtimeEmulator() as emu:
-        url = emu.url.replace("/v1/realtime", "/v1/live/sessions")
+        url = emu.live_url
         settings = load_settings(realtime_url=url, realtime_schema="live", realtime_audio_rate=rate)
         code = await smoke(settings, RunSettings(runs=2, timeout_ms=8000), "sk-test")
         sessions = list(emu.live_sessions)

@@ -227,9 +227,8 @@ async def main_async(settings: Settings, runs: RunSettings) -> int:
     emulator = RealtimeEmulator(host="127.0.0.1", port=0)
     await emulator.start()
     try:
-        url = emulator.url
-        if settings.realtime_schema == "live":  # the emulator serves GPT-Live beside Realtime
-            url = url.replace("/v1/realtime", "/v1/live/sessions")
+        # The emulator serves GPT-Live beside Realtime.
+        url = emulator.live_url if settings.realtime_schema == "live" else emulator.url
         print(f"no OPENAI_API_KEY: smoke test against the local emulator at {url}", flush=True)
         local = settings.model_copy(update={"realtime_url": url})
         return await smoke(local, runs, "sk-local-emulator")
