@@ -44,30 +44,55 @@ ROOT = Path(__file__).resolve().parent.parent
 SOUND = 64
 
 
-def last_sound_s(heard: bytes, after_s: float) -> float | None:
-    """Seconds since the call's start of the last audible sample played after ``after_s``
-    (``heard`` is mu-law at 8 kHz, one byte per sample slot), or None if all was silence."""
+# A pause this long in what the caller hears ends the interrupted reply (the model's answer to
+# the interruption comes later, after the caller's turn and the model's own delay).
+GAP_S = 0.15
+
+
+def end_of_sound_s(heard: bytes, after_s: float) -> float | None:
+    """Seconds since the call's start at which the sound playing at ``after_s`` ended: the
+    last audible sample before the first pause of :data:`GAP_S` (``heard`` is mu-law at 8 kHz,
+    one byte per sample slot); None if nothing was audible after ``after_s``."""
     start = max(0, int(after_s * 8000))
     pcm = np.abs(mulaw_decode(heard[start:]).astype(np.int32))
     loud = np.flatnonzero(pcm > SOUND)
-    return None if loud.size == 0 else (start + int(loud[-1]) + 1) / 8000
+    if loud.size == 0:
+        return None
+    gaps = np.flatnonzero(np.diff(loud) > GAP_S * 8000)
+    last = loud[gaps[0]] if gaps.size else loud[-1]
+    return (start + int(last) + 1) / 8000
+
+
+def model_stopped_at(chunks: list[tuple[float, float, bool]], after_wall: float) -> float | None:
+    """When the model stopped sending the reply it was sending at ``after_wall``: the real-time
+    end of the last delta with sound before the first silent one (``chunks``: each delta's
+    wall-clock span and whether it carried sound, in order)."""
+    end = None
+    for start, stop, sound in chunks:
+        if stop <= after_wall:
+            continue
+        if not sound:
+            return end if end is not None else start
+        end = stop
+    return end
 
 
 def heard_after_stop_ms(
-    heard: bytes, started_wall: float, barge_in_at: float, model_stopped_wall: float
+    heard: bytes, started_wall: float, barge_in_at: float, stopped_wall: float
 ) -> float:
     """Reply audio the caller heard after the model stopped sending it, in ms (0 if none)."""
-    last = last_sound_s(heard, barge_in_at)
+    last = end_of_sound_s(heard, barge_in_at)
     if last is None:
         return 0.0
-    return max(0.0, (started_wall + last - model_stopped_wall) * 1000)
+    return max(0.0, (started_wall + last - stopped_wall) * 1000)
 
 
 class OutputClock:
-    """Per Live session (by id), when its last output delta with sound ends in real time."""
+    """Per Live session (by id), each output delta's real-time span (its send time, plus its
+    duration) and whether it carried sound."""
 
     def __init__(self) -> None:
-        self.sound_until: dict[str, float] = {}
+        self.chunks: dict[str, list[tuple[float, float, bool]]] = {}
         self._original: Any = None
 
     def __enter__(self) -> OutputClock:
@@ -78,10 +103,11 @@ class OutputClock:
 
         async def send(session: Any, event: dict[str, Any]) -> None:
             if event.get("type") == "session.output_audio.delta":
-                pcm = base64.b64decode(event["delta"])
-                if np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)).max() > SOUND:
-                    seconds = len(pcm) / 2 / session.format.rate
-                    clock.sound_until[session.id] = time.time() + seconds
+                pcm = np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2")
+                sound = bool(pcm.size) and int(np.abs(pcm.astype(np.int32)).max()) > SOUND
+                now = time.time()
+                span = (now, now + pcm.size / session.format.rate, sound)
+                clock.chunks.setdefault(session.id, []).append(span)
             await original(session, event)
 
         LiveSession.send = send  # type: ignore[method-assign]
@@ -141,8 +167,12 @@ async def measure(calls: int | None = None) -> dict[str, Any]:
                     custom_parameters={"instructions": f"barge-in call {i}"},
                 )
                 session = emulator.live_sessions[-1]
-                stopped = clock.sound_until.get(session.id)
-                if result.barge_in_at is None or result.started_wall is None or stopped is None:
+                if result.barge_in_at is None or result.started_wall is None:
+                    missing += 1
+                    continue
+                barge_wall = result.started_wall + result.barge_in_at
+                stopped = model_stopped_at(clock.chunks.get(session.id, []), barge_wall)
+                if stopped is None:
                     missing += 1
                     continue
                 figures.append(
