@@ -182,6 +182,7 @@ async def test_smoke_passes_in_combo_c_against_the_emulator(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2/2 consecutive runs returned audio -> PASS" in out
+    assert out.count("session.started") == 2  # GPT-Live's opening, not Realtime's
     assert len(sessions) == 2
 
 

@@ -196,6 +196,8 @@ def _ms(value: float | None) -> str:
 
 async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
     streak = 0
+    # The event that says the session is open: GPT-Live's session.started, Realtime's created.
+    opened = "session.started" if settings.realtime_schema == "live" else "session.created"
     for run in range(1, runs.runs + 1):
         r = await one_run(settings, runs, api_key)
         if r.retired:  # no run can pass: one line says why, in the API's words
@@ -203,7 +205,7 @@ async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
             return 1
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
         print(
-            f"run {run:>3} {r.combo:<22} session.created {_ms(r.session_ms):>6} ms  "
+            f"run {run:>3} {r.combo:<22} {opened} {_ms(r.session_ms):>6} ms  "
             f"first delta {_ms(r.first_delta_ms):>6} ms  errors {errs}"
             + ("" if r.ok else f"  FAILED: {r.failure}"),
             flush=True,
