@@ -156,7 +156,7 @@ class CallSummary:
     ended_at: int | None
     outcome: str | None  # None while the call goes on
     end_reason: str | None  # the stage's own word, as written
-    dialect: str | None  # the Realtime combo of the call's session (GA or BETA)
+    dialect: str | None  # the combo of the call's session (GA, BETA, or LIVE for GPT-Live)
     answered_by: str | None  # Twilio's AMD verdict on an outbound call
 
 

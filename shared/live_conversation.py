@@ -6,11 +6,12 @@ interrupted (docs/live.md). So this core reads the stream itself:
 
 * :class:`OutputGate`: per output delta, speech or silence (one numpy peak per delta, never a
   Python loop over samples). Speech goes to the caller as *segments* (one id per stretch of
-  speech, the ``response_id``/``item_id`` of its chunks and of the marks Twilio returns); pure
-  silence is not forwarded at all (Twilio plays nothing in the gaps, which the real-time stream
-  keeps in time). When speech turns to silence while the caller has just been speaking, the model
-  yielded to them: what Twilio still holds of that segment is cleared, so the caller hears at
-  most the clear's trip through the pipeline after the model stopped (the 200 ms rule).
+  speech, the ``response_id``/``item_id`` of its chunks and of the marks Twilio returns), with
+  the pauses inside it; silence past :data:`SILENCE_HANGOVER_US` is not forwarded at all
+  (Twilio plays nothing in the gaps, which the real-time stream keeps in time). When speech
+  turns to silence while the caller has just been speaking, the model yielded to them: what
+  Twilio still holds of that segment is cleared, so the caller hears at most the clear's trip
+  through the pipeline after the model stopped (the 200 ms rule).
 * :class:`TranscriptTurns`: the transcript deltas (no done event) become a turn once that side
   has been quiet for :data:`TURN_GAP_MS` (or its next delta starts that much later on the
   session's timeline), as the call's ``transcript`` events, as for combo A.
@@ -76,6 +77,9 @@ SILENT_PEAK = 64
 # A caller frame peaking above this is the caller speaking (mu-law line noise stays far below;
 # speech peaks in the thousands).
 CALLER_SPEECH_PEAK = 1200
+# Silence within a segment that is still forwarded (pauses between words keep their length);
+# past it the segment ends and silence is no longer forwarded.
+SILENCE_HANGOVER_US = 300_000
 # The model went quiet within this long of the caller's last speech: it yielded to them.
 BARGE_WINDOW_US = 600_000
 # A side's transcript is a finished turn after this long without a delta (pipecat waits 0.8 s:
@@ -113,10 +117,12 @@ class OutputGate:
     started_us: int = 0
     last_speech_us: int = -(10**15)
     caller_active_us: int = -(10**15)  # the caller's last speaking frame
+    silent_us: int = 0  # silence since the segment's last speech
     dropped_silence_us: int = 0  # silence not forwarded (counted for the metrics/tests)
 
     def new_session(self, tag: str) -> None:
         self.tag, self.speaking, self.segment, self.offset_us = tag, False, "", 0
+        self.silent_us = 0
 
     def caller(self, pcm16: bytes, now_us: int) -> None:
         if peak(pcm16) > CALLER_SPEECH_PEAK:
@@ -126,23 +132,43 @@ class OutputGate:
         return now_us - self.caller_active_us <= BARGE_WINDOW_US
 
     def delta(self, pcm16: bytes, now_us: int) -> tuple[OutboundChunk | None, bool, bool]:
-        """``(chunk to forward, speech began, speech stopped)`` for one output delta."""
+        """``(chunk to forward, speech began, speech just stopped)`` for one output delta.
+
+        Silence inside a segment is forwarded for up to :data:`SILENCE_HANGOVER_US` (the pauses
+        between words and sentences keep their length); past that the segment ends and silence
+        is dropped until the model speaks again. ``speech just stopped`` is the first silent
+        delta after speech: the moment to decide whether the model yielded to the caller."""
         if len(pcm16) % 2:
             pcm16 = pcm16[:-1]
         duration_us = len(pcm16) * 1_000_000 // (2 * self.rate)
         if peak(pcm16) <= SILENT_PEAK:
-            self.dropped_silence_us += duration_us
-            stopped, self.speaking = self.speaking, False
-            return None, False, stopped
+            if not self.speaking:
+                self.dropped_silence_us += duration_us
+                return None, False, False
+            stopped = self.silent_us == 0
+            self.silent_us += duration_us
+            if self.silent_us > SILENCE_HANGOVER_US:
+                self.end_segment()
+                self.dropped_silence_us += duration_us
+                return None, False, stopped
+            return self._chunk(pcm16, duration_us, now_us), False, stopped
         began = not self.speaking
         if began:
             self.segments += 1
             self.segment = f"{self.tag}.{self.segments}"
             self.offset_us, self.started_us, self.speaking = 0, now_us, True
+        self.silent_us = 0
+        self.last_speech_us = now_us
+        return self._chunk(pcm16, duration_us, now_us), began, False
+
+    def end_segment(self) -> None:
+        """The segment is over (its trailing silence played, or the caller cut it off)."""
+        self.speaking, self.silent_us = False, 0
+
+    def _chunk(self, pcm16: bytes, duration_us: int, now_us: int) -> OutboundChunk:
         chunk = OutboundChunk(pcm16, self.segment, self.segment, self.offset_us, now_us)
         self.offset_us += duration_us
-        self.last_speech_us = now_us
-        return chunk, began, False
+        return chunk
 
 
 @dataclass
@@ -296,12 +322,12 @@ class LiveConversation:
         if isinstance(event, TranscriptPart):
             return self._turns_done(self.turns.part(event, now_us))
         if isinstance(event, BackendStarted):
-            self.backend_active.add(event.response_id)
+            self.backend_active.add(_backend_key(event))
             if self.tools is not None:
                 self.tools.awaiting_response = False
             return []
         if isinstance(event, BackendCall):
-            self.backend_calls.setdefault(event.response_id, []).append(event.call)
+            self.backend_calls.setdefault(_backend_key(event), []).append(event.call)
             return []
         if isinstance(event, BackendDone):
             return self._backend_done(event, now_us)
@@ -317,7 +343,10 @@ class LiveConversation:
         chunk, began, stopped = self.gate.delta(pcm16, now_us)
         actions: list[Action] = []
         if stopped and self.gate.caller_recent(now_us):
-            actions += self._barge_in()
+            # The model yielded to the caller: nothing more of this segment, and what Twilio
+            # still holds of it is dropped.
+            self.gate.end_segment()
+            return self._barge_in()
         if chunk is None:
             return actions
         if began and not self.gate.caller_recent(now_us):
@@ -340,8 +369,9 @@ class LiveConversation:
         ]
 
     def _backend_done(self, event: BackendDone, now_us: int) -> list[Action]:
-        self.backend_active.discard(event.response_id)
-        calls = tuple(self.backend_calls.pop(event.response_id, ()))
+        key = _backend_key(event)
+        self.backend_active.discard(key)
+        calls = tuple(self.backend_calls.pop(key, ()))
         tools = self.tools
         if tools is None:
             return []
@@ -379,7 +409,7 @@ class LiveConversation:
         if since is None:
             return False
         gate = self.gate
-        if gate.speaking:
+        if gate.speaking and gate.silent_us == 0:
             return True
         if gate.last_speech_us >= since:
             return now_us - gate.last_speech_us < GOODBYE_QUIET_US
@@ -422,6 +452,13 @@ class LiveConversation:
         if tools.ending is not None:
             busy = self._goodbye_pending(now_us)
         return actions + tools.due(self.heard, now_us, busy, self.replies)
+
+
+def _backend_key(event: BackendStarted | BackendCall | BackendDone) -> str:
+    """Which backend response an event belongs to: its delegation (the envelope names it; a
+    Responses item event carries no response id), else the response id. One backend response
+    runs at a time per delegation: the continuation starts after the previous one completed."""
+    return event.delegation_id or event.response_id
 
 
 def _duration_us(chunk: OutboundChunk, rate: int) -> int:

@@ -51,7 +51,10 @@ async def in_process_stack(
     await emulator.start()
     settings = load_settings(
         **{
-            "realtime_url": emulator.url,
+            # GPT-Live is served at its own path (REALTIME_SCHEMA=live).
+            "realtime_url": emulator.live_url
+            if overrides.get("realtime_schema") == "live"
+            else emulator.url,
             "edge_host": "127.0.0.1",
             "edge_port": 0,
             "owner_idle_ms": 1000,
@@ -150,11 +153,12 @@ def process_env(redis_url: str, edge_port: int, emulator_port: int, **extra: str
         EDGE_HOST="127.0.0.1",
         EDGE_PORT=str(edge_port),
         METRICS_HOST="127.0.0.1",
-        REALTIME_URL=f"ws://127.0.0.1:{emulator_port}/v1/realtime",
+        REALTIME_URL=f"ws://127.0.0.1:{emulator_port}"
+        + ("/v1/live/sessions" if extra.get("REALTIME_SCHEMA") == "live" else "/v1/realtime"),
         OWNER_IDLE_MS="1000",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

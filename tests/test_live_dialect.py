@@ -313,20 +313,21 @@ def test_transcript_deltas_become_a_turn_after_a_quiet_gap() -> None:
     assert transcripts(core.session_lost()) == [("assistant", "Bye.")]
 
 
-def test_silence_is_not_forwarded_and_speech_is_one_segment_per_stretch() -> None:
+def test_pauses_are_kept_long_silence_is_not_forwarded_and_segments_follow_speech() -> None:
     core = lc.LiveConversation()
     started(core)
     chunks = []
-    for i, pcm in enumerate([tone(40), tone(40), silence(40), silence(40), tone(40)]):
-        chunks += [
-            a.chunk
-            for a in core.server_event(ld.OutputAudio(pcm), i * 40 * MS)
-            if isinstance(a, ca.WriteOutbound)
-        ]
-    assert len(chunks) == 3
-    assert chunks[0].item_id == chunks[1].item_id != chunks[2].item_id
-    assert [c.offset_us for c in chunks] == [0, 40_000, 0]
-    assert core.gate.dropped_silence_us == 80_000
+    stream = [tone(40), silence(40), tone(40)] + [silence(40)] * 20 + [tone(40)]
+    for i, pcm in enumerate(stream):
+        actions = core.server_event(ld.OutputAudio(pcm), i * 40 * MS)
+        chunks += [a.chunk for a in actions if isinstance(a, ca.WriteOutbound)]
+    hangover = lc.SILENCE_HANGOVER_US // 40_000  # silent deltas still forwarded
+    assert len(chunks) == 3 + hangover + 1
+    first, last = chunks[0].item_id, chunks[-1].item_id
+    assert all(c.item_id == first for c in chunks[:-1]) and last != first
+    assert [c.offset_us for c in chunks[:3]] == [0, 40_000, 80_000]  # the pause kept its place
+    assert chunks[-1].offset_us == 0
+    assert core.gate.dropped_silence_us == (20 - hangover) * 40_000
 
 
 class Twilio:
@@ -412,7 +413,8 @@ def backend_call(
     core: lc.LiveConversation, call_id: str, name: str, args: str, now_us: int
 ) -> list[ca.Action]:
     core.server_event(ld.BackendStarted("resp_1", "d1"), now_us)
-    core.server_event(ld.BackendCall("resp_1", "d1", FunctionCall(call_id, name, args)), now_us)
+    # response.output_item.done names no response: the envelope's delegation ties it.
+    core.server_event(ld.BackendCall("", "d1", FunctionCall(call_id, name, args)), now_us)
     return core.server_event(ld.BackendDone("resp_1", "d1", "completed"), now_us)
 
 
@@ -478,6 +480,8 @@ def test_hang_up_ends_the_call_after_the_goodbye_was_heard() -> None:
     assert not any(isinstance(a, ca.EndCall) for a in core.tick(late))
     segment = core.gate.segment
     core.control(MarkPlayed(f"{segment}:600"), late)
+    assert not any(isinstance(a, ca.EndCall) for a in core.tick(late))  # its pause: not yet
+    core.control(MarkPlayed(f"{segment}:{int(core.heard.sent_ms[segment])}"), late)
     ending = core.tick(late + 1)
     assert ca.EndCall("model_hung_up") in ending
     assert any(

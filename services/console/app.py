@@ -102,7 +102,7 @@ class CallOut(BaseModel):
         "voicemail | no_answer | busy | canceled | failed | disconnected | completed",
     )
     end_reason: str | None = Field(None, description="the stage's own end reason")
-    dialect: str | None = Field(None, description="Realtime combo of the session (GA | BETA)")
+    dialect: str | None = Field(None, description="Model combo of the session (GA | BETA | LIVE)")
     answered_by: str | None = Field(None, description="Twilio's AMD verdict (outbound)")
 
 
