@@ -26,10 +26,16 @@ SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(ServerEvent)
 # Each client event type's model: validating against the one the client named gives errors
 # about what it sent, not about every other member of the union.
 _MEMBERS: dict[str, type[BaseModel]] = {
-    member.model_fields["type"].annotation.__args__[0]: member  # type: ignore[union-attr]
+    member.model_fields["type"].annotation.__args__[0]: member
     for member in get_args(get_args(ClientEvent)[0])
 }
 
+# Server event types whose model has an event_id (session.output_audio.delta has none).
+WITH_EVENT_ID = {
+    member.model_fields["type"].annotation.__args__[0]
+    for member in get_args(get_args(ServerEvent)[0])
+    if "event_id" in member.model_fields
+}
 MAX_INPUT_MESSAGES = 128
 # Startup fields that session.update may not change (SessionUpdateConfig carries none of them).
 IMMUTABLE = ("model", "instructions", "audio", "input", "client", "store", "safety_identifier")
@@ -109,13 +115,15 @@ def _rejection(exc: ValidationError) -> Rejection:
     ]
     # None meant: the client named a ``type`` no member has; that is the error.
     error = meant[0] if meant else next(e for e in errors if e["loc"][-1:] == ("type",))
-    param = "".join(
-        f"[{p}]" if isinstance(p, int) else f".{p}"
-        for p in error["loc"]
-        if isinstance(p, int) or not _is_member(p)
-    ).lstrip(".")
+    param = (
+        "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}"
+            for p in error["loc"]
+            if isinstance(p, int) or not _is_member(p)
+        ).lstrip(".")
+        or None
+    )
     kind = error["type"]
-    param = param or None
     if kind == "missing" or kind == "union_tag_not_found":
         return Rejection(
             "missing_required_parameter", f"Missing required parameter: '{param}'.", param

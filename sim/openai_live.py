@@ -41,6 +41,7 @@ from sim.live_delegation import (
     new_id,
 )
 from sim.live_rules import (
+    WITH_EVENT_ID,
     audio_format,
     check_delegation_update,
     check_start,
@@ -172,7 +173,8 @@ class LiveSession:
                 f.write(json.dumps({"dir": direction, **event}) + "\n")
 
     async def send(self, event: dict[str, Any]) -> None:
-        event = {"event_id": new_id("event"), **event}
+        if event["type"] in WITH_EVENT_ID:
+            event = {"event_id": new_id("event"), **event}
         self.server_events.append(event)
         self._log("server", event)
         try:

@@ -67,7 +67,6 @@ from sim.wire_audio import (
     decode,
     encode,
 )
-from sim.ws_close import PromptCloseConnection
 
 MIN_COMMIT_MS = 100
 _ids = itertools.count(1)
@@ -815,6 +814,9 @@ class EmulatedSession:
         names = _STREAM[self.dialect]
         step = record.format.nbytes(self.emulator.reply_chunk_ms)
         words = transcript.split()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        lead = self.emulator.reply_lead_ms / 1000
         for n, pos in enumerate(range(0, len(audio), step)):
             chunk = audio[pos : pos + step]
             record.audio += chunk
@@ -828,7 +830,13 @@ class EmulatedSession:
                 await self.send(
                     {"type": f"{names['transcript']}.delta", **ids, "delta": words[n] + " "}
                 )
-            await asyncio.sleep(0.005)  # bursty, faster than real time, interruptible
+            # A burst of up to ``reply_lead_ms`` ahead of real time, then real time: a client
+            # that stops reading (the official one, when it decides to close) is left with a
+            # few unread messages, not a whole reply. websockets pauses reading past 16 queued
+            # messages, and a paused client never reads the close frame that answers its
+            # own close: its `async with` then hangs for its 10 s close timeout (issue 25).
+            ahead = record.format.ms(len(record.audio)) / 1000 - (loop.time() - began)
+            await asyncio.sleep(max(0.0, ahead - lead))  # and a point to be interrupted
         await self.send({"type": f"{names['audio']}.done", **ids})
         await self.send({"type": f"{names['transcript']}.done", **ids, "transcript": transcript})
 
@@ -970,6 +978,7 @@ class RealtimeEmulator:
         api_key: str | None = None,
         beta: str | None = None,
         reply_chunk_ms: int = 100,
+        reply_lead_ms: int = 300,
         live_chunk_ms: int = 40,
         live_close_drain_s: float = 10.0,
         keep_sessions: int | None = None,
@@ -982,9 +991,10 @@ class RealtimeEmulator:
 
         ``beta``: ``"refuse"`` (what the live API does since May 2026) or ``"accept"`` (the
         retired beta dialect, combo B, for testing it); None reads ``EMULATOR_BETA``, default
-        refuse. ``live_chunk_ms``: the duration of each Live audio delta (sent one per that
-        many ms of wall time); ``live_close_drain_s``: how long a Live ``session.close`` lets
-        the speech in progress finish."""
+        refuse. ``reply_lead_ms``: how far ahead of real time a Realtime reply's audio is sent
+        (a burst that long, then real time). ``live_chunk_ms``: the duration of each Live
+        audio delta (one is sent per that many ms of wall time); ``live_close_drain_s``: how
+        long a Live ``session.close`` lets the speech in progress finish."""
         self.host, self.port = host, port
         self.record_dir = Path(record_dir) if record_dir else None
         self.api_key = api_key
@@ -993,6 +1003,7 @@ class RealtimeEmulator:
             raise ValueError(f"beta must be 'accept' or 'refuse', got {beta!r}")
         self.beta = beta
         self.reply_chunk_ms = reply_chunk_ms
+        self.reply_lead_ms = reply_lead_ms
         self.live_chunk_ms = live_chunk_ms
         self.live_close_drain_s = live_close_drain_s
         self.live_sessions: list[LiveSession] = []
@@ -1026,7 +1037,6 @@ class RealtimeEmulator:
             process_request=self._check,
             max_size=16 * 1024 * 1024,
             ping_interval=None,
-            create_connection=PromptCloseConnection,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 

@@ -12,8 +12,8 @@ import pytest
 
 from shared.audio import mulaw_decode, mulaw_encode
 from sim.openai_realtime import RealtimeEmulator
-from sim.wire_audio import VAD_THRESHOLD_DBFS, VAD_WINDOW_MS, alaw_decode, alaw_encode, dbfs
 from sim.speech import silence, speech
+from sim.wire_audio import VAD_THRESHOLD_DBFS, VAD_WINDOW_MS, alaw_decode, alaw_encode, dbfs
 from tests.test_emulator import BETA_SERVER, GA_SERVER, Raw, error_for, raw
 
 audioop = pytest.importorskip("audioop")  # audioop-lts on 3.13+

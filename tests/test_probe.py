@@ -52,6 +52,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, out: Path, **extra: str) -> None:
         "PROBE_OUT": str(out),
         "REALTIME_SCHEMA": "audio",
         "REALTIME_BETA_HEADER": "0",
+        # The probe's own emulator accepts the retired beta (combo B) so that these checks
+        # cover both shapes; by default it refuses it as the live API does.
+        "EMULATOR_BETA": "accept",
         **extra,
     }
     for name, value in values.items():
@@ -399,7 +402,7 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     from tools.probe_findings import Combo
     from tools.probe_io import Target, probe_run
 
-    async with RealtimeEmulator() as emulator:
+    async with RealtimeEmulator(beta="accept") as emulator:  # the flat rows are combo B's
         target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
         pcm = b"\x00\x00" * 24000
         finding = await probe_run(
