@@ -84,9 +84,7 @@ def emulator_report(
     out = tmp_path_factory.mktemp("probe")
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(printed):
-        # The report's combo B as it was verified (the emulator's retired-beta default, the
-        # live API's since May 2026, is probed in test_beta_disabled_server_...).
-        _env(monkeypatch, out, EMULATOR_BETA="accept")
+        _env(monkeypatch, out)
         rc = asyncio.run(asyncio.wait_for(amain([]), 25))
     report, markdown = _load(out)
     return report, markdown, rc, printed.getvalue()
@@ -402,7 +400,7 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     from tools.probe_findings import Combo
     from tools.probe_io import Target, probe_run
 
-    async with RealtimeEmulator(beta="accept") as emulator:  # the flat rows are combo B's
+    async with RealtimeEmulator() as emulator:  # the beta refused, as the live API does
         target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
         pcm = b"\x00\x00" * 24000
         finding = await probe_run(
