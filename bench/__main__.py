@@ -5,6 +5,13 @@ figures for both setups and writes everything to ``bench/results/results.json`` 
 ``bench/results/pipeline.png``. ``BENCH_CALLS`` (default ``1,10,25,50``) lists the loads compared
 with the baseline; ``BENCH_MAX_CALLS`` (default 80) bounds the search for the largest load that
 keeps every hop's p99 within 20 ms (``BENCH_SEARCH=0`` skips it).
+
+``BENCH_DIALECTS`` (default ``audio,live``) lists the dialects the pipeline is measured in:
+combo A (``audio``) always, as the baseline; with ``live``, combo C (GPT-Live, the emulator's
+``/v1/live/sessions``) at each load of ``BENCH_LIVE_CALLS`` (default ``25``), beside combo A at
+the same load: both CPU figures per call-second and their ratio (target: combo C within x1.2 of
+combo A), and combo C's barge-in figure, how much reply audio the caller heard after the model
+stopped sending (target: at most 200 ms).
 """
 
 from __future__ import annotations
@@ -138,6 +145,8 @@ def _print_summary(runs: list[dict]) -> None:  # type: ignore[type-arg]
 
 
 CPU_TARGET = 1.5  # pipeline CPU per call-second against the direct bridge's, at 25 and 50 calls
+LIVE_CPU_TARGET = 1.2  # combo C's pipeline CPU per call-second against combo A's
+LIVE_BARGE_IN_TARGET_MS = 200.0  # reply audio heard after the model stopped sending
 LARGEST_N_TARGET = 0.8  # the pipeline's largest load within budget against the direct bridge's
 
 
@@ -177,6 +186,59 @@ def _print_targets(runs: list[dict], out: dict) -> dict[str, object]:  # type: i
     return found
 
 
+def _dialects() -> list[str]:
+    names = [d.strip() for d in os.environ.get("BENCH_DIALECTS", "audio,live").split(",")]
+    unknown = sorted(set(names) - {"audio", "live", ""})
+    if unknown:
+        raise SystemExit(f"bench: BENCH_DIALECTS: unknown dialect(s) {', '.join(unknown)}")
+    return [d for d in names if d]
+
+
+def _live_vs_ga(runs: list[dict], out: dict) -> None:  # type: ignore[type-arg]
+    """Combo C beside combo A at each load of ``BENCH_LIVE_CALLS``: both pipelines' CPU per
+    call-second and their ratio (measured back to back), then combo C's barge-in figure."""
+    from bench.pipeline import measure
+
+    loads = [int(x) for x in os.environ.get("BENCH_LIVE_CALLS", "25").split(",") if x]
+    print("== combo C (GPT-Live) beside combo A, the pipeline ==", flush=True)
+    found: dict[str, object] = {}
+    for n in loads:
+        ga = next((r for r in runs if r["kind"] == "pipeline" and r["calls"] == n), None)
+        if ga is None:
+            ga = measure("pipeline", n)
+            _print_run(ga, None)
+            runs.append(ga)
+        live = measure("pipeline", n, dialect="live")
+        _print_run(live, None)
+        runs.append(live)
+        ratio = _ratio(live["cpu_ms_per_call_s"], ga["cpu_ms_per_call_s"])
+        found[f"live_cpu_ratio_{n}"] = ratio
+        verdict = "met" if ratio <= LIVE_CPU_TARGET else f"missed by x{ratio / LIVE_CPU_TARGET:.2f}"
+        print(
+            f"target: combo C CPU at {n} calls <= x{LIVE_CPU_TARGET} combo A's: "
+            f"{live['cpu_ms_per_call_s']:.1f} / {ga['cpu_ms_per_call_s']:.1f} ms per call-s = "
+            f"x{ratio:.2f}, {verdict}"
+            + (f" ({live['failed_calls']} combo C calls failed)" if live["failed_calls"] else ""),
+            flush=True,
+        )
+    import asyncio
+
+    from bench.barge_in import measure as measure_barge_in
+
+    barge = asyncio.run(measure_barge_in())
+    out["live_barge_in"] = barge
+    worst = barge["heard_after_stop_ms_max"]
+    found["live_barge_in_ms_max"] = worst
+    print(
+        f"target: combo C barge-in, reply heard after the model stopped sending <= "
+        f"{LIVE_BARGE_IN_TARGET_MS:.0f} ms: p50 {barge['heard_after_stop_ms_p50']:.0f} ms, max "
+        f"{worst:.0f} ms over {barge['calls']} calls, "
+        f"{'met' if worst <= LIVE_BARGE_IN_TARGET_MS else 'missed'}",
+        flush=True,
+    )
+    out.setdefault("targets_live", {}).update(found)
+
+
 def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
     import matplotlib
 
@@ -184,7 +246,8 @@ def plot(runs: list[dict], path: Path) -> None:  # type: ignore[type-arg]
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind, style in (("pipeline", "o-"), ("cluster", "^-."), ("direct", "s--")):
+    styles = (("pipeline", "o-"), ("cluster", "^-."), ("direct", "s--"), ("live", "D:"))
+    for kind, style in styles:
         sel = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r["calls"])
         if not sel:
             continue
@@ -236,6 +299,7 @@ def main() -> None:
         flush=True,
     )
 
+    _dialects()  # a typo fails here, not after minutes of measuring
     loads = [int(x) for x in os.environ.get("BENCH_CALLS", "1,10,25,50").split(",") if x]
     runs: list[dict] = []  # type: ignore[type-arg]
     print("== pipeline vs direct bridge (real time; each load takes ~10 s per side) ==", flush=True)
@@ -280,6 +344,8 @@ def main() -> None:
             f"x{_ratio(largest['pipeline'], largest['direct']):.2f}",
             flush=True,
         )
+    if "live" in _dialects():
+        _live_vs_ga(runs, out)
     _print_summary(runs)
     out["targets"] = _print_targets(runs, out)
     out["runs"] = runs

@@ -330,7 +330,12 @@ def _start_cluster(procs: Procs, workdir: Path, env: dict[str, str]) -> list[int
 
 
 @contextlib.contextmanager
-def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> Iterator[dict]:  # type: ignore[type-arg]
+def stack(
+    kind: str, workdir: Path, transcoders: int = 1, workers: int = 1, dialect: str = "audio"
+) -> Iterator[dict]:  # type: ignore[type-arg]
+    """The stack for one measurement; ``dialect``: the stages' ``REALTIME_SCHEMA`` (``audio``,
+    combo A, or ``live``, combo C against the emulator's ``/v1/live/sessions``; the direct
+    bridge speaks combo A only)."""
     procs = Procs(workdir)
     redis_port, emu_port, edge_port = free_port(), free_port(), free_port()
     record = workdir / "emulator"
@@ -388,9 +393,12 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
                 ports = [redis_port]
             if "BENCH_REDIS_BATCH_MS" in os.environ:  # the stages' REDIS_BATCH_MS, to compare
                 cluster["REDIS_BATCH_MS"] = os.environ["BENCH_REDIS_BATCH_MS"]
+            if dialect == "live":
+                realtime_url = f"ws://127.0.0.1:{emu_port}/v1/live/sessions"
             env = dict(
                 base_env,
                 **cluster,
+                REALTIME_SCHEMA=dialect,
                 REDIS_URL=f"redis://127.0.0.1:{ports[0]}/0",
                 REALTIME_URL=realtime_url,
                 EDGE_HOST="127.0.0.1",
@@ -406,8 +414,15 @@ def stack(kind: str, workdir: Path, transcoders: int = 1, workers: int = 1) -> I
         procs.stop()
 
 
-def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> dict:  # type: ignore[type-arg]
-    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp, stack(kind, Path(tmp)) as st:
+def measure(
+    kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0, dialect: str = "audio"
+) -> dict:  # type: ignore[type-arg]
+    """One load on one setup; ``kind`` ``direct`` / ``pipeline`` / ``cluster``, and for the
+    pipeline the ``dialect`` it speaks (``live``: recorded as kind ``live``)."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp,
+        stack(kind, Path(tmp), dialect=dialect) as st,
+    ):
         procs: Procs = st["procs"]
         cpu0 = procs.cpu_s()
         rss0 = procs.rss_mb()
@@ -479,7 +494,8 @@ def measure(kind: str, n: int, speech_s: float = 3.0, hold_s: float = 4.0) -> di
             if calls - cmds0.get(cmd, 0.0) > 0 and cmd not in ("info", "ping")
         }
         return {
-            "kind": kind,
+            "kind": "live" if dialect == "live" else kind,
+            "dialect": dialect,
             "calls": n,
             "failed_calls": len(failures),
             "failures": [repr(f)[:200] for f in failures[:3]],

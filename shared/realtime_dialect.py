@@ -275,8 +275,9 @@ _BETA_ONLY = (
     "response.output_audio_format",
 )
 # The close code the live API ends a beta-header session with once the beta shape is disabled
-# (docs/realtime.md, known hazards), after an error with code beta_api_shape_disabled.
+# (docs/dialects.md: since May 2026), after an error with code beta_api_shape_disabled.
 BETA_SHAPE_DISABLED_CLOSE = 4000
+BETA_RETIRED_CODE = "beta_api_shape_disabled"
 _PARAM_RE = re.compile(r"Unknown parameter: '([^']+)'")
 
 
@@ -286,7 +287,7 @@ def classify_error(
     """What an error means for the dialect in use (and which combo it points to)."""
     if code in _BENIGN_CODES:
         return ErrorKind.BENIGN, None
-    if code == "beta_api_shape_disabled":
+    if code == BETA_RETIRED_CODE:
         return ErrorKind.DIALECT_MISMATCH, Combo.GA
     if code in _FATAL_CODES:
         return ErrorKind.FATAL, None

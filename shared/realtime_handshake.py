@@ -4,11 +4,18 @@
 The shell connects with :meth:`RealtimeHandshake.connect_request`, feeds every server message to
 :meth:`~RealtimeHandshake.receive` and the socket's close to :meth:`~RealtimeHandshake.closed`,
 and does what the returned steps say: send a text, use the session (:class:`Ready`), connect
-again in another dialect (:class:`SwitchDialect`, only under ``REALTIME_SCHEMA=auto``), give up
-(:class:`Refused`: the same request would be refused again) or retry later (:class:`Dropped`).
-One object is one attempt at one session, so a second handshake can run beside a live session
-(a rollover) without sharing any state with it; :meth:`next_attempt` carries the dialect choice
-over to a new connection.
+again in another dialect (:class:`SwitchDialect`: under ``REALTIME_SCHEMA=auto``, or from the
+beta dialect to GA when the server says the beta shape is retired), give up (:class:`Refused`:
+the same request would be refused again) or retry later (:class:`Dropped`). One object is one
+attempt at one session, so a second handshake can run beside a live session (a rollover) without
+sharing any state with it; :meth:`next_attempt` carries the dialect choice over to a new
+connection, and :class:`DialectMemory` carries what one process learned over to its later calls.
+
+The retired beta: since May 2026 the live API answers a connection with the beta header with an
+``error`` (code ``beta_api_shape_disabled``) and closes it with 4000. A deployment configured
+from the dialect report for combo B (``REALTIME_SCHEMA=flat``) would fail every call; instead the
+handshake goes on in GA (combo A) in the same call, and the process opens GA directly from then
+on. Only that refusal moves a configured combo B: any other refusal stays a refusal.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.realtime_dialect import (
+    BETA_RETIRED_CODE,
     Combo,
     ConnectRequest,
     ErrorKind,
@@ -49,10 +57,14 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class SwitchDialect:
-    """The server speaks the other dialect: close, then connect again with ``dialect``."""
+    """The server speaks the other dialect: close, then connect again with ``dialect``.
+
+    ``beta_retired``: the server refused the beta shape as retired (``reason`` carries its own
+    words); the process should remember it (:meth:`DialectMemory.learn`)."""
 
     dialect: RealtimeDialect
     reason: str
+    beta_retired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +121,19 @@ class RealtimeHandshake:
         schema: str,
         beta_header: bool,
         preferred: Combo = Combo.GA,
+        *,
+        beta_retired: bool = False,
     ) -> RealtimeHandshake:
         """``REALTIME_SCHEMA`` as configured: ``audio`` / ``flat`` with the header as set (the
         smoke test may pair them otherwise), or ``auto``, starting with ``preferred`` (the combo
-        the server accepted last time)."""
+        the server accepted last time). ``beta_retired``: the server has said the beta shape is
+        gone, so what would open with the beta header opens in GA instead."""
         if schema == "auto":
+            if beta_retired:
+                return cls(config, Combo.GA, negotiate=True, tried=(Combo.BETA,))
             return cls(config, preferred, negotiate=True)
+        if beta_retired and beta_header:
+            return cls(config, Combo.GA, negotiate=False, tried=(Combo.BETA,))
         return cls(config, Combo(schema), negotiate=False, beta_header=beta_header)
 
     def next_attempt(self) -> RealtimeHandshake:
@@ -166,7 +185,7 @@ class RealtimeHandshake:
                 return []
             reason = f"{event.code}: {event.message}".strip(": ")
             if event.kind is ErrorKind.DIALECT_MISMATCH:
-                return [self._mismatch(reason)]
+                return [self._mismatch(reason, retired=event.code == BETA_RETIRED_CODE)]
             if event.kind is ErrorKind.FATAL or self._sent_update:
                 # Only our update has been sent: any other error answers it, and the same
                 # update would be refused on every reconnect.
@@ -179,17 +198,54 @@ class RealtimeHandshake:
             return self.outcome
         refusal = close_refusal(code, reason)
         if refusal:  # 4000: the beta shape is gone for good
-            return self._mismatch(refusal)
+            return self._mismatch(refusal, retired=True)
         return self._decide(Dropped(code, reason))
 
-    def _mismatch(self, reason: str) -> HandshakeStep:
+    def _mismatch(self, reason: str, *, retired: bool = False) -> HandshakeStep:
         reasons = (*self._reasons, f"{self.dialect.combo.name}: {reason}")
         other = self.dialect.combo.other()
-        if not self.negotiate or other in self._tried:
+        # The beta shape retired: GA is the only way on, whatever REALTIME_SCHEMA said.
+        retired = retired and self.dialect.beta_header
+        if not (self.negotiate or retired) or other in self._tried:
             return self._decide(Refused("; ".join(reasons)))
         self._reasons = reasons
-        return self._decide(SwitchDialect(RealtimeDialect.for_combo(other, self.config), reason))
+        dialect = RealtimeDialect.for_combo(Combo.GA if retired else other, self.config)
+        return self._decide(SwitchDialect(dialect, reason, beta_retired=retired))
 
     def _decide(self, step: HandshakeStep) -> HandshakeStep:
         self.outcome = step
         return step
+
+
+class DialectMemory:
+    """What one process learned about the server's dialects, for its later sessions.
+
+    Under ``auto``, the combo the server accepted last is tried first; once the server said the
+    beta shape is retired, sessions that would open with the beta header (``flat``, or ``auto``)
+    open in GA directly. Plain state, one per process (never shared between processes).
+    """
+
+    def __init__(self) -> None:
+        self.preferred = Combo.GA
+        self.beta_retired = False
+
+    def handshake(self, config: SessionConfig, schema: str, beta_header: bool) -> RealtimeHandshake:
+        """The first attempt at a session for ``REALTIME_SCHEMA=schema``, as the process knows
+        the server now."""
+        return RealtimeHandshake.for_schema(
+            config, schema, beta_header, self.preferred, beta_retired=self.beta_retired
+        )
+
+    def accepted(self, dialect: RealtimeDialect) -> None:
+        """A session opened in ``dialect``."""
+        self.preferred = dialect.combo
+
+    def learn(self, step: HandshakeStep) -> bool:
+        """Note a handshake's step; True only the first time the server says the beta shape is
+        retired (the one warning a process gives about it)."""
+        if not (isinstance(step, SwitchDialect) and step.beta_retired):
+            return False
+        first = not self.beta_retired
+        self.beta_retired = True
+        self.preferred = Combo.GA
+        return first

@@ -121,8 +121,9 @@ async def test_transcripts_of_both_sides_can_be_read_back_and_keys_expire() -> N
 
 class RefusingRealtime:
     """A Realtime server that refuses every session the way the live API does, and counts how
-    many times it was asked: ``close_4000`` as a disabled beta shape, else an ``invalid_value``
-    error (with a null ``param``) answering the session.update."""
+    many times it was asked: an ``invalid_value`` error (with a null ``param``) answering the
+    session.update, and with ``close_4000`` a beta-header connection closed with 4000 first (the
+    retired beta shape)."""
 
     def __init__(self, close_4000: bool) -> None:
         self.close_4000 = close_4000
@@ -144,10 +145,11 @@ class RefusingRealtime:
         import json
 
         self.connections += 1
-        await ws.send(json.dumps({"type": "session.created", "event_id": "e0", "session": {}}))
-        if self.close_4000:
+        beta = ws.request.headers.get("OpenAI-Beta") == "realtime=v1"
+        if self.close_4000 and beta:  # the live API: the beta shape is retired
             await ws.close(4000, "beta_api_shape_disabled")
             return
+        await ws.send(json.dumps({"type": "session.created", "event_id": "e0", "session": {}}))
         update = json.loads(await ws.recv())
         error = {
             "type": "invalid_request_error",
@@ -174,7 +176,8 @@ async def test_a_refused_session_ends_the_call_at_once_and_is_not_retried(
 ) -> None:
     """The configured combo refused for good: asking again with the same session would be refused
     again, so the call ends for the caller (outcome realtime_refused) after one attempt, rather
-    than retrying for REALTIME_RESTORE_SECONDS."""
+    than retrying for REALTIME_RESTORE_SECONDS. Combo B closed with 4000 (the retired beta) goes
+    on in GA once, and GA refused as well ends the call."""
     server = fakeredis.FakeServer()
     refusing = RefusingRealtime(close_4000)
     async with refusing as url:
@@ -193,4 +196,48 @@ async def test_a_refused_session_ends_the_call_at_once_and_is_not_retried(
     decoded = [decode_event(f) for _, f in events]
     reasons = [e.data.get("reason") for e in decoded if e.kind == "ended"]
     assert reasons == ["realtime_refused"]
-    assert refusing.connections == 1
+    assert refusing.connections == (2 if close_4000 else 1)
+
+
+async def test_combo_b_meeting_the_retired_beta_goes_on_in_ga_without_losing_audio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """REALTIME_SCHEMA=flat (combo B, from the dialect report) against an API that refuses the
+    beta shape as the live one does since May 2026: the call goes on in GA (combo A), the
+    caller's audio reaches the model whole and the reply reaches the caller; the process warns
+    once, counts it, and opens its next call in GA directly."""
+    import logging
+
+    from shared.audio import mulaw_decode, mulaw_encode
+    from shared.runtime.observability import BETA_RETIRED
+    from tests.audio_checks import pcm24_to_8k, similarity
+
+    audio = mulaw_decode(mulaw_encode(speech("Hello there, I would like to know the hours.")))
+    before = BETA_RETIRED._value.get()
+    caplog.set_level(logging.WARNING, logger="gateway.worker")
+    async with in_process_stack(
+        fake_factory(),
+        # The emulator's default: the beta header refused, as the live API does.
+        realtime_schema="flat",
+        realtime_beta_header=True,
+    ) as stack:
+        first = await asyncio.wait_for(place_call(stack.media_url, audio, hold_after_s=1.0), 40)
+        refused = await stack.emulator.wait_for_session(1)
+        ga = await stack.emulator.wait_for_session(2)
+        await ga.wait_closed(timeout=10)
+        second = await asyncio.wait_for(place_call(stack.media_url, audio, hold_after_s=1.0), 40)
+        later = await stack.emulator.wait_for_session(3)
+        await later.wait_closed(timeout=10)
+        sessions = list(stack.emulator.sessions)
+    assert refused.dialect == "beta" and ga.dialect == "ga"
+    assert later.dialect == "ga" and len(sessions) == 3  # the second call opened GA directly
+    for session, result in ((ga, first), (later, second)):
+        # Every frame of the caller reached the GA session, including those sent meanwhile.
+        assert similarity(audio, pcm24_to_8k(bytes(session.input_audio))) >= 0.95
+        assert session.responses, "the emulator never answered"
+        reply = pcm24_to_8k(bytes(session.responses[0].audio))
+        got = mulaw_decode(result.received_audio)
+        assert similarity(reply[: reply.size // 2], got, max_lag=2000) >= 0.9
+    warnings = [r for r in caplog.records if "retired the beta" in r.getMessage()]
+    assert len(warnings) == 1
+    assert BETA_RETIRED._value.get() == before + 1

@@ -134,7 +134,7 @@ def test_combos_a_and_b_return_audio(emulator_report: Any) -> None:
 
 def test_mismatched_combos_are_rejected_with_unknown_parameter(emulator_report: Any) -> None:
     report = emulator_report[0]
-    for letter in "CD":  # audio with the header, flat without it
+    for letter in ("A'", "B'"):  # audio with the header, flat without it
         combo = _combo(report, letter)
         assert combo["status"] == "rejected", combo["detail"]
         messages = [e["message"] for e in combo["session_update_errors"]]
@@ -288,14 +288,22 @@ async def test_beta_disabled_server_rejects_combo_b_with_close_4000(tmp_path: Pa
         await emulator.stop()
     report, markdown = _load(tmp_path)
     b = _combo(report, "B")
-    assert b["status"] == "beta disabled", b["detail"]
+    assert b["status"] == "retired", b["detail"]
+    said = next(
+        e["message"]
+        for session in emulator.sessions
+        for e in session.errors_sent
+        if e["code"] == "beta_api_shape_disabled"
+    )
+    assert said in b["detail"]  # the API's own words
     assert {"code": 4000, "reason": b["closes"][0]["reason"]} in b["closes"]
     codes = [e["code"] for e in b["other_errors"] + b["session_update_errors"]]
     assert "beta_api_shape_disabled" in codes + [b["closes"][0]["reason"]]
-    assert _negative(report, "beta_modalities_audio_only")["result"] == "beta disabled"
+    assert _negative(report, "beta_modalities_audio_only")["result"] == "retired"
     assert _combo(report, "A")["status"] == "works"
     assert report["recommended"]["combo"] == "A" and exit_code(findings) == 0
     assert "beta_api_shape_disabled" in markdown and "4000" in markdown
+    assert "retired the beta dialect" in markdown and said in markdown
     assert "**not tested**" in markdown
 
 
@@ -378,7 +386,11 @@ def test_inline_code_survives_backticks() -> None:
 
 @pytest.mark.parametrize(
     ("schema", "header", "verdict"),
-    [("audio", False, "ready"), ("flat", True, "ready"), ("flat", False, "refused: ")],
+    [
+        ("audio", False, "ready"),
+        ("flat", True, "switch: beta_api_shape_disabled: "),  # retired: the gateway goes to GA
+        ("flat", False, "refused: "),
+    ],
 )
 async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     schema: str, header: bool, verdict: str
@@ -388,7 +400,7 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
     from tools.probe_findings import Combo
     from tools.probe_io import Target, probe_run
 
-    async with RealtimeEmulator(beta="accept") as emulator:  # the flat rows are combo B's
+    async with RealtimeEmulator() as emulator:  # the beta refused, as the live API does
         target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
         pcm = b"\x00\x00" * 24000
         finding = await probe_run(
@@ -401,3 +413,83 @@ async def test_the_probe_says_what_the_gateways_own_handshake_would_decide(
             {},
         )
     assert (finding.gateway_verdict or "").startswith(verdict), finding.gateway_verdict
+
+
+async def test_the_probe_finds_combo_b_ready_where_the_beta_is_still_served() -> None:
+    from shared.runtime.settings import load_settings
+    from sim.openai_realtime import RealtimeEmulator
+    from tools.probe_findings import Combo
+    from tools.probe_io import Target, probe_run
+
+    async with RealtimeEmulator(beta="accept") as emulator:
+        target = Target(url=emulator.url, models=["gpt-realtime"], api_key="sk-x", runs=1)
+        config = load_settings().session_config()
+        pcm = b"\x00\x00" * 24000
+        finding = await probe_run(target, "gpt-realtime", Combo("flat", True), 1, config, pcm, {})
+    assert finding.gateway_verdict == "ready"
+
+
+# --- combo C (GPT-Live) ------------------------------------------------------------------------
+
+
+def test_the_emulator_report_has_combo_c_beside_a_and_b(emulator_report: Any) -> None:
+    """The Live endpoint answered as the live API does: a session that returns audio, and every
+    check accepted or refused as the types and the docs say."""
+    report, markdown, _, printed = emulator_report
+    live = report["live"]
+    assert live["combo"] == "C" and live["url"].endswith("/v1/live/sessions")
+    assert live["status"] == "works", live["detail"]
+    assert all(run["ok"] and run["ms_to_first_sound"] is not None for run in live["runs"])
+    wrong = [c for c in live["checks"] if not c["ok"]]
+    assert wrong == [], wrong
+    refused = [c for c in live["checks"] if c["expect"] == "refused"]
+    # Each refusal in the endpoint's own words: an error event, a close, or an HTTP status.
+    assert refused and all(c["error"] or c["close_code"] or c["connect_error"] for c in refused)
+    model_in_url = next(c for c in live["checks"] if c["check"] == "model_in_url")
+    assert model_in_url["outcome"] == "refused"
+    assert "## GPT-Live (combo C)" in markdown and "| check | expected |" in markdown
+    assert "combo C (live)" in printed
+
+
+def _session_start_event(check_id: str) -> dict[str, Any]:
+    from tools.probe_live import LIVE_CHECKS, _config, _mutate
+
+    check = next(c for c in LIVE_CHECKS if c.id == check_id)
+    config = _mutate(_config("gpt-live-1.1", 24000, "marin", "Be brief."), check)
+    return {"type": "session.start", "session": config}
+
+
+def test_the_live_checks_agree_with_the_sdks_types() -> None:
+    """What a check expects the endpoint to accept validates against the official types with
+    nothing unknown; what it expects refused for its shape does not (or carries an unknown key)."""
+    from openai.types.live import ClientEvent
+    from pydantic import TypeAdapter, ValidationError
+
+    from tools.probe_live import LIVE_CHECKS
+
+    adapter = TypeAdapter(ClientEvent)
+    for check in LIVE_CHECKS:
+        if check.first or check.again or check.model_in_url:
+            continue  # refused for when or where it is sent, not for its shape
+        event = _session_start_event(check.id)
+        try:
+            parsed = adapter.validate_python(event)
+            extra = parsed.session.model_extra or {}  # type: ignore[union-attr]
+            fits = not extra
+        except ValidationError:
+            fits = False
+        assert fits is (check.expect == "accepted"), (check.id, event)
+
+
+def test_live_verdicts_from_hand_made_findings() -> None:
+    from tools.probe_live import LiveFindings, LiveRunFinding, summarise_live
+
+    def findings(*runs: LiveRunFinding) -> LiveFindings:
+        return LiveFindings("ws://127.0.0.1:1/v1/live/sessions", "gpt-live-1.1", 24000, list(runs))
+
+    assert summarise_live(findings(LiveRunFinding(1, ok=True)))[0] == "works"
+    assert summarise_live(findings(LiveRunFinding(1, ok=True), LiveRunFinding(2)))[0] == "flaky"
+    refused = LiveRunFinding(1, errors=[ErrorSeen("unknown_parameter", "Unknown parameter")])
+    assert summarise_live(findings(refused)) == ("refused", "unknown_parameter: Unknown parameter")
+    gone = LiveRunFinding(1, failure="cannot connect to ws://x: refused")
+    assert summarise_live(findings(gone))[0] == "unreachable"

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from shared import realtime_dialect as rd
 from shared.realtime_handshake import (
+    DialectMemory,
     Dropped,
     Ignored,
     Ready,
@@ -79,6 +80,90 @@ def test_auto_accepts_the_second_dialect() -> None:
     assert isinstance(ready, Ready) and ready.dialect.combo is rd.Combo.GA
 
 
+RETIRED_MESSAGE = (
+    "The Realtime Beta API is no longer supported. Please use /v1/realtime for the GA API."
+)
+RETIRED = error("beta_api_shape_disabled", RETIRED_MESSAGE)
+
+
+def test_a_retired_beta_goes_on_in_ga_with_the_apis_own_words() -> None:
+    """Combo B configured (flat + header): the live API's refusal of the beta shape, first thing
+    on the connection, moves the call to GA; the next attempt is GA without the header."""
+    hs = RealtimeHandshake.for_schema(CONFIG, "flat", True)
+    [switch] = hs.receive(RETIRED)
+    assert isinstance(switch, SwitchDialect) and switch.beta_retired
+    assert switch.dialect.combo is rd.Combo.GA and not switch.dialect.beta_header
+    assert RETIRED_MESSAGE in switch.reason
+    assert hs.closed(4000, "beta_api_shape_disabled") is switch  # the close that follows
+    ga = hs.next_attempt()
+    assert ga.dialect.combo is rd.Combo.GA
+    request = ga.connect_request("wss://api.openai.com/v1/realtime", "gpt-realtime", "sk-x")
+    assert "OpenAI-Beta" not in request.headers
+    [send] = ga.receive(CREATED)
+    assert isinstance(send, SendText) and json.loads(send.text)["session"]["type"] == "realtime"
+    [ready] = ga.receive(UPDATED)
+    assert isinstance(ready, Ready) and ready.dialect.combo is rd.Combo.GA
+
+
+def test_a_bare_4000_close_is_the_retirement_too() -> None:
+    hs = RealtimeHandshake.for_schema(CONFIG, "flat", True)
+    switch = hs.closed(4000, "beta_api_shape_disabled")
+    assert isinstance(switch, SwitchDialect) and switch.beta_retired
+    assert switch.dialect.combo is rd.Combo.GA
+
+
+def test_auto_meeting_the_retired_beta_marks_it_retired() -> None:
+    hs = RealtimeHandshake.for_schema(CONFIG, "auto", False, preferred=rd.Combo.BETA)
+    [switch] = hs.receive(RETIRED)
+    assert isinstance(switch, SwitchDialect) and switch.beta_retired
+
+
+def test_ga_refused_after_a_retired_beta_is_refused_not_looped() -> None:
+    hs = RealtimeHandshake.for_schema(CONFIG, "flat", True)
+    hs.receive(RETIRED)
+    ga = hs.next_attempt()
+    ga.receive(CREATED)
+    [refused] = ga.receive(UNKNOWN_TYPE)
+    assert isinstance(refused, Refused)
+    assert "BETA: beta_api_shape_disabled" in refused.reason and "GA:" in refused.reason
+
+
+def test_retirement_is_only_the_beta_headers() -> None:
+    """A GA session (no header) closed with 4000 is not a retired beta: no switch to GA."""
+    hs = RealtimeHandshake.for_schema(CONFIG, "audio", False)
+    refused = hs.closed(4000, "")
+    assert isinstance(refused, Refused)
+
+
+def test_the_process_remembers_the_retirement_and_warns_once() -> None:
+    memory = DialectMemory()
+    first = memory.handshake(CONFIG, "flat", True)
+    assert first.dialect.combo is rd.Combo.BETA  # nothing learned yet: as configured
+    [switch] = first.receive(RETIRED)
+    assert memory.learn(switch) is True
+    # A second call that met the refusal before the first one's switch: no second warning.
+    beside = RealtimeHandshake.for_schema(CONFIG, "flat", True)
+    [again] = beside.receive(RETIRED)
+    assert memory.learn(again) is False
+    later = memory.handshake(CONFIG, "flat", True)  # later calls open GA directly
+    assert later.dialect.combo is rd.Combo.GA and not later.dialect.beta_header
+    assert memory.handshake(CONFIG, "auto", False).dialect.combo is rd.Combo.GA
+    assert memory.handshake(CONFIG, "audio", False).dialect.combo is rd.Combo.GA
+    [send] = later.receive(CREATED)
+    assert isinstance(send, SendText) and '"type": "realtime"' in send.text
+
+
+def test_memory_follows_the_dialect_accepted_under_auto() -> None:
+    memory = DialectMemory()
+    hs = RealtimeHandshake.for_schema(CONFIG, "auto", False, preferred=rd.Combo.BETA)
+    hs.receive(CREATED)
+    [ready] = hs.receive(UPDATED)
+    assert isinstance(ready, Ready)
+    memory.accepted(ready.dialect)
+    assert memory.handshake(CONFIG, "auto", False).dialect.combo is rd.Combo.BETA
+    assert memory.learn(ready) is False
+
+
 def test_a_configured_dialect_never_switches() -> None:
     hs = RealtimeHandshake.for_schema(CONFIG, "flat", True)
     hs.receive(CREATED)
@@ -119,7 +204,7 @@ def test_two_handshakes_share_nothing() -> None:
     assert isinstance(send, SendText)
 
 
-MESSAGES = [CREATED, UPDATED, UNKNOWN_TYPE, UNKNOWN_MODALITIES, "{}", "[]", "not json"]
+MESSAGES = [CREATED, UPDATED, UNKNOWN_TYPE, UNKNOWN_MODALITIES, RETIRED, "{}", "[]", "not json"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -137,6 +222,7 @@ MESSAGES = [CREATED, UPDATED, UNKNOWN_TYPE, UNKNOWN_MODALITIES, "{}", "[]", "not
 def test_any_sequence_leaves_the_handshake_consistent(schema: str, steps: list[Any]) -> None:
     hs = RealtimeHandshake.for_schema(CONFIG, schema, schema == "flat")
     tried = {hs.dialect.combo}
+    retired = False  # the beta shape refused as retired: the one way out of a configured combo
     for kind, value in steps:
         if kind == "message":
             out = hs.receive(value)
@@ -146,8 +232,11 @@ def test_any_sequence_leaves_the_handshake_consistent(schema: str, steps: list[A
         elif kind == "close":
             assert hs.closed(value, "") is not None and hs.done
         else:
+            retired = retired or (isinstance(hs.outcome, SwitchDialect) and hs.outcome.beta_retired)
             hs = hs.next_attempt()
             tried.add(hs.dialect.combo)
-        if schema != "auto":
+        if schema == "audio" or (schema == "flat" and not retired):
             assert tried == {rd.Combo(schema)}  # a configured dialect is never left
+        if schema == "flat" and retired:
+            assert tried == {rd.Combo.BETA, rd.Combo.GA}
         assert len(tried) <= 2

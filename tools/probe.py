@@ -2,7 +2,11 @@
 
 For every model in ``REALTIME_MODEL`` (comma-separated) it tries schema ``audio``/``flat`` x beta
 header on/off, ``RUNS`` times each, with the gateway's own dialect payloads, and re-sends the
-dialect report's known rejections to record the server's exact words. It writes
+dialect report's known rejections to record the server's exact words. Beside them it probes
+combo C, GPT-Live, at ``/v1/live/sessions`` on the same host (:mod:`tools.probe_live`: ``RUNS``
+sessions and what the endpoint accepted and refused); ``PROBE_LIVE=0`` skips it. With
+``REALTIME_SCHEMA=live``, ``REALTIME_URL`` and ``REALTIME_MODEL`` are the Live ones and the
+Realtime combos are probed at ``/v1/realtime`` on the same host with ``gpt-realtime``. It writes
 ``dialect-report.md`` (the report's layout) and ``dialect-report.json`` (raw findings) into
 ``PROBE_OUT`` (default: the current folder), prints a table and the combination it recommends for
 Twilio, and exits 0 when at least one combination works, 1 otherwise (2: bad settings).
@@ -23,6 +27,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from shared.runtime.settings import Settings, settings_or_exit
 from tools.probe_findings import NEGATIVE_CHECKS, ProbeFindings, recommend, summarise_all
@@ -53,7 +58,23 @@ def write_report(findings: ProbeFindings, out_dir: Path) -> tuple[Path, Path]:
 
 def exit_code(findings: ProbeFindings) -> int:
     """0 when some combination works (there is something to recommend), 1 otherwise."""
-    return 0 if recommend(summarise_all(findings)) else 1
+    from tools.probe_live import summarise_live
+
+    live_works = findings.live is not None and summarise_live(findings.live)[0] == "works"
+    return 0 if recommend(summarise_all(findings)) or live_works else 1
+
+
+def endpoints(settings: Settings, url: str | None) -> tuple[str, list[str], str, str]:
+    """(Realtime URL, Realtime models, Live URL, Live model) for a probe of ``url`` (default
+    ``REALTIME_URL``), whichever of the two endpoints it names."""
+    from tools.probe_live import LIVE_MODEL, live_url_beside
+
+    given = url or settings.realtime_url
+    if settings.realtime_schema == "live":
+        parts = urlsplit(given)
+        realtime = urlunsplit((parts.scheme, parts.netloc, "/v1/realtime", "", ""))
+        return realtime, ["gpt-realtime"], given, settings.realtime_model
+    return given, models_of(settings.realtime_model), live_url_beside(given), LIVE_MODEL
 
 
 async def run_probe(
@@ -74,9 +95,10 @@ async def run_probe(
     runs = runs or RunSettings()  # type: ignore[call-arg]  # read from the environment
     if api_key is None and settings.openai_api_key is not None:
         api_key = settings.openai_api_key.get_secret_value()
+    realtime_url, models, live_url, live_model = endpoints(settings, url)
     target = Target(
-        url=url or settings.realtime_url,
-        models=models_of(settings.realtime_model),
+        url=realtime_url,
+        models=models,
         api_key=api_key or EMULATOR_KEY,
         runs=runs.runs,
         audio_ms=runs.audio_ms,
@@ -90,16 +112,39 @@ async def run_probe(
         emulator=settings.uses_emulator if emulator is None else emulator,
         voice=settings.realtime_voice,
     )
+    if os.environ.get("PROBE_LIVE", "1") != "0":
+        from tools.probe_live import probe_live
+        from tools.smoke import caller_speech
+
+        rate = settings.realtime_audio_rate if settings.realtime_audio_rate == 16000 else 24000
+        findings.live = await probe_live(
+            live_url,
+            api_key or EMULATOR_KEY,
+            model=live_model,
+            rate=rate,
+            voice=settings.realtime_voice,
+            instructions=settings.realtime_instructions,
+            runs=runs.runs,
+            speech=caller_speech(runs.audio_ms, rate),
+            timeout_ms=runs.timeout_ms,
+        )
     write_report(findings, out_dir)
     return findings
 
 
 def _announce(settings: Settings, runs: RunSettings, url: str, out_dir: Path) -> None:
-    models = models_of(settings.realtime_model)
+    from tools.probe_live import LIVE_CHECKS
+
+    realtime_url, models, live_url, live_model = endpoints(settings, url)
+    live = (
+        f"; combo C at {live_url} ({live_model}): {runs.runs} run(s) and {len(LIVE_CHECKS)} checks"
+        if os.environ.get("PROBE_LIVE", "1") != "0"
+        else ""
+    )
     print(
-        f"probe: {url}, models {', '.join(models)}: 4 combinations x {runs.runs} run(s) and "
-        f"{len(NEGATIVE_CHECKS)} negative checks per model; TIMEOUT_MS={runs.timeout_ms}; "
-        f"report into {out_dir.resolve()}",
+        f"probe: {realtime_url}, models {', '.join(models)}: 4 combinations x {runs.runs} "
+        f"run(s) and {len(NEGATIVE_CHECKS)} negative checks per model{live}; "
+        f"TIMEOUT_MS={runs.timeout_ms}; report into {out_dir.resolve()}",
         flush=True,
     )
 

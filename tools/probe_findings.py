@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from tools.probe_live import LiveFindings
 
 Outcome = Literal["accepted", "rejected", "no answer", "not sent"]
 Schema = Literal["audio", "flat"]
@@ -26,15 +29,17 @@ BETA_HEADER = "OpenAI-Beta: realtime=v1"
 
 @dataclass(frozen=True)
 class Combo:
-    """One schema x beta-header combination; letters follow the dialect report (A and B)."""
+    """One schema x beta-header combination; letters follow the dialect report (A and B); the
+    two pairs the report did not verify are A' (the audio schema with the header) and B' (the
+    flat one without). Combo C is GPT-Live, a separate endpoint (:mod:`tools.probe_live`)."""
 
     schema: Schema
     beta_header: bool
 
     @property
     def letter(self) -> str:
-        return {("audio", False): "A", ("flat", True): "B", ("audio", True): "C"}.get(
-            (self.schema, self.beta_header), "D"
+        return {("audio", False): "A", ("flat", True): "B", ("audio", True): "A'"}.get(
+            (self.schema, self.beta_header), "B'"
         )
 
     @property
@@ -307,7 +312,7 @@ class NegativeFinding:
     check: str
     payload: dict[str, Any] | None = None
     result: Literal[
-        "rejected", "accepted", "no answer", "unreachable", "closed", "beta disabled", "no session"
+        "rejected", "accepted", "no answer", "unreachable", "closed", "retired", "no session"
     ] = "no answer"
     error: ErrorSeen | None = None
     connect_error: str | None = None
@@ -342,11 +347,12 @@ class ProbeFindings:
     audio_source: str
     run_findings: list[RunFinding] = field(default_factory=list)
     negatives: list[NegativeFinding] = field(default_factory=list)
+    live: LiveFindings | None = None  # combo C, GPT-Live (tools.probe_live)
 
 
-Status = Literal[
-    "works", "flaky", "rejected", "beta disabled", "no audio", "no session", "unreachable"
-]
+# "retired": the server refused the beta dialect as retired (beta_api_shape_disabled, close 4000),
+# as the live API does since May 2026.
+Status = Literal["works", "flaky", "rejected", "retired", "no audio", "no session", "unreachable"]
 
 
 def _distinct(items: list[Any]) -> list[Any]:
@@ -416,8 +422,13 @@ def summarise(model: str, combo: Combo, runs: list[RunFinding]) -> ComboSummary:
         status, detail = "unreachable", connect_errors[0]
     elif any(r.beta_disabled for r in runs):
         code, reason = closes[0] if closes else (None, None)
-        status = "beta disabled"
-        detail = f"{BETA_DISABLED_CODE}" + (f" (close {code} {reason})" if code else "")
+        said = next((e for r in runs for e in r.errors if e.beta_disabled), None)
+        status = "retired"
+        detail = (
+            "the beta dialect is retired: "
+            + (f"{BETA_DISABLED_CODE}: {said.message}" if said else BETA_DISABLED_CODE)
+            + (f" (close {code} {reason})" if code else "")
+        )
     elif su_errors:
         status, detail = "rejected", f"session.update rejected, {first_error(su_errors)}"
     elif rc_errors:
@@ -459,7 +470,7 @@ def summarise(model: str, combo: Combo, runs: list[RunFinding]) -> ComboSummary:
 
 
 def summarise_all(findings: ProbeFindings) -> list[ComboSummary]:
-    """One summary per model and combination, models in the order given, combos A, B, C, D."""
+    """One summary per model and combination, models in the order given, combos A, B, A', B'."""
     summaries = []
     for model in findings.models:
         for combo in COMBOS:

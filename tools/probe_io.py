@@ -390,7 +390,7 @@ async def probe_negative(
     if scratch.connect_error:
         result.result = "unreachable"
     elif scratch.beta_disabled:
-        result.result, result.error = "beta disabled", error or next(iter(scratch.errors), None)
+        result.result, result.error = "retired", error or next(iter(scratch.errors), None)
     elif scratch.session_created is None:
         result.result = "no session"
     elif outcome in ("accepted", "rejected"):

@@ -22,6 +22,7 @@ from tools.probe_findings import (
     recommend,
     summarise_all,
 )
+from tools.probe_live import live_json, live_markdown, live_table
 
 
 def compact(value: Any) -> str:
@@ -131,11 +132,13 @@ def _pitfalls(findings: ProbeFindings, summaries: list[ComboSummary]) -> list[st
     lines = []
     for s in summaries:
         where = f"{s.combo.schema} schema with the beta header {s.combo.header} ({code(s.model)})"
-        if s.status == "beta disabled":
+        if s.status == "retired":
             closes = ", ".join(f"close {_close(c, r)}" for c, r in s.closes)
             lines.append(
-                f"- {where}: the server refuses the beta dialect "
-                f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''})."
+                f"- {where}: the server retired the beta dialect "
+                f"({code('beta_api_shape_disabled')}{', ' + closes if closes else ''}): "
+                f"{s.detail.split(': ', 1)[-1]} The gateway goes on in GA (combo A) when it "
+                "meets this; `make smoke` with combo B fails with this message."
             )
         for error in s.session_update_errors:
             lines.append(f"- {where}: `session.update` is rejected: {describe_error(error)}.")
@@ -290,6 +293,8 @@ def render_markdown(findings: ProbeFindings) -> str:
         lines += ["## Combos That Did Not Work"]
         for s in failing:
             lines += _combo_section(s, findings.models, False)
+    if findings.live is not None:
+        lines += ["## GPT-Live (combo C)", *live_markdown(findings.live)]
     lines += ["## Smoke Test", "Use the smoke test before Twilio integration."]
     if best:
         lines += [
@@ -416,6 +421,7 @@ def render_json(findings: ProbeFindings) -> dict[str, Any]:
             for n in findings.negatives
         ],
         "runs": [asdict(r) for r in findings.run_findings],
+        "live": live_json(findings.live) if findings.live is not None else None,
     }
 
 
@@ -467,6 +473,8 @@ def render_table(findings: ProbeFindings) -> str:
             said = n.error.message if n.error else (n.connect_error or "")
             mark = "ok" if n.reproduced else "NO" if n.result in ("rejected", "accepted") else "--"
             out.append(f"  {mark}  {n.model} {n.check}: {n.result}" + (f": {said}" if said else ""))
+    if findings.live is not None:
+        out += live_table(findings.live)
     best = recommend(summaries)
     out.append(
         f"recommended for Twilio: {best.combo.title} on {best.model} ({best.combo.env})"

@@ -4,6 +4,13 @@ Each run connects, updates the session in the configured dialect, appends ``AUDI
 commits, asks for a response and waits up to ``TIMEOUT_MS`` for an audio delta (either event
 name). One line per run, a summary, and exit 0 only if ``RUNS`` consecutive runs returned audio.
 Without ``OPENAI_API_KEY`` it starts the local emulator itself; the code path is the same.
+
+Combo C (``REALTIME_SCHEMA=live``, GPT-Live) has no commit or response.create: a run streams the
+speech in real time and waits for the model's reply (:mod:`tools.smoke_live`).
+
+Combo B (``REALTIME_SCHEMA=flat`` with the beta header) against an API that retired the beta
+shape (the live one, since May 2026) fails at once with one line quoting the API's own message;
+``auto`` goes on in GA as the worker does.
 """
 
 from __future__ import annotations
@@ -58,11 +65,20 @@ class RunResult:
     first_delta_ms: float | None = None
     errors: Counter[str] = field(default_factory=Counter)
     failure: str = ""
+    # The API refused the beta shape as retired (its own words), for a configured combo B.
+    retired: str = ""
 
 
 async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunResult:
     """One run: a session opened by the gateway's own handshake core, then speech, a commit and
-    a response; decided by the first audio delta (either event name)."""
+    a response; decided by the first audio delta (either event name). Combo C: a Live session
+    (:func:`tools.smoke_live.live_run`)."""
+    if settings.realtime_schema == "live":
+        from tools.smoke_live import live_run
+
+        live = RunResult(False, f"live/{settings.realtime_model}")
+        await live_run(settings, runs.audio_ms, runs.timeout_ms, api_key, live)
+        return live
     config = settings.session_config()
     handshake = RealtimeHandshake.for_schema(
         config, settings.realtime_schema, settings.realtime_beta_header
@@ -96,6 +112,9 @@ async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunRes
             code = exc.rcvd.code if exc.rcvd else 1006
             step = handshake.closed(code, exc.rcvd.reason if exc.rcvd else "")
             if isinstance(step, SwitchDialect):
+                if _stops_at_retirement(step, settings):
+                    result.retired = result.failure = step.reason
+                    return result
                 handshake = handshake.next_attempt()
                 continue
             result.failure = result.failure or (
@@ -103,6 +122,21 @@ async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunRes
             )
             return result
     return result
+
+
+def _stops_at_retirement(step: SwitchDialect, settings: Settings) -> bool:
+    """A configured beta dialect refused as retired: the smoke test's verdict, where the worker
+    would go on in GA (``auto`` goes on here too: that is what it is for)."""
+    return step.beta_retired and settings.realtime_schema != "auto"
+
+
+def retired_line(reason: str) -> str:
+    """The one line ``make smoke`` prints when the API retired the beta shape."""
+    return (
+        "FAIL: the Realtime API retired the beta shape (combo B: REALTIME_SCHEMA=flat with "
+        f"OpenAI-Beta: realtime=v1); it answered: {reason}; "
+        "use REALTIME_SCHEMA=audio (combo A) or REALTIME_SCHEMA=live (combo C)"
+    )
 
 
 def _label(dialect: RealtimeDialect) -> str:
@@ -125,6 +159,9 @@ async def _converse(  # type: ignore[no-untyped-def]
                 if isinstance(step, SendText):
                     await ws.send(step.text)
                 elif isinstance(step, SwitchDialect):
+                    if _stops_at_retirement(step, settings):
+                        result.retired = result.failure = step.reason
+                        return False
                     return True
                 elif isinstance(step, Refused):
                     result.failure = f"server error {step.reason}"
@@ -159,11 +196,16 @@ def _ms(value: float | None) -> str:
 
 async def smoke(settings: Settings, runs: RunSettings, api_key: str) -> int:
     streak = 0
+    # The event that says the session is open: GPT-Live's session.started, Realtime's created.
+    opened = "session.started" if settings.realtime_schema == "live" else "session.created"
     for run in range(1, runs.runs + 1):
         r = await one_run(settings, runs, api_key)
+        if r.retired:  # no run can pass: one line says why, in the API's words
+            print(retired_line(r.retired), flush=True)
+            return 1
         errs = ",".join(f"{k}x{v}" for k, v in sorted(r.errors.items())) or "-"
         print(
-            f"run {run:>3} {r.combo:<22} session.created {_ms(r.session_ms):>6} ms  "
+            f"run {run:>3} {r.combo:<22} {opened} {_ms(r.session_ms):>6} ms  "
             f"first delta {_ms(r.first_delta_ms):>6} ms  errors {errs}"
             + ("" if r.ok else f"  FAILED: {r.failure}"),
             flush=True,
@@ -187,11 +229,10 @@ async def main_async(settings: Settings, runs: RunSettings) -> int:
     emulator = RealtimeEmulator(host="127.0.0.1", port=0)
     await emulator.start()
     try:
-        print(
-            f"no OPENAI_API_KEY: smoke test against the local emulator at {emulator.url}",
-            flush=True,
-        )
-        local = settings.model_copy(update={"realtime_url": emulator.url})
+        # The emulator serves GPT-Live beside Realtime.
+        url = emulator.live_url if settings.realtime_schema == "live" else emulator.url
+        print(f"no OPENAI_API_KEY: smoke test against the local emulator at {url}", flush=True)
+        local = settings.model_copy(update={"realtime_url": url})
         return await smoke(local, runs, "sk-local-emulator")
     finally:
         await emulator.stop()

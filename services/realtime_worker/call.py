@@ -36,7 +36,6 @@ from shared.realtime_dialect import (
     ServerError,
     SessionConfig,
 )
-from shared.realtime_handshake import RealtimeHandshake
 from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import REALTIME_ERRORS, RECONNECTS, ROLLOVERS, label, reject
 from shared.streams import CallStarted, Control
@@ -67,8 +66,8 @@ class RealtimeCall(CallPipeline):
         super().__init__(host, call, meta)
         self.config = config
         settings = host.settings
-        self.handshake = RealtimeHandshake.for_schema(
-            config, settings.realtime_schema, settings.realtime_beta_header, host.preferred_combo
+        self.handshake = host.dialects.handshake(
+            config, settings.realtime_schema, settings.realtime_beta_header
         )
         self.core = CallConversation(
             dialect=self.handshake.dialect,
@@ -135,7 +134,9 @@ class RealtimeCall(CallPipeline):
         while True:  # one iteration per Realtime session
             try:
                 attempt = self.handshake.next_attempt()  # each connection its own handshake
-                ws, dialect = await open_session(settings, attempt, self.host.api_key)
+                ws, dialect = await open_session(
+                    settings, attempt, self.host.api_key, self.host.dialects
+                )
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
                     log.error("OpenAI refused our credentials (%s)", exc.response.status_code)
@@ -154,13 +155,10 @@ class RealtimeCall(CallPipeline):
                 return "realtime_refused"
             backoff.reset()
             restore_deadline = None
-            # Under auto, the next session (and the worker's next call) starts where this worked.
-            self.host.preferred_combo = dialect.combo
-            self.handshake = RealtimeHandshake.for_schema(
-                self.config,
-                settings.realtime_schema,
-                settings.realtime_beta_header,
-                dialect.combo,
+            # The next session (and the worker's next call) starts where this worked (auto, or
+            # GA once the server said the beta is retired).
+            self.handshake = self.host.dialects.handshake(
+                self.config, settings.realtime_schema, settings.realtime_beta_header
             )
             self.core.dialect = dialect
             self.session_event({"combo": dialect.combo.name})
@@ -299,7 +297,9 @@ class RealtimeCall(CallPipeline):
     async def _open_next(self) -> tuple[ClientConnection, RealtimeDialect, float]:
         attempt = self.handshake.next_attempt()  # the same session.update, tools included
         opened = time.monotonic()
-        ws, dialect = await open_session(self.host.settings, attempt, self.host.api_key)
+        ws, dialect = await open_session(
+            self.host.settings, attempt, self.host.api_key, self.host.dialects
+        )
         return ws, dialect, opened
 
     async def _switch(

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from shared.agent import Tool
 from shared.call_actions import Action
-from shared.realtime_dialect import Combo
+from shared.realtime_handshake import DialectMemory
 from shared.runtime.redis_io import BatchedStreamWriter
 from shared.runtime.settings import Settings
 from shared.runtime.stream_reader import SharedReader
@@ -75,9 +75,10 @@ class CallHost(Protocol):
     @property
     def hop_in(self) -> Histogram: ...
 
-    # REALTIME_SCHEMA=auto: the combo the server accepted last (a call's next session, and the
-    # worker's next call, start there). Unused by GPT-Live.
-    preferred_combo: Combo
+    # What the server's answers taught the process (REALTIME_SCHEMA=auto's last accepted combo;
+    # the retired beta): a call's next session, and the worker's next call, start there.
+    # Unused by GPT-Live.
+    dialects: DialectMemory
 
 
 class ModelSession(Protocol):

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from services.realtime_worker.call import RealtimeCall
 from services.realtime_worker.live_call import LiveCall
 from services.realtime_worker.pipeline import CallPipeline
-from shared.realtime_dialect import Combo
+from shared.realtime_handshake import DialectMemory
 from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import (
@@ -63,8 +63,9 @@ class RealtimeWorker:
         self.config = settings.session_config()
         self.tools = {tool.name: tool for tool in settings.agent.tools}
         self.live = settings.realtime_schema == "live"
-        # With REALTIME_SCHEMA=auto, the combo the server accepted last time is tried first.
-        self.preferred_combo = Combo.GA
+        # What the server's answers taught this process: under auto the combo it accepted last
+        # time is tried first; once it said the beta is retired, combo B opens GA directly.
+        self.dialects = DialectMemory()
         self.hop_in = HOP_LATENCY.labels("edge_to_openai")
         self.frames_in = FRAMES.labels("worker_in")
         self.frames_out = FRAMES.labels("worker_out")

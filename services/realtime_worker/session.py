@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from shared.realtime_dialect import RealtimeDialect
 from shared.realtime_handshake import (
+    DialectMemory,
     Dropped,
     Ignored,
     Ready,
@@ -23,7 +24,7 @@ from shared.realtime_handshake import (
     SendText,
     SwitchDialect,
 )
-from shared.runtime.observability import reject
+from shared.runtime.observability import BETA_RETIRED, reject
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("gateway.worker")
@@ -55,9 +56,13 @@ async def connect(
 
 
 async def open_session(
-    settings: Settings, handshake: RealtimeHandshake, api_key: str
+    settings: Settings,
+    handshake: RealtimeHandshake,
+    api_key: str,
+    dialects: DialectMemory | None = None,
 ) -> tuple[ClientConnection, RealtimeDialect]:
-    """A configured session, switching dialects when the handshake says so.
+    """A configured session, switching dialects when the handshake says so; ``dialects`` (the
+    process's memory) learns of a retired beta and of the dialect accepted.
 
     Raises :class:`SessionRefused`, or what connecting raises (OSError, TimeoutError,
     InvalidHandshake, ConnectionClosed) for a failure worth retrying later.
@@ -71,12 +76,23 @@ async def open_session(
             await ws.close()
             raise
         if isinstance(step, Ready):
+            if dialects is not None:
+                dialects.accepted(step.dialect)
             return ws, step.dialect
         await ws.close()
         if isinstance(step, Refused):
             raise SessionRefused(step.reason)
         assert isinstance(step, SwitchDialect)
-        log.warning("realtime dialect switch to %s: %s", step.dialect.combo.name, step.reason)
+        if step.beta_retired:
+            BETA_RETIRED.inc()
+            if dialects is None or dialects.learn(step):  # once per process
+                log.warning(
+                    "the Realtime API retired the beta dialect (combo B); going on with GA "
+                    "(combo A) for this and later calls: %s",
+                    step.reason,
+                )
+        else:
+            log.warning("realtime dialect switch to %s: %s", step.dialect.combo.name, step.reason)
         handshake = handshake.next_attempt()
 
 

@@ -185,6 +185,11 @@ FIRST_REPLY = Histogram(
 )
 REALTIME_ERRORS = Counter("gateway_realtime_errors_total", "OpenAI error events by code", ["code"])
 RECONNECTS = Counter("gateway_reconnects_total", "Reconnects by target", ["target"])
+BETA_RETIRED = Counter(
+    "gateway_realtime_beta_retired_total",
+    "Sessions the server refused in the beta dialect as retired (beta_api_shape_disabled) and "
+    "that went on in GA (combo A); after the first, a process opens GA directly",
+)
 ROLLOVERS = Counter(
     "gateway_session_rollovers_total",
     "Calls moved to a new Realtime session before the old one reached its time limit",
