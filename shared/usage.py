@@ -29,8 +29,10 @@ KINDS = (
     "audio_out",
 )
 # The default price table (US dollars per million tokens), as the model pages of
-# developers.openai.com gave it on PRICES_AS_OF. Prices change: the operator must keep this
-# current, or override it (REALTIME_PRICES).
+# developers.openai.com gave it on PRICES_AS_OF for gpt-realtime-1.5, gpt-realtime-2 and
+# gpt-realtime-2.1-mini; gpt-realtime, gpt-realtime-2.1 and gpt-realtime-mini are assumed to cost
+# what their nearest sibling costs (docs/usage-and-reports.md). Prices change: the operator must
+# keep this current, or override it (REALTIME_PRICES).
 PRICES_AS_OF = "2026-12-04"
 PRICES_SOURCE = "https://developers.openai.com/api/docs/models/<model> (each model's page)"
 _FULL = {"text_in": 4.0, "text_cached": 0.4, "audio_in": 32.0, "audio_cached": 0.4}
