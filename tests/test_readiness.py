@@ -172,5 +172,5 @@ def test_the_edge_is_not_ready_at_max_calls(fake_redis: aioredis.Redis) -> None:
 
     edge = Edge(load_settings(max_calls=2), fake_redis)
     assert edge.unready() is None and edge.calls_held() == 0
-    edge.bridges.update([object(), object()])  # type: ignore[list-item]
+    edge.started.update([object(), object()])  # type: ignore[list-item]  # two admitted calls
     assert edge.unready() == "max_calls" and edge.calls_held() == 2
