@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.request import urlopen
@@ -157,6 +157,43 @@ def round_trips_by_loop(text: str) -> dict[str, float]:
 def scrape(port: int) -> str:
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
         return resp.read().decode()
+
+
+LATE_AFTER_S = 1.0  # a frame not at the emulator this long after the calls ended is late
+DRAIN_TIMEOUT_S = 15.0  # one not there this long after is lost
+DRAIN_POLL_S = 0.05
+
+
+def await_drain(
+    count: Callable[[], float],
+    sent: float,
+    late_after_s: float = LATE_AFTER_S,
+    timeout_s: float = DRAIN_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+) -> dict[str, float | None]:
+    """Wait, from the calls' end, until ``count()`` (the caller frames the model has) reaches
+    ``sent`` or ``timeout_s`` passes; then split the shortfall honestly: ``late`` frames came
+    after ``late_after_s`` (the bench's former fixed wait, which counted them lost), ``lost``
+    ones never came, ``duplicated`` ones came more than once. ``drain_s``: how long the count
+    took to reach ``sent`` (None: it never did)."""
+    start = clock()
+    on_time: float | None = None
+    while True:
+        got, waited = count(), clock() - start
+        if on_time is None and (waited >= late_after_s or got >= sent):
+            on_time = got
+        if got >= sent or waited >= timeout_s:
+            break
+        sleep(DRAIN_POLL_S)
+    assert on_time is not None
+    return {
+        "received": got,
+        "lost": max(0.0, sent - got),
+        "late": max(0.0, min(got, sent) - on_time),
+        "duplicated": max(0.0, got - sent),
+        "drain_s": waited if got >= sent else None,
+    }
 
 
 def recorded_input_frames(record_dir: Path) -> float:
@@ -450,9 +487,9 @@ def measure(
         ok = [r for r in results if not isinstance(r, BaseException)]
         frames_sent = sum(r.frames_sent for r in ok)
         call_seconds = sum(r.frames_sent for r in ok) * 0.02
-        # Let the last frames land before counting what the emulator got.
-        time.sleep(1.0)
-        received = recorded_input_frames(st["record"])
+        # What the emulator got, once the pipeline has drained (or a bounded wait is over).
+        drain = await_drain(lambda: recorded_input_frames(st["record"]), frames_sent)
+        emulator_cpu_s = procs.cpu_s().get("emulator", 0.0) - cpu0.get("emulator", 0.0)
         texts = {name: scrape(port) for name, port in st["metrics_ports"].items()}
         hop_in_src = next(
             (t for name, t in texts.items() if name.startswith(("worker", "bridge"))), ""
@@ -501,9 +538,19 @@ def measure(
             "failures": [repr(f)[:200] for f in failures[:3]],
             "wall_s": wall,
             "frames_sent": frames_sent,
-            "frames_received": received,
-            "frames_lost": max(0.0, frames_sent - received),
-            "frames_duplicated": max(0.0, received - frames_sent),
+            "frames_received": drain["received"],
+            "frames_lost": drain["lost"],
+            "frames_late": drain["late"],
+            "frames_duplicated": drain["duplicated"],
+            "drain_s": drain["drain_s"],
+            # The emulator (the model's stand-in) is not the gateway's cost, but a saturated
+            # one delays what it records: its share of a core over the calls, and per call-s.
+            "emulator_cpu_percent_of_a_core": (
+                cpu1.get("emulator", 0.0) - cpu0.get("emulator", 0.0)
+            )
+            * 100
+            / max(wall, 1e-9),
+            "emulator_cpu_ms_per_call_s": emulator_cpu_s * 1000 / max(call_seconds, 1e-9),
             "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
             "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
             "steady_edge_to_openai_ms": histogram_quantiles(
