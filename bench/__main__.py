@@ -73,6 +73,14 @@ def _print_run(run: dict, base: dict | None) -> None:  # type: ignore[type-arg]
         "not counted above)",
         flush=True,
     )
+    whole = run.get("caller_to_model_ms") or {}
+    if whole.get("count"):
+        print(
+            f"           caller frame clock -> handled by the model (steady): p50/p95/p99/max "
+            f"{whole['p50']:.0f}/{whole['p95']:.0f}/{whole['p99']:.0f}/{whole['max']:.0f} ms, "
+            f"{whole['over_1s']:.0f} frames over 1 s",
+            flush=True,
+        )
     sin, sout = _steady(run, "edge_to_openai"), _steady(run, "openai_to_edge")
     print(
         f"           steady (past each call's first 2 s) p99 in {sin['p99']:.2f} ms, "

@@ -31,6 +31,7 @@ import psutil
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from sim.session_record import read_arrivals
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tools.local_redis import redis_server_argv
@@ -227,6 +228,40 @@ def pickup_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: i
         out[f"{name}_p50_ms"] = float(np.median(values)) if values else float("nan")
         out[f"{name}_max_ms"] = float(max(values)) if values else float("nan")
     return out
+
+
+def model_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: ignore[type-arg]
+    """The whole way's delay of each caller frame, in ms: from when the caller's frame clock
+    sent it (frame k at the call's start + k * 20 ms) to when the emulator handled its append
+    (``sim.arrivals``), past each call's first ``STEADY_AFTER_S``. This includes what the
+    gateway's hop histograms cannot see: the simulated caller's own lag and the emulator's
+    receive queue. ``over_1s``: frames that took longer than a second."""
+    sessions = {}
+    for path in record_dir.rglob("timing.json"):
+        sessions[json.loads(path.read_text()).get("instructions", "")] = path.parent
+    delays: list[np.ndarray] = []
+    for i, call in enumerate(calls):
+        folder = sessions.get(f"{PICKUP_TAG}{i}")
+        if isinstance(call, BaseException) or folder is None or call.started_wall is None:
+            continue
+        arrivals = read_arrivals(folder)
+        if not len(arrivals):
+            continue
+        last_frame = arrivals[:, 1] / BYTES_PER_FRAME_24K - 1
+        delay = (arrivals[:, 0] - (call.started_wall + last_frame * FRAME_S)) * 1000
+        delays.append(delay[last_frame * FRAME_S >= STEADY_AFTER_S])
+    every = np.concatenate(delays) if delays else np.zeros(0)
+    if not len(every):
+        return {"count": 0.0}
+    p50, p95, p99 = np.percentile(every, [50, 95, 99])
+    return {
+        "count": float(len(every)),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(every.max()),
+        "over_1s": float((every > 1000).sum()),
+    }
 
 
 def redis_commands(nodes: list[redis.Redis]) -> dict[str, float]:
@@ -561,6 +596,7 @@ def measure(
             ),
             "steady_from_s": STEADY_AFTER_S if early else None,
             "pickup": pickup_delays(st["record"], results),
+            "caller_to_model_ms": model_delays(st["record"], results),
             "reply_delay_ms_p50": float(
                 np.median(
                     [r.reply_delay_ms for r in ok if r.reply_delay_ms is not None] or [np.nan]
