@@ -3,7 +3,10 @@ bound) and tells late frames from lost and doubled ones, on a scripted clock."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
 from bench.pipeline import await_drain
 
@@ -59,3 +62,25 @@ def test_frames_counted_twice_are_doubled_not_late() -> None:
     clock = _Clock(lambda t: 103.0)
     out = _drain(clock, 100)
     assert out["duplicated"] == 3.0 and out["lost"] == 0.0 and out["late"] == 0.0
+
+
+def test_the_whole_way_delay_sets_each_append_against_the_callers_frame_clock(
+    tmp_path: Path,
+) -> None:
+    from bench.pipeline import PICKUP_TAG, model_delays
+    from sim.session_record import Arrivals
+
+    started = 1000.0
+    folder = tmp_path / "0001"
+    folder.mkdir()
+    (folder / "timing.json").write_text(json.dumps({"instructions": f"{PICKUP_TAG}0"}))
+    arrivals = Arrivals()
+    for k in range(300):  # 6 s of frames: 10 ms on the way, then 500 ms for the last 50
+        late = 0.5 if k >= 250 else 0.01
+        arrivals.add(960 * (k + 1), at=started + 0.02 * k + late)
+    arrivals.write(folder)
+    out = model_delays(tmp_path, [SimpleNamespace(started_wall=started)])
+    assert out["count"] == 200  # the first 2 s are the pickup's, left out
+    assert abs(out["p50"] - 10) < 0.01 and abs(out["max"] - 500) < 0.01
+    assert out["over_1s"] == 0
+    assert model_delays(tmp_path, [RuntimeError("failed")]) == {"count": 0.0}
