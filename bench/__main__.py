@@ -300,6 +300,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),  # type: ignore[type-arg]
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            # other work on the machine skews every real-time figure: say how much there was
+            "load_average_at_start": os.getloadavg(),
         }
     }
     from bench import audio
@@ -382,6 +384,8 @@ def main() -> None:
             f"ms, max {t['round_trip_ms_max']:.1f} ms over {t['calls']:.0f} calls",
             flush=True,
         )
+    out["machine"]["load_average_at_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}", flush=True)
     (RESULTS / "results.json").write_text(json.dumps(out, indent=2, default=str))
     plot(runs, RESULTS / "pipeline.png")
     print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'pipeline.png'}", flush=True)
