@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.request import urlopen
@@ -31,6 +31,7 @@ import psutil
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from sim.session_record import read_arrivals
 from sim.speech import speech
 from sim.twilio_call import place_call
 from tools.local_redis import redis_server_argv
@@ -159,6 +160,43 @@ def scrape(port: int) -> str:
         return resp.read().decode()
 
 
+LATE_AFTER_S = 1.0  # a frame not at the emulator this long after the calls ended is late
+DRAIN_TIMEOUT_S = 15.0  # one not there this long after is lost
+DRAIN_POLL_S = 0.05
+
+
+def await_drain(
+    count: Callable[[], float],
+    sent: float,
+    late_after_s: float = LATE_AFTER_S,
+    timeout_s: float = DRAIN_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
+) -> dict[str, float | None]:
+    """Wait, from the calls' end, until ``count()`` (the caller frames the model has) reaches
+    ``sent`` or ``timeout_s`` passes; then split the shortfall honestly: ``late`` frames came
+    after ``late_after_s`` (the bench's former fixed wait, which counted them lost), ``lost``
+    ones never came, ``duplicated`` ones came more than once. ``drain_s``: how long the count
+    took to reach ``sent`` (None: it never did)."""
+    start = clock()
+    on_time: float | None = None
+    while True:
+        got, waited = count(), clock() - start
+        if on_time is None and (waited >= late_after_s or got >= sent):
+            on_time = got
+        if got >= sent or waited >= timeout_s:
+            break
+        sleep(DRAIN_POLL_S)
+    assert on_time is not None
+    return {
+        "received": got,
+        "lost": max(0.0, sent - got),
+        "late": max(0.0, min(got, sent) - on_time),
+        "duplicated": max(0.0, got - sent),
+        "drain_s": waited if got >= sent else None,
+    }
+
+
 def recorded_input_frames(record_dir: Path) -> float:
     total = 0
     for path in record_dir.rglob("input.pcm"):
@@ -190,6 +228,40 @@ def pickup_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: i
         out[f"{name}_p50_ms"] = float(np.median(values)) if values else float("nan")
         out[f"{name}_max_ms"] = float(max(values)) if values else float("nan")
     return out
+
+
+def model_delays(record_dir: Path, calls: list) -> dict[str, float]:  # type: ignore[type-arg]
+    """The whole way's delay of each caller frame, in ms: from when the caller's frame clock
+    sent it (frame k at the call's start + k * 20 ms) to when the emulator handled its append
+    (``sim.arrivals``), past each call's first ``STEADY_AFTER_S``. This includes what the
+    gateway's hop histograms cannot see: the simulated caller's own lag and the emulator's
+    receive queue. ``over_1s``: frames that took longer than a second."""
+    sessions = {}
+    for path in record_dir.rglob("timing.json"):
+        sessions[json.loads(path.read_text()).get("instructions", "")] = path.parent
+    delays: list[np.ndarray] = []
+    for i, call in enumerate(calls):
+        folder = sessions.get(f"{PICKUP_TAG}{i}")
+        if isinstance(call, BaseException) or folder is None or call.started_wall is None:
+            continue
+        arrivals = read_arrivals(folder)
+        if not len(arrivals):
+            continue
+        last_frame = arrivals[:, 1] / BYTES_PER_FRAME_24K - 1
+        delay = (arrivals[:, 0] - (call.started_wall + last_frame * FRAME_S)) * 1000
+        delays.append(delay[last_frame * FRAME_S >= STEADY_AFTER_S])
+    every = np.concatenate(delays) if delays else np.zeros(0)
+    if not len(every):
+        return {"count": 0.0}
+    p50, p95, p99 = np.percentile(every, [50, 95, 99])
+    return {
+        "count": float(len(every)),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(every.max()),
+        "over_1s": float((every > 1000).sum()),
+    }
 
 
 def redis_commands(nodes: list[redis.Redis]) -> dict[str, float]:
@@ -450,9 +522,9 @@ def measure(
         ok = [r for r in results if not isinstance(r, BaseException)]
         frames_sent = sum(r.frames_sent for r in ok)
         call_seconds = sum(r.frames_sent for r in ok) * 0.02
-        # Let the last frames land before counting what the emulator got.
-        time.sleep(1.0)
-        received = recorded_input_frames(st["record"])
+        # What the emulator got, once the pipeline has drained (or a bounded wait is over).
+        drain = await_drain(lambda: recorded_input_frames(st["record"]), frames_sent)
+        emulator_cpu_s = procs.cpu_s().get("emulator", 0.0) - cpu0.get("emulator", 0.0)
         texts = {name: scrape(port) for name, port in st["metrics_ports"].items()}
         hop_in_src = next(
             (t for name, t in texts.items() if name.startswith(("worker", "bridge"))), ""
@@ -501,9 +573,19 @@ def measure(
             "failures": [repr(f)[:200] for f in failures[:3]],
             "wall_s": wall,
             "frames_sent": frames_sent,
-            "frames_received": received,
-            "frames_lost": max(0.0, frames_sent - received),
-            "frames_duplicated": max(0.0, received - frames_sent),
+            "frames_received": drain["received"],
+            "frames_lost": drain["lost"],
+            "frames_late": drain["late"],
+            "frames_duplicated": drain["duplicated"],
+            "drain_s": drain["drain_s"],
+            # The emulator (the model's stand-in) is not the gateway's cost, but a saturated
+            # one delays what it records: its share of a core over the calls, and per call-s.
+            "emulator_cpu_percent_of_a_core": (
+                cpu1.get("emulator", 0.0) - cpu0.get("emulator", 0.0)
+            )
+            * 100
+            / max(wall, 1e-9),
+            "emulator_cpu_ms_per_call_s": emulator_cpu_s * 1000 / max(call_seconds, 1e-9),
             "edge_to_openai_ms": histogram_quantiles(hop_in_src, "edge_to_openai"),
             "openai_to_edge_ms": histogram_quantiles(hop_out_src, "openai_to_edge"),
             "steady_edge_to_openai_ms": histogram_quantiles(
@@ -514,6 +596,7 @@ def measure(
             ),
             "steady_from_s": STEADY_AFTER_S if early else None,
             "pickup": pickup_delays(st["record"], results),
+            "caller_to_model_ms": model_delays(st["record"], results),
             "reply_delay_ms_p50": float(
                 np.median(
                     [r.reply_delay_ms for r in ok if r.reply_delay_ms is not None] or [np.nan]

@@ -44,6 +44,7 @@ from sim.live_stream import OutputStream, Utterance, transcript_windows
 from sim.realtime_rules import Rejection, WireFormat
 from sim.realtime_tools import ScriptedToolCall
 from sim.realtime_voice import synthetic_voice
+from sim.session_record import Arrivals, SessionRecord
 from sim.wire_audio import EnergyVad, encode
 
 LIVE_PATH = "/v1/live/sessions"
@@ -90,6 +91,7 @@ class LiveSession:
         self.server_events: list[dict[str, Any]] = []
         self.errors_sent: list[dict[str, Any]] = []
         self.input_audio = bytearray()
+        self.arrivals = Arrivals()  # when each append was handled (a benchmark reads them)
         self.output_audio = bytearray()  # the whole stream as sent, silence included
         # A long-running stand-in (keep_sessions set: the CLI, benchmarks) keeps neither the
         # stream nor the audio events' payloads: 7 MB a session-minute otherwise.
@@ -109,9 +111,8 @@ class LiveSession:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Condition()
         self._record = record
+        self._files = SessionRecord(record)  # events.jsonl, input.pcm, output.pcm kept open
         self.muted = False
-        if record:
-            record.mkdir(parents=True, exist_ok=True)
 
     # --- waiting and recording -----------------------------------------------------------------
     @property
@@ -173,8 +174,7 @@ class LiveSession:
                 event = {**event, "delta": f"<{len(event['delta'])} base64 chars>"}
             if event.get("type") == "session.input_audio.append":
                 event = {**event, "audio": f"<{len(event.get('audio', ''))} base64 chars>"}
-            with open(self._record / "events.jsonl", "a") as f:
-                f.write(json.dumps({"dir": direction, **event}) + "\n")
+            self._files.append("events.jsonl", json.dumps({"dir": direction, **event}) + "\n")
 
     async def send(self, event: dict[str, Any]) -> None:
         if event["type"] in WITH_EVENT_ID:
@@ -285,8 +285,8 @@ class LiveSession:
             (self._record / "timing.json").write_text(json.dumps(timing))
         self.input_audio += data
         if self._record:
-            with open(self._record / "input.pcm", "ab") as f:
-                f.write(data)
+            self._files.append("input.pcm", data)
+            self.arrivals.add(len(self.input_audio))
         if self.muted or self.closing:
             return
         assert self._vad is not None
@@ -422,8 +422,7 @@ class LiveSession:
                 if self._retain_audio:
                     self.output_audio += chunk.audio
                 if self._record:
-                    with open(self._record / "output.pcm", "ab") as f:
-                        f.write(chunk.audio)
+                    self._files.append("output.pcm", chunk.audio)
                 delta = base64.b64encode(chunk.audio).decode()
                 await self.send({"type": "session.output_audio.delta", "delta": delta})
                 for start, end, text in chunk.transcripts:
@@ -505,6 +504,8 @@ async def run_session(session: LiveSession, max_session_seconds: float = 0.0) ->
             limit.cancel()
         session.end()
         session._log("emulator", {"type": "closed"})
+        session.arrivals.write(session._record)
+        session._files.close()
         await session._notify()
 
 

@@ -63,6 +63,7 @@ from sim.realtime_tools import (
 )
 from sim.realtime_usage import UsageMeter
 from sim.realtime_voice import synthetic_voice
+from sim.session_record import Arrivals, SessionRecord
 from sim.wire_audio import EnergyVad, at_rate, decode, encode
 
 MIN_COMMIT_MS = 100
@@ -154,6 +155,7 @@ class EmulatedSession:
         self.client_events: list[dict[str, Any]] = []
         self.server_events: list[dict[str, Any]] = []
         self.input_audio = bytearray()
+        self.arrivals = Arrivals()  # when each append was handled (a benchmark reads them)
         self.responses: list[ResponseRecord] = []
         self.truncations: list[dict[str, Any]] = []
         self.errors_sent: list[dict[str, Any]] = []
@@ -163,6 +165,7 @@ class EmulatedSession:
         self.expired_at: float | None = None  # wall clock
         self._changed = asyncio.Condition()
         self._record = record
+        self._files = SessionRecord(record)  # events.jsonl, input.pcm, output.pcm kept open
         self.meter = UsageMeter()  # response.done's usage (GA)
         self.idle = IdleClock()  # server VAD's idle_timeout_ms (GA)
         self.mcp = SessionMcp(emulator.mcp_servers, emulator.mcp_calls)  # remote MCP (GA)
@@ -209,8 +212,7 @@ class EmulatedSession:
     # --- recording and waiting ---------------------------------------------------------------
     def _log(self, direction: str, event: dict[str, Any]) -> None:
         if self._record:
-            with open(self._record / "events.jsonl", "a") as f:
-                f.write(json.dumps({"dir": direction, **event}) + "\n")
+            self._files.append("events.jsonl", json.dumps({"dir": direction, **event}) + "\n")
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -465,8 +467,8 @@ class EmulatedSession:
         self.input_audio += data
         self.buffer += data
         if self._record:
-            with open(self._record / "input.pcm", "ab") as f:
-                f.write(data)
+            self._files.append("input.pcm", data)
+            self.arrivals.add(len(self.input_audio))
         await self._vad(data)
 
     def _buffer_ms(self) -> float:
@@ -873,8 +875,7 @@ class EmulatedSession:
             record.audio += chunk
             self.items[record.item_id].audio_ms = record.format.ms(len(record.audio))
             if self.emulator.record_dir and self._record:
-                with open(self._record / "output.pcm", "ab") as f:  # wire bytes, as sent
-                    f.write(chunk)
+                self._files.append("output.pcm", chunk)  # wire bytes, as sent
             delta = base64.b64encode(chunk).decode()
             await self.send({"type": f"{names['audio']}.delta", **ids, "delta": delta})
             if n < len(words):
@@ -1236,9 +1237,11 @@ class RealtimeEmulator:
                 session.active_task.cancel()
             session.closed = True
             session.closed_at = time.time()
+            session.arrivals.write(session._record)
             # The record's last line says the session ended, for a reader in another process
             # (a test of containers reads the records through a mounted folder).
             session._log("emulator", {"type": "closed"})
+            session._files.close()
             await session._notify()
             self._forget_old_sessions()
 
