@@ -25,7 +25,7 @@ WORKDIR /src
 COPY requirements-uv.txt pyproject.toml uv.lock ./
 RUN python3 -m venv /opt/uv \
  && /opt/uv/bin/pip install -q --require-hashes -r requirements-uv.txt \
- && UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 /opt/uv/bin/uv export --frozen --no-dev --no-emit-project \
+ && UV_PYTHON_DOWNLOADS=never UV_NO_CACHE=1 /opt/uv/bin/uv export --frozen --no-dev --extra emulator --no-emit-project \
       --format requirements-txt --quiet -o requirements.txt \
  && /opt/venv/bin/pip install -q --require-hashes --no-deps -r requirements.txt
 COPY README.md ./

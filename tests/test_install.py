@@ -63,3 +63,63 @@ def test_make_venv_and_the_image_install_from_the_lock() -> None:
     assert "uv export --frozen" in dockerfile and "pip install -q --require-hashes" in dockerfile
     context = (ROOT / ".dockerignore").read_text().split()
     assert {"!uv.lock", "!requirements-uv.txt", "!pyproject.toml"} <= set(context)
+
+
+def _imported_top_levels(folders: tuple[str, ...]) -> set[str]:
+    """The top-level names every module under ``folders`` imports (absolute imports only)."""
+    import ast
+
+    names: set[str] = set()
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def test_the_image_installs_every_package_the_code_it_ships_imports() -> None:
+    """The image installs the runtime dependencies and the ``emulator`` extra (its Dockerfile's
+    ``uv export --extra emulator``) and runs shared/, services/ and sim/ (the emulator runs from
+    the same image): every third-party package those import must be among them. (The emulator
+    once imported the official ``openai`` types, then a test-only dependency, and died at start
+    in its container.)"""
+    import sys
+    from importlib.metadata import packages_distributions, requires
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    extras = set(re.findall(r"uv export [^\n]*?--extra (\w+)", dockerfile))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    shipped = {Requirement(line).name.lower() for line in project["dependencies"]}
+    for extra in extras:
+        shipped |= {
+            Requirement(line).name.lower() for line in project["optional-dependencies"][extra]
+        }
+    # What the shipped packages pull in themselves is installed too (e.g. pydantic-core).
+    closure, todo = set(), list(shipped)
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        for line in requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name.lower())
+    closure = {_normal(name) for name in closure}
+    own = {"shared", "services", "sim", "tools", "bench", "tests"}
+    by_module = packages_distributions()
+    missing = {}
+    for module in _imported_top_levels(("shared", "services", "sim")) - own:
+        if module in sys.stdlib_module_names or module == "__future__":
+            continue
+        dists = {_normal(d) for d in by_module.get(module, [])}
+        if not dists & closure:
+            missing[module] = sorted(dists)
+    assert missing == {}, f"imported by the shipped code but not installed in the image: {missing}"
