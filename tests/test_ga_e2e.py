@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -39,7 +38,6 @@ from tests.conftest import (
     free_port,
     port_open,
     wait_for,
-    wait_for_line,
 )
 from tests.stack import ProcessStack, process_env
 
@@ -138,29 +136,25 @@ async def receiver() -> AsyncIterator[Receiver]:
     server.close()
 
 
-def start_emulator(log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_emulator(log: Path, port: int) -> subprocess.Popen[bytes]:
     """The emulator as a process, its MCP server and call scripted on its command line."""
     server = {"url": MCP_URL, "tools": [{"name": "find_customer", "output": "Ada Lovelace"}]}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "sim.openai_realtime",
             "--port",
-            "0",
+            str(port),
             "--mcp-server",
             json.dumps(server),
             "--mcp-call",
             '1:crm:find_customer:{"phone": "+15550100"}',
         ],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=open(log, "ab"),  # noqa: SIM115
+        stdout=open(log, "ab"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
     )
-    line = wait_for_line(proc, b"emulator listening", timeout=PROCESS_START_S)
-    port = urlsplit(json.loads(line)["url"]).port
-    assert port is not None
-    return proc, port
 
 
 async def test_one_call_mcp_idle_hang_up_usage_in_the_api_and_its_report_delivered_once(
@@ -169,7 +163,8 @@ async def test_one_call_mcp_idle_hang_up_usage_in_the_api_and_its_report_deliver
     began = time.monotonic()
     redis = aioredis.from_url(redis_server.url)
     await redis.flushall()
-    emulator, emulator_port = start_emulator(tmp_path / "emulator.log")
+    emulator_port = free_port()
+    emulator = start_emulator(tmp_path / "emulator.log", emulator_port)
     agent = tmp_path / "agent.toml"
     agent.write_text(AGENT)
     edge_port, console_port = free_port(), free_port()
@@ -198,7 +193,8 @@ async def test_one_call_mcp_idle_hang_up_usage_in_the_api_and_its_report_deliver
         stack.start(name, module, {"CONSUMER_NAME": name})
 
     def logs() -> str:
-        return "\n".join(f"--- {n}\n{p.read_text()[-2500:]}" for n, p in stack.logs.items())
+        files = {**stack.logs, "emulator": tmp_path / "emulator.log"}
+        return "\n".join(f"--- {n}\n{p.read_text()[-2500:]}" for n, p in files.items())
 
     api = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{console_port}",
@@ -207,8 +203,8 @@ async def test_one_call_mcp_idle_hang_up_usage_in_the_api_and_its_report_deliver
         trust_env=False,
     )
     try:
-        await wait_for(lambda: port_open(edge_port), timeout=PROCESS_START_S)
-        await wait_for(lambda: port_open(console_port), timeout=PROCESS_START_S)
+        for port in (emulator_port, edge_port, console_port):
+            await wait_for(lambda port=port: port_open(port), timeout=PROCESS_START_S)
         # The caller asks one thing, then says nothing: the line streams silence until the
         # gateway ends the call (hold_after_s is the caller's patience, far above what it takes).
         result = await place_call(
@@ -242,10 +238,10 @@ async def test_one_call_mcp_idle_hang_up_usage_in_the_api_and_its_report_deliver
             return view if view.get("state") == "ended" else None  # type: ignore[no-any-return]
 
         view = await wait_for(ended, timeout=20)
+    except BaseException:
+        print(logs())  # shown with the failure
+        raise
     finally:
-        for name, proc in stack.procs.items():
-            if proc.poll() is not None and name != "r0":
-                print(f"{name} exited early ({proc.returncode})")
         stack.stop_all()
         emulator.terminate()
         emulator.wait(10)
