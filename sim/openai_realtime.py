@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -1294,6 +1294,8 @@ async def _main(args: argparse.Namespace) -> None:
         keep_sessions=args.keep_sessions,
         tool_calls=[ScriptedToolCall.parse(spec) for spec in args.tool_call],
         max_session_seconds=args.max_session_seconds,
+        mcp_servers=args.mcp_server,
+        mcp_calls=args.mcp_call,
     )
     await emulator.start()
     print(
@@ -1313,6 +1315,22 @@ async def _main(args: argparse.Namespace) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await emulator.stop()
+
+
+T = TypeVar("T")
+
+
+def _parsed(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type`` from a ``parse`` that raises ValueError with its own message
+    (argparse prints it as the usage error, instead of a bare "invalid value")."""
+
+    def convert(spec: str) -> T:
+        try:
+            return parse(spec)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def main() -> None:
@@ -1361,6 +1379,25 @@ def main() -> None:
         default=[],
         metavar="N:NAME:JSON",
         help="at the caller's Nth turn, call the declared function NAME with these arguments",
+    )
+    parser.add_argument(
+        "--mcp-server",
+        action="append",
+        default=[],
+        type=_parsed(ScriptedMcpServer.parse),
+        metavar="JSON",
+        help="a remote MCP server the emulator answers for, found by the server_url a session "
+        'declares: {"url": URL, "tools": [{"name": NAME, "output": TEXT} | '
+        '{"name": NAME, "error": TEXT}]}',
+    )
+    parser.add_argument(
+        "--mcp-call",
+        action="append",
+        default=[],
+        type=_parsed(ScriptedMcpCall.parse),
+        metavar="N:LABEL:NAME:JSON",
+        help="at the caller's Nth turn, call tool NAME of the MCP server the session declared "
+        "as LABEL with these arguments",
     )
     try:
         asyncio.run(_main(parser.parse_args()))

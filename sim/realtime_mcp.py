@@ -46,6 +46,35 @@ class ScriptedMcpServer:
     def tool(self, name: str) -> ScriptedMcpTool | None:
         return next((t for t in self.tools if t.name == name), None)
 
+    @classmethod
+    def parse(cls, spec: str) -> ScriptedMcpServer:
+        """The CLI's ``--mcp-server JSON``: ``{"url": URL, "tools": [{"name": NAME, "output":
+        TEXT} | {"name": NAME, "error": TEXT}, ...]}``; ValueError naming what is wrong."""
+        want = '--mcp-server wants {"url": URL, "tools": [{"name": NAME, "output": TEXT}]}'
+        try:
+            value = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{want}, got {spec!r} (not JSON: {exc.msg})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+            raise ValueError(f"{want}, got {spec!r}")
+        if set(value) - {"url", "tools"}:
+            raise ValueError(f"--mcp-server: unknown keys {sorted(set(value) - {'url', 'tools'})}")
+        tools = value.get("tools", [])
+        if not isinstance(tools, list):
+            raise ValueError(f"{want}, got {spec!r}")
+        parsed: list[ScriptedMcpTool] = []
+        for tool in tools:
+            if (
+                not isinstance(tool, dict)
+                or not isinstance(tool.get("name"), str)
+                or set(tool) - {"name", "output", "error"}
+                or not all(isinstance(tool.get(k, ""), str) for k in ("output", "error"))
+                or ("output" in tool and "error" in tool)
+            ):
+                raise ValueError(f"--mcp-server: bad tool {tool!r} (name, and output or error)")
+            parsed.append(ScriptedMcpTool(tool["name"], tool.get("output"), tool.get("error")))
+        return cls(value["url"], tuple(parsed))
+
 
 @dataclass(frozen=True, slots=True)
 class ScriptedMcpCall:
@@ -56,6 +85,22 @@ class ScriptedMcpCall:
     server_label: str
     name: str
     arguments: dict[str, Any]
+
+    @classmethod
+    def parse(cls, spec: str) -> ScriptedMcpCall:
+        """The CLI's ``--mcp-call N:LABEL:NAME:JSON``; ValueError naming what is wrong."""
+        turn, _, rest = spec.partition(":")
+        label, _, rest = rest.partition(":")
+        name, sep, args = rest.partition(":")
+        if not (sep and turn.isdigit() and int(turn) > 0 and label and name):
+            raise ValueError(f"--mcp-call wants N:LABEL:NAME:JSON (N >= 1), got {spec!r}")
+        try:
+            value = json.loads(args or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--mcp-call's arguments are not JSON ({exc.msg}): {spec!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--mcp-call's arguments must be a JSON object, got {spec!r}")
+        return cls(int(turn), label, name, value)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -62,16 +63,47 @@ async def _browser(playwright, executable: str):  # type: ignore[no-untyped-def]
     )
 
 
+# The call's agent declares a remote MCP server, which the emulator answers for: the model's
+# first answer calls one of its tools (issue 28), and the page shows it beside the tool calls.
+MCP_AGENT = """
+instructions = "You are the shop's assistant."
+[[mcp_servers]]
+label = "crm"
+url = "http://127.0.0.1:9/mcp"
+require_approval = "never"
+"""
+
+
 async def test_a_call_s_transcript_grows_live_and_its_end_shows(
     redis_url: str, chromium: str, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright, expect
 
-    async with console_stack(redis_url) as stack, async_playwright() as pw:
+    from sim.realtime_mcp import ScriptedMcpCall, ScriptedMcpServer, ScriptedMcpTool
+
+    agent = tmp_path / "agent.toml"
+    agent.write_text(MCP_AGENT)
+    emulator = {
+        "mcp_servers": [
+            ScriptedMcpServer(
+                "http://127.0.0.1:9/mcp", (ScriptedMcpTool("find_customer", output="Ada Lovelace"),)
+            )
+        ],
+        "mcp_calls": [ScriptedMcpCall(1, "crm", "find_customer", {"phone": "+15550100"})],
+    }
+    async with (
+        console_stack(redis_url, agent_file=str(agent), emulator_kwargs=emulator) as stack,
+        async_playwright() as pw,
+    ):
         browser = await _browser(pw, chromium)
         page = await browser.new_page(viewport={"width": 1360, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        refused: list[str] = []  # what the page's Content-Security-Policy blocked
+        page.on(
+            "console",
+            lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         outside: list[str] = []
         page.on(
             "request",
@@ -132,13 +164,43 @@ async def test_a_call_s_transcript_grows_live_and_its_end_shows(
         assert caller_line_while_live and assistant_line_while_live
         assert await page.locator("#timeline rect").count() >= 2  # the turns, as shapes
         await expect(page.locator("#hangup")).to_be_hidden()
-        assert errors == [] and outside == []
+        # The remote MCP call the model made, beside the tool calls, with its answer.
+        mcp = page.locator('#mcp li[data-server="crm"][data-name="find_customer"]')
+        await expect(mcp).to_have_count(1)
+        await expect(mcp).to_contain_text("crm · find_customer")
+        await expect(mcp.locator(".outcome-ok")).to_have_text(re.compile(r"^ok in \d+ ms$"))
+        await expect(mcp).to_contain_text('arguments: {"phone": "+15550100"}')
+        await expect(mcp).to_contain_text("output: Ada Lovelace")
+        await expect(page.locator("#timeline rect title", has_text="MCP crm")).to_have_count(1)
+        # What the call used and cost, from the API's usage, as the detail reports it.
+        detail = (await _api(stack.console_url, f"/api/calls/{sid}")).json()
+        usage = detail["usage"]
+        assert usage["tokens"]["audio_out"] > 0 and usage["estimated_cost_usd"] > 0
+        facts = page.locator("#call-facts")
+        total = sum(usage["tokens"].values())
+        responses = f"{usage['responses']} response" + ("s" if usage["responses"] != 1 else "")
+        await expect(facts).to_contain_text(f"{total:,} tokens in {responses} (", timeout=10_000)
+        await expect(facts).to_contain_text(f"audio out {usage['tokens']['audio_out']:,}")
+        cost = usage["estimated_cost_usd"]
+        shown = f"{cost:.4f}" if cost < 0.01 else f"{cost:.2f}"
+        await expect(facts).to_contain_text(
+            f"${shown} (estimated, prices of {usage['prices_as_of']})"
+        )
+        assert errors == [] and outside == [] and refused == [], (errors, outside, refused)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shot = await page.screenshot(full_page=True)
         assert shot.startswith(b"\x89PNG")
         if SCREENSHOT.parent.is_dir():
             SCREENSHOT.write_bytes(shot)
         await browser.close()
+
+
+async def _api(console_url: str, path: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=console_url, headers=headers, trust_env=False) as c:
+        response = await c.get(path)
+    assert response.status_code == 200, response.text
+    return response
 
 
 async def test_the_page_keeps_up_with_a_hundred_live_calls(redis_url: str, chromium: str) -> None:

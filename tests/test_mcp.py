@@ -5,6 +5,8 @@ client events; the emulator's scripted servers; a call end to end through the co
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +174,10 @@ headers = { Authorization = "env:TEST_CRM_TOKEN" }
 @pytest.mark.slow
 @pytest.mark.redis_server
 async def test_a_call_with_an_approved_and_a_refused_mcp_call(
-    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from sim.speech import speech
     from sim.twilio_call import place_call
@@ -197,6 +202,9 @@ async def test_a_call_with_an_approved_and_a_refused_mcp_call(
     ]
     silence = np.zeros(8000 * 3, dtype=np.int16)  # the reply and its tool call, heard
     refused_before = MCP_CALLS.labels("crm", "refused")._value.get()
+    # At INFO, as the services log: each MCP call's log line is made (its fields once named a
+    # LogRecord attribute, and the worker's call failed at the first MCP call).
+    caplog.set_level(logging.INFO, logger="gateway.worker")
     emulator = {"mcp_servers": [server], "mcp_calls": script}
     async with (
         console_stack(redis_server.url, agent_file=str(path), emulator_kwargs=emulator) as stack,
@@ -239,3 +247,40 @@ async def test_a_call_with_an_approved_and_a_refused_mcp_call(
         spoken = [t["text"] for t in view["transcript"] if t["role"] == "assistant"]
         assert any("Ada Lovelace" in text for text in spoken)
         assert MCP_CALLS.labels("crm", "refused")._value.get() == refused_before + 1
+        logged = [r for r in caplog.records if r.getMessage() == "mcp call"]
+        assert [(r.tool, r.outcome) for r in logged] == outcomes  # type: ignore[attr-defined]
+
+
+def test_the_emulators_command_line_scripts_mcp_servers_and_calls() -> None:
+    server = ScriptedMcpServer.parse(
+        '{"url": "https://crm.example.com/mcp", "tools": [{"name": "find", "output": "Ada"},'
+        ' {"name": "broken", "error": "down"}]}'
+    )
+    assert server == ScriptedMcpServer(
+        "https://crm.example.com/mcp",
+        (ScriptedMcpTool("find", output="Ada"), ScriptedMcpTool("broken", error="down")),
+    )
+    assert ScriptedMcpServer.parse('{"url": "http://127.0.0.1:9/mcp"}').tools == ()
+    assert ScriptedMcpCall.parse('2:crm:find:{"phone": "+1555"}') == ScriptedMcpCall(
+        2, "crm", "find", {"phone": "+1555"}
+    )
+    assert ScriptedMcpCall.parse("1:crm:find:") == ScriptedMcpCall(1, "crm", "find", {})
+    for bad, needle in (
+        ("not json", "not JSON"),
+        ('{"tools": []}', "--mcp-server wants"),
+        ('{"url": "u", "tool": []}', "unknown keys ['tool']"),
+        ('{"url": "u", "tools": [{"name": "x", "output": "a", "error": "b"}]}', "bad tool"),
+        ('{"url": "u", "tools": [{"output": "a"}]}', "bad tool"),
+        ('{"url": "u", "tools": "find"}', "--mcp-server wants"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            ScriptedMcpServer.parse(bad)
+    for bad, needle in (
+        ("0:crm:find:{}", "N >= 1"),
+        ("1:crm:find", "N:LABEL:NAME:JSON"),
+        ("x:crm:find:{}", "N:LABEL:NAME:JSON"),
+        ("1:crm:find:[1]", "must be a JSON object"),
+        ("1:crm:find:{nope", "not JSON"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            ScriptedMcpCall.parse(bad)

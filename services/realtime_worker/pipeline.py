@@ -258,9 +258,14 @@ class CallPipeline(ABC):
                 known = {s.label for s in self.host.settings.agent.mcp_servers}
                 server = data.get("server", "")  # a label of the agent file's: bounded
                 MCP_CALLS.labels(server if server in known else "other", data["outcome"]).inc()
-                log.info(
+                log.info(  # "tool", not "name": a LogRecord's own attribute cannot be set
                     "mcp call",
-                    extra={k: data.get(k) for k in ("server", "name", "outcome", "duration_ms")},
+                    extra={
+                        "server": server,
+                        "tool": data.get("name"),
+                        "outcome": data.get("outcome"),
+                        "duration_ms": data.get("duration_ms"),
+                    },
                 )
             elif event.kind == "transcript":
                 log.info(

@@ -58,6 +58,30 @@ function duration(ms) {
   return s >= 3600 ? `${Math.floor(s / 3600)}:${two(Math.floor(s / 60) % 60)}:${two(s % 60)}`
     : `${Math.floor(s / 60)}:${two(s % 60)}`;
 }
+const count = (n) => Number(n).toLocaleString("en-US");
+const TOKEN_KINDS = {
+  audio_in: "audio in", audio_cached: "audio in (cached)", audio_out: "audio out",
+  text_in: "text in", text_cached: "text in (cached)", text_out: "text out",
+  image_in: "image in", image_cached: "image in (cached)",
+};
+function usageText(usage) {
+  // The tokens the call used, from the API's usage (summed from each response.done).
+  const tokens = usage && usage.tokens ? Object.entries(usage.tokens) : [];
+  if (!tokens.length) return "";
+  const total = tokens.reduce((sum, [, n]) => sum + n, 0);
+  const parts = tokens.map(([kind, n]) => `${TOKEN_KINDS[kind] || kind} ${count(n)}`);
+  const responses = `${usage.responses} response${usage.responses === 1 ? "" : "s"}`;
+  return `${count(total)} tokens in ${responses} (${parts.join(" · ")})`;
+}
+function costText(usage) {
+  if (!usage || !usage.tokens || !Object.keys(usage.tokens).length) return "";
+  const unpriced = usage.unpriced_models && usage.unpriced_models.length
+    ? `; no price for ${usage.unpriced_models.join(", ")}` : "";
+  if (usage.estimated_cost_usd == null) return `unknown${unpriced}`;
+  const dollars = usage.estimated_cost_usd < 0.01 ? usage.estimated_cost_usd.toFixed(4)
+    : usage.estimated_cost_usd.toFixed(2);
+  return `$${dollars} (estimated, prices of ${usage.prices_as_of}${unpriced})`;
+}
 const outcomeText = (o) => (o ? OUTCOMES[o] || o.replaceAll("_", " ") : "");
 const stateText = (s) => s.replace("_", " ");
 function el(tag, attrs = {}, ...children) {
@@ -147,6 +171,8 @@ function updateFacts(update) {
   add("model dialect", call.dialect);
   add("answered by", call.answered_by);
   if (call.latency && call.latency.first_reply_ms != null) add("first reply", `${call.latency.first_reply_ms} ms`);
+  add("usage", usageText(call.usage));
+  add("estimated cost", costText(call.usage));
   $("hangup").hidden = call.state === "ended";
   drawTimeline();
 }
@@ -162,6 +188,7 @@ async function openCall(sid) {
   $("call-title").textContent = sid;
   $("transcript").replaceChildren();
   $("tools").replaceChildren();
+  $("mcp").replaceChildren();
   $("notes").replaceChildren();
   $("recording").hidden = true;
   await loadDetail(view);
@@ -234,8 +261,14 @@ function onMessage(view, block) {
     // Who spoke when comes from the audio, in the detail: fetched again after each turn.
     clearTimeout(view.detailTimer);
     view.detailTimer = setTimeout(() => loadDetail(view), 250);
+  } else if (data.kind === "usage") {
+    // A response's tokens: the detail sums them (and prices them).
+    clearTimeout(view.detailTimer);
+    view.detailTimer = setTimeout(() => loadDetail(view), 250);
   } else if (data.kind === "tool_call" || data.kind === "tool_result") {
     renderTool(view, data);
+  } else if (data.kind === "mcp_call") {
+    renderMcp(data);
   } else if (data.kind === "barge_in") {
     $("notes").append(el("li", {}, at, `barge-in: the caller heard ${data.heard_ms} ms of the reply`));
   } else if (data.kind === "error") {
@@ -273,6 +306,20 @@ function renderTool(view, data) {
     el("code", {}, `arguments: ${c.arguments || ""}`),
     ...(r ? [el("code", {}, `output: ${r.output || ""}`)] : []),
   );
+}
+
+function renderMcp(data) {
+  // One remote MCP call the model's server ran, or the gateway's answer to an approval request.
+  const ok = data.outcome === "ok" || data.outcome === "approved";
+  const took = data.duration_ms ? ` in ${Math.round(Number(data.duration_ms))} ms` : "";
+  $("mcp").append(el("li", { "data-server": data.server || "", "data-name": data.name || "" },
+    el("span", { class: "at" }, clock(data.at)),
+    el("strong", {}, `${data.server || "?"} · ${data.name || "tool"}`),
+    " ", el("span", { class: ok ? "outcome-ok" : "outcome-bad" }, `${data.outcome || ""}${took}`),
+    el("code", {}, `arguments: ${data.arguments || ""}`),
+    ...(data.output ? [el("code", {}, `output: ${data.output}`)] : []),
+    ...(data.error ? [el("code", { class: "outcome-bad" }, `error: ${data.error}`)] : []),
+  ));
 }
 
 // --- the timeline: one lane per party, drawn as SVG ----------------------------------------
@@ -327,6 +374,11 @@ function drawTimeline() {
       parts.push(svg("line", { x1: x(e.at), x2: x(e.at), y1: 10, y2: 108, stroke: "#b06a00",
         "stroke-dasharray": "1 3" }));
       parts.push(svg("text", { x: x(e.at) + 2, y: lanes.events + 4 }, "stream resumed"));
+    } else if (e.kind === "mcp_call") {
+      const took = Number(e.duration_ms) || 0; // recorded when it ended
+      parts.push(svg("rect", { x: x(e.at - took), y: lanes.tools - 6, height: 12, rx: 2,
+        width: Math.max(4, x(e.at) - x(e.at - took)), fill: "#7a4fb5", opacity: 0.85 }));
+      parts[parts.length - 1].append(svg("title", {}, `MCP ${e.server} · ${e.name}: ${e.outcome}`));
     } else if (e.kind === "error" || e.kind === "amd" || e.kind === "dtmf" || e.kind === "supervisor") {
       parts.push(svg("circle", { cx: x(e.at), cy: lanes.events, r: 4,
         fill: e.kind === "error" ? "#d13b3b" : "#687084" }));
