@@ -34,7 +34,7 @@ from services.twilio_edge.token import StreamTokens
 from shared import twilio_media as tw
 from shared.backoff import Backoff
 from shared.limits import PendingSockets, TokenBucket
-from shared.outbound import AMD_PATH, CALL_STATUS_PATH
+from shared.outbound import AMD_PATH, CALL_STATUS_PATH, STREAM_STATUS_PATH
 from shared.playback import OutboundPlayback
 from shared.resumption import (
     RESUME_PARAMETER,
@@ -596,7 +596,6 @@ def _mark_text(mark: tuple[str, int] | None) -> str:
     return f"{mark[0]}:{mark[1]}" if mark else ""
 
 
-STREAM_STATUS_PATH = "/stream-status"
 CONNECT_ACTION_PATH = "/connect-action"
 
 

@@ -27,6 +27,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
@@ -235,6 +236,37 @@ async def last_entry_id(redis: aioredis.Redis, stream: bytes) -> bytes | None:
     """The ID of a stream's newest entry, or None when the stream is empty or missing."""
     newest: Any = await redis.xrevrange(stream, count=1)
     return newest[0][0] if newest else None
+
+
+# --- typed verbs ---------------------------------------------------------------------------------
+# redis-py types its replies for either kind of client (``bytes | str``) and its field arguments
+# as an invariant ``dict`` of every encodable type, which a ``dict[bytes, bytes]`` is not. Every
+# client here is a bytes client (``connect`` never sets ``decode_responses``), so these few
+# helpers narrow the replies once, checked, and widen the arguments once, instead of an ignore
+# at each call.
+
+
+def _b(value: bytes | str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"a str reply from Redis ({value[:32]!r}): use a bytes client")
+
+
+def fields_arg(fields: Mapping[bytes, bytes | int]) -> dict[FieldT, EncodableT]:
+    """An entry's or a hash's fields as redis-py's ``xadd`` and ``hset(mapping=)`` take them."""
+    return {key: value for key, value in fields.items()}
+
+
+async def hash_fields(redis: aioredis.Redis, key: bytes) -> dict[bytes, bytes]:
+    """``HGETALL``: a hash's fields (empty when the key is missing)."""
+    reply = await redis.hgetall(key)
+    return {_b(name): _b(value) for name, value in reply.items()}
+
+
+async def hash_field(redis: aioredis.Redis, key: bytes, name: bytes) -> bytes | None:
+    """``HGET``: one field of a hash, or None."""
+    value = await redis.hget(key, name)
+    return None if value is None else _b(value)
 
 
 async def expire_all(redis: aioredis.Redis, keys: Iterable[bytes], seconds: int) -> None:
