@@ -30,7 +30,7 @@ from shared.outbound import (
     voicemail_twiml,
 )
 from shared.runtime.observability import call_context, reject
-from shared.runtime.redis_io import RETRYABLE, expire_all
+from shared.runtime.redis_io import RETRYABLE, expire_all, fields_arg
 from shared.runtime.twilio_rest import NotConfigured, TwilioApiError, rest_client, update_call
 from shared.streams import META_ENDED, META_STARTED_US, CallEvent, CallKeys, valid_call_sid
 
@@ -39,7 +39,7 @@ log = logging.getLogger("gateway.edge")
 
 async def _event(edge: CallbackHost, keys: CallKeys, event: CallEvent) -> None:
     pipe = edge.redis.pipeline(transaction=False)
-    pipe.xadd(keys.events, event.encode())  # type: ignore[arg-type]  # redis-py's stubs
+    pipe.xadd(keys.events, fields_arg(event.encode()))
     pipe.expire(keys.events, edge.settings.call_max_seconds, nx=True)
     await pipe.execute()
 

@@ -64,6 +64,9 @@ from shared.runtime.redis_io import (
     answers,
     ensure_group,
     expire_all,
+    fields_arg,
+    hash_field,
+    hash_fields,
     outlasting_cancel,
 )
 from shared.runtime.settings import Settings, settings_or_exit
@@ -191,7 +194,8 @@ class CallBridge:
         assert self.keys is not None
         try:
             # The evidence the <Connect action> request needs to grant a resumption.
-            await self.edge.redis.hset(self.keys.meta, mapping=break_marking(self.stream_sid))  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+            marking = fields_arg(break_marking(self.stream_sid))
+            await self.edge.redis.hset(self.keys.meta, mapping=marking)
         except RETRYABLE as exc:
             log.warning("cannot mark the stream broken (%s); its heartbeat will say so", exc)
         grace = self.edge.settings.edge_resume_grace_seconds
@@ -200,7 +204,7 @@ class CallBridge:
         while time.monotonic() < deadline and not self.edge.stopping:
             await asyncio.sleep(min(RESUME_POLL_S, max(0.0, deadline - time.monotonic())))
             try:
-                holder: bytes | None = await self.edge.redis.hget(self.keys.meta, META_STREAM_SID)  # type: ignore[assignment]  # a bytes client
+                holder = await hash_field(self.edge.redis, self.keys.meta, META_STREAM_SID)
             except RETRYABLE:
                 continue
             if holder is not None and holder.decode("ascii", "replace") != self.stream_sid:
@@ -333,7 +337,7 @@ class CallBridge:
             pipe.hdel(keys.meta, META_RESUME_GRANT, META_RESUME_GRANT_EXPIRES_US)
             pipe.hincrby(keys.meta, META_RESUMES, 1)
             event_data = {"stream_sid": event.stream_sid, "mark": _mark_text(point.mark)}
-            pipe.xadd(keys.events, CallEvent("stream_resumed", event_data).encode())  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+            pipe.xadd(keys.events, fields_arg(CallEvent("stream_resumed", event_data).encode()))
             await pipe.execute()
         except RETRYABLE as exc:
             await self._storage_failed("resume", exc)
@@ -364,7 +368,7 @@ class CallBridge:
         """The call's hash as a stream starts (empty when Redis cannot say now, in which case
         the stream goes ahead as a new call, the common case)."""
         try:
-            meta: dict[bytes, bytes] = await self.edge.redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
+            meta = await hash_fields(self.edge.redis, keys.meta)
         except RETRYABLE:
             return {}
         return meta
@@ -378,14 +382,14 @@ class CallBridge:
         pipe = self.edge.redis.pipeline(transaction=False)
         if again:  # what a stage wrote after the loss (a cursor into streams that are gone) goes
             pipe.delete(keys.meta)
-        pipe.hset(keys.meta, mapping=call_meta(started, reannounced=again))  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+        pipe.hset(keys.meta, mapping=fields_arg(call_meta(started, reannounced=again)))
         pipe.hset(keys.meta, heard_field(started.stream_sid), self.heard_us or wall_clock_us())
         pipe.expire(keys.meta, ttl)
         await pipe.execute()
         lifecycle = lifecycle_stream_for(started.call_sid, settings.lifecycle_partitions)
         await self.edge.redis.xadd(
             lifecycle,
-            started.encode(),  # type: ignore[arg-type]  # redis-py's stubs want a wider dict
+            fields_arg(started.encode()),
             maxlen=LIFECYCLE_MAXLEN,
             approximate=True,
         )
