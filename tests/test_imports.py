@@ -161,4 +161,7 @@ def test_calls_depend_on_interfaces_not_on_their_service() -> None:
         assert f"{worker}.service" not in edges[f"{worker}.{module}"], module
     assert {e for e in edges[f"{worker}.interfaces"] if e.startswith(worker)} == set()  # a leaf
     edge = "services.twilio_edge"
-    assert f"{edge}.service" not in edges[f"{edge}.outbound"]
+    for module in ("bridge", "replies", "webhooks", "outbound", "interfaces"):
+        assert f"{edge}.service" not in edges[f"{edge}.{module}"], module
+    rooms = {f"{edge}.{m}" for m in ("service", "bridge", "replies", "webhooks", "outbound")}
+    assert edges[f"{edge}.interfaces"] & rooms == set()
