@@ -38,6 +38,7 @@ import secrets
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,92 +104,123 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
     os.execvpe(argv[0], argv, env)
 
 
+def _redis(settings: Settings, env: dict[str, str], number: int) -> None:
+    url = urlsplit(settings.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if host not in _LOCAL:
+        print(f"redis: REDIS_URL is remote ({host}); not starting a local redis-server")
+        return
+    if _answers(host, port):
+        print(f"redis: a Redis already answers on {host}:{port}; using it")
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("redis: redis-server is not installed (make run installs it)", file=sys.stderr)
+        raise SystemExit(2)
+    data = ROOT / "run" / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    _exec(
+        [
+            binary,
+            "--bind",
+            host,
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        env,
+    )
+
+
+def _emulator(settings: Settings, env: dict[str, str], number: int) -> None:
+    if os.environ.get("OPENAI_API_KEY"):
+        print("emulator: OPENAI_API_KEY is set; calls go to OpenAI, no emulator")
+        return
+    url = urlsplit(env["REALTIME_URL"])
+    if url.hostname not in _LOCAL:
+        print(f"emulator: REALTIME_URL is remote ({url.hostname}); not starting the emulator")
+        return
+    _exec(
+        [
+            sys.executable,
+            "-m",
+            "sim.openai_realtime",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(url.port or DEFAULT_EMULATOR_PORT),
+            *(["--tool-call", DEMO_TOOL_CALL] if env.get("DEMO_TOOLS") else []),
+        ],
+        env,
+    )
+
+
+def _tool_server(settings: Settings, env: dict[str, str], number: int) -> None:
+    if not env.get("DEMO_TOOLS"):
+        print("tool_server: not the local demo (AGENT_FILE or OPENAI_API_KEY is set)")
+        return
+    argv = [sys.executable, "-m", "sim.tool_server", "--host", "127.0.0.1", "--port", "8099"]
+    _exec(argv, env)
+
+
+def _edge(settings: Settings, env: dict[str, str], number: int) -> None:
+    base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
+    env.setdefault("METRICS_PORT", str(base + EDGE_METRICS_OFFSET))
+    _exec([sys.executable, "-m", "services.twilio_edge"], env)
+
+
+def _console(settings: Settings, env: dict[str, str], number: int) -> None:
+    _exec([sys.executable, "-m", "services.console"], env)
+
+
+def _recorder(settings: Settings, env: dict[str, str], number: int) -> None:
+    if not settings.recordings_dir:
+        print("recorder: RECORDINGS_DIR is not set; recording is off")
+        return
+    env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-recorder-{number}")
+    _exec([sys.executable, "-m", "services.recorder"], env)
+
+
+def _stage(name: str, env: dict[str, str], number: int) -> None:
+    """A stage run as ``<NAME>_PROCESSES`` programs: this one, unless it is not needed."""
+    module, offset, default = _STAGES[name]
+    count = _env_int(f"{name.upper()}_PROCESSES", default, 0, MAX_PROCESSES)
+    if number >= count:
+        print(f"{name} {number}: not needed ({name.upper()}_PROCESSES={count})")
+        return
+    base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
+    env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-{name}-{number}")
+    env["METRICS_PORT"] = str(base + offset + number)
+    _exec([sys.executable, "-m", module], env)
+
+
+_PROGRAMS: dict[str, Callable[[Settings, dict[str, str], int], None]] = {
+    "redis": _redis,
+    "emulator": _emulator,
+    "tool_server": _tool_server,
+    "edge": _edge,
+    "console": _console,
+    "recorder": _recorder,
+}
+
+
 def program(name: str, number: int) -> None:
+    """Run supervisord's program ``name`` (instance ``number``) in this process (exec), or say
+    why it is not needed and return."""
     env = default_environment(dict(os.environ))
     os.environ.update(env)
     settings = settings_or_exit(name)
-    python = sys.executable
-    if name == "redis":
-        url = urlsplit(settings.redis_url)
-        host, port = url.hostname or "127.0.0.1", url.port or 6379
-        if host not in _LOCAL:
-            print(f"redis: REDIS_URL is remote ({host}); not starting a local redis-server")
-            return
-        if _answers(host, port):
-            print(f"redis: a Redis already answers on {host}:{port}; using it")
-            return
-        binary = shutil.which("redis-server")
-        if binary is None:
-            print("redis: redis-server is not installed (make run installs it)", file=sys.stderr)
-            raise SystemExit(2)
-        data = ROOT / "run" / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        _exec(
-            [
-                binary,
-                "--bind",
-                host,
-                "--port",
-                str(port),
-                "--dir",
-                str(data),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            env,
-        )
-    elif name == "emulator":
-        if os.environ.get("OPENAI_API_KEY"):
-            print("emulator: OPENAI_API_KEY is set; calls go to OpenAI, no emulator")
-            return
-        url = urlsplit(env["REALTIME_URL"])
-        if url.hostname not in _LOCAL:
-            print(f"emulator: REALTIME_URL is remote ({url.hostname}); not starting the emulator")
-            return
-        _exec(
-            [
-                python,
-                "-m",
-                "sim.openai_realtime",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(url.port or DEFAULT_EMULATOR_PORT),
-                *(["--tool-call", DEMO_TOOL_CALL] if env.get("DEMO_TOOLS") else []),
-            ],
-            env,
-        )
-    elif name == "tool_server":
-        if not env.get("DEMO_TOOLS"):
-            print("tool_server: not the local demo (AGENT_FILE or OPENAI_API_KEY is set)")
-            return
-        _exec([python, "-m", "sim.tool_server", "--host", "127.0.0.1", "--port", "8099"], env)
-    elif name == "edge":
-        base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
-        env.setdefault("METRICS_PORT", str(base + EDGE_METRICS_OFFSET))
-        _exec([python, "-m", "services.twilio_edge"], env)
-    elif name == "console":
-        _exec([python, "-m", "services.console"], env)
-    elif name == "recorder":
-        if not settings.recordings_dir:
-            print("recorder: RECORDINGS_DIR is not set; recording is off")
-            return
-        env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-recorder-{number}")
-        _exec([python, "-m", "services.recorder"], env)
+    if name in _PROGRAMS:
+        _PROGRAMS[name](settings, env, number)
     elif name in _STAGES:
-        module, offset, default = _STAGES[name]
-        count = _env_int(f"{name.upper()}_PROCESSES", default, 0, MAX_PROCESSES)
-        if number >= count:
-            print(f"{name} {number}: not needed ({name.upper()}_PROCESSES={count})")
-            return
-        base = _env_int("METRICS_PORT_BASE", 9100, 1024, 65000)
-        env.setdefault("CONSUMER_NAME", f"{socket.gethostname()}-{name}-{number}")
-        env["METRICS_PORT"] = str(base + offset + number)
-        _exec([python, "-m", module], env)
+        _stage(name, env, number)
     else:
         print(f"unknown program {name!r}", file=sys.stderr)
         raise SystemExit(2)

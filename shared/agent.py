@@ -272,8 +272,10 @@ def _analysis(raw: Any, fail: Any) -> Mapping[str, Any] | None:
 
 
 def _truncation(raw: Any, fail: Any) -> str | float | None:
-    if raw is None or raw in ("auto", "disabled"):
-        return raw  # type: ignore[no-any-return]
+    if raw is None:
+        return None
+    if raw in ("auto", "disabled"):
+        return str(raw)
     if isinstance(raw, float) and 0 < raw < 1:
         return raw
     raise fail("truncation", "must be auto, disabled or a retention ratio between 0 and 1 (0.8)")

@@ -24,6 +24,8 @@ DIRECTION_PARAM: Final = "direction"
 OUTBOUND: Final = "outbound"
 AMD_PATH: Final = "/amd"
 CALL_STATUS_PATH: Final = "/call-status"
+# Twilio's word on a Media Stream (every stream's TwiML names it, inbound or outbound).
+STREAM_STATUS_PATH: Final = "/stream-status"
 
 # Twilio takes inline TwiML of at most 4000 characters, and the edge takes parameter values of at
 # most 1024 (shared.twilio_media): refuse more here, with a clear message, rather than at Twilio.

@@ -110,8 +110,10 @@ def after_stream(meta: Mapping[bytes, bytes], call_status: str, now_us: int) -> 
     killed edge's heartbeat going stale), and hangs up if none comes.
     """
     disposition = _text(meta, META_DISPOSITION)
-    if disposition in ("hang_up", "transfer"):
-        return disposition  # type: ignore[return-value]  # narrowed by the test above
+    if disposition == "hang_up":
+        return "hang_up"
+    if disposition == "transfer":
+        return "transfer"
     if call_status not in _LIVE_STATUSES or META_ENDED in meta:
         return "ended"
     if META_STARTED_US not in meta:

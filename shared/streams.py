@@ -36,7 +36,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeGuard, get_args
 
 LIFECYCLE_STREAM = b"gw:calls"  # the single partition (LIFECYCLE_PARTITIONS=1)
 TRANSCODER_GROUP = b"transcoder"
@@ -319,7 +319,11 @@ class DtmfPressed:
 
 
 ToolOutcome = Literal["ok", "error", "invalid_arguments", "timeout", "limit"]
-_TOOL_OUTCOMES = {"ok", "error", "invalid_arguments", "timeout", "limit"}
+_TOOL_OUTCOMES: frozenset[str] = frozenset(get_args(ToolOutcome))
+
+
+def _is_tool_outcome(outcome: str) -> TypeGuard[ToolOutcome]:
+    return outcome in _TOOL_OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,13 +359,13 @@ def decode_control(fields: Fields) -> Control:
         return DtmfPressed(_str(fields, b"d"))
     if kind == b"tool_result":
         outcome = _str(fields, b"r")
-        if outcome not in _TOOL_OUTCOMES:
+        if not _is_tool_outcome(outcome):
             raise StreamEntryError("bad_field", f"tool outcome {outcome[:20]!r}")
         return ToolResult(
             _str(fields, b"i"),
             _str(fields, b"n"),
             _str(fields, b"o", ""),
-            outcome,  # type: ignore[arg-type]
+            outcome,
             _int(fields, b"t"),
         )
     raise StreamEntryError("unknown_kind", repr(kind[:20]))
@@ -531,28 +535,16 @@ class CallEvent:
         return out
 
 
-_EVENT_KINDS = {
-    "transcript",
-    "error",
-    "session",
-    "ended",
-    "dtmf",
-    "tool_call",
-    "tool_result",
-    "barge_in",
-    "amd",
-    "call_status",
-    "supervisor",
-    "stream_resumed",
-    "usage",
-    "mcp_call",
-    "idle",
-}
+_EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
+
+
+def _is_event_kind(kind: str) -> TypeGuard[EventKind]:
+    return kind in _EVENT_KINDS
 
 
 def decode_event(fields: Fields) -> CallEvent:
     kind = _str(fields, b"k")
-    if kind not in _EVENT_KINDS:
+    if not _is_event_kind(kind):
         raise StreamEntryError("unknown_kind", repr(kind[:20]))
     data: dict[str, str] = {}
     for name, value in fields.items():
@@ -561,7 +553,7 @@ def decode_event(fields: Fields) -> CallEvent:
                 data[name[2:].decode()] = value.decode()
             except UnicodeDecodeError:
                 raise StreamEntryError("bad_field", "event field is not UTF-8") from None
-    return CallEvent(kind, data)  # type: ignore[arg-type]
+    return CallEvent(kind, data)
 
 
 # --- lifecycle -----------------------------------------------------------------------------------

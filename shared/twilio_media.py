@@ -26,7 +26,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
-from twilio.request_validator import (  # type: ignore[import-untyped]
+from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlencode, urlsplit
 
-from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+from twilio.request_validator import RequestValidator
 
 from sim.twilio_options import CallIdentity
 from sim.twiml import TWIML_CONTENT_TYPES, WebhookError

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 from aiohttp import web
-from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+from twilio.request_validator import RequestValidator
 
 from sim.twilio_call import CallResult, parse_connect_stream, place_call
 

@@ -22,11 +22,11 @@ from websockets.http11 import Request, Response
 from shared.runtime.settings import load_settings
 from tests.conftest import free_port
 from tools.probe import JSON_NAME, MARKDOWN_NAME, amain, exit_code, models_of, run_probe
+from tools.probe_errors import ErrorSeen
 from tools.probe_findings import (
     DELETE,
     NEGATIVE_CHECKS,
     Combo,
-    ErrorSeen,
     ProbeFindings,
     RunFinding,
     SessionSeen,

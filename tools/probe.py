@@ -114,7 +114,7 @@ async def run_probe(
     )
     if os.environ.get("PROBE_LIVE", "1") != "0":
         from tools.probe_live import probe_live
-        from tools.smoke import caller_speech
+        from tools.smoke_run import caller_speech
 
         rate = settings.realtime_audio_rate if settings.realtime_audio_rate == 16000 else 24000
         findings.live = await probe_live(

@@ -25,13 +25,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from shared.realtime_dialect import RealtimeDialect, RealtimeProtocolError, SessionConfig
 from shared.realtime_handshake import Dropped, Ready, RealtimeHandshake, Refused, SwitchDialect
+from tools.probe_errors import ErrorSeen
 from tools.probe_findings import (
     BENIGN_CODES,
     COMBOS,
     COMMIT_EMPTY_CODE,
     NEGATIVE_CHECKS,
     Combo,
-    ErrorSeen,
     NegativeCheck,
     NegativeFinding,
     ProbeFindings,

@@ -30,7 +30,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared import live_dialect as live
-from tools.probe_findings import ErrorSeen, trim
+from tools.probe_errors import ErrorSeen, trim
 from tools.smoke_live import has_sound, speech_frames
 
 LIVE_PATH = "/v1/live/sessions"

@@ -12,11 +12,11 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from tools.probe_errors import ErrorSeen
 from tools.probe_findings import (
     BETA_HEADER,
     COMMIT_EMPTY_CODE,
     ComboSummary,
-    ErrorSeen,
     NegativeFinding,
     ProbeFindings,
     recommend,

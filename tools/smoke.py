@@ -20,13 +20,10 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
-import numpy as np
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from shared.audio import StreamResampler
 from shared.realtime_dialect import (
     AudioDelta,
     ErrorKind,
@@ -37,36 +34,8 @@ from shared.realtime_dialect import (
 from shared.realtime_handshake import Ready, RealtimeHandshake, Refused, SendText, SwitchDialect
 from shared.runtime.settings import Settings, settings_or_exit
 from tools.run_settings import RunSettings, run_settings_or_exit
-
-
-def caller_speech(ms: int, rate: int) -> bytes:
-    """Speech-like PCM16 at ``rate`` (the simulator's voice when present)."""
-    try:
-        from sim.speech import speech
-
-        audio8k = speech("Hello, can you hear me? I would like to check my order status.")
-    except ImportError:
-        t = np.arange(8000 * 3) / 8000
-        audio8k = (
-            6000 * np.sin(2 * np.pi * 140 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-        ).astype(np.int16)
-    need = ms * 8
-    audio8k = np.resize(audio8k, need) if audio8k.size < need else audio8k[:need]
-    if rate == 8000:
-        return audio8k.tobytes()
-    return StreamResampler(8000, rate).process(audio8k).tobytes()
-
-
-@dataclass
-class RunResult:
-    ok: bool
-    combo: str
-    session_ms: float | None = None
-    first_delta_ms: float | None = None
-    errors: Counter[str] = field(default_factory=Counter)
-    failure: str = ""
-    # The API refused the beta shape as retired (its own words), for a configured combo B.
-    retired: str = ""
+from tools.smoke_live import live_run
+from tools.smoke_run import RunResult, caller_speech
 
 
 async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunResult:
@@ -74,8 +43,6 @@ async def one_run(settings: Settings, runs: RunSettings, api_key: str) -> RunRes
     a response; decided by the first audio delta (either event name). Combo C: a Live session
     (:func:`tools.smoke_live.live_run`)."""
     if settings.realtime_schema == "live":
-        from tools.smoke_live import live_run
-
         live = RunResult(False, f"live/{settings.realtime_model}")
         await live_run(settings, runs.audio_ms, runs.timeout_ms, api_key, live)
         return live

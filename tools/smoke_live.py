@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from shared import live_dialect as live
 from shared.runtime.settings import Settings
+from tools.smoke_run import RunResult, caller_speech
 
 FRAME_MS = 20
 # Silence after the speech, so that the model hears the caller's turn end.
@@ -54,12 +55,10 @@ def speech_frames(speech: bytes, rate: int) -> tuple[list[bytes], bytes]:
     return frames + [silence] * (TRAILING_SILENCE_MS // FRAME_MS), silence
 
 
-async def live_run(  # type: ignore[no-untyped-def]
-    settings: Settings, audio_ms: int, timeout_ms: int, api_key: str, result
+async def live_run(
+    settings: Settings, audio_ms: int, timeout_ms: int, api_key: str, result: RunResult
 ) -> None:
-    """One Live session; fills ``result`` (a :class:`tools.smoke.RunResult`)."""
-    from tools.smoke import caller_speech
-
+    """One Live session; fills ``result``."""
     t0 = time.monotonic()
     try:
         config = live_config(settings)

@@ -32,7 +32,7 @@ from shared.runtime.observability import (
     call_context,
     reject,
 )
-from shared.runtime.redis_io import BatchedStreamWriter
+from shared.runtime.redis_io import BatchedStreamWriter, hash_fields
 from shared.runtime.settings import Settings, settings_or_exit
 from shared.runtime.stream_reader import SharedReader
 from shared.streams import WORKER_GROUP, CallKeys
@@ -73,9 +73,7 @@ class RealtimeWorker:
     async def run_call(self, claim: Claim) -> None:
         started = claim.call
         with call_context(started.call_sid, started.stream_sid):
-            meta: dict[bytes, bytes] = await self.redis.hgetall(  # type: ignore[assignment]
-                CallKeys.for_call(started.call_sid).meta
-            )  # a bytes client: bytes keys and values
+            meta = await hash_fields(self.redis, CallKeys.for_call(started.call_sid).meta)
             if not meta:
                 log.info("call's keys are gone (expired); nothing to do")
                 return

@@ -39,7 +39,7 @@ from shared.recording import RATE, CallRecording, ReplyChunk, entry_ms, heard_au
 from shared.runtime.claims import Claim, OwnedCalls, stage_claims
 from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import ACTIVE_CALLS, CALLS, call_context, reject
-from shared.runtime.redis_io import RETRYABLE, ensure_group
+from shared.runtime.redis_io import RETRYABLE, ensure_group, read_group
 from shared.runtime.settings import Settings
 from shared.streams import (
     END,
@@ -209,8 +209,9 @@ class Recorder:
             ((keys.in_pcmu, keys.out_pcmu), READ_COUNT, block),
             ((keys.ctl, keys.cmd), 10 * READ_COUNT, None),
         ):
-            reply: Any = await self.redis.xreadgroup(
-                RECORDER_GROUP,  # type: ignore[arg-type]
+            reply = await read_group(
+                self.redis,
+                RECORDER_GROUP,
                 self.consumer,
                 {stream: start for stream in streams},
                 count=count,

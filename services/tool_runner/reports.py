@@ -33,7 +33,7 @@ from shared.call_report import (
     report_headers,
 )
 from shared.runtime.observability import call_context, reject
-from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
+from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup, read_group
 from shared.runtime.settings import Settings
 from shared.streams import REPORTS_GROUP, REPORTS_STREAM, CallKeys, StreamEntryError
 
@@ -80,8 +80,9 @@ class ReportSender:
             try:
                 await ensure_group(self.redis, REPORTS_STREAM, REPORTS_GROUP)
                 while True:
-                    reply: Any = await self.redis.xreadgroup(
-                        REPORTS_GROUP,  # type: ignore[arg-type]
+                    reply = await read_group(
+                        self.redis,
+                        REPORTS_GROUP,
                         self.consumer,
                         {REPORTS_STREAM: start},
                         count=READ_COUNT,

@@ -37,7 +37,7 @@ from shared.backoff import Backoff
 from shared.runtime.claims import claim_handed_over, hand_over
 from shared.runtime.lifecycle import run_service, serve_stage
 from shared.runtime.observability import call_context, label, reject
-from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
+from shared.runtime.redis_io import RETRYABLE, ensure_group, fields_arg, is_nogroup, read_group
 from shared.runtime.settings import Settings
 from shared.streams import (
     TOOL_CALLS_STREAM,
@@ -180,10 +180,11 @@ class ToolRunner:
                 cursors = {TOOL_CALLS_STREAM: b"0", self.handover: b"0"}
                 while True:
                     history = cursors[TOOL_CALLS_STREAM] != b">"
-                    reply: Any = await self.redis.xreadgroup(
-                        TOOL_RUNNER_GROUP,  # type: ignore[arg-type]
+                    reply = await read_group(
+                        self.redis,
+                        TOOL_RUNNER_GROUP,
                         self.consumer,
-                        dict(cursors),  # type: ignore[arg-type]
+                        cursors,
                         count=READ_COUNT,
                         block=None if history else BLOCK_MS,
                     )
@@ -349,7 +350,7 @@ class ToolRunner:
                     reject("tool_result_call_gone")
                     log.info("the call is gone; its tool result is dropped")
                     return
-                await self.redis.xadd(keys.ctl, entry.encode())  # type: ignore[arg-type]
+                await self.redis.xadd(keys.ctl, fields_arg(entry.encode()))
                 return
             except RETRYABLE as exc:
                 log.warning("could not write a tool result (%s); retrying", exc)

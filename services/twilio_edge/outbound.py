@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from services.twilio_edge.http import respond
+from services.twilio_edge.interfaces import CallbackHost
 from shared.outbound import (
     UNANSWERED_STATUSES,
     OutboundError,
@@ -30,24 +30,21 @@ from shared.outbound import (
     voicemail_twiml,
 )
 from shared.runtime.observability import call_context, reject
-from shared.runtime.redis_io import RETRYABLE, expire_all
+from shared.runtime.redis_io import RETRYABLE, expire_all, fields_arg
 from shared.runtime.twilio_rest import NotConfigured, TwilioApiError, rest_client, update_call
 from shared.streams import META_ENDED, META_STARTED_US, CallEvent, CallKeys, valid_call_sid
-
-if TYPE_CHECKING:
-    from services.twilio_edge.service import Edge
 
 log = logging.getLogger("gateway.edge")
 
 
-async def _event(edge: Edge, keys: CallKeys, event: CallEvent) -> None:
+async def _event(edge: CallbackHost, keys: CallKeys, event: CallEvent) -> None:
     pipe = edge.redis.pipeline(transaction=False)
-    pipe.xadd(keys.events, event.encode())  # type: ignore[arg-type]  # redis-py's stubs
+    pipe.xadd(keys.events, fields_arg(event.encode()))
     pipe.expire(keys.events, edge.settings.call_max_seconds, nx=True)
     await pipe.execute()
 
 
-async def amd_callback(edge: Edge, conn: ServerConnection, request: Request) -> Response:
+async def amd_callback(edge: CallbackHost, conn: ServerConnection, request: Request) -> Response:
     form = edge.signed_callback(conn, request)
     if isinstance(form, Response):
         return form
@@ -74,7 +71,7 @@ async def amd_callback(edge: Edge, conn: ServerConnection, request: Request) -> 
     return respond(http.HTTPStatus.NO_CONTENT, b"")
 
 
-async def _leave_voicemail(edge: Edge, keys: CallKeys) -> None:
+async def _leave_voicemail(edge: CallbackHost, keys: CallKeys) -> None:
     with call_context(keys.call_sid):
         try:
             message = edge.settings.voicemail
@@ -93,7 +90,9 @@ async def _leave_voicemail(edge: Edge, keys: CallKeys) -> None:
                 pass
 
 
-async def call_status_callback(edge: Edge, conn: ServerConnection, request: Request) -> Response:
+async def call_status_callback(
+    edge: CallbackHost, conn: ServerConnection, request: Request
+) -> Response:
     form = edge.signed_callback(conn, request)
     if isinstance(form, Response):
         return form

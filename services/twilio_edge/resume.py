@@ -27,6 +27,7 @@ from shared.resumption import (
     last_mark,
     new_grant,
 )
+from shared.runtime.redis_io import fields_arg, hash_fields
 from shared.streams import CallKeys, OutboundChunk
 
 # Marks come back every 100 ms of reply, so the newest is nearly always in the first page; the
@@ -59,7 +60,7 @@ async def answer_action(
     Raises redis' errors (the caller hangs up)."""
     deadline = time.monotonic() + BREAK_WAIT_S
     while True:
-        meta: dict[bytes, bytes] = await redis.hgetall(keys.meta)  # type: ignore[assignment]  # a bytes client
+        meta = await hash_fields(redis, keys.meta)
         answer = after_stream(meta, call_status, now_us())
         if answer != "not_broken" or time.monotonic() >= deadline:
             break
@@ -69,7 +70,7 @@ async def answer_action(
     grant = new_grant()
     if not await redis.hsetnx(keys.meta, granted_field(meta), grant):
         return ActionAnswer("already_granted", meta)
-    await redis.hset(keys.meta, mapping=grant_fields(grant, now_us()))  # type: ignore[arg-type]  # redis-py's stubs
+    await redis.hset(keys.meta, mapping=fields_arg(grant_fields(grant, now_us())))
     return ActionAnswer("resume", meta, grant)
 
 

@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 
 from shared.backoff import Backoff
 from shared.runtime.observability import RECOVERED, reject
-from shared.runtime.redis_io import RETRYABLE, ensure_group, is_nogroup
+from shared.runtime.redis_io import RETRYABLE, ensure_group, fields_arg, is_nogroup, read_group
 from shared.streams import (
     HANDOVER_MAXLEN,
     LIFECYCLE_STREAM,
@@ -80,7 +80,7 @@ async def hand_over(
     for entry_id in entry_ids:
         pipe.xadd(
             notes,
-            encode_handover(entry_id),  # type: ignore[arg-type]
+            fields_arg(encode_handover(entry_id)),
             maxlen=HANDOVER_MAXLEN,
             approximate=True,
         )
@@ -164,8 +164,9 @@ class CallClaims:
     async def _read(self, start: bytes, block_ms: int | None, recovered: bool) -> list[Claim]:
         # Always with COUNT: BLOCK without COUNT misbehaves on some servers (fakeredis moves
         # entries to the pending list without returning them; docs/realtime.md, hazards).
-        reply: Any = await self.redis.xreadgroup(
-            self.group,  # type: ignore[arg-type]  # bytes work; the stubs say str
+        reply = await read_group(
+            self.redis,
+            self.group,
             self.consumer,
             {self.stream: start, self.handover: start},
             count=64,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -27,6 +27,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
@@ -34,6 +35,7 @@ from shared.runtime.resp import Command, RoundTrips, round_trips, xadd_command
 from shared.runtime.settings import Settings
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 # Errors that mean "not now", as opposed to a bad command: the server is away, or a cluster is
 # failing over (CLUSTERDOWN from every node until a replica takes the failed master's slots).
@@ -123,11 +125,12 @@ def _hiredis_packed(cls: type[Any]) -> type[Any]:
     return packed
 
 
-def _pack_with_hiredis(client: Any) -> Any:
+def _pack_with_hiredis(client: C) -> C:
     """Make ``client``'s connections (a cluster's: every node's) pack with hiredis."""
-    nodes = getattr(client, "nodes_manager", None)
+    any_client: Any = client  # a Redis or a RedisCluster: they keep their pools apart
+    nodes = getattr(any_client, "nodes_manager", None)
     if nodes is None:
-        pool = client.connection_pool
+        pool = any_client.connection_pool
         pool.connection_class = _hiredis_packed(pool.connection_class)
         return client
     kwargs = nodes.connection_kwargs
@@ -147,22 +150,27 @@ def connect(settings: Settings) -> aioredis.Redis:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        return _pack_with_hiredis(  # type: ignore[no-any-return]
-            RedisCluster.from_url(
-                settings.redis_url,
-                # Every caller here retries with its own backoff. The client's own retry of a
-                # failed pipeline closes every connection of the client, cutting the blocking
-                # reads of calls on healthy nodes too; failing fast keeps a node's fault to its
-                # own calls.
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-                socket_keepalive=True,
-                socket_connect_timeout=2.0,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                max_connections=MAX_CONNECTIONS,
-            )
+        # A RedisCluster is no Redis subclass, but answers the same commands the stages send
+        # (every one within one slot): the stages take it as their client.
+        return cast(
+            aioredis.Redis,
+            _pack_with_hiredis(
+                RedisCluster.from_url(
+                    settings.redis_url,
+                    # Every caller here retries with its own backoff. The client's own retry of a
+                    # failed pipeline closes every connection of the client, cutting the blocking
+                    # reads of calls on healthy nodes too; failing fast keeps a node's fault to its
+                    # own calls.
+                    retry=Retry(NoBackoff(), 0),
+                    decode_responses=False,
+                    socket_keepalive=True,
+                    socket_connect_timeout=2.0,
+                    socket_timeout=SOCKET_TIMEOUT_S,
+                    max_connections=MAX_CONNECTIONS,
+                )
+            ),
         )
-    return _pack_with_hiredis(  # type: ignore[no-any-return]
+    return _pack_with_hiredis(
         aioredis.from_url(
             settings.redis_url,
             decode_responses=False,
@@ -235,6 +243,60 @@ async def last_entry_id(redis: aioredis.Redis, stream: bytes) -> bytes | None:
     """The ID of a stream's newest entry, or None when the stream is empty or missing."""
     newest: Any = await redis.xrevrange(stream, count=1)
     return newest[0][0] if newest else None
+
+
+# --- typed verbs ---------------------------------------------------------------------------------
+# redis-py types its replies for either kind of client (``bytes | str``) and its field arguments
+# as an invariant ``dict`` of every encodable type, which a ``dict[bytes, bytes]`` is not. Every
+# client here is a bytes client (``connect`` never sets ``decode_responses``), so these few
+# helpers narrow the replies once, checked, and widen the arguments once, instead of an ignore
+# at each call.
+
+
+def _b(value: bytes | str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"a str reply from Redis ({value[:32]!r}): use a bytes client")
+
+
+def fields_arg(fields: Mapping[bytes, bytes | int]) -> dict[FieldT, EncodableT]:
+    """An entry's or a hash's fields as redis-py's ``xadd`` and ``hset(mapping=)`` take them."""
+    return {key: value for key, value in fields.items()}
+
+
+def streams_arg(cursors: Mapping[bytes, bytes]) -> dict[KeyT, StreamIdT]:
+    """Streams and their cursors as redis-py's ``xread`` and ``xreadgroup`` take them."""
+    return {stream: cursor for stream, cursor in cursors.items()}
+
+
+async def read_group(
+    redis: aioredis.Redis,
+    group: bytes,
+    consumer: str,
+    cursors: Mapping[bytes, bytes],
+    *,
+    count: int,
+    block: int | None,
+) -> Any:
+    """``XREADGROUP``: the reply as redis-py gives it (``[[stream, [(id, fields), ...]], ...]``
+    or None). The group's name is bytes here, as every stream name; redis-py's types want a str
+    and send either as the same bytes."""
+    reply: Any = await redis.xreadgroup(
+        group.decode(), consumer, streams_arg(cursors), count=count, block=block
+    )
+    return reply
+
+
+async def hash_fields(redis: aioredis.Redis, key: bytes) -> dict[bytes, bytes]:
+    """``HGETALL``: a hash's fields (empty when the key is missing)."""
+    reply = await redis.hgetall(key)
+    return {_b(name): _b(value) for name, value in reply.items()}
+
+
+async def hash_field(redis: aioredis.Redis, key: bytes, name: bytes) -> bytes | None:
+    """``HGET``: one field of a hash, or None."""
+    value = await redis.hget(key, name)
+    return None if value is None else _b(value)
 
 
 async def expire_all(redis: aioredis.Redis, keys: Iterable[bytes], seconds: int) -> None:

@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.backoff import Backoff
 from shared.runtime.observability import reject
-from shared.runtime.redis_io import SOCKET_TIMEOUT_S, is_transient
+from shared.runtime.redis_io import SOCKET_TIMEOUT_S, is_transient, streams_arg
 from shared.runtime.resp import Command, RoundTrips, round_trips, xadd_command, xread_command
 
 log = logging.getLogger("gateway.reader")
@@ -349,7 +349,7 @@ class SharedReader:
         found = False
         for call in {id(c): c for c in owners.values()}.values():
             try:
-                await self.redis.xread(call.read_from(), count=1)  # type: ignore[arg-type]
+                await self.redis.xread(streams_arg(call.read_from()), count=1)
             except Exception as refused:
                 if is_transient(refused):
                     return found  # not this call's fault (Redis away): the loop retries

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from twilio.base.exceptions import TwilioRestException  # type: ignore[import-untyped]
-from twilio.http.http_client import TwilioHttpClient  # type: ignore[import-untyped]
-from twilio.rest import Client  # type: ignore[import-untyped]
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
 
 from shared.runtime.settings import Settings
 
@@ -38,7 +38,7 @@ class NotConfigured(Exception):
     """The REST credentials are not set."""
 
 
-class _RebasedHttpClient(TwilioHttpClient):  # type: ignore[misc]
+class _RebasedHttpClient(TwilioHttpClient):
     def __init__(self, base: str) -> None:
         super().__init__(timeout=REQUEST_TIMEOUT_S)
         self._base = urlsplit(base)
