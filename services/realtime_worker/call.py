@@ -18,13 +18,13 @@ import time
 from collections.abc import Sequence
 
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from services.realtime_worker.feed import feed
 from services.realtime_worker.interfaces import CallHost, Dialect, Role
 from services.realtime_worker.pipeline import CallPipeline
+from services.realtime_worker.reconnect import CONNECT_FAILURES, Reconnects
 from services.realtime_worker.session import SessionRefused, open_session
-from shared.backoff import Backoff
 from shared.call_actions import Action, SendToModel
 from shared.call_report import AnalysisWait, analysis_instructions
 from shared.conversation import CallConversation
@@ -129,32 +129,21 @@ class RealtimeCall(CallPipeline):
     # --- the call, session after session ----------------------------------------------------------
     async def _sessions(self) -> str:
         settings = self.host.settings
-        restore_deadline: float | None = None
-        backoff = Backoff(base_s=0.2, cap_s=2.0)
+        reconnects = Reconnects(settings.realtime_restore_seconds)
         while True:  # one iteration per Realtime session
             try:
                 attempt = self.handshake.next_attempt()  # each connection its own handshake
                 ws, dialect = await open_session(
                     settings, attempt, self.host.api_key, self.host.dialects
                 )
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
-                    log.error("OpenAI refused our credentials (%s)", exc.response.status_code)
-                    return "realtime_auth"
-                now = time.monotonic()
-                restore_deadline = restore_deadline or now + settings.realtime_restore_seconds
-                if now >= restore_deadline:
-                    return "realtime_unavailable"
-                RECONNECTS.labels("openai").inc()
-                delay = backoff.next_delay()
-                log.warning("realtime connect failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+            except CONNECT_FAILURES as exc:
+                if (ended := await reconnects.failed(exc, "realtime")) is not None:
+                    return ended
                 continue
             except SessionRefused as exc:
                 log.error("realtime session refused: %s", exc)
                 return "realtime_refused"
-            backoff.reset()
-            restore_deadline = None
+            reconnects.opened()
             # The next session (and the worker's next call) starts where this worked (auto, or
             # GA once the server said the beta is retired).
             self.handshake = self.host.dialects.handshake(
@@ -174,7 +163,7 @@ class RealtimeCall(CallPipeline):
                 return outcome
             RECONNECTS.labels("openai").inc()
             log.warning("realtime socket lost; opening a new session with the transcript")
-            restore_deadline = time.monotonic() + settings.realtime_restore_seconds
+            reconnects.lost()
 
     async def _analyse(self, ws: ClientConnection) -> None:
         """Ask the session that held the conversation for the report's analysis (out of band,

@@ -13,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Sequence
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from services.realtime_worker.feed import feed
 from services.realtime_worker.interfaces import CallHost, Dialect, Role
 from services.realtime_worker.pipeline import CallPipeline
-from shared.backoff import Backoff
+from services.realtime_worker.reconnect import CONNECT_FAILURES, Reconnects
 from shared.call_actions import Action
 from shared.live_conversation import LiveConversation
 from shared.live_dialect import (
@@ -38,7 +37,7 @@ from shared.live_dialect import (
     session_close,
 )
 from shared.runtime.lifecycle import wall_clock_us
-from shared.runtime.observability import REALTIME_ERRORS, RECONNECTS, ROLLOVERS, label, reject
+from shared.runtime.observability import REALTIME_ERRORS, ROLLOVERS, label, reject
 from shared.streams import CallStarted, Control
 
 log = logging.getLogger("gateway.worker")
@@ -100,30 +99,19 @@ class LiveCall(CallPipeline):
 
     async def converse(self) -> str:
         settings = self.host.settings
-        restore_deadline: float | None = None
-        backoff = Backoff(base_s=0.2, cap_s=2.0)
+        reconnects = Reconnects(settings.realtime_restore_seconds)
         first = True
         while True:  # one iteration per Live session
             try:
                 ws, started = await self._open()
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                if isinstance(exc, InvalidStatus) and exc.response.status_code in (401, 403):
-                    log.error("OpenAI refused our credentials (%s)", exc.response.status_code)
-                    return "realtime_auth"
-                now = time.monotonic()
-                restore_deadline = restore_deadline or now + settings.realtime_restore_seconds
-                if now >= restore_deadline:
-                    return "realtime_unavailable"
-                RECONNECTS.labels("openai").inc()
-                delay = backoff.next_delay()
-                log.warning("live connect failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+            except CONNECT_FAILURES as exc:
+                if (ended := await reconnects.failed(exc, "live")) is not None:
+                    return ended
                 continue
             except LiveRefused as exc:
                 log.error("live session refused: %s", exc)
                 return "realtime_refused"
-            backoff.reset()
-            restore_deadline = None
+            reconnects.opened()
             if not first:
                 ROLLOVERS.inc()
             self.session_event(
@@ -144,7 +132,7 @@ class LiveCall(CallPipeline):
             if outcome != SESSION_ENDED:
                 return outcome
             log.warning("live session ended; opening a new one with the conversation so far")
-            restore_deadline = time.monotonic() + settings.realtime_restore_seconds
+            reconnects.lost()
 
     # --- one session ----------------------------------------------------------------------------
     async def _open(self) -> tuple[ClientConnection, Started]:
