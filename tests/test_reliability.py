@@ -376,7 +376,7 @@ async def test_sigterm_on_a_worker_mid_reply_moves_the_call_to_its_peer_once_the
     assert code == 0, rig.stack.logs[holder].read_text()[-3000:]
     log = rig.stack.logs[holder].read_text()
     assert "at a quiet moment" in log, log[-3000:]
-    assert "no quiet moment" not in log and "as they were" not in log, log[-3000:]
+    assert "WORKER_DRAIN_SECONDS" not in log and "as they were" not in log, log[-3000:]
     s2 = await rig.emulator.wait_for_session(2, timeout=10)
     context = await s2.wait_for_client_event("conversation.item.create", timeout=5)
     assert context["item"]["role"] in ("user", "assistant")
@@ -417,3 +417,37 @@ async def test_sigterm_on_a_worker_mid_reply_moves_the_call_to_its_peer_once_the
     frames = await _caller_frames(rig.redis_server.url, result.call_sid)
     assert bytes(s1.input_audio) + bytes(s2.input_audio) == frames
     assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.95
+
+
+async def test_sigterm_on_the_only_worker_keeps_its_call_until_the_bound_then_a_new_one_goes_on(
+    rig: Rig,
+) -> None:
+    """With no other worker alive the draining worker keeps serving its call until
+    WORKER_DRAIN_SECONDS pass, then hands it over; the next worker to start goes on with it,
+    every caller frame reaching the model exactly once across the two sessions."""
+    assert await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGTERM) == 0  # no call yet
+    rig.start("w0", WORKER_DRAIN_SECONDS="2")
+    first, second, audio = two_turns()
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=2.0, max_duration_s=45)
+    )
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15, predicate=lambda e: s1.user_turns >= 1)
+    heard_at_sigterm = len(s1.input_audio)
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGTERM)
+    stopped_s = time.monotonic() - t0
+    log = rig.stack.logs["w0"].read_text()
+    assert code == 0, log[-3000:]
+    assert 2.0 <= stopped_s <= 2.0 + 4.0, stopped_s
+    assert "no other worker alive" in log and "WORKER_DRAIN_SECONDS (2s) passed" in log, log
+    # Kept and served meanwhile: the caller's frames went on reaching the first session.
+    assert len(s1.input_audio) - heard_at_sigterm >= 1.5 * 50 * FRAME_24K
+    rig.start("w0")  # as supervisord does: it re-reads the call pending under its name
+    s2 = await rig.emulator.wait_for_session(2, timeout=10)
+    context = await s2.wait_for_client_event("conversation.item.create", timeout=5)
+    assert context["item"]["role"] in ("user", "assistant")
+    result = await asyncio.wait_for(call, 60)
+    await s2.wait_closed(timeout=15)
+    frames = await _caller_frames(rig.redis_server.url, result.call_sid)
+    assert bytes(s1.input_audio) + bytes(s2.input_audio) == frames

@@ -181,16 +181,17 @@ class CallPipeline(ABC):
         if not host.drain.draining:
             return None
         now_us = wall_clock_us()
-        move = host.drain.decide(self.call.call_sid, now_us, self.quiet(now_us), host.peers)
+        quiet = self.quiet(now_us)
+        move = host.drain.decide(self.call.call_sid, now_us, quiet, host.peers)
         if move is Move.KEEP:
             return None
         if move is Move.QUIET:
             log.info("handing the call over to another worker at a quiet moment")
         else:
             log.warning(
-                "handing the call over to another worker: no quiet moment within "
-                "WORKER_DRAIN_SECONDS (%ss)",
+                "handing the call over: WORKER_DRAIN_SECONDS (%ss) passed",
                 host.settings.worker_drain_seconds,
+                extra={"quiet": quiet, "peer_alive": host.peers},
             )
         return HANDED_OVER
 
