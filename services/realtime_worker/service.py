@@ -144,7 +144,8 @@ class RealtimeWorker:
         except RETRYABLE as exc:
             log.warning("could not say this worker is draining: %s", exc)
         await self.owned.stop_taking()
-        await self._drain()
+        if self.settings.worker_drain_seconds > 0:  # 0: every call is handed over at once
+            await self._drain()
         left = len(self.owned.tasks)
         await self.owned.stop(hand_over=True)
         if left:
