@@ -425,7 +425,9 @@ async def test_sigterm_on_the_only_worker_keeps_its_call_until_the_bound_then_a_
     """With no other worker alive the draining worker keeps serving its call until
     WORKER_DRAIN_SECONDS pass, then hands it over; the next worker to start goes on with it,
     every caller frame reaching the model exactly once across the two sessions."""
-    assert await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGTERM) == 0  # no call yet
+    # The fixture's worker, replaced by one with a short bound (no call yet: nothing to lose;
+    # SIGKILL, as it may not have its signal handler yet).
+    assert await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGKILL) == -signal.SIGKILL
     rig.start("w0", WORKER_DRAIN_SECONDS="2")
     first, second, audio = two_turns()
     call = asyncio.create_task(
