@@ -71,6 +71,9 @@ def handover_stream(stream: bytes, group: bytes) -> bytes:
 
 
 HANDOVER_MAXLEN = 10_000
+# Each worker's last heartbeat (a sorted set: consumer name -> wall-clock ms), so that a
+# draining worker knows whether a peer is alive to take its calls (:mod:`shared.drain`).
+WORKERS_ALIVE = b"gw:alive:worker"
 
 
 def encode_handover(entry_id: bytes) -> dict[bytes, bytes]:

@@ -60,6 +60,9 @@ async def in_process_stack(
             "edge_host": "127.0.0.1",
             "edge_port": 0,
             "owner_idle_ms": 1000,
+            # The stack stops with calls still up at a test's end: no drain (docs/deploy.md),
+            # which would hold the stop for WORKER_DRAIN_SECONDS with no peer to hand them to.
+            "worker_drain_seconds": 0,
             **overrides,
         }
     )

@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from shared.runtime.claims import CallClaims, Claim, OwnedCalls, claim_handed_over
+from shared.runtime.claims import (
+    HANDED_OVER,
+    CallClaims,
+    Claim,
+    OwnedCalls,
+    claim_handed_over,
+)
 from shared.runtime.redis_io import ensure_group
 from shared.streams import (
     LIFECYCLE_STREAM,
@@ -72,6 +78,57 @@ async def test_a_stopping_instance_hands_its_calls_to_a_blocked_peer_at_once(
         assert list(b.tasks) == [first.call.call_sid] and not a.tasks
         pending = await real_redis.xpending(LIFECYCLE_STREAM, b"g")
         assert pending["pending"] == 1 and pending["consumers"] == [{"name": b"b", "pending": 1}]
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await a.stop(hand_over=False)
+        await b.stop(hand_over=False)
+
+
+async def test_a_draining_instance_keeps_its_calls_until_each_is_handed_over(
+    real_redis: aioredis.Redis,
+) -> None:
+    """The worker's drain: after stop_taking the instance takes no new call but keeps its
+    claims refreshed (a peer's XAUTOCLAIM does not take them, however long the drain); a call
+    whose run returns HANDED_OVER is taken by the peer at once."""
+    idle_ms = 800  # the peer's periodic pass comes every 200 ms: it would take a stale claim
+    started: asyncio.Queue[tuple[str, Claim]] = asyncio.Queue()
+    quiet = asyncio.Event()
+
+    def runner(name: str):  # type: ignore[no-untyped-def]
+        async def run_call(claim: Claim) -> str | None:
+            await started.put((name, claim))
+            if name == "a":
+                await quiet.wait()  # a reply playing, until the quiet moment
+                return HANDED_OVER
+            await asyncio.Event().wait()
+            return None
+
+        return run_call
+
+    a = OwnedCalls(CallClaims(real_redis, b"g", "a", idle_ms), runner("a"))
+    b = OwnedCalls(CallClaims(real_redis, b"g", "b", idle_ms), runner("b"))
+    loops = [asyncio.create_task(a.run())]
+    try:
+        await asyncio.wait_for(a.ready.wait(), 5)
+        await real_redis.xadd(LIFECYCLE_STREAM, _started(1).encode())  # type: ignore[arg-type]
+        who, first = await asyncio.wait_for(started.get(), 5)
+        assert who == "a"
+        loops.append(asyncio.create_task(b.run()))
+        await asyncio.wait_for(b.ready.wait(), 5)
+        await a.stop_taking()
+        await real_redis.xadd(LIFECYCLE_STREAM, _started(2).encode())  # type: ignore[arg-type]
+        who, second = await asyncio.wait_for(started.get(), 5)
+        assert who == "b" and second.call.call_sid == _started(2).call_sid  # not a's
+        with pytest.raises(TimeoutError):  # four lease periods: still a's, refreshed
+            await asyncio.wait_for(started.get(), 4 * idle_ms / 1000)
+        assert list(a.tasks) == [first.call.call_sid]
+        t0 = time.monotonic()
+        quiet.set()
+        who, taken = await asyncio.wait_for(started.get(), HANDOVER_BOUND_S)
+        assert who == "b" and taken.entry_id == first.entry_id and taken.recovered
+        assert time.monotonic() - t0 < HANDOVER_BOUND_S
+        await wait_for(lambda: not a.tasks, timeout=2)
     finally:
         for loop in loops:
             loop.cancel()

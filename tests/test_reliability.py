@@ -19,7 +19,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.audio import mulaw_decode, mulaw_encode
-from shared.streams import META_WORKER_CURSOR, CallKeys
+from shared.streams import (
+    LIFECYCLE_STREAM,
+    META_WORKER_CURSOR,
+    WORKER_GROUP,
+    CallKeys,
+    InboundFrame,
+    decode_inbound,
+)
 from sim.openai_realtime import RealtimeEmulator
 from sim.speech import silence, speech
 from sim.twilio_call import place_call
@@ -323,3 +330,126 @@ async def test_sigterm_exits_within_5_seconds_and_hands_calls_over(rig: Rig) -> 
     result = await asyncio.wait_for(call, 60)
     got = sum(len(s.input_audio) for s in rig.emulator.sessions) / FRAME_24K
     assert 0.97 * result.frames_sent <= got <= 1.06 * result.frames_sent
+
+
+async def _holder(url: str) -> str:
+    """The worker whose name the call's lifecycle entry is pending under."""
+    client = aioredis.from_url(url)
+    try:
+        pending = await client.xpending_range(LIFECYCLE_STREAM, WORKER_GROUP, "-", "+", 10)
+    finally:
+        await client.aclose()
+    assert len(pending) == 1, pending
+    name = pending[0]["consumer"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+async def _caller_frames(url: str, call_sid: str) -> bytes:
+    """Every caller frame the worker stage was given (the call's in.pcm), in order."""
+    client = aioredis.from_url(url)
+    try:
+        entries = await client.xrange(CallKeys.for_call(call_sid).in_pcm)
+    finally:
+        await client.aclose()
+    frames = [decode_inbound(fields) for _, fields in entries]
+    return b"".join(f.audio for f in frames if isinstance(f, InboundFrame))
+
+
+async def test_sigterm_on_a_worker_mid_reply_moves_the_call_to_its_peer_once_the_reply_ends(
+    rig: Rig,
+) -> None:
+    """The drain (WORKER_DRAIN_SECONDS): the reply playing when SIGTERM comes plays to its end
+    on the same session, then the call moves to the other worker, whose session is seeded with
+    the transcript; every caller frame reaches the model exactly once across the two."""
+    rig.start("w1")
+    first, second, audio = two_turns()
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=2.0, max_duration_s=45)
+    )
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    # The reply to the caller's first turn is all generated: it plays on for a few seconds.
+    await s1.wait_for_event("conversation.item.input_audio_transcription.completed", timeout=15)
+    await s1.wait_for_event("response.done", timeout=15, predicate=lambda e: s1.user_turns >= 1)
+    holder = await _holder(rig.redis_server.url)
+    wall = time.time()
+    code = await asyncio.to_thread(rig.stack.kill, holder, signal.SIGTERM)
+    assert code == 0, rig.stack.logs[holder].read_text()[-3000:]
+    log = rig.stack.logs[holder].read_text()
+    assert "at a quiet moment" in log, log[-3000:]
+    assert "WORKER_DRAIN_SECONDS" not in log and "as they were" not in log, log[-3000:]
+    s2 = await rig.emulator.wait_for_session(2, timeout=10)
+    context = await s2.wait_for_client_event("conversation.item.create", timeout=5)
+    assert context["item"]["role"] in ("user", "assistant")
+    seeded = " ".join(
+        json.dumps(e["item"]) for e in s2.client_events if e["type"] == "conversation.item.create"
+    )
+    assert s1.responses[-1].status == "completed"
+    result = await asyncio.wait_for(call, 60)
+    await s2.wait_closed(timeout=15)
+    # The reply was playing when SIGTERM came, and it had finished (every mark back) before
+    # the second session opened: the seam fell at a quiet moment. (The caller's times are
+    # seconds since its stream started.)
+    assert result.started_wall is not None
+    sigterm_t, opened_t = wall - result.started_wall, s2.connected_at - result.started_wall
+    assert any(t > sigterm_t for _, t in result.marks_returned), "no reply played at SIGTERM"
+    before = {name for name, t in result.marks_received if t < opened_t}
+    returned = dict(result.marks_returned)
+    assert before and all(returned.get(name, opened_t + 1) <= opened_t for name in before)
+    last_mark = max(returned[name] for name in before)
+    print(  # the figures docs/deploy.md quotes
+        f"SIGTERM to the reply's last mark {1000 * (last_mark - sigterm_t):.0f} ms, "
+        f"to the second session {1000 * (opened_t - sigterm_t):.0f} ms"
+    )
+    # Nothing of either session's replies was cut: the caller got all of it, no clear came.
+    assert not result.clears
+    generated = (
+        sum(len(r.audio) for s in (s1, s2) for r in s.responses) // 6
+    )  # 24k PCM16: mu-law 8k
+    assert abs(len(result.received_audio) - generated) <= 0.01 * generated
+    # The transcript of the first session seeded the second.
+    assert any(role_text in seeded for role_text in ("user", "assistant"))
+    assert s1.responses and any(
+        (t := e.get("transcript")) and t[:20] in seeded
+        for e in s1.server_events
+        if e.get("type") == "conversation.item.input_audio_transcription.completed"
+    )
+    # Every caller frame the worker stage got reached the model exactly once, in order.
+    frames = await _caller_frames(rig.redis_server.url, result.call_sid)
+    assert bytes(s1.input_audio) + bytes(s2.input_audio) == frames
+    assert similarity(second, pcm24_to_8k(bytes(s2.input_audio))) >= 0.95
+
+
+async def test_sigterm_on_the_only_worker_keeps_its_call_until_the_bound_then_a_new_one_goes_on(
+    rig: Rig,
+) -> None:
+    """With no other worker alive the draining worker keeps serving its call until
+    WORKER_DRAIN_SECONDS pass, then hands it over; the next worker to start goes on with it,
+    every caller frame reaching the model exactly once across the two sessions."""
+    # The fixture's worker, replaced by one with a short bound (no call yet: nothing to lose;
+    # SIGKILL, as it may not have its signal handler yet).
+    assert await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGKILL) == -signal.SIGKILL
+    rig.start("w0", WORKER_DRAIN_SECONDS="2")
+    first, second, audio = two_turns()
+    call = asyncio.create_task(
+        place_call(rig.stack.media_url, audio, hold_after_s=2.0, max_duration_s=45)
+    )
+    s1 = await rig.emulator.wait_for_session(1, timeout=10)
+    await s1.wait_for_event("response.done", timeout=15, predicate=lambda e: s1.user_turns >= 1)
+    heard_at_sigterm = len(s1.input_audio)
+    t0 = time.monotonic()
+    code = await asyncio.to_thread(rig.stack.kill, "w0", signal.SIGTERM)
+    stopped_s = time.monotonic() - t0
+    log = rig.stack.logs["w0"].read_text()
+    assert code == 0, log[-3000:]
+    assert 2.0 <= stopped_s <= 2.0 + 4.0, stopped_s
+    assert "no other worker alive" in log and "WORKER_DRAIN_SECONDS (2s) passed" in log, log
+    # Kept and served meanwhile: the caller's frames went on reaching the first session.
+    assert len(s1.input_audio) - heard_at_sigterm >= 1.5 * 50 * FRAME_24K
+    rig.start("w0")  # as supervisord does: it re-reads the call pending under its name
+    s2 = await rig.emulator.wait_for_session(2, timeout=10)
+    context = await s2.wait_for_client_event("conversation.item.create", timeout=5)
+    assert context["item"]["role"] in ("user", "assistant")
+    result = await asyncio.wait_for(call, 60)
+    await s2.wait_closed(timeout=15)
+    frames = await _caller_frames(rig.redis_server.url, result.call_sid)
+    assert bytes(s1.input_audio) + bytes(s2.input_audio) == frames

@@ -46,7 +46,7 @@ STAGES = {
     "console": "services.console",
 }
 # Set in the manifests for the drain issue 29 defines, read once it lands (docs/deploy.md).
-PENDING = {"EDGE_DRAIN_SECONDS", "WORKER_DRAIN_SECONDS"}
+PENDING = {"EDGE_DRAIN_SECONDS"}
 DRAIN_VARS = {"twilio-edge": "EDGE_DRAIN_SECONDS", "realtime-worker": "WORKER_DRAIN_SECONDS"}
 SECRET_SETTINGS = {"REDIS_URL"}  # besides every SecretStr: it may carry a password
 _KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "labels", "images", "resources"}

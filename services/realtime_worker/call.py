@@ -36,6 +36,7 @@ from shared.realtime_dialect import (
     ServerError,
     SessionConfig,
 )
+from shared.runtime.claims import HANDED_OVER
 from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import REALTIME_ERRORS, RECONNECTS, ROLLOVERS, label, reject
 from shared.streams import CallStarted, Control
@@ -119,6 +120,9 @@ class RealtimeCall(CallPipeline):
         assert self.ws is not None
         await self.ws.send(text)
 
+    def quiet(self, now_us: int) -> bool:
+        return self.core.quiet(now_us)
+
     def ready_us(self) -> int:
         return self.core.ready_us
 
@@ -154,7 +158,7 @@ class RealtimeCall(CallPipeline):
             await self.mark_greeted()
             try:
                 outcome = await self._converse(ws)
-                if outcome != "socket_lost":  # before the session closes: the model's analysis
+                if outcome not in ("socket_lost", HANDED_OVER):  # the model's analysis, first
                     await self._analyse(self.ws or ws)
             finally:
                 live, self.ws = self.ws or ws, None  # after rollovers, not the one opened here

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from shared.agent import Tool
 from shared.call_actions import Action
+from shared.drain import WorkerDrain
 from shared.realtime_handshake import DialectMemory
 from shared.runtime.redis_io import BatchedStreamWriter
 from shared.runtime.settings import Settings
@@ -79,6 +80,10 @@ class CallHost(Protocol):
     # the retired beta): a call's next session, and the worker's next call, start there.
     # Unused by GPT-Live.
     dialects: DialectMemory
+    # The worker's drain (SIGTERM): whether and when each call moves to a peer, and whether a
+    # peer is alive to take it (refreshed by the draining worker).
+    drain: WorkerDrain
+    peers: bool
 
 
 class ModelSession(Protocol):

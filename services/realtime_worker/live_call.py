@@ -84,6 +84,9 @@ class LiveCall(CallPipeline):
             raise ConnectionClosed(None, None)
         await self.ws.send(text)
 
+    def quiet(self, now_us: int) -> bool:
+        return self.core.quiet()
+
     def ready_us(self) -> int:
         return self.core.ready_us
 

@@ -31,6 +31,8 @@ from shared.call_actions import (
     WriteOutbound,
 )
 from shared.call_report import ReportRequest
+from shared.drain import Move
+from shared.runtime.claims import HANDED_OVER
 from shared.runtime.lifecycle import wall_clock_us
 from shared.runtime.observability import FIRST_REPLY, MCP_CALLS, REALTIME_TOKENS, reject
 from shared.runtime.redis_io import RETRYABLE, expire_all
@@ -134,6 +136,11 @@ class CallPipeline(ABC):
     async def send(self, text: str) -> None: ...
 
     @abstractmethod
+    def quiet(self, now_us: int) -> bool:
+        """A moment to move the call to another session or worker (the rollover's predicate:
+        no caller speech in progress, no reply being made or still playing, no tool running)."""
+
+    @abstractmethod
     def ready_us(self) -> int:
         """When the current session became ready (frames older than this waited for it)."""
 
@@ -150,8 +157,43 @@ class CallPipeline(ABC):
         except asyncio.CancelledError:
             await asyncio.shield(self.save_cursors())
             raise
-        await self._finish(outcome)
+        if outcome == HANDED_OVER:
+            await self._hand_over()
+        else:
+            await self._finish(outcome)
         return outcome
+
+    async def _hand_over(self) -> None:
+        """The worker is draining and the call moves to a peer, which goes on from what is
+        saved here: the cursors (the frames the model has had) and the call's events (the
+        transcript its first session is seeded with), written before the claim is handed over."""
+        keys = self.keys
+        try:
+            await self.save_cursors()
+            await asyncio.wait_for(self.host.writer.flush(keys.out_pcm, keys.cmd, keys.events), 5.0)
+        except (*RETRYABLE, TimeoutError) as exc:
+            log.warning("could not save the call for its next worker: %s", exc)
+
+    def _drain_move(self) -> str | None:
+        """HANDED_OVER if the draining worker moves this call now (between two batches of its
+        entries: the cursors say exactly which frames the model has had)."""
+        host = self.host
+        if not host.drain.draining:
+            return None
+        now_us = wall_clock_us()
+        quiet = self.quiet(now_us)
+        move = host.drain.decide(self.call.call_sid, now_us, quiet, host.peers)
+        if move is Move.KEEP:
+            return None
+        if move is Move.QUIET:
+            log.info("handing the call over to another worker at a quiet moment")
+        else:
+            log.warning(
+                "handing the call over: WORKER_DRAIN_SECONDS (%ss) passed",
+                host.settings.worker_drain_seconds,
+                extra={"quiet": quiet, "peer_alive": host.peers},
+            )
+        return HANDED_OVER
 
     async def mark_greeted(self) -> None:
         """The greeting is being given: a successor must not give it again."""
@@ -190,7 +232,7 @@ class CallPipeline(ABC):
                 self.cursors.control = entry_id
         ended = await self.perform(self.tick(wall_clock_us()))
         await self.after_entries()
-        return ended
+        return ended or self._drain_move()
 
     async def _caller_frame(self, fields: dict[bytes, bytes]) -> str | None:
         try:

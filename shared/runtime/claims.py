@@ -121,7 +121,11 @@ class Claim:
     recovered: bool  # taken over from another instance, or re-read after our own restart
 
 
-RunCall = Callable[[Claim], Awaitable[None]]
+# What a call's run returns when the call is not over but moves to another instance (a draining
+# worker): its claim is handed over rather than released.
+HANDED_OVER = "handed_over"
+
+RunCall = Callable[[Claim], Awaitable[object]]
 
 
 class CallClaims:
@@ -266,6 +270,8 @@ class OwnedCalls:
         self._stopping = False
         self._setup_done = 0
         self._loops: list[asyncio.Future[None]] = []
+        self._keeping: asyncio.Future[None] | None = None  # refreshing the claims while draining
+        self._refreshing = asyncio.Lock()  # a drained call's hand-over waits for a refresh
         self.ready = asyncio.Event()
 
     def _start(self, claims: CallClaims, claim: Claim) -> None:
@@ -292,7 +298,14 @@ class OwnedCalls:
     async def _run(self, claims: CallClaims, claim: Claim) -> None:
         sid = claim.call.call_sid
         try:
-            await self.run_call(claim)
+            if await self.run_call(claim) == HANDED_OVER:
+                # Only once this instance reads no more (stop_taking): it is not handed its own.
+                # Not while a refresh is under way, which would make the entry look busy again
+                # (the peer's XCLAIM would skip it); and no refresh renews it afterwards.
+                async with self._refreshing:
+                    self.owned.pop(sid, None)
+                    await claims.hand_over([claim.entry_id])
+                return
             backoff = Backoff()
             while True:
                 try:
@@ -378,14 +391,41 @@ class OwnedCalls:
                 log.warning("claims loop error (%r); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def stop(self, hand_over: bool = True, grace_s: float = 2.0) -> None:
-        """Stop serving: stop reading, cancel call tasks and (by default) hand them to another
-        instance at once (:meth:`CallClaims.hand_over`)."""
+    async def stop_taking(self, grace_s: float = 2.0) -> None:
+        """Take no more calls (stop reading) but keep the claims on the calls held, refreshed,
+        while they drain; :meth:`stop` ends that too."""
+        if self._stopping:
+            return
         self._stopping = True
         for loop in self._loops:  # a read under way could be handed our own notes
             loop.cancel()
         if self._loops:
             await asyncio.wait(self._loops, timeout=grace_s)
+        self._keeping = asyncio.ensure_future(self._keep_claims())
+
+    async def _keep_claims(self) -> None:
+        while self.tasks:
+            for claims in self.partitions:
+                try:
+                    async with self._refreshing:
+                        entries = self._entries(claims)
+                        lost = await claims.refresh(list(entries))
+                except Exception as exc:  # e.g. Redis away: the next round tries again
+                    log.warning("could not refresh the claims of the calls held: %r", exc)
+                    continue
+                for entry_id in lost:
+                    task = self.tasks.get(entries[entry_id])
+                    if task:
+                        log.warning("lost claim on a call; stopping its work")
+                        task.cancel()
+            await asyncio.sleep(self.partitions[0].idle_ms / 4000)
+
+    async def stop(self, hand_over: bool = True, grace_s: float = 2.0) -> None:
+        """Stop serving: stop reading, cancel call tasks and (by default) hand them to another
+        instance at once (:meth:`CallClaims.hand_over`)."""
+        await self.stop_taking(grace_s)
+        if self._keeping is not None:
+            self._keeping.cancel()
         by_partition = {id(c): (c, list(self._entries(c))) for c in self.partitions}
         tasks = list(self.tasks.values())
         for task in tasks:

@@ -185,9 +185,11 @@ async def serve_stage(
             raise RuntimeError(f"{name}: a loop of the stage ended")
         log.info("%s: stopping", name)
         try:
-            await asyncio.wait_for(stage.stop(), STOP_GRACE_S)
+            # A stage that drains (the worker) says for how long, on top of the clean stop.
+            grace = STOP_GRACE_S + float(getattr(stage, "drain_seconds", 0.0))
+            await asyncio.wait_for(stage.stop(), grace)
         except TimeoutError:
-            log.warning("%s: clean stop took over %.1fs; the rest is left", name, STOP_GRACE_S)
+            log.warning("%s: clean stop took over %.1fs; the rest is left", name, grace)
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=0.5)

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     realtime_session_max_seconds: int = Field(3300, ge=0, le=86_400)
     """A Realtime session this old gives way to the next at the first quiet moment (the live API
     ends GA sessions at 60 minutes, beta ones at 30); 0: never before the server ends it."""
+    worker_drain_seconds: int = Field(30, ge=0, le=86_400)
+    """On SIGTERM, how long the worker waits for each call's quiet moment (no caller speech in
+    progress, no reply being made or playing) to hand it to another worker, whose session opens
+    with the conversation so far; past it the calls left are handed over as they are. With no
+    other worker alive the calls are kept until they end or this passes. 0: hand over at once.
+    The supervisor's stop timeout (supervisord ``stopwaitsecs``, Kubernetes
+    ``terminationGracePeriodSeconds``) must exceed it by the clean stop's 4 s."""
     realtime_context_chars: int = Field(12_000, ge=0, le=1_000_000)
     """How much of the conversation (characters of text) a new session is given as context."""
     realtime_restore_seconds: float = Field(15.0, gt=0, le=600)
