@@ -89,7 +89,10 @@ def default_environment(env: dict[str, str]) -> dict[str, str]:
     env = dict(env)
     if not env.get("OPENAI_API_KEY") and not env.get("REALTIME_URL"):
         port = env.get("EMULATOR_PORT", str(DEFAULT_EMULATOR_PORT))
-        env["REALTIME_URL"] = f"ws://127.0.0.1:{port}/v1/realtime"
+        # The emulator serves both APIs; GPT-Live (REALTIME_SCHEMA=live) at its own path.
+        live = env.get("REALTIME_SCHEMA", "").strip().lower() == "live"
+        path = "/v1/live/sessions" if live else "/v1/realtime"
+        env["REALTIME_URL"] = f"ws://127.0.0.1:{port}{path}"
         if not env.get("AGENT_FILE"):
             # The local demo: the example agent, its tools served by the local tool server,
             # and an emulator told to call lookup_order at the caller's first turn.

@@ -71,3 +71,14 @@ def test_programs_not_needed_and_unknown_ones(
     with pytest.raises(SystemExit) as stopped:
         launch.program("nonsense", 0)
     assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [("audio", "/v1/realtime"), ("live", "/v1/live/sessions"), ("", "/v1/realtime")],
+)
+def test_without_a_key_every_program_is_pointed_at_the_emulators_api_for_its_schema(
+    schema: str, path: str
+) -> None:
+    env = launch.default_environment({"REALTIME_SCHEMA": schema, "EMULATOR_PORT": "8765"})
+    assert env["REALTIME_URL"] == f"ws://127.0.0.1:8765{path}"
