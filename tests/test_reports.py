@@ -117,7 +117,8 @@ class Receiver:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         self.requests.append((headers, body))
         if len(self.requests) <= self.hang:
-            await asyncio.sleep(3600)  # cancelled when the server closes
+            # A receiver that never answers: held until the server closes and cancels it.
+            await asyncio.get_running_loop().create_future()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await writer.drain()
         writer.close()
@@ -361,7 +362,7 @@ class _Socket:
     async def recv(self) -> str:
         if self.replies:
             return self.replies.pop(0)
-        await asyncio.sleep(3600)  # a model that never answers
+        await asyncio.get_running_loop().create_future()  # a model that never answers
         raise AssertionError
 
 
