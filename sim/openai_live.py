@@ -25,7 +25,6 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +44,7 @@ from sim.realtime_rules import Rejection, WireFormat
 from sim.realtime_tools import ScriptedToolCall
 from sim.realtime_voice import synthetic_voice
 from sim.session_record import Arrivals, SessionRecord
+from sim.session_waiters import SessionWaiters
 from sim.wire_audio import EnergyVad, encode
 
 LIVE_PATH = "/v1/live/sessions"
@@ -74,7 +74,7 @@ class Turn:
     audio: bytes  # what the echo says back
 
 
-class LiveSession:
+class LiveSession(SessionWaiters):
     """One ``/v1/live/sessions`` connection."""
 
     def __init__(self, host: LiveHost, ws: ServerConnection, record: Path | None) -> None:
@@ -133,40 +133,6 @@ class LiveSession:
     @property
     def started(self) -> bool:
         return self.config is not None
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, check: Callable[[], Any], timeout: float = 5.0) -> Any:
-        async with asyncio.timeout(timeout):
-            async with self._changed:
-                while not (found := check()):
-                    await self._changed.wait()
-                return found
-
-    async def wait_for_event(
-        self,
-        type: str,
-        timeout: float = 5.0,
-        predicate: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> dict[str, Any]:
-        """The first server event of ``type`` (that ``predicate`` accepts) sent so far or next."""
-        found: dict[str, Any] = await self.wait_for(
-            lambda: next(
-                (
-                    e
-                    for e in self.server_events
-                    if e["type"] == type and (predicate is None or predicate(e))
-                ),
-                None,
-            ),
-            timeout,
-        )
-        return found
-
-    async def wait_closed(self, timeout: float = 5.0) -> None:
-        await self.wait_for(lambda: self.closed, timeout)
 
     def _log(self, direction: str, event: dict[str, Any]) -> None:
         if self._record:

@@ -64,6 +64,7 @@ from sim.realtime_tools import (
 from sim.realtime_usage import UsageMeter
 from sim.realtime_voice import synthetic_voice
 from sim.session_record import Arrivals, SessionRecord
+from sim.session_waiters import SessionWaiters
 from sim.wire_audio import EnergyVad, at_rate, decode, encode
 
 MIN_COMMIT_MS = 100
@@ -133,7 +134,7 @@ _ITEM_CONTENT = {
 }
 
 
-class EmulatedSession:
+class EmulatedSession(SessionWaiters):
     """One connection: its dialect, what it received and sent, and awaitable waits for tests."""
 
     def __init__(
@@ -213,60 +214,6 @@ class EmulatedSession:
     def _log(self, direction: str, event: dict[str, Any]) -> None:
         if self._record:
             self._files.append("events.jsonl", json.dumps({"dir": direction, **event}) + "\n")
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def _wait(self, check: Callable[[], Any], timeout: float) -> Any:
-        async with asyncio.timeout(timeout):
-            async with self._changed:
-                while True:
-                    found = check()
-                    if found:
-                        return found
-                    await self._changed.wait()
-
-    async def wait_for_event(
-        self,
-        type: str,
-        timeout: float = 5.0,
-        predicate: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> dict[str, Any]:
-        found: dict[str, Any] = await self._wait(
-            lambda: next(
-                (
-                    e
-                    for e in self.server_events
-                    if e["type"] == type and (predicate is None or predicate(e))
-                ),
-                None,
-            ),
-            timeout,
-        )
-        return found
-
-    async def wait_for_client_event(
-        self,
-        type: str,
-        timeout: float = 5.0,
-        predicate: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> dict[str, Any]:
-        found: dict[str, Any] = await self._wait(
-            lambda: next(
-                (
-                    e
-                    for e in self.client_events
-                    if e.get("type") == type and (predicate is None or predicate(e))
-                ),
-                None,
-            ),
-            timeout,
-        )
-        return found
-
-    async def wait_closed(self, timeout: float = 5.0) -> None:
-        await self._wait(lambda: self.closed, timeout)
 
     async def close(self, code: int = 1011) -> None:
         await self.ws.close(code, "server closed the session")
